@@ -1,0 +1,368 @@
+package blockcache
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/wbcache/wbcache/device"
+	"github.com/wbcache/wbcache/layout"
+)
+
+// BlockSize is the cache's unit of mapping.
+const BlockSize = layout.BlockSize
+
+// Sentinel errors.
+var (
+	// ErrClosed: the cache has been closed.
+	ErrClosed = errors.New("blockcache: closed")
+	// ErrFailed: the cache device failed in a way that cannot be retried
+	// (a failed sync or journal write); the cache refuses further I/O and
+	// the next Open recovers from what reached the device.
+	ErrFailed = errors.New("blockcache: cache device failed")
+	// ErrWrongBacking: the backing device is not the one the cache was
+	// formatted with.
+	ErrWrongBacking = errors.New("backing device does not match the cache")
+	// ErrFormatted: Format refused to overwrite an existing cache.
+	ErrFormatted = errors.New("cache device already holds a wbcache cache")
+	// ErrInvalid: an argument is out of range (maps to EINVAL).
+	ErrInvalid = errors.New("invalid argument")
+	// ErrCorruptData: a cache slot's data does not match its checksum.
+	ErrCorruptData = errors.New("cache data corrupt")
+	// ErrBadBacking: the backing device cannot be used (size not a
+	// multiple of 4 KiB, empty).
+	ErrBadBacking = errors.New("unusable backing device")
+)
+
+// Options tune an opened cache. The zero value is usable.
+type Options struct {
+	// Logger receives structured logs; nil discards them.
+	Logger *slog.Logger
+	// CheckpointInterval bounds the time between checkpoints while the
+	// journal has records (default 30s; negative disables the timer).
+	CheckpointInterval time.Duration
+	// PromoteAfter is how many read misses of a block (counted in a small
+	// sketch) happen before it is copied into the cache; 0 or 1 promotes on
+	// the first miss. Negative disables promotion.
+	PromoteAfter int
+	// ReserveFree is how many free slots the reclaimer keeps ready by
+	// evicting clean blocks (default 1/64 of the slots, at least 8).
+	ReserveFree int
+	// Now is the clock (tests inject one). Default time.Now.
+	Now func() time.Time
+}
+
+// Cache is an open cache device in front of a backing device.
+type Cache struct {
+	ssd, hdd device.Device
+	g        layout.Geometry
+	uuid     [16]byte
+	size     int64  // bytes of the virtual disk (= backing size)
+	nblocks  uint64 // blocks of the virtual disk
+	opts     Options
+	log      *slog.Logger
+	start    time.Time
+
+	stripes [nStripes]sync.RWMutex // per-LBA locks, by LBA hash
+	gens    [nStripes]uint64       // mapping changes per stripe (see stripeGen)
+
+	mode      atomic.Uint32
+	seqCutoff atomic.Int64
+	seqReads  seqTracker
+	seqWrites seqTracker
+	pressure  chan struct{} // signalled when a writer waits for a free slot
+
+	mu struct {
+		sync.Mutex
+		t          slotTable
+		freed      *sync.Cond     // broadcast when slots become free or clean
+		pending    []pendingFree  // unmapped slots waiting for a durable record
+		inflight   map[uint64]int // LBAs with a destage in flight
+		discarding []lbaRange     // ranges a Discard is zeroing on the backing
+		sketch     promoteSketch
+		through    []DirtyBlock // write-through blocks waiting for a backing sync
+	}
+
+	j *journal
+
+	ckptMu  sync.Mutex // serialises checkpoints and superblock writes
+	sb      layout.Superblock
+	ckptReq chan struct{}
+
+	reclaimReq chan struct{}
+	stop       chan struct{}
+	wg         sync.WaitGroup
+
+	epoch  atomic.Uint32 // flush epoch: bumped by every Sync
+	failed atomic.Pointer[error]
+	closed atomic.Bool
+	// Foreground writes to the backing device, and how many of them the
+	// last backing sync covered.
+	hddWritten, hddSynced atomic.Uint64
+	// Sequence number of the newest record that dropped a clean copy
+	// (written under mu, so it only grows).
+	cleanUnmapSeq atomic.Uint64
+
+	stats counters
+}
+
+type pendingFree struct {
+	slot uint32
+	seq  uint64
+}
+
+type lbaRange struct{ lo, hi uint64 }
+
+const nStripes = 1024
+
+func (c *Cache) stripe(lba uint64) *sync.RWMutex { return &c.stripes[hashLBA(lba)%nStripes] }
+
+// Size is the size of the virtual disk in bytes.
+func (c *Cache) Size() int64 { return c.size }
+
+// Geometry returns the cache device layout.
+func (c *Cache) Geometry() layout.Geometry { return c.g }
+
+// UUID returns the cache's UUID.
+func (c *Cache) UUID() [16]byte { return c.uuid }
+
+// Backing returns the backing device (the destager writes to it).
+func (c *Cache) Backing() device.Device { return c.hdd }
+
+// FormatOptions control Format.
+type FormatOptions struct {
+	// JournalBlocks sizes the journal ring (0 = default for the size).
+	JournalBlocks uint64
+	// Force overwrites an existing cache (its dirty data is lost).
+	Force bool
+	// Settings are stored in the superblock as the initial policy.
+	Settings layout.Settings
+}
+
+// Format writes an empty cache onto ssd for the backing device hdd. It
+// refuses a device that already holds a cache unless opts.Force is set.
+func Format(ssd, hdd device.Device, opts FormatOptions) error {
+	if err := checkBacking(hdd); err != nil {
+		return err
+	}
+	g, err := layout.ComputeGeometry(ssd.Size(), opts.JournalBlocks)
+	if err != nil {
+		return err
+	}
+	if !opts.Force {
+		sb, err := readSuperblock(ssd)
+		if err == nil {
+			return fmt.Errorf("%w (UUID %x, %d slots, clean=%v): pass --force to overwrite it and lose its contents", ErrFormatted, sb.UUID, sb.Geometry.SlotCount, sb.Clean())
+		}
+		if !errors.Is(err, layout.ErrNotFormatted) {
+			return fmt.Errorf("%w: it holds a damaged wbcache superblock (%v): pass --force to overwrite it", ErrFormatted, err)
+		}
+	}
+	var uuid [16]byte
+	if _, err := rand.Read(uuid[:]); err != nil {
+		return err
+	}
+	sb := layout.Superblock{
+		Generation:      1,
+		UUID:            uuid,
+		Flags:           layout.FlagClean,
+		Geometry:        g,
+		BackingSize:     uint64(hdd.Size()),
+		BackingIdentity: hdd.Identity(),
+		Settings:        opts.Settings,
+	}
+	// An empty checkpoint in copy 0, generation 1.
+	sb.CheckpointGeneration = 1
+	sb.CheckpointIncarnation = 1
+	page := device.AlignedBuffer(BlockSize)
+	for i := uint64(0); i < g.CheckpointBlocks; i++ {
+		clear(page)
+		kind, idx := layout.MapPage, i
+		if i >= g.MapPages {
+			kind, idx = layout.BitmapPage, i-g.MapPages
+		}
+		layout.SealPage(page, kind, uuid, 1, uint32(idx))
+		if _, err := ssd.WriteAt(page, g.MapPageOffset(0, i)); err != nil {
+			return fmt.Errorf("format: writing checkpoint: %w", err)
+		}
+	}
+	// Invalidate the other superblock copy, then write ours.
+	clear(page)
+	if _, err := ssd.WriteAt(page, layout.SuperblockOffset(0)); err != nil {
+		return fmt.Errorf("format: %w", err)
+	}
+	if err := ssd.Sync(); err != nil {
+		return fmt.Errorf("format: sync: %w", err)
+	}
+	if err := writeSuperblock(ssd, &sb); err != nil {
+		return fmt.Errorf("format: %w", err)
+	}
+	return nil
+}
+
+func checkBacking(hdd device.Device) error {
+	if hdd.Size() <= 0 || hdd.Size()%BlockSize != 0 {
+		return fmt.Errorf("%w: size %d bytes is not a positive multiple of 4096", ErrBadBacking, hdd.Size())
+	}
+	return nil
+}
+
+// readSuperblock reads both copies and returns the valid newest one.
+func readSuperblock(ssd device.Device) (layout.Superblock, error) {
+	if ssd.Size() < 2*BlockSize {
+		return layout.Superblock{}, layout.ErrNotFormatted
+	}
+	buf := device.AlignedBuffer(2 * BlockSize)
+	if _, err := ssd.ReadAt(buf, 0); err != nil {
+		return layout.Superblock{}, fmt.Errorf("reading superblock: %w", err)
+	}
+	a, errA := layout.DecodeSuperblock(buf[:BlockSize])
+	b, errB := layout.DecodeSuperblock(buf[BlockSize:])
+	if errA == nil && a.Copy() != 0 {
+		errA = fmt.Errorf("superblock copy 0 holds generation %d: %w", a.Generation, layout.ErrCorrupt)
+	}
+	if errB == nil && b.Copy() != 1 {
+		errB = fmt.Errorf("superblock copy 1 holds generation %d: %w", b.Generation, layout.ErrCorrupt)
+	}
+	return layout.PickSuperblock(a, errA, b, errB)
+}
+
+// writeSuperblock writes sb (its generation picks the copy) and syncs.
+func writeSuperblock(ssd device.Device, sb *layout.Superblock) error {
+	buf := device.AlignedBuffer(BlockSize)
+	sb.Encode(buf)
+	if _, err := ssd.WriteAt(buf, layout.SuperblockOffset(sb.Copy())); err != nil {
+		return fmt.Errorf("writing superblock: %w", err)
+	}
+	if err := ssd.Sync(); err != nil {
+		return fmt.Errorf("%w: sync after superblock: %v", ErrFailed, err)
+	}
+	return nil
+}
+
+// ReadSuperblock returns the current superblock of a cache device.
+func ReadSuperblock(ssd device.Device) (layout.Superblock, error) { return readSuperblock(ssd) }
+
+// Open opens a formatted cache, recovering after an unclean stop: it loads
+// the checkpoint, replays the journal, verifies replayed data, writes a
+// fresh checkpoint and marks the superblock in use.
+func Open(ssd, hdd device.Device, opts Options) (*Cache, error) {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.CheckpointInterval == 0 {
+		opts.CheckpointInterval = 30 * time.Second
+	}
+	sb, err := readSuperblock(ssd)
+	if err != nil {
+		if errors.Is(err, layout.ErrNotFormatted) {
+			return nil, fmt.Errorf("%w: run 'wbcache format' first", err)
+		}
+		return nil, err
+	}
+	if err := sb.Geometry.Validate(ssd.Size()); err != nil {
+		return nil, err
+	}
+	if err := checkBacking(hdd); err != nil {
+		return nil, err
+	}
+	if uint64(hdd.Size()) != sb.BackingSize {
+		return nil, fmt.Errorf("%w: the cache was formatted for a backing device of %d bytes, this one has %d: give the right --backing", ErrWrongBacking, sb.BackingSize, hdd.Size())
+	}
+	if id := hdd.Identity(); id != sb.BackingIdentity {
+		return nil, fmt.Errorf("%w: backing identity %x, the cache was formatted with %x (a copied or different device): give the right --backing, or detach/reformat the cache", ErrWrongBacking, id, sb.BackingIdentity)
+	}
+	if opts.ReserveFree == 0 {
+		opts.ReserveFree = max(8, int(sb.Geometry.SlotCount/64))
+	}
+	opts.ReserveFree = min(opts.ReserveFree, max(1, int(sb.Geometry.SlotCount/4)))
+	c := &Cache{
+		ssd: ssd, hdd: hdd, g: sb.Geometry, uuid: sb.UUID,
+		size: hdd.Size(), nblocks: uint64(hdd.Size()) / BlockSize,
+		opts: opts, log: opts.Logger, start: opts.Now(), sb: sb,
+		ckptReq: make(chan struct{}, 1), reclaimReq: make(chan struct{}, 1), pressure: make(chan struct{}, 1),
+		stop: make(chan struct{}),
+	}
+	c.mu.freed = sync.NewCond(&c.mu.Mutex)
+	c.applySettings(sb.Settings)
+	c.mu.inflight = make(map[uint64]int)
+	c.mu.sketch = newPromoteSketch()
+	t0 := opts.Now()
+	rec, err := c.recover()
+	if err != nil {
+		return nil, err
+	}
+	c.stats.recoveryNanos.Store(int64(opts.Now().Sub(t0)))
+	c.epoch.Store(uint32(sb.FlushEpoch) + 1)
+	c.j = newJournal(ssd, c.g, c.uuid, rec.incarnation, rec.endLSN, c.requestCheckpoint)
+	// A fresh checkpoint makes the replayed state the new base, in the new
+	// incarnation, and marks the cache in use (not clean).
+	if err := c.checkpoint(false); err != nil {
+		c.j.close()
+		return nil, fmt.Errorf("writing the post-recovery checkpoint: %w", err)
+	}
+	c.log.Info("cache opened", "slots", c.g.SlotCount, "valid", rec.valid, "dirty", rec.dirty,
+		"replayed_records", rec.records, "dropped_records", rec.dropped, "was_clean", sb.Clean(),
+		"recovery", time.Duration(c.stats.recoveryNanos.Load()))
+	c.wg.Add(2)
+	go c.checkpointer()
+	go c.reclaimer()
+	return c, nil
+}
+
+// fail marks the cache dead after an unrecoverable device error.
+func (c *Cache) fail(err error) error {
+	if !errors.Is(err, ErrFailed) {
+		err = fmt.Errorf("%w: %v", ErrFailed, err)
+	}
+	if c.failed.CompareAndSwap(nil, &err) {
+		c.log.Error("cache failed: refusing further I/O until restart", "err", err)
+	}
+	c.mu.Lock()
+	c.mu.freed.Broadcast()
+	c.mu.Unlock()
+	return err
+}
+
+// usable returns an error when the cache is closed or failed.
+func (c *Cache) usable() error {
+	if p := c.failed.Load(); p != nil {
+		return *p
+	}
+	if c.closed.Load() {
+		return ErrClosed
+	}
+	return nil
+}
+
+// Close checkpoints and marks the cache clean. Dirty blocks stay in the
+// cache (it is persistent); use the destager's FlushAll first to empty it.
+func (c *Cache) Close() error {
+	if c.closed.Swap(true) {
+		return ErrClosed
+	}
+	close(c.stop)
+	c.j.stop()
+	c.mu.Lock()
+	c.mu.freed.Broadcast()
+	c.mu.Unlock()
+	c.wg.Wait()
+	var err error
+	if c.failed.Load() == nil {
+		err = c.checkpoint(true)
+	} else {
+		err = *c.failed.Load()
+	}
+	c.j.close()
+	return err
+}
+
+// tick is the age clock for dirty blocks: seconds since Open.
+func (c *Cache) tick() uint32 { return uint32(c.opts.Now().Sub(c.start) / time.Second) }

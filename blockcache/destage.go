@@ -1,0 +1,160 @@
+package blockcache
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/wbcache/wbcache/layout"
+)
+
+// DirtyBlock names one dirty version: block LBA held in Slot with data CRC.
+// Since is the age tick (seconds since Open) at which it became dirty.
+type DirtyBlock struct {
+	LBA   uint64
+	Slot  uint32
+	CRC   uint32
+	Since uint32
+}
+
+// DirtyBlocks appends every dirty block not being destaged to dst, sorted
+// by LBA. It scans the slot table; the destager calls it once per sweep.
+func (c *Cache) DirtyBlocks(dst []DirtyBlock) []DirtyBlock {
+	c.mu.Lock()
+	t := &c.mu.t
+	for s, f := range t.flags {
+		if f&(fValid|fDirty|fPinned) == fValid|fDirty {
+			dst = append(dst, DirtyBlock{LBA: t.lba[s], Slot: uint32(s), CRC: t.crc[s], Since: t.since[s]})
+		}
+	}
+	c.mu.Unlock()
+	slices.SortFunc(dst, func(a, b DirtyBlock) int {
+		switch {
+		case a.LBA < b.LBA:
+			return -1
+		case a.LBA > b.LBA:
+			return 1
+		}
+		return 0
+	})
+	return dst
+}
+
+// Pin claims blocks for destaging and returns those it pinned: each must
+// still be the current dirty version of its LBA, with no other destage of
+// that LBA in flight (so the backing device only ever moves forward) and no
+// Discard zeroing it. Every pinned block must be passed to Complete. The
+// journal is synced first, so every pinned block's MAP record is durable:
+// a destaged version can never be rolled back by recovery.
+func (c *Cache) Pin(blocks []DirtyBlock) ([]DirtyBlock, error) {
+	if err := c.usable(); err != nil {
+		return nil, err
+	}
+	if err := c.syncJournal(); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := &c.mu.t
+	out := blocks[:0]
+	for _, b := range blocks {
+		s := b.Slot
+		if t.flags[s]&(fValid|fDirty|fPinned) != fValid|fDirty || t.lba[s] != b.LBA || t.crc[s] != b.CRC {
+			continue
+		}
+		if c.mu.inflight[b.LBA] > 0 || c.discardingLocked(b.LBA) {
+			continue
+		}
+		t.flags[s] |= fPinned
+		c.mu.inflight[b.LBA]++
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+// ReadSlots reads the data of pinned blocks into buf (4 KiB each, in
+// order), verifying each checksum.
+func (c *Cache) ReadSlots(blocks []DirtyBlock, buf []byte) error {
+	for i, b := range blocks {
+		p := buf[i*BlockSize : (i+1)*BlockSize]
+		if _, err := c.ssd.ReadAt(p, c.g.SlotOffset(uint64(b.Slot))); err != nil {
+			return c.ssdReadError(b.Slot, err)
+		}
+		if layout.DataCRC(p) != b.CRC {
+			c.stats.cacheErrors.Add(1)
+			return fmt.Errorf("%w: cache slot %d (block %d) fails its checksum", ErrCorruptData, b.Slot, b.LBA)
+		}
+	}
+	return nil
+}
+
+// Complete ends the destage of pinned blocks. With written true the caller
+// has written them to the backing device and synced it: each block that is
+// still the current version is marked clean with a CLEAN record. With
+// written false they stay dirty. Either way they are unpinned.
+func (c *Cache) Complete(blocks []DirtyBlock, written bool) error {
+	var err error
+	reserved := 0
+	if written {
+		// Reserve in pieces so a large run never needs more than the ring.
+		reserved = min(len(blocks), layout.RecordsPerBlock)
+		if err = c.j.reserve(reserved); err != nil {
+			reserved = 0
+			written = false
+			err = c.fail(err)
+		}
+	}
+	for i := 0; i < len(blocks); {
+		n := len(blocks) - i
+		if written {
+			n = min(n, reserved)
+		}
+		c.completeLocked(blocks[i:i+n], written)
+		i += n
+	}
+	if reserved > 0 {
+		c.j.release(reserved)
+	}
+	if written {
+		c.stats.destagedBlocks.Add(uint64(len(blocks)))
+		c.stats.destageRuns.Add(1)
+		c.kickReclaim()
+	}
+	return err
+}
+
+func (c *Cache) completeLocked(blocks []DirtyBlock, written bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := &c.mu.t
+	for _, b := range blocks {
+		s := b.Slot
+		f := t.flags[s]
+		if written && f&fValid != 0 && t.lba[s] == b.LBA && t.crc[s] == b.CRC {
+			c.j.append(layout.Record{Type: layout.RecClean, Slot: s, LBA: b.LBA, CRC: b.CRC, Epoch: c.epoch.Load()})
+			t.setClean(s)
+		}
+		t.flags[s] &^= fPinned
+		if t.flags[s]&fFreeOK != 0 {
+			t.flags[s] = 0
+			t.free = append(t.free, s)
+		}
+		if c.mu.inflight[b.LBA]--; c.mu.inflight[b.LBA] <= 0 {
+			delete(c.mu.inflight, b.LBA)
+		}
+	}
+	c.mu.freed.Broadcast()
+}
+
+// DirtyCount is the number of dirty blocks.
+func (c *Cache) DirtyCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.mu.t.dirty
+}
+
+// SlotCount is the number of cache slots.
+func (c *Cache) SlotCount() int { return int(c.g.SlotCount) }
+
+// Tick is the current age tick (seconds since Open), comparable with
+// DirtyBlock.Since.
+func (c *Cache) Tick() uint32 { return c.tick() }

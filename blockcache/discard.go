@@ -1,0 +1,213 @@
+package blockcache
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/wbcache/wbcache/layout"
+)
+
+// discardChunk bounds how many blocks one step of Discard locks and zeroes.
+const discardChunk = 16384 // 64 MiB
+
+// Discard makes [off, off+n) read as zeros (TRIM, punch hole). Partial
+// blocks at the edges are written with zeros; whole blocks are zeroed on
+// the backing device (punch hole, BLKZEROOUT or written zeros), the backing
+// device is synced, and only then are their cached copies dropped with FREE
+// records. That order means a crash at any point leaves each block either
+// as it was or zero, never an older version.
+func (c *Cache) Discard(off, n int64) error {
+	if err := c.usable(); err != nil {
+		return err
+	}
+	if err := c.checkRange(off, n); err != nil {
+		return err
+	}
+	c.stats.discards.Add(1)
+	end := off + n
+	first := uint64(off+BlockSize-1) / BlockSize
+	last := uint64(end) / BlockSize // exclusive
+	if first >= last {
+		// Within one block, or two partial ones.
+		_, err := c.WriteAt(make([]byte, n), off)
+		return err
+	}
+	if head := int64(first)*BlockSize - off; head > 0 {
+		if _, err := c.WriteAt(make([]byte, head), off); err != nil {
+			return err
+		}
+	}
+	if tail := end - int64(last)*BlockSize; tail > 0 {
+		if _, err := c.WriteAt(make([]byte, tail), int64(last)*BlockSize); err != nil {
+			return err
+		}
+	}
+	for lo := first; lo < last; lo += discardChunk {
+		if err := c.discardBlocks(lo, min(last, lo+discardChunk)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Cache) discardingLocked(lba uint64) bool {
+	for _, r := range c.mu.discarding {
+		if lba >= r.lo && lba < r.hi {
+			return true
+		}
+	}
+	return false
+}
+
+// discardBlocks discards whole blocks [lo, hi).
+func (c *Cache) discardBlocks(lo, hi uint64) error {
+	// Lock every stripe the range touches, in stripe order (the only place
+	// that holds more than one stripe, so the order cannot deadlock).
+	var locked []int
+	if hi-lo >= nStripes {
+		for i := range c.stripes {
+			locked = append(locked, i)
+		}
+	} else {
+		seen := make(map[int]bool)
+		for l := lo; l < hi; l++ {
+			i := int(hashLBA(l) % nStripes)
+			if !seen[i] {
+				seen[i] = true
+				locked = append(locked, i)
+			}
+		}
+		slices.Sort(locked)
+	}
+	for _, i := range locked {
+		c.stripes[i].Lock()
+	}
+	defer func() {
+		for _, i := range locked {
+			c.stripes[i].Unlock()
+		}
+	}()
+	r := lbaRange{lo, hi}
+	c.mu.Lock()
+	c.mu.discarding = append(c.mu.discarding, r)
+	// Wait out destages in flight in the range: their backing writes must
+	// land before the zeroing.
+	for c.inflightIn(lo, hi) && c.usable() == nil {
+		c.mu.freed.Wait()
+	}
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		for i, x := range c.mu.discarding {
+			if x == r {
+				c.mu.discarding = append(c.mu.discarding[:i], c.mu.discarding[i+1:]...)
+				break
+			}
+		}
+		c.mu.Unlock()
+	}()
+	if err := c.usable(); err != nil {
+		return err
+	}
+	// Clean copies go first, durably: a clean copy must never differ from
+	// the backing device, which is about to change.
+	if err := c.freeMapped(lo, hi, false); err != nil {
+		return err
+	}
+	if err := c.syncJournal(); err != nil {
+		return err
+	}
+	if err := c.hdd.Zero(int64(lo)*BlockSize, int64(hi-lo)*BlockSize); err != nil {
+		c.stats.backingErrors.Add(1)
+		return fmt.Errorf("zeroing backing device blocks %d-%d: %w", lo, hi-1, err)
+	}
+	if err := c.hdd.Sync(); err != nil {
+		c.stats.backingErrors.Add(1)
+		return fmt.Errorf("syncing backing device after discard: %w", err)
+	}
+	// Dirty copies go last: until their FREE records are written, a crash
+	// leaves them to be destaged over the zeros, as if the discard had not
+	// happened.
+	if err := c.freeMapped(lo, hi, true); err != nil {
+		return err
+	}
+	for _, i := range locked {
+		c.gens[i]++
+	}
+	return nil
+}
+
+// freeMapped unmaps the cached blocks in [lo, hi) (the dirty ones too with
+// dirty) with FREE records, and waits until they are written.
+func (c *Cache) freeMapped(lo, hi uint64, dirty bool) error {
+	slots := c.mappedIn(lo, hi)
+	var last uint64
+	for len(slots) > 0 {
+		n := min(len(slots), 64)
+		if err := c.j.reserve(n); err != nil {
+			return c.fail(err)
+		}
+		c.mu.Lock()
+		t := &c.mu.t
+		for _, s := range slots[:n] {
+			f := t.flags[s]
+			if f&fValid == 0 || t.lba[s] < lo || t.lba[s] >= hi || (f&fDirty != 0 && !dirty) {
+				continue
+			}
+			last = c.j.append(layout.Record{Type: layout.RecFree, Slot: s, LBA: t.lba[s], Epoch: c.epoch.Load()})
+			t.unmap(s)
+			c.mu.pending = append(c.mu.pending, pendingFree{s, last})
+			if f&fDirty == 0 {
+				c.cleanUnmapSeq.Store(last)
+			}
+		}
+		c.mu.Unlock()
+		c.j.release(n)
+		slots = slots[n:]
+	}
+	if last > 0 {
+		if err := c.j.waitWritten(last); err != nil {
+			return c.fail(err)
+		}
+	}
+	return nil
+}
+
+func (c *Cache) inflightIn(lo, hi uint64) bool {
+	if hi-lo < uint64(len(c.mu.inflight)) {
+		for l := lo; l < hi; l++ {
+			if c.mu.inflight[l] > 0 {
+				return true
+			}
+		}
+		return false
+	}
+	for l := range c.mu.inflight {
+		if l >= lo && l < hi {
+			return true
+		}
+	}
+	return false
+}
+
+// mappedIn lists slots holding blocks in [lo, hi).
+func (c *Cache) mappedIn(lo, hi uint64) []uint32 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := &c.mu.t
+	var out []uint32
+	if hi-lo < uint64(t.n()) {
+		for l := lo; l < hi; l++ {
+			if s, ok := t.lookup(l); ok {
+				out = append(out, s)
+			}
+		}
+		return out
+	}
+	for s, f := range t.flags {
+		if f&fValid != 0 && t.lba[s] >= lo && t.lba[s] < hi {
+			out = append(out, uint32(s))
+		}
+	}
+	return out
+}

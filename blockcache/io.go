@@ -1,0 +1,520 @@
+package blockcache
+
+import (
+	"fmt"
+	"sync"
+
+	"github.com/wbcache/wbcache/device"
+	"github.com/wbcache/wbcache/layout"
+)
+
+var blockPool = sync.Pool{New: func() any { b := device.AlignedBuffer(BlockSize); return &b }}
+
+func getBlock() *[]byte  { return blockPool.Get().(*[]byte) }
+func putBlock(b *[]byte) { blockPool.Put(b) }
+
+func (c *Cache) checkRange(off, n int64) error {
+	if off < 0 || n < 0 || off > c.size || n > c.size-off {
+		return fmt.Errorf("%w: I/O at offset %d length %d is outside the %d-byte disk", ErrInvalid, off, n, c.size)
+	}
+	return nil
+}
+
+// ReadAt reads len(p) bytes at off. Any offset and length inside the disk
+// is allowed.
+func (c *Cache) ReadAt(p []byte, off int64) (int, error) {
+	if err := c.usable(); err != nil {
+		return 0, err
+	}
+	if err := c.checkRange(off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	c.stats.reads.Add(1)
+	c.stats.readBytes.Add(uint64(len(p)))
+	seq := c.seqDetect(&c.seqReads, off, int64(len(p)))
+	done := 0
+	for done < len(p) {
+		lba := uint64(off+int64(done)) / BlockSize
+		inBlock := int((off + int64(done)) % BlockSize)
+		// Blocks from lba on that this request still covers.
+		want := (inBlock + len(p) - done + BlockSize - 1) / BlockSize
+		n, err := c.readRun(lba, want, p[done:], inBlock, seq)
+		if err != nil {
+			return done, err
+		}
+		done += n
+	}
+	return done, nil
+}
+
+// readRun serves blocks starting at lba: either one cached block, or a run
+// of up to want uncached blocks read from the backing device in one I/O.
+// It copies into dst starting at byte inBlock of the first block and
+// returns the bytes copied.
+func (c *Cache) readRun(lba uint64, want int, dst []byte, inBlock int, seq bool) (int, error) {
+	b := getBlock()
+	defer putBlock(b)
+	hit, gen, err := c.readCached(lba, *b)
+	if err != nil {
+		return 0, err
+	}
+	if hit {
+		c.stats.readHits.Add(1)
+		return copy(dst, (*b)[inBlock:]), nil
+	}
+	// Collect the run of misses (at most 256 blocks = 1 MiB).
+	run := 1
+	gens := []uint64{gen}
+	for run < min(want, 256) {
+		g, cached := c.probe(lba + uint64(run))
+		if cached {
+			break
+		}
+		gens = append(gens, g)
+		run++
+	}
+	c.stats.readMisses.Add(uint64(run))
+	// Only data the backing device holds durably may become a clean copy.
+	durable := c.hddSynced.Load() == c.hddWritten.Load()
+	var buf []byte
+	if run == 1 {
+		buf = *b
+	} else {
+		buf = device.AlignedBuffer(run * BlockSize)
+	}
+	if _, err := c.hdd.ReadAt(buf, int64(lba)*BlockSize); err != nil {
+		c.stats.backingErrors.Add(1)
+		return 0, fmt.Errorf("reading backing device at block %d: %w", lba, err)
+	}
+	n := copy(dst, buf[inBlock:])
+	if !seq && durable {
+		for i := 0; i < run; i++ {
+			c.maybePromote(lba+uint64(i), buf[i*BlockSize:(i+1)*BlockSize], gens[i])
+		}
+	}
+	return n, nil
+}
+
+// readCached reads lba from its cache slot if it has one. Otherwise it
+// returns the stripe generation seen, for promotion.
+func (c *Cache) readCached(lba uint64, dst []byte) (bool, uint64, error) {
+	st := c.stripe(lba)
+	st.RLock()
+	defer st.RUnlock()
+	c.mu.Lock()
+	s, ok := c.mu.t.lookup(lba)
+	var crc uint32
+	if ok {
+		c.mu.t.flags[s] |= fRef
+		crc = c.mu.t.crc[s]
+	}
+	c.mu.Unlock()
+	if !ok {
+		return false, c.stripeGen(lba), nil
+	}
+	// The slot cannot be unmapped (let alone reused) while we hold the
+	// stripe lock: every unmapping holds it exclusively.
+	if _, err := c.ssd.ReadAt(dst, c.g.SlotOffset(uint64(s))); err != nil {
+		return false, 0, c.ssdReadError(s, err)
+	}
+	if layout.DataCRC(dst) != crc {
+		c.stats.cacheErrors.Add(1)
+		return false, 0, fmt.Errorf("%w: cache slot %d (block %d) fails its checksum: the SSD returned bad data", ErrCorruptData, s, lba)
+	}
+	return true, 0, nil
+}
+
+func (c *Cache) ssdReadError(s uint32, err error) error {
+	c.stats.cacheErrors.Add(1)
+	return fmt.Errorf("reading cache slot %d: %w", s, err)
+}
+
+// probe reports whether lba is cached, and the stripe generation.
+func (c *Cache) probe(lba uint64) (uint64, bool) {
+	st := c.stripe(lba)
+	st.RLock()
+	defer st.RUnlock()
+	c.mu.Lock()
+	_, ok := c.mu.t.lookup(lba)
+	c.mu.Unlock()
+	return c.stripeGen(lba), ok
+}
+
+// stripeGens counts mapping changes per stripe; written under the stripe's
+// write lock, read under either lock.
+func (c *Cache) stripeGen(lba uint64) uint64 { return c.gens[hashLBA(lba)%nStripes] }
+func (c *Cache) bumpGen(lba uint64)          { c.gens[hashLBA(lba)%nStripes]++ }
+
+// WriteAt writes p at off. It returns once every block is in the cache
+// device's page cache and journaled (it survives a process crash); Sync
+// makes it survive a power cut.
+func (c *Cache) WriteAt(p []byte, off int64) (int, error) {
+	if err := c.usable(); err != nil {
+		return 0, err
+	}
+	if err := c.checkRange(off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	c.stats.writes.Add(1)
+	c.stats.writeBytes.Add(uint64(len(p)))
+	mode := c.Mode()
+	bypass := mode != ModeWriteback && mode != ModeWritethrough
+	if c.seqDetect(&c.seqWrites, off, int64(len(p))) && mode != ModeWritethrough {
+		bypass = true
+		c.stats.bypassed.Add(1)
+	}
+	var last uint64
+	done := 0
+	for done < len(p) {
+		pos := off + int64(done)
+		lba := uint64(pos) / BlockSize
+		inBlock := int(pos % BlockSize)
+		n := min(BlockSize-inBlock, len(p)-done)
+		seq, err := c.writeBlock(lba, inBlock, p[done:done+n], mode, bypass)
+		if err != nil {
+			return done, err
+		}
+		last = max(last, seq)
+		done += n
+	}
+	if last > 0 {
+		if err := c.j.waitWritten(last); err != nil {
+			return 0, c.fail(err)
+		}
+	}
+	return done, nil
+}
+
+// writeBlock writes data at byte inBlock of block lba and returns the
+// sequence number of its journal record (0 if none).
+func (c *Cache) writeBlock(lba uint64, inBlock int, data []byte, mode Mode, bypass bool) (uint64, error) {
+	st := c.stripe(lba)
+	st.Lock()
+	defer st.Unlock()
+	b := getBlock()
+	defer putBlock(b)
+	blk := *b
+	c.mu.Lock()
+	old, cached := c.mu.t.lookup(lba)
+	dirty := cached && c.mu.t.flags[old]&fDirty != 0
+	oldCRC := c.mu.t.crc[old]
+	c.mu.Unlock()
+	if len(data) < BlockSize {
+		// Read-modify-write under the block's lock.
+		if cached {
+			if _, err := c.ssd.ReadAt(blk, c.g.SlotOffset(uint64(old))); err != nil {
+				return 0, c.ssdReadError(old, err)
+			}
+			if layout.DataCRC(blk) != oldCRC {
+				c.stats.cacheErrors.Add(1)
+				return 0, fmt.Errorf("%w: cache slot %d (block %d) fails its checksum", ErrCorruptData, old, lba)
+			}
+		} else if _, err := c.hdd.ReadAt(blk, int64(lba)*BlockSize); err != nil {
+			c.stats.backingErrors.Add(1)
+			return 0, fmt.Errorf("reading backing device at block %d: %w", lba, err)
+		}
+		copy(blk[inBlock:], data)
+	} else {
+		copy(blk, data)
+	}
+	switch {
+	case mode == ModeWritethrough && !bypass:
+		return c.writeThrough(lba, blk, cached)
+	case dirty || (!bypass && mode == ModeWriteback):
+		// A block with a dirty cached version is written back into the
+		// cache whatever the mode: writing the backing device under it
+		// could let a later destage put the older version over the new.
+		return c.cacheBlock(lba, blk, true)
+	}
+	if cached {
+		// Drop the clean cached copy, durably, before the backing write:
+		// a clean copy must never differ from the backing device.
+		if err := c.unmapClean(lba, old); err != nil {
+			return 0, err
+		}
+	}
+	if err := c.writeBacking(lba, blk); err != nil {
+		return 0, err
+	}
+	return 0, nil
+}
+
+// writeBacking writes one block in place on the backing device.
+func (c *Cache) writeBacking(lba uint64, blk []byte) error {
+	// A block that looks uncached may have lost its clean copy to an
+	// eviction whose FREE record is not durable yet; the backing device
+	// must not change under a copy that recovery could bring back.
+	if c.j.durable() < c.cleanUnmapSeq.Load() {
+		if err := c.syncJournal(); err != nil {
+			return err
+		}
+	}
+	c.hddWritten.Add(1)
+	if _, err := c.hdd.WriteAt(blk, int64(lba)*BlockSize); err != nil {
+		c.stats.backingErrors.Add(1)
+		return fmt.Errorf("writing backing device at block %d: %w", lba, err)
+	}
+	c.bumpGen(lba)
+	return nil
+}
+
+// writeThrough caches blk as a dirty block and writes it to the backing
+// device too. It stays dirty until a Sync has made the backing write
+// durable (then Sync marks it clean), so a power cut can never leave a
+// clean cached copy that the backing device lacks. Caller holds the
+// stripe lock.
+func (c *Cache) writeThrough(lba uint64, blk []byte, cached bool) (uint64, error) {
+	// An older version's destage in flight must land first.
+	c.mu.Lock()
+	for c.mu.inflight[lba] > 0 && c.usable() == nil {
+		c.mu.freed.Wait()
+	}
+	c.mu.Unlock()
+	seq, err := c.cacheBlock(lba, blk, true)
+	if err != nil {
+		return 0, err
+	}
+	if cached {
+		// The record superseding the old clean copy must be durable before
+		// the backing device changes under that copy.
+		if err := c.syncJournal(); err != nil {
+			return 0, err
+		}
+	}
+	if err := c.writeBacking(lba, blk); err != nil {
+		return 0, err
+	}
+	c.mu.Lock()
+	if s, ok := c.mu.t.lookup(lba); ok {
+		c.mu.through = append(c.mu.through, DirtyBlock{LBA: lba, Slot: s, CRC: c.mu.t.crc[s]})
+	}
+	c.mu.Unlock()
+	return seq, nil
+}
+
+// cacheBlock writes blk into a new slot and maps lba to it (out of place:
+// the old slot is freed once the new record is durable). Caller holds the
+// stripe lock.
+func (c *Cache) cacheBlock(lba uint64, blk []byte, dirty bool) (uint64, error) {
+	s, err := c.allocSlot(true)
+	if err != nil {
+		return 0, err
+	}
+	return c.fillSlot(s, lba, blk, dirty)
+}
+
+// cacheBlockIfFree caches a clean copy when a slot is free right now.
+func (c *Cache) cacheBlockIfFree(lba uint64, blk []byte) (uint64, error) {
+	s, err := c.allocSlot(false)
+	if err != nil {
+		return 0, nil // no room: the block is simply not cached
+	}
+	return c.fillSlot(s, lba, blk, false)
+}
+
+func (c *Cache) fillSlot(s uint32, lba uint64, blk []byte, dirty bool) (uint64, error) {
+	crc := layout.DataCRC(blk)
+	if _, err := c.ssd.WriteAt(blk, c.g.SlotOffset(uint64(s))); err != nil {
+		c.putFree(s)
+		c.stats.cacheErrors.Add(1)
+		return 0, fmt.Errorf("writing cache slot %d: %w", s, err)
+	}
+	if err := c.j.reserve(1); err != nil {
+		c.putFree(s)
+		return 0, c.fail(err)
+	}
+	defer c.j.release(1)
+	var fl uint8
+	if dirty {
+		fl = layout.RecordDirty
+	}
+	c.mu.Lock()
+	t := &c.mu.t
+	seq := c.j.append(layout.Record{Type: layout.RecMap, Flags: fl, Slot: s, LBA: lba, CRC: crc, Epoch: c.epoch.Load()})
+	if old, ok := t.lookup(lba); ok {
+		t.unmap(old)
+		c.mu.pending = append(c.mu.pending, pendingFree{old, seq})
+	}
+	t.mapSlot(s, lba, crc, dirty, c.tick())
+	c.mu.Unlock()
+	c.bumpGen(lba)
+	return seq, nil
+}
+
+// unmapClean drops a clean cached copy of lba (slot s) with a FREE record
+// written before it returns. Caller holds the stripe lock.
+func (c *Cache) unmapClean(lba uint64, s uint32) error {
+	if err := c.j.reserve(1); err != nil {
+		return c.fail(err)
+	}
+	c.mu.Lock()
+	seq := c.j.append(layout.Record{Type: layout.RecFree, Slot: s, LBA: lba, Epoch: c.epoch.Load()})
+	c.mu.t.unmap(s)
+	c.mu.pending = append(c.mu.pending, pendingFree{s, seq})
+	c.cleanUnmapSeq.Store(seq)
+	c.mu.Unlock()
+	c.j.release(1)
+	c.bumpGen(lba)
+	if err := c.syncJournal(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// maybePromote copies a block just read from the backing device into the
+// cache as a clean block, if the policy wants it and nothing changed the
+// block's stripe since it was looked up.
+func (c *Cache) maybePromote(lba uint64, blk []byte, gen uint64) {
+	after := c.opts.PromoteAfter
+	if after < 0 || c.Mode() == ModeNone {
+		return
+	}
+	c.mu.Lock()
+	ok := c.mu.sketch.hit(lba, after)
+	c.mu.Unlock()
+	if !ok {
+		return
+	}
+	st := c.stripe(lba)
+	if !st.TryLock() {
+		return
+	}
+	defer st.Unlock()
+	if c.stripeGen(lba) != gen {
+		return
+	}
+	c.mu.Lock()
+	_, cached := c.mu.t.lookup(lba)
+	c.mu.Unlock()
+	if cached {
+		return
+	}
+	if seq, err := c.cacheBlockIfFree(lba, blk); err == nil && seq > 0 {
+		c.stats.promotions.Add(1)
+	}
+}
+
+// allocSlot takes a free slot. With wait it blocks until one is free
+// (back-pressure: the reclaimer evicts clean blocks, the destager cleans
+// dirty ones); without, it fails at once when none is free.
+func (c *Cache) allocSlot(wait bool) (uint32, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := &c.mu.t
+	waited := false
+	for len(t.free) == 0 {
+		if err := c.usable(); err != nil {
+			return 0, err
+		}
+		c.kickReclaim()
+		if !wait {
+			return 0, errNoSlot
+		}
+		if !waited {
+			waited = true
+			c.stats.allocWaits.Add(1)
+		}
+		c.signalPressure()
+		c.mu.freed.Wait()
+	}
+	s := t.free[len(t.free)-1]
+	t.free = t.free[:len(t.free)-1]
+	if len(t.free) < c.opts.ReserveFree {
+		c.kickReclaim()
+	}
+	return s, nil
+}
+
+func (c *Cache) putFree(s uint32) {
+	c.mu.Lock()
+	c.mu.t.flags[s] = 0
+	c.mu.t.free = append(c.mu.t.free, s)
+	c.mu.freed.Broadcast()
+	c.mu.Unlock()
+}
+
+// Sync makes every write completed before it durable (the FUSE FSYNC
+// reply is sent after it returns).
+func (c *Cache) Sync() error {
+	if err := c.usable(); err != nil {
+		return err
+	}
+	c.stats.syncs.Add(1)
+	c.epoch.Add(1)
+	if err := c.syncJournal(); err != nil {
+		return err
+	}
+	if w := c.hddWritten.Load(); w != c.hddSynced.Load() {
+		c.mu.Lock()
+		through := c.mu.through
+		c.mu.through = nil
+		c.mu.Unlock()
+		if err := c.hdd.Sync(); err != nil {
+			c.stats.backingErrors.Add(1)
+			return fmt.Errorf("syncing backing device: %w", err)
+		}
+		c.hddSynced.Store(w)
+		if err := c.cleanThrough(through); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// cleanThrough marks write-through blocks clean once the backing device
+// holds them durably (those superseded or being destaged are skipped).
+func (c *Cache) cleanThrough(blocks []DirtyBlock) error {
+	for len(blocks) > 0 {
+		n := min(len(blocks), 64)
+		if err := c.j.reserve(n); err != nil {
+			return c.fail(err)
+		}
+		c.mu.Lock()
+		t := &c.mu.t
+		for _, b := range blocks[:n] {
+			s := b.Slot
+			if t.flags[s]&(fValid|fDirty|fPinned) == fValid|fDirty && t.lba[s] == b.LBA && t.crc[s] == b.CRC {
+				c.j.append(layout.Record{Type: layout.RecClean, Slot: s, LBA: b.LBA, CRC: b.CRC, Epoch: c.epoch.Load()})
+				t.setClean(s)
+			}
+		}
+		c.mu.freed.Broadcast()
+		c.mu.Unlock()
+		c.j.release(n)
+		blocks = blocks[n:]
+	}
+	return nil
+}
+
+// syncJournal makes all records and completed data writes durable and
+// frees the slots whose unmapping records now are.
+func (c *Cache) syncJournal() error {
+	if err := c.j.sync(); err != nil {
+		return c.fail(err)
+	}
+	c.releaseDurable()
+	return nil
+}
+
+// releaseDurable moves unmapped slots whose records are durable to the
+// free list (pinned ones go when unpinned).
+func (c *Cache) releaseDurable() {
+	d := c.j.durable()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := &c.mu.t
+	i := 0
+	for ; i < len(c.mu.pending) && c.mu.pending[i].seq <= d; i++ {
+		s := c.mu.pending[i].slot
+		if t.flags[s]&fPinned != 0 {
+			t.flags[s] |= fFreeOK
+			continue
+		}
+		t.flags[s] = 0
+		t.free = append(t.free, s)
+	}
+	if i > 0 {
+		c.mu.pending = append(c.mu.pending[:0], c.mu.pending[i:]...)
+		c.mu.freed.Broadcast()
+	}
+}

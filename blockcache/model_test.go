@@ -1,0 +1,487 @@
+package blockcache
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"github.com/wbcache/wbcache/device"
+	"github.com/wbcache/wbcache/layout"
+)
+
+// model is what the disk must hold: per block, every version since the
+// last completed Sync (the first one is durable), plus the versions of the
+// operation in flight.
+type model struct {
+	mu      sync.Mutex
+	vers    [][][]byte
+	pending map[uint64][]byte
+	hist    [][][]byte // every version since the last reset, for diagnostics
+	// direct marks blocks written on the backing device in place since the
+	// last sync (bypass modes, discards): a power cut may tear those at
+	// 512-byte sectors, as it would on the bare device.
+	direct     []bool
+	pendDirect bool
+	allowTear  []bool
+	// filled at the snapshot: what each block may read back as.
+	allowed [][][]byte
+}
+
+func newModel(blocks int) *model {
+	m := &model{vers: make([][][]byte, blocks), hist: make([][][]byte, blocks), direct: make([]bool, blocks), pending: map[uint64][]byte{}}
+	for i := range m.vers {
+		m.vers[i] = [][]byte{make([]byte, BlockSize)}
+		m.hist[i] = m.vers[i]
+	}
+	return m
+}
+
+func (m *model) current(lba uint64) []byte { return m.vers[lba][len(m.vers[lba])-1] }
+
+// begin records the new block contents of the operation about to run.
+func (m *model) begin(news map[uint64][]byte, direct bool) {
+	m.mu.Lock()
+	m.pending = news
+	m.pendDirect = direct
+	m.mu.Unlock()
+}
+
+// commit makes the operation's versions acknowledged.
+func (m *model) commit() {
+	m.mu.Lock()
+	for lba, b := range m.pending {
+		m.vers[lba] = append(m.vers[lba], b)
+		m.hist[lba] = append(m.hist[lba], b)
+		m.direct[lba] = m.direct[lba] || m.pendDirect
+	}
+	m.pending = map[uint64][]byte{}
+	m.mu.Unlock()
+}
+
+// synced: a Sync completed; the newest versions are durable.
+func (m *model) synced() {
+	m.mu.Lock()
+	for i, v := range m.vers {
+		m.vers[i] = v[len(v)-1:]
+		m.direct[i] = false
+	}
+	m.mu.Unlock()
+}
+
+// snap computes what may be read after a crash now. Called under rig.mu.
+func (m *model) snap(power bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.allowed = make([][][]byte, len(m.vers))
+	m.allowTear = make([]bool, len(m.vers))
+	for i, v := range m.vers {
+		_, inflight := m.pending[uint64(i)]
+		m.allowTear[i] = power && (m.direct[i] || (inflight && m.pendDirect))
+		var a [][]byte
+		if power {
+			a = append(a, v...)
+		} else {
+			a = append(a, v[len(v)-1])
+		}
+		if p, ok := m.pending[uint64(i)]; ok {
+			a = append(a, p)
+		}
+		m.allowed[i] = a
+	}
+}
+
+// reset after recovery: what was read back is now the durable state.
+func (m *model) reset(got [][]byte) {
+	for i := range m.vers {
+		m.vers[i] = [][]byte{got[i]}
+		m.hist[i] = [][]byte{got[i]}
+		m.direct[i] = false
+	}
+	m.pending = map[uint64][]byte{}
+}
+
+// fill writes recognisable, never-repeating content.
+func fill(rng *rand.Rand, b []byte, tag uint64) {
+	for i := 0; i+8 <= len(b); i += 8 {
+		binary.LittleEndian.PutUint64(b[i:], tag^rng.Uint64())
+	}
+	for i := len(b) &^ 7; i < len(b); i++ {
+		b[i] = byte(rng.Uint32())
+	}
+}
+
+type modelRun struct {
+	t      testing.TB
+	rng    *rand.Rand
+	blocks int
+	r      *rig
+	c      *Cache
+	m      *model
+	tag    uint64
+	cycles int
+	ops    map[string]int
+	log    []string
+
+	keepSSD, keepHDD *device.Mem // the last crash image, for tracing
+}
+
+// trace recovers the last crash image again, logging what recovery sees of
+// block lba.
+func (mr *modelRun) trace(lba int) {
+	traceMu.Lock()
+	defer traceMu.Unlock()
+	traceJournalEnd = func(lsn uint64, h layout.JournalHeader, err error, inc uint64) {
+		mr.t.Logf("journal ends at LSN %d: header %+v err %v want inc >= %d", lsn, h, err, inc)
+	}
+	defer func() { traceJournalEnd = nil }()
+	traceRecovery = func(c *Cache, recs []layout.Record, n int) {
+		mr.t.Logf("replaying %d of %d records", n, len(recs))
+		mr.t.Logf("checkpoint: replay from %d inc %d", c.sb.ReplayLSN, c.sb.CheckpointIncarnation)
+		if s, ok := c.mu.t.lookup(uint64(lba)); ok {
+			mr.t.Logf("checkpoint maps block %d to slot %d dirty=%v", lba, s, c.mu.t.flags[s]&fDirty != 0)
+		}
+		for i, r := range recs {
+			if r.LBA == uint64(lba) {
+				mr.t.Logf("rec %d/%d: %v slot %d lba %d crc %x flags %d", i, n, r.Type, r.Slot, r.LBA, r.CRC, r.Flags)
+			}
+		}
+	}
+	c2, err := Open(mr.keepSSD.CrashProcess(), mr.keepHDD.CrashProcess(), Options{CheckpointInterval: -1})
+	traceRecovery = nil
+	require.NoError(mr.t, err)
+	c2.Close()
+}
+
+var traceMu sync.Mutex
+
+const (
+	modelBlocks   = 48
+	modelSlots    = 20
+	modelJournal  = 16
+	modelCacheBlk = 2 + 2*2 + modelJournal + modelSlots
+)
+
+func newModelRun(t testing.TB, seed uint64) *modelRun {
+	id := [16]byte{1, 2, 3}
+	ssd := device.NewMem(modelCacheBlk*BlockSize, [16]byte{9})
+	hdd := device.NewMem(modelBlocks*BlockSize, id)
+	require.NoError(t, Format(ssd, hdd, FormatOptions{JournalBlocks: modelJournal}))
+	mr := &modelRun{t: t, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), blocks: modelBlocks, m: newModel(modelBlocks), ops: map[string]int{}}
+	mr.open(ssd, hdd)
+	return mr
+}
+
+func (mr *modelRun) open(ssd, hdd *device.Mem) {
+	mr.r = newRig(ssd, hdd)
+	c, err := Open(mr.r.dev(ssd), mr.r.dev(hdd), Options{CheckpointInterval: -1, ReserveFree: 2})
+	require.NoError(mr.t, err)
+	mr.c = c
+}
+
+// kill abandons the running cache: its devices stop answering, so its
+// goroutines wind down without touching the snapshot.
+func (mr *modelRun) kill() {
+	mr.r.ssd.Close()
+	mr.r.hdd.Close()
+	mr.c.Close()
+}
+
+func (mr *modelRun) newBlockContents(off int64, data []byte) map[uint64][]byte {
+	news := map[uint64][]byte{}
+	for i := 0; i < len(data); {
+		pos := off + int64(i)
+		lba := uint64(pos / BlockSize)
+		in := int(pos % BlockSize)
+		n := min(BlockSize-in, len(data)-i)
+		b := bytes.Clone(mr.m.current(lba))
+		copy(b[in:], data[i:i+n])
+		news[lba] = b
+		i += n
+	}
+	return news
+}
+
+func (mr *modelRun) randRange() (int64, int) {
+	size := int64(mr.blocks) * BlockSize
+	if mr.rng.IntN(2) == 0 {
+		lba := mr.rng.Int64N(int64(mr.blocks))
+		n := min(1+mr.rng.IntN(4), mr.blocks-int(lba))
+		return lba * BlockSize, n * BlockSize
+	}
+	off := mr.rng.Int64N(size - 1)
+	n := 1 + mr.rng.IntN(min(3*BlockSize, int(size-off)))
+	return off, n
+}
+
+// step runs one random operation and checks reads against the model.
+func (mr *modelRun) step() {
+	t, c, m := mr.t, mr.c, mr.m
+	if c.DirtyCount() > modelSlots/2 {
+		mr.destage(true)
+	}
+	switch p := mr.rng.IntN(100); {
+	case p < 45: // write
+		off, n := mr.randRange()
+		data := make([]byte, n)
+		mr.tag++
+		fill(mr.rng, data, mr.tag<<32)
+		m.begin(mr.newBlockContents(off, data), c.Mode() != ModeWriteback)
+		mr.log = append(mr.log, fmt.Sprintf("w%d+%d/%v", off, n, c.Mode()))
+		_, err := c.WriteAt(data, off)
+		require.NoError(t, err)
+		m.commit()
+		mr.ops["write"]++
+		mr.log = append(mr.log, "write")
+	case p < 60: // read
+		off, n := mr.randRange()
+		got := make([]byte, n)
+		_, err := c.ReadAt(got, off)
+		require.NoError(t, err)
+		want := make([]byte, 0, n)
+		for lba := off / BlockSize; lba*BlockSize < off+int64(n); lba++ {
+			want = append(want, m.current(uint64(lba))...)
+		}
+		in := off % BlockSize
+		require.True(t, bytes.Equal(want[in:in+int64(n)], got), "read at %d+%d differs from model", off, n)
+		mr.ops["read"]++
+		mr.log = append(mr.log, "read")
+	case p < 70:
+		require.NoError(t, c.Sync())
+		m.synced()
+		mr.ops["sync"]++
+		mr.log = append(mr.log, "sync")
+	case p < 76: // discard
+		off, n := mr.randRange()
+		m.begin(mr.newBlockContents(off, make([]byte, n)), true)
+		require.NoError(t, c.Discard(off, int64(n)))
+		m.commit()
+		mr.ops["discard"]++
+		mr.log = append(mr.log, "discard")
+	case p < 80:
+		require.NoError(t, c.Checkpoint())
+		mr.ops["checkpoint"]++
+		mr.log = append(mr.log, "checkpoint")
+	case p < 95:
+		mr.destage(mr.rng.IntN(4) == 0)
+		mr.ops["destage"]++
+		mr.log = append(mr.log, "destage")
+	default:
+		mode := Mode(mr.rng.IntN(4))
+		if mr.rng.IntN(2) == 0 {
+			mode = ModeWriteback
+		}
+		require.NoError(t, c.SetMode(mode))
+		mr.ops["mode"]++
+		mr.log = append(mr.log, "mode")
+	}
+}
+
+// destage writes dirty blocks back the way the destager does: pin, read,
+// write the backing device, sync it, complete.
+func (mr *modelRun) destage(all bool) {
+	c := mr.c
+	dirty := c.DirtyBlocks(nil)
+	if len(dirty) == 0 {
+		return
+	}
+	if !all {
+		i := mr.rng.IntN(len(dirty))
+		dirty = dirty[i:min(len(dirty), i+1+mr.rng.IntN(6))]
+	}
+	pinned, err := c.Pin(dirty)
+	require.NoError(mr.t, err)
+	if len(pinned) == 0 {
+		return
+	}
+	buf := device.AlignedBuffer(len(pinned) * BlockSize)
+	require.NoError(mr.t, c.ReadSlots(pinned, buf))
+	for i, b := range pinned {
+		_, err := c.Backing().WriteAt(buf[i*BlockSize:(i+1)*BlockSize], int64(b.LBA)*BlockSize)
+		require.NoError(mr.t, err)
+	}
+	require.NoError(mr.t, c.Backing().Sync())
+	require.NoError(mr.t, c.Complete(pinned, true))
+}
+
+// cycle runs a few operations with a crash armed somewhere inside them,
+// recovers and checks the contract.
+func (mr *modelRun) cycle() {
+	power := mr.rng.IntN(2) == 0
+	mr.r.arm(1+mr.rng.Int64N(40), power, mr.rng, func() { mr.m.snap(power) })
+	nops := 1 + mr.rng.IntN(8)
+	for i := 0; i < nops && !mr.r.snapped.Load(); i++ {
+		mr.step()
+		if !mr.r.snapped.Load() {
+			mr.checkClean("step")
+		}
+	}
+	mr.r.snapNow()
+	mr.c.j.mu.Lock()
+	mr.log = append(mr.log, fmt.Sprintf("CRASH(open %d tail %d written %d appended %d)", mr.c.j.openLSN, mr.c.j.tail, mr.c.j.writtenSeq, mr.c.j.appendSeq))
+	mr.c.j.mu.Unlock()
+	ssd, hdd := mr.r.snapSSD, mr.r.snapHDD
+	mr.kill()
+	mr.keepSSD, mr.keepHDD = ssd.CrashProcess(), hdd.CrashProcess()
+	mr.open(ssd, hdd)
+	got := make([][]byte, mr.blocks)
+	for lba := range got {
+		got[lba] = make([]byte, BlockSize)
+		_, err := mr.c.ReadAt(got[lba], int64(lba)*BlockSize)
+		require.NoError(mr.t, err)
+		ok := sectorsFrom(got[lba], mr.m.allowed[lba], mr.m.allowTear[lba])
+		if !ok {
+			idx := -1
+			for i, h := range mr.m.hist[lba] {
+				if bytes.Equal(h, got[lba]) {
+					idx = i
+				}
+			}
+			for i, a := range mr.m.allowed[lba] {
+				same := 0
+				for k := 0; k < BlockSize; k += 512 {
+					if bytes.Equal(a[k:k+512], got[lba][k:k+512]) {
+						same++
+					}
+				}
+				mr.t.Logf("allowed %d: %d of 8 sectors equal", i, same)
+			}
+			for ob := range mr.m.hist {
+				for i, h := range mr.m.hist[ob] {
+					if bytes.Equal(h, got[lba]) {
+						mr.t.Logf("content is block %d version %d", ob, i)
+					}
+				}
+			}
+			mr.t.Logf("block %d matches history version %d of %d; durable is version %d; log: %v", lba, idx, len(mr.m.hist[lba]), len(mr.m.hist[lba])-len(mr.m.vers[lba]), mr.log)
+			mr.trace(lba)
+			mr.t.Fatalf("cycle %d (power cut %v): block %d reads a version that is neither durable nor acknowledged (%d allowed)", mr.cycles, power, lba, len(mr.m.allowed[lba]))
+		}
+	}
+	mr.m.reset(got)
+	mr.checkClean("recovery")
+	mr.log = mr.log[:0]
+	mr.cycles++
+}
+
+func modelCycles(t *testing.T) int {
+	if s := os.Getenv("WBC_MODEL_CYCLES"); s != "" {
+		n, err := strconv.Atoi(s)
+		require.NoError(t, err)
+		return n
+	}
+	if testing.Short() {
+		return 500
+	}
+	return 2500
+}
+
+// TestModelCrashRecovery runs random operations against a model and crashes
+// (process crash or power cut) at random device operations, including in
+// the middle of writes, syncs, discards, checkpoints and destages. After
+// every recovery each block must read as a version the contract allows
+// (§2.1-2.3). Four seeds × 2500 cycles by default.
+func TestModelCrashRecovery(t *testing.T) {
+	base := uint64(0)
+	if s := os.Getenv("WBC_MODEL_SEED"); s != "" {
+		b, err := strconv.ParseUint(s, 10, 64)
+		require.NoError(t, err)
+		base = b
+	}
+	for seed := base + 1; seed <= base+4; seed++ {
+		t.Run(fmt.Sprintf("seed%d", seed), func(t *testing.T) {
+			t.Parallel()
+			mr := newModelRun(t, seed)
+			n := modelCycles(t)
+			for i := 0; i < n; i++ {
+				mr.cycle()
+			}
+			mr.kill()
+			t.Logf("cycles %d ops %v", mr.cycles, mr.ops)
+		})
+	}
+}
+
+// sectorsFrom reports whether b equals one of the allowed versions or, with
+// tear, whether each 512-byte sector of b equals that sector of some
+// allowed version.
+func sectorsFrom(b []byte, allowed [][]byte, tear bool) bool {
+	for _, a := range allowed {
+		if bytes.Equal(a, b) {
+			return true
+		}
+	}
+	if !tear {
+		return false
+	}
+	for k := 0; k < len(b); k += 512 {
+		ok := false
+		for _, a := range allowed {
+			if bytes.Equal(a[k:k+512], b[k:k+512]) {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// checkClean asserts that every clean cached block equals the backing
+// device's durable content (what a power cut would keep).
+func (mr *modelRun) checkClean(what string) {
+	c := mr.c
+	durable := mr.r.hdd.PowerCut(rand.New(rand.NewPCG(1, 1)))
+	_ = durable
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := &c.mu.t
+	a := make([]byte, BlockSize)
+	b := make([]byte, BlockSize)
+	entries := 0
+	for _, v := range t.index.b {
+		if v != 0 {
+			entries++
+			if t.flags[v-1]&fValid == 0 {
+				mr.t.Fatalf("after %s: index points at invalid slot %d; log %v", what, v-1, mr.log)
+			}
+		}
+	}
+	inFree := map[uint32]bool{}
+	for _, s := range t.free {
+		if inFree[s] || t.flags[s] != 0 {
+			mr.t.Fatalf("after %s: free slot %d listed twice or has flags %x; log %v", what, s, t.flags[s], mr.log)
+		}
+		inFree[s] = true
+	}
+	for s, f := range t.flags {
+		if f&fValid != 0 {
+			if got, ok := t.lookup(t.lba[s]); !ok || got != uint32(s) {
+				mr.t.Fatalf("after %s: valid slot %d (block %d) not in the index; log %v", what, s, t.lba[s], mr.log)
+			}
+		}
+	}
+	if entries != t.valid {
+		mr.t.Fatalf("after %s: index has %d entries, %d valid slots; log %v", what, entries, t.valid, mr.log)
+	}
+	for s, f := range t.flags {
+		if f&(fValid|fDirty) != fValid {
+			continue
+		}
+		mr.r.ssd.ReadAt(a, c.g.SlotOffset(uint64(s)))
+		mr.r.hdd.ReadAt(b, int64(t.lba[s])*BlockSize)
+		if !bytes.Equal(a, b) {
+			mr.c.mu.Unlock()
+			mr.trace(int(t.lba[s]))
+			mr.c.mu.Lock()
+			mr.t.Fatalf("after %s: clean slot %d (block %d) differs from the backing device; log %v", what, s, t.lba[s], mr.log)
+		}
+	}
+}

@@ -1,0 +1,142 @@
+package blockcache
+
+import (
+	"errors"
+	"time"
+
+	"github.com/wbcache/wbcache/layout"
+)
+
+var errNoSlot = errors.New("no free cache slot")
+
+func (c *Cache) kickReclaim() {
+	select {
+	case c.reclaimReq <- struct{}{}:
+	default:
+	}
+}
+
+func (c *Cache) signalPressure() {
+	select {
+	case c.pressure <- struct{}{}:
+	default:
+	}
+}
+
+// Pressure is signalled when a writer waits for a free slot: the destager
+// should clean blocks (the reclaimer can only evict clean ones).
+func (c *Cache) Pressure() <-chan struct{} { return c.pressure }
+
+// reclaimer keeps ReserveFree slots free: it makes pending frees durable and
+// evicts clean blocks in CLOCK order.
+func (c *Cache) reclaimer() {
+	defer c.wg.Done()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-c.reclaimReq:
+		case <-t.C:
+		}
+		if c.usable() != nil {
+			return
+		}
+		if err := c.reclaim(); err != nil {
+			c.log.Error("reclaim failed", "err", err)
+		}
+	}
+}
+
+// reclaim frees slots up to the reserve.
+func (c *Cache) reclaim() error {
+	c.mu.Lock()
+	short := c.opts.ReserveFree - len(c.mu.t.free) - len(c.mu.pending)
+	havePending := len(c.mu.pending) > 0
+	c.mu.Unlock()
+	evicted := 0
+	if short > 0 {
+		evicted = c.evict(short)
+	}
+	if havePending || evicted > 0 {
+		return c.syncJournal()
+	}
+	return nil
+}
+
+// evict unmaps up to n clean, unpinned, unreferenced blocks (CLOCK) with
+// FREE records. It skips blocks whose stripe is busy.
+func (c *Cache) evict(n int) int {
+	done := 0
+	for done < n {
+		victims := c.clockVictims(min(n-done, 64))
+		if len(victims) == 0 {
+			return done
+		}
+		progress := false
+		for _, s := range victims {
+			if c.evictSlot(s) {
+				done++
+				progress = true
+			}
+		}
+		if !progress {
+			return done
+		}
+	}
+	return done
+}
+
+// clockVictims sweeps the CLOCK hand over at most two rotations' worth of a
+// bounded window and returns candidate slots.
+func (c *Cache) clockVictims(n int) []uint32 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := &c.mu.t
+	var out []uint32
+	limit := min(2*t.n(), 1<<16)
+	for i := 0; i < limit && len(out) < n; i++ {
+		s := t.hand
+		t.hand = (t.hand + 1) % t.n()
+		f := t.flags[s]
+		if f&fValid == 0 || f&(fDirty|fPinned) != 0 {
+			continue
+		}
+		if f&fRef != 0 {
+			t.flags[s] = f &^ fRef
+			continue
+		}
+		out = append(out, uint32(s))
+	}
+	return out
+}
+
+func (c *Cache) evictSlot(s uint32) bool {
+	c.mu.Lock()
+	lba := c.mu.t.lba[s]
+	c.mu.Unlock()
+	st := c.stripe(lba)
+	if !st.TryLock() {
+		return false
+	}
+	defer st.Unlock()
+	if c.j.reserve(1) != nil {
+		return false
+	}
+	defer c.j.release(1)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := &c.mu.t
+	f := t.flags[s]
+	if f&fValid == 0 || f&(fDirty|fPinned) != 0 || t.lba[s] != lba {
+		return false
+	}
+	seq := c.j.append(layout.Record{Type: layout.RecFree, Slot: s, LBA: lba, Epoch: c.epoch.Load()})
+	t.unmap(s)
+	c.mu.pending = append(c.mu.pending, pendingFree{s, seq})
+	c.cleanUnmapSeq.Store(seq)
+	c.bumpGen(lba)
+	c.stats.evictions.Add(1)
+	return true
+}

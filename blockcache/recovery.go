@@ -1,0 +1,275 @@
+package blockcache
+
+import (
+	"fmt"
+
+	"github.com/wbcache/wbcache/device"
+	"github.com/wbcache/wbcache/layout"
+)
+
+// traceRecovery, when set by a test, sees the replayed records.
+var traceRecovery func(c *Cache, recs []layout.Record, n int)
+
+// traceJournalEnd, when set by a test, learns why replay stopped.
+var traceJournalEnd func(lsn uint64, h layout.JournalHeader, err error, inc uint64)
+
+type recoveryResult struct {
+	incarnation uint64 // for the journal from now on
+	endLSN      uint64 // first block after the replayed log
+	records     int
+	dropped     int
+	valid       int
+	dirty       int
+}
+
+// recover rebuilds the slot table from the checkpoint and the journal.
+//
+// The journal is the longest prefix of valid blocks after the checkpoint's
+// replay LSN, cut further at the first MAP record that is still live at the
+// end (its slot still holds its block) but whose data does not match its
+// CRC. Such a record was written without any sync after its data write, so
+// neither it nor any later record was ever promised; dropping them leaves
+// the previous versions, whose slots cannot have been reused (reuse waits
+// for a sync). A MAP that later records supersede is not checked: its slot
+// may legitimately hold newer data.
+func (c *Cache) recover() (recoveryResult, error) {
+	sb := &c.sb
+	var res recoveryResult
+	c.mu.t = newSlotTable(c.g.SlotCount)
+	if err := c.loadCheckpoint(); err != nil {
+		return res, err
+	}
+	recs, endLSN, maxInc, err := c.readJournal()
+	if err != nil {
+		return res, err
+	}
+	n, err := c.validPrefix(recs)
+	if err != nil {
+		return res, err
+	}
+	res.dropped = len(recs) - n
+	res.records = n
+	t := &c.mu.t
+	if traceRecovery != nil {
+		traceRecovery(c, recs, n)
+	}
+	for _, r := range recs[:n] {
+		applyRecord(t, r)
+	}
+	// A fuzzy checkpoint can name two slots for one LBA; the journal decides
+	// which one the index keeps. Free every slot the index does not point to.
+	for s := range t.flags {
+		if t.flags[s]&fValid != 0 {
+			if got, ok := t.lookup(t.lba[s]); !ok || got != uint32(s) {
+				t.flags[s] = 0
+			}
+		}
+	}
+	t.valid, t.dirty = 0, 0
+	for s := len(t.flags) - 1; s >= 0; s-- {
+		f := t.flags[s]
+		switch {
+		case f&fValid == 0:
+			t.flags[s] = 0
+			t.free = append(t.free, uint32(s))
+		case f&fDirty != 0:
+			t.valid++
+			t.dirty++
+		default:
+			t.valid++
+		}
+	}
+	if res.dropped > 0 {
+		c.log.Warn("recovery dropped journal records whose data never reached the cache device (they were never synced)", "dropped", res.dropped)
+	}
+	res.valid, res.dirty = t.valid, t.dirty
+	res.endLSN = endLSN
+	res.incarnation = max(maxInc, sb.CheckpointIncarnation) + 1
+	c.stats.replayed.Store(uint64(n))
+	return res, nil
+}
+
+// loadCheckpoint reads the slot map and dirty bitmap named by the
+// superblock into the slot table (which must be empty). Pages were synced
+// before the superblock named them, so any bad page is corruption.
+func (c *Cache) loadCheckpoint() error {
+	sb := &c.sb
+	t := &c.mu.t
+	const chunk = 64
+	buf := device.AlignedBuffer(chunk * BlockSize)
+	cp := int(sb.CheckpointCopy)
+	for first := uint64(0); first < c.g.CheckpointBlocks; first += chunk {
+		nb := min(chunk, c.g.CheckpointBlocks-first)
+		b := buf[:nb*BlockSize]
+		if _, err := c.ssd.ReadAt(b, c.g.MapPageOffset(cp, first)); err != nil {
+			return fmt.Errorf("reading checkpoint: %w", err)
+		}
+		for k := uint64(0); k < nb; k++ {
+			i := first + k
+			page := b[k*BlockSize : (k+1)*BlockSize]
+			if i < c.g.MapPages {
+				if err := layout.CheckPage(page, layout.MapPage, c.uuid, sb.CheckpointGeneration, uint32(i)); err != nil {
+					return fmt.Errorf("checkpoint copy %d: %w: the cache metadata is damaged; run 'wbcache check'", cp, err)
+				}
+				base := i * layout.EntriesPerMapPage
+				for e := 0; e < layout.EntriesPerMapPage && base+uint64(e) < c.g.SlotCount; e++ {
+					me := layout.GetMapEntry(page, e)
+					if !me.Valid {
+						continue
+					}
+					if me.LBA >= c.nblocks {
+						return fmt.Errorf("checkpoint slot %d maps LBA %d beyond the backing device: %w", base+uint64(e), me.LBA, layout.ErrCorrupt)
+					}
+					s := uint32(base + uint64(e))
+					t.lba[s], t.crc[s], t.flags[s] = me.LBA, me.CRC, fValid
+					t.index.put(me.LBA, s, t.lba)
+				}
+				continue
+			}
+			bi := i - c.g.MapPages
+			if err := layout.CheckPage(page, layout.BitmapPage, c.uuid, sb.CheckpointGeneration, uint32(bi)); err != nil {
+				return fmt.Errorf("checkpoint copy %d: %w: the cache metadata is damaged; run 'wbcache check'", cp, err)
+			}
+			bits := layout.BitmapPayload(page)
+			base := bi * layout.BitsPerBitmapPage
+			for bit := uint64(0); bit < layout.BitsPerBitmapPage && base+bit < c.g.SlotCount; bit++ {
+				if bits[bit/8]&(1<<(bit%8)) != 0 {
+					s := base + bit
+					if t.flags[s]&fValid != 0 {
+						t.flags[s] |= fDirty
+					}
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// readJournal reads valid blocks from the replay LSN on. It returns the
+// records, the LSN after the last valid block and the highest incarnation
+// seen.
+func (c *Cache) readJournal() ([]layout.Record, uint64, uint64, error) {
+	sb := &c.sb
+	const chunk = 256
+	buf := device.AlignedBuffer(chunk * BlockSize)
+	var recs []layout.Record
+	lsn := sb.ReplayLSN
+	inc := sb.CheckpointIncarnation
+	end := sb.ReplayLSN + c.g.JournalBlocks
+	for lsn < end {
+		pos := lsn % c.g.JournalBlocks
+		nb := min(chunk, c.g.JournalBlocks-pos, end-lsn)
+		b := buf[:nb*BlockSize]
+		if _, err := c.ssd.ReadAt(b, c.g.JournalOffset(lsn)); err != nil {
+			return nil, 0, 0, fmt.Errorf("reading journal: %w", err)
+		}
+		for k := uint64(0); k < nb; k++ {
+			h, more, err := layout.DecodeJournalBlock(b[k*BlockSize:(k+1)*BlockSize], c.uuid, recs)
+			if err != nil || h.LSN != lsn || h.Incarnation < inc {
+				if traceJournalEnd != nil {
+					traceJournalEnd(lsn, h, err, inc)
+				}
+				return recs, lsn, inc, nil
+			}
+			for _, r := range more[len(recs):] {
+				if uint64(r.Slot) >= c.g.SlotCount || r.LBA >= c.nblocks {
+					return nil, 0, 0, fmt.Errorf("journal block %d: %v record for slot %d LBA %d out of range: %w", lsn, r.Type, r.Slot, r.LBA, layout.ErrCorrupt)
+				}
+			}
+			recs, inc = more, h.Incarnation
+			lsn++
+		}
+	}
+	return recs, lsn, inc, nil
+}
+
+// validPrefix returns how many records form the recoverable log (see
+// recover).
+func (c *Cache) validPrefix(recs []layout.Record) (int, error) {
+	n := len(recs)
+	checked := make(map[int]bool) // record index -> data matches
+	buf := device.AlignedBuffer(BlockSize)
+	for {
+		bad := -1
+		for _, i := range liveMaps(recs[:n]) {
+			ok, seen := checked[i]
+			if !seen {
+				r := recs[i]
+				if _, err := c.ssd.ReadAt(buf, c.g.SlotOffset(uint64(r.Slot))); err != nil {
+					return 0, fmt.Errorf("verifying replayed slot %d: %w", r.Slot, err)
+				}
+				ok = layout.DataCRC(buf) == r.CRC
+				checked[i] = ok
+			}
+			if !ok && (bad < 0 || i < bad) {
+				bad = i
+			}
+		}
+		if bad < 0 {
+			return n, nil
+		}
+		n = bad
+	}
+}
+
+// liveMaps returns the indexes of MAP records whose mapping no later record
+// in recs undoes.
+func liveMaps(recs []layout.Record) []int {
+	type slotLBA struct {
+		s   uint32
+		lba uint64
+	}
+	slots := make(map[uint32]bool)
+	lbas := make(map[uint64]bool)
+	freed := make(map[slotLBA]bool)
+	var live []int
+	for i := len(recs) - 1; i >= 0; i-- {
+		r := recs[i]
+		switch r.Type {
+		case layout.RecMap:
+			if !slots[r.Slot] && !lbas[r.LBA] && !freed[slotLBA{r.Slot, r.LBA}] {
+				live = append(live, i)
+			}
+			slots[r.Slot], lbas[r.LBA] = true, true
+		case layout.RecFree:
+			freed[slotLBA{r.Slot, r.LBA}] = true
+		}
+	}
+	return live
+}
+
+// applyRecord applies one journal record to the slot table. Records are
+// absolute, so applying a record whose effect the (fuzzy) checkpoint
+// already holds is harmless.
+func applyRecord(t *slotTable, r layout.Record) {
+	s := r.Slot
+	switch r.Type {
+	case layout.RecMap:
+		if t.flags[s]&fValid != 0 {
+			dropSlot(t, s)
+		}
+		if old, ok := t.lookup(r.LBA); ok {
+			dropSlot(t, old)
+		}
+		t.lba[s], t.crc[s] = r.LBA, r.CRC
+		t.flags[s] = fValid
+		if r.Flags&layout.RecordDirty != 0 {
+			t.flags[s] |= fDirty
+		}
+		t.index.put(r.LBA, s, t.lba)
+	case layout.RecClean:
+		if t.flags[s]&fValid != 0 && t.lba[s] == r.LBA && t.crc[s] == r.CRC {
+			t.flags[s] &^= fDirty
+		}
+	case layout.RecFree:
+		if t.flags[s]&fValid != 0 && t.lba[s] == r.LBA {
+			dropSlot(t, s)
+		}
+	}
+}
+
+// dropSlot unmaps s during recovery (counters are rebuilt afterwards).
+func dropSlot(t *slotTable, s uint32) {
+	t.index.del(t.lba[s], s, t.lba)
+	t.flags[s] = 0
+}

@@ -1,0 +1,159 @@
+package blockcache
+
+import "math/bits"
+
+// Slot flags, one byte per slot.
+const (
+	fValid   uint8 = 1 << iota // slot holds block lba[s] and the index points here
+	fDirty                     // the backing device does not hold this version
+	fPinned                    // a destage of this slot is in flight
+	fRef                       // CLOCK reference bit
+	fFreeing                   // unmapped; free once its record is durable and it is unpinned
+	fFreeOK                    // its unmapping record is durable; free when unpinned
+)
+
+// slotTable is the in-memory state of every cache slot plus the LBA index.
+// It costs 8+4+1+4 bytes per slot, 8 bytes per slot of index (two uint32
+// buckets) and 4 bytes per slot of free list: 29 bytes in all.
+// All fields are guarded by Cache.mu.
+type slotTable struct {
+	lba   []uint64
+	crc   []uint32
+	flags []uint8
+	since []uint32 // age tick at which the slot became dirty
+	index lbaIndex
+	free  []uint32 // stack of free slots
+	dirty int
+	valid int
+	hand  int // CLOCK hand
+}
+
+func newSlotTable(n uint64) slotTable {
+	return slotTable{
+		lba:   make([]uint64, n),
+		crc:   make([]uint32, n),
+		flags: make([]uint8, n),
+		since: make([]uint32, n),
+		index: newLBAIndex(n),
+		free:  make([]uint32, 0, n),
+	}
+}
+
+func (t *slotTable) n() int { return len(t.lba) }
+
+// lookup returns the slot holding lba.
+func (t *slotTable) lookup(lba uint64) (uint32, bool) {
+	return t.index.get(lba, t.lba)
+}
+
+// mapSlot makes s hold lba (unmapping whatever held lba before is the
+// caller's job) and returns nothing.
+func (t *slotTable) mapSlot(s uint32, lba uint64, crc uint32, dirty bool, tick uint32) {
+	t.lba[s], t.crc[s] = lba, crc
+	t.flags[s] = fValid
+	t.valid++
+	if dirty {
+		t.flags[s] |= fDirty
+		t.since[s] = tick
+		t.dirty++
+	}
+	t.index.put(lba, s, t.lba)
+}
+
+// unmap removes s from the index; the slot keeps its pin and is marked
+// freeing.
+func (t *slotTable) unmap(s uint32) {
+	f := t.flags[s]
+	if f&fValid == 0 {
+		return
+	}
+	t.index.del(t.lba[s], s, t.lba)
+	if f&fDirty != 0 {
+		t.dirty--
+	}
+	t.valid--
+	t.flags[s] = f&fPinned | fFreeing
+}
+
+func (t *slotTable) setClean(s uint32) {
+	if t.flags[s]&fDirty != 0 {
+		t.flags[s] &^= fDirty
+		t.dirty--
+	}
+}
+
+// lbaIndex is an open-addressing hash table from LBA to slot with linear
+// probing. Buckets hold slot+1 (0 = empty); the key is read from the slot
+// table, so a bucket costs 4 bytes. It has twice as many buckets as slots.
+type lbaIndex struct {
+	b    []uint32
+	mask uint64
+}
+
+func newLBAIndex(slots uint64) lbaIndex {
+	n := uint64(1) << bits.Len64(2*slots-1)
+	if n < 8 {
+		n = 8
+	}
+	return lbaIndex{b: make([]uint32, n), mask: n - 1}
+}
+
+func hashLBA(lba uint64) uint64 {
+	lba ^= lba >> 33
+	lba *= 0xff51afd7ed558ccd
+	lba ^= lba >> 33
+	return lba
+}
+
+func (x *lbaIndex) get(lba uint64, keys []uint64) (uint32, bool) {
+	for i := hashLBA(lba) & x.mask; ; i = (i + 1) & x.mask {
+		v := x.b[i]
+		if v == 0 {
+			return 0, false
+		}
+		if keys[v-1] == lba {
+			return v - 1, true
+		}
+	}
+}
+
+func (x *lbaIndex) put(lba uint64, s uint32, keys []uint64) {
+	for i := hashLBA(lba) & x.mask; ; i = (i + 1) & x.mask {
+		v := x.b[i]
+		if v == 0 || keys[v-1] == lba {
+			x.b[i] = s + 1
+			return
+		}
+	}
+}
+
+// del removes lba if it maps to s, with backward-shift deletion.
+func (x *lbaIndex) del(lba uint64, s uint32, keys []uint64) {
+	i := hashLBA(lba) & x.mask
+	for {
+		v := x.b[i]
+		if v == 0 {
+			return
+		}
+		if keys[v-1] == lba {
+			if v-1 != s {
+				return
+			}
+			break
+		}
+		i = (i + 1) & x.mask
+	}
+	for j := (i + 1) & x.mask; ; j = (j + 1) & x.mask {
+		v := x.b[j]
+		if v == 0 {
+			break
+		}
+		h := hashLBA(keys[v-1]) & x.mask
+		// Move v back to i if its home h is not in the cyclic range (i, j].
+		if (j > i && (h <= i || h > j)) || (j < i && h <= i && h > j) {
+			x.b[i] = v
+			i = j
+		}
+	}
+	x.b[i] = 0
+}

@@ -1,0 +1,24 @@
+package device
+
+import "testing"
+
+func TestAlignedBuffer(t *testing.T) {
+	for _, n := range []int{0, 1, 511, BlockSize, 3*BlockSize + 17, 1 << 20} {
+		b := AlignedBuffer(n)
+		if len(b) != n || cap(b) != n {
+			t.Errorf("AlignedBuffer(%d): len %d cap %d", n, len(b), cap(b))
+		}
+		if !isAligned(b) {
+			t.Errorf("AlignedBuffer(%d) is not %d-aligned", n, BlockSize)
+		}
+		if !allZero(b) {
+			t.Errorf("AlignedBuffer(%d) is not zeroed", n)
+		}
+	}
+	defer func() {
+		if recover() == nil {
+			t.Error("AlignedBuffer(-1) did not panic")
+		}
+	}()
+	AlignedBuffer(-1)
+}

@@ -1,0 +1,83 @@
+package fuse
+
+import (
+	"errors"
+	"io/fs"
+	"log/slog"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	gofuse "github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// passErrnos are the Backend errnos handed to the caller unchanged: they mean
+// the same thing to an application doing I/O on a file. Any other errno
+// (notably ENOSYS, which would make the kernel stop sending the operation,
+// and ENOENT/ENOTCONN, which mean something else in a reply) becomes EIO.
+var passErrnos = map[syscall.Errno]bool{
+	syscall.EIO:        true,
+	syscall.EINVAL:     true,
+	syscall.ENOSPC:     true,
+	syscall.EDQUOT:     true,
+	syscall.EROFS:      true,
+	syscall.EPERM:      true,
+	syscall.EACCES:     true,
+	syscall.EFBIG:      true,
+	syscall.EOPNOTSUPP: true,
+	syscall.ENOMEM:     true,
+	syscall.EBUSY:      true,
+	syscall.ENXIO:      true,
+}
+
+// statusOf maps a Backend error to the errno returned to the kernel. known
+// is false when the error was not recognised and became EIO.
+func statusOf(err error) (st gofuse.Status, known bool) {
+	if err == nil {
+		return gofuse.OK, true
+	}
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		if passErrnos[errno] {
+			return gofuse.Status(errno), true
+		}
+		return gofuse.EIO, false
+	}
+	switch {
+	case errors.Is(err, fs.ErrInvalid):
+		return gofuse.EINVAL, true
+	case errors.Is(err, fs.ErrPermission):
+		return gofuse.EPERM, true
+	}
+	return gofuse.EIO, false
+}
+
+// rateLog emits at most one record per interval; records dropped in between
+// are counted and reported with the next one that gets through.
+type rateLog struct {
+	logger     *slog.Logger
+	interval   time.Duration
+	now        func() time.Time
+	last       atomic.Int64 // UnixNano of the last emitted record, 0 = never
+	suppressed atomic.Int64
+}
+
+func newRateLog(l *slog.Logger, interval time.Duration) *rateLog {
+	return &rateLog{logger: l, interval: interval, now: time.Now}
+}
+
+// Error logs msg at error level unless a record was emitted less than
+// interval ago. It reports whether the record was emitted.
+func (r *rateLog) Error(msg string, args ...any) bool {
+	now := r.now().UnixNano()
+	last := r.last.Load()
+	if (last != 0 && now-last < int64(r.interval)) || !r.last.CompareAndSwap(last, now) {
+		r.suppressed.Add(1)
+		return false
+	}
+	if n := r.suppressed.Swap(0); n > 0 {
+		args = append(args, "suppressed", n)
+	}
+	r.logger.Error(msg, args...)
+	return true
+}

@@ -1,0 +1,239 @@
+package fuse
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	gofuse "github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// Backend is the block store served as MOUNTPOINT/disk.
+//
+// Its methods are called concurrently from many goroutines. Buffers passed
+// to ReadAt and WriteAt belong to the caller and are only valid during the
+// call. Requests are already clipped to [0, Size()).
+type Backend interface {
+	// ReadAt fills p from off: it returns len(p) or an error.
+	ReadAt(p []byte, off int64) (int, error)
+	// WriteAt writes p at off (any offset and length). When it returns
+	// nil, the write is acknowledged to the application.
+	WriteAt(p []byte, off int64) (int, error)
+	// Sync is the durability point (fsync and fdatasync): every write
+	// acknowledged before it was called must be durable when it returns nil.
+	Sync() error
+	// Discard makes [off, off+n) read as zeros afterwards.
+	Discard(off, n int64) error
+	// Size is the disk size in bytes; it must not change while mounted.
+	Size() int64
+}
+
+// Options configure Mount.
+type Options struct {
+	// AllowOther lets other users access the mount (allow_other); the mode
+	// bits (0644 for disk, 0444 for stats) still apply.
+	AllowOther bool
+	// Debug logs every FUSE request and reply (very verbose).
+	Debug bool
+	// FsName is the source shown in /proc/mounts; default "wbcache".
+	FsName string
+	// Stats, if non-nil, is served as the read-only file MOUNTPOINT/stats.
+	// It is called when the file is opened; the bytes it returns are what
+	// that open file reads. It may be called concurrently.
+	Stats func() []byte
+	// Logger receives errors and warnings; default slog.Default().
+	Logger *slog.Logger
+}
+
+// Mount parameters; doc.go explains them.
+const (
+	maxWrite      = 1 << 20
+	maxReadAhead  = 1 << 20
+	maxBackground = 128
+	// pipeMaxSizeMin is the smallest pipe-max-size that lets go-fuse splice
+	// a 1 MiB reply (payload + header + one page).
+	pipeMaxSizeMin  = 1<<20 + 4096
+	pipeMaxSizePath = "/proc/sys/fs/pipe-max-size"
+)
+
+// Server is a mounted wbcache disk.
+type Server struct {
+	srv        *gofuse.Server
+	mountpoint string
+	logger     *slog.Logger
+	done       chan struct{} // closed when the serve loop has ended
+
+	mu       sync.Mutex // serialises Unmount
+	detached bool       // lazily unmounted: nothing left to unmount
+}
+
+// Mount serves b as mountpoint/disk and returns once the kernel has
+// initialised the connection. The mountpoint must be an existing directory.
+// If a previous daemon died there, Mount refuses with an error saying so:
+// call CleanupStale first.
+func Mount(mountpoint string, b Backend, opts Options) (*Server, error) {
+	if b == nil {
+		return nil, errors.New("wbcache/fuse: mount: nil backend")
+	}
+	size := b.Size()
+	if size < 0 {
+		return nil, fmt.Errorf("wbcache/fuse: mount: backend size %d is negative", size)
+	}
+	mp, err := filepath.Abs(mountpoint)
+	if err != nil {
+		return nil, fmt.Errorf("wbcache/fuse: mount %s: %w", mountpoint, err)
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	fsName := opts.FsName
+	if fsName == "" {
+		fsName = "wbcache"
+	}
+	if err := deadErr(mp); err != nil {
+		return nil, fmt.Errorf("wbcache/fuse: mount %s: a dead FUSE mount is in the way (%v; did its daemon die?): remove it with CleanupStale or `umount -l %s`", mp, err, mp)
+	}
+	root := os.Geteuid() == 0
+	if root {
+		raisePipeMaxSize(logger)
+	}
+
+	// go-fuse logs through a *log.Logger: route it into slog. Its debug
+	// trace is wanted when Debug is set, so it must not be filtered out.
+	goFuseLevel := slog.LevelWarn
+	if opts.Debug {
+		goFuseLevel = slog.LevelInfo
+	}
+	mo := &gofuse.MountOptions{
+		AllowOther:    opts.AllowOther,
+		Options:       []string{"default_permissions"},
+		MaxBackground: maxBackground,
+		MaxWrite:      maxWrite,
+		MaxReadAhead:  maxReadAhead,
+		FsName:        fsName,
+		Name:          "wbcache",
+		Debug:         opts.Debug,
+		Logger:        slog.NewLogLogger(logger.With("component", "go-fuse").Handler(), goFuseLevel),
+		// As root, mount(2) directly and report its error; otherwise try
+		// it and fall back to the fusermount helper.
+		DirectMount:          true,
+		DirectMountStrict:    root,
+		EnableLocks:          false,
+		DisableXAttrs:        true,
+		DisableReadDirPlus:   true,
+		DisableSplice:        true,
+		ExtraCapabilities:    gofuse.CAP_ASYNC_DIO,
+		DisabledCapabilities: gofuse.CAP_WRITEBACK_CACHE,
+	}
+	fs := newRawFS(b, size, opts, logger)
+	srv, err := gofuse.NewServer(fs, mp, mo)
+	if err != nil {
+		// If mount(2) succeeded but the INIT handshake failed, go-fuse
+		// leaves a dead mount behind; remove it (a no-op otherwise: the
+		// mount point was checked to be alive above).
+		if cerr := CleanupStale(mp); cerr != nil {
+			logger.Warn("wbcache/fuse: removing the failed mount", "mountpoint", mp, "err", cerr)
+		}
+		return nil, fmt.Errorf("wbcache/fuse: mount %s: %w", mp, err)
+	}
+	s := &Server{srv: srv, mountpoint: mp, logger: logger, done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		srv.Serve()
+	}()
+	if err := srv.WaitMount(); err != nil {
+		_ = s.Unmount()
+		s.Wait()
+		return nil, fmt.Errorf("wbcache/fuse: mount %s: %w", mp, err)
+	}
+	logger.Debug("wbcache/fuse: mounted", "mountpoint", mp, "size", size,
+		"kernel", fmt.Sprintf("%d.%d", srv.KernelSettings().Major, srv.KernelSettings().Minor))
+	return s, nil
+}
+
+// Mountpoint returns the absolute mount point.
+func (s *Server) Mountpoint() string { return s.mountpoint }
+
+// Unmount unmounts the disk. If the mount is busy (open files, a loop
+// device on the disk), it is detached lazily instead (umount -l): it leaves
+// the namespace at once, and the kernel ends the connection when its last
+// user goes away; Wait tells when. Unmount after the connection ended, or a
+// second time, returns nil.
+func (s *Server) Unmount() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.detached {
+		return nil
+	}
+	select {
+	case <-s.done:
+		return nil
+	default:
+	}
+	err := s.srv.Unmount()
+	if err == nil {
+		return nil
+	}
+	s.logger.Warn("wbcache/fuse: unmount failed, detaching lazily; the connection ends when the last user closes the disk",
+		"mountpoint", s.mountpoint, "err", err)
+	if lerr := lazyUnmount(s.mountpoint); lerr != nil {
+		return fmt.Errorf("wbcache/fuse: unmount %s: %v; lazy unmount: %w", s.mountpoint, err, lerr)
+	}
+	s.detached = true
+	return nil
+}
+
+// Wait returns when the kernel connection has ended: after Unmount, an
+// unmount from outside (umount, fusermount -u), or an abort.
+func (s *Server) Wait() { <-s.done }
+
+// lazyUnmount detaches mp from the namespace even if it is busy.
+func lazyUnmount(mp string) error {
+	if os.Geteuid() == 0 {
+		if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil {
+			return fmt.Errorf("umount2(%s, MNT_DETACH): %w", mp, err)
+		}
+		return nil
+	}
+	var lastErr error
+	for _, bin := range []string{"fusermount3", "fusermount"} {
+		path, err := exec.LookPath(bin)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		out, err := exec.Command(path, "-u", "-z", mp).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%s -u -z %s: %v: %s", bin, mp, err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	}
+	return fmt.Errorf("no fusermount helper found: %w", lastErr)
+}
+
+// raisePipeMaxSize raises the pipe-max-size sysctl to pipeMaxSizeMin if it
+// is lower. Failures only matter to splice users and are logged at debug.
+func raisePipeMaxSize(logger *slog.Logger) {
+	b, err := os.ReadFile(pipeMaxSizePath)
+	if err != nil {
+		logger.Debug("wbcache/fuse: reading pipe-max-size", "err", err)
+		return
+	}
+	cur, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || cur >= pipeMaxSizeMin {
+		return
+	}
+	if err := os.WriteFile(pipeMaxSizePath, []byte(strconv.Itoa(pipeMaxSizeMin)), 0); err != nil {
+		logger.Debug("wbcache/fuse: raising pipe-max-size", "from", cur, "to", pipeMaxSizeMin, "err", err)
+		return
+	}
+	logger.Debug("wbcache/fuse: raised pipe-max-size", "from", cur, "to", pipeMaxSizeMin)
+}

@@ -1,0 +1,94 @@
+// Package layout owns the on-disk format of a wbcache cache device (the SSD
+// file). It encodes and decodes every metadata block and computes where each
+// region lives; it does no I/O.
+//
+// # Regions
+//
+// The device is an array of 4 KiB blocks:
+//
+//	block 0            superblock copy A   (written when generation is even)
+//	block 1            superblock copy B   (written when generation is odd)
+//	CheckpointStart    checkpoint copy 0:  MapPages slot-map pages, then BitmapPages dirty-bitmap pages
+//	  + CheckpointBlocks checkpoint copy 1: same shape
+//	JournalStart       metadata journal:   JournalBlocks blocks used as a ring, block LSN n at JournalStart + n % JournalBlocks
+//	DataStart          data slots:         SlotCount slots of 4 KiB, slot s at DataStart + s
+//
+// All integers are little-endian. All checksums are CRC32C (Castagnoli).
+// CRC32C(seed, block) is the CRC32C of the 16 seed bytes followed by the block.
+// Metadata checksums other than the superblock's are seeded with the cache
+// UUID, so a block left over from an earlier format of the same device never
+// verifies; the superblock's is seeded with 16 zero bytes.
+//
+// # Superblock (block 0 or 1)
+//
+//	off  size field
+//	  0     8 magic "WBCACHE1"
+//	  8     4 format version (FormatVersion)
+//	 12     4 CRC32C(16 zero bytes, whole 4 KiB block with this field zero)
+//	 16     8 generation: the copy with the highest valid generation wins
+//	 24    16 cache UUID
+//	 40     4 block size (4096)
+//	 44     4 flags: bit 0 = clean shutdown
+//	 48     8 slot count
+//	 56     8 checkpoint start block      64  8 checkpoint blocks per copy
+//	 72     8 map pages per copy          80  8 bitmap pages per copy
+//	 88     8 journal start block         96  8 journal blocks
+//	104     8 data start block           112  8 cache device size in bytes
+//	120     8 backing size in bytes      128 16 backing identity
+//	144     4 current checkpoint copy (0 or 1)
+//	148     4 reserved (zero)
+//	152     8 checkpoint generation      160  8 replay LSN (first journal block to replay)
+//	168     8 journal incarnation of the checkpoint
+//	176     8 flush epoch at the checkpoint
+//	184    64 settings (Settings: mode and destage policy, persisted across mounts)
+//	248  3848 zero
+//
+// A superblock is valid when its magic, version and CRC check. Open reads
+// both copies and uses the valid one with the higher generation; an update
+// writes the other copy and syncs, so a torn superblock write leaves the
+// previous one standing (bbolt's meta pages).
+//
+// # Checkpoint pages
+//
+// Every checkpoint page has a 32-byte header followed by 4064 payload bytes:
+//
+//	off size field
+//	  0    4 magic: "WBCM" (slot map) or "WBCD" (dirty bitmap)
+//	  4    4 CRC32C(UUID, page with this field zero)
+//	  8    8 checkpoint generation (must equal the superblock's)
+//	 16    4 page index within its region
+//	 20   12 reserved (zero)
+//
+// A slot-map page holds EntriesPerMapPage entries of 16 bytes:
+// backing LBA (8), data CRC32C (4), flags (4: bit 0 = slot holds a block).
+// A dirty-bitmap page holds BitsPerBitmapPage bits, bit s%BitsPerBitmapPage
+// of page s/BitsPerBitmapPage set when slot s holds data the backing device
+// does not have yet. A checkpoint is written to the idle copy, synced, and
+// only then named by a new superblock, so a torn checkpoint is never used.
+//
+// # Journal blocks
+//
+//	off size field
+//	  0    4 magic "WBCJ"
+//	  4    4 CRC32C(UUID, block with this field zero)
+//	  8    8 LSN (block sequence number; position = LSN % JournalBlocks)
+//	 16    8 incarnation (bumped each time the cache is opened)
+//	 24    2 record count (at most RecordsPerBlock)
+//	 26    6 reserved (zero)
+//	 32  ... records, RecordSize bytes each
+//
+// Record (24 bytes): type (1), flags (1: bit 0 = dirty, for MAP), reserved
+// (2), slot (4), LBA (8), data CRC32C (4), flush epoch (4).
+//
+//	MAP   slot now holds block LBA with data CRC; dirty or clean (promoted)
+//	CLEAN slot (holding LBA with CRC) is on the backing device
+//	FREE  slot (holding LBA) no longer holds it (evicted or discarded)
+//
+// Replay starts at the superblock's replay LSN and stops at the first block
+// whose magic, CRC or LSN does not check, or whose incarnation is lower than
+// the checkpoint's or the previous block's: such a block is a torn, stale or
+// foreign tail. The engine (package blockcache) defines how records apply.
+//
+// The constants below are part of the format and must never change without
+// bumping FormatVersion.
+package layout

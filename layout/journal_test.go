@@ -1,0 +1,234 @@
+package layout_test
+
+import (
+	"bytes"
+	"math"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/wbcache/wbcache/layout"
+)
+
+func TestJournalRoundTrip(t *testing.T) {
+	require.Equal(t, 169, layout.RecordsPerBlock)
+	require.Equal(t, 24, layout.RecordSize)
+	edge := []layout.Record{
+		{Type: layout.RecMap, Flags: layout.RecordDirty, Slot: math.MaxUint32, LBA: math.MaxUint64, CRC: math.MaxUint32, Epoch: math.MaxUint32},
+		{Type: layout.RecMap, Flags: 0, Slot: 0, LBA: 0, CRC: 0, Epoch: 0},
+		{Type: layout.RecClean, Slot: 1, LBA: 2, CRC: 3, Epoch: 4},
+		{Type: layout.RecFree, Slot: 5, LBA: 6, CRC: 7, Epoch: 8},
+	}
+	cases := map[string][]layout.Record{
+		"empty":    nil,
+		"one MAP":  sampleRecords(1),
+		"edge":     edge,
+		"two":      sampleRecords(2),
+		"all-1":    sampleRecords(layout.RecordsPerBlock - 1),
+		"full":     sampleRecords(layout.RecordsPerBlock),
+		"all kind": sampleRecords(6),
+	}
+	for name, recs := range cases {
+		for _, hdr := range []struct{ lsn, inc uint64 }{{0, 0}, {1, 1}, {12345, 678}, {math.MaxUint64, math.MaxUint64}} {
+			b := encodeJournal(testUUID, hdr.lsn, hdr.inc, recs)
+			h, got, err := layout.DecodeJournalBlock(b, testUUID, nil)
+			require.NoError(t, err, name)
+			assert.Equal(t, layout.JournalHeader{LSN: hdr.lsn, Incarnation: hdr.inc, Count: len(recs)}, h, name)
+			if len(recs) == 0 {
+				assert.Empty(t, got, name)
+			} else {
+				assert.Equal(t, recs, got, name)
+			}
+
+			// Re-encoding the decoded block reproduces it byte for byte.
+			again := bytes.Repeat([]byte{0x77}, layout.BlockSize)
+			layout.EncodeJournalBlock(again, testUUID, h.LSN, h.Incarnation, got)
+			assert.Equal(t, b, again, name)
+		}
+	}
+}
+
+func TestJournalEveryRecordKind(t *testing.T) {
+	kinds := []struct {
+		typ   layout.RecordType
+		flags uint8
+	}{
+		{layout.RecMap, 0}, {layout.RecMap, layout.RecordDirty},
+		{layout.RecClean, 0}, {layout.RecClean, layout.RecordDirty},
+		{layout.RecFree, 0}, {layout.RecFree, layout.RecordDirty},
+	}
+	for _, k := range kinds {
+		r := layout.Record{Type: k.typ, Flags: k.flags, Slot: 9, LBA: 10, CRC: 11, Epoch: 12}
+		b := encodeJournal(testUUID, 1, 1, []layout.Record{r})
+		_, got, err := layout.DecodeJournalBlock(b, testUUID, nil)
+		require.NoError(t, err, "%v flags %d", k.typ, k.flags)
+		require.Equal(t, []layout.Record{r}, got)
+	}
+}
+
+func TestJournalDocLayout(t *testing.T) {
+	recs := sampleRecords(3)
+	b := encodeJournal(testUUID, 0x0102030405060708, 0x1112131415161718, recs)
+
+	assert.Equal(t, "WBCJ", string(b[0:4]))
+	assert.Equal(t, docCRC(testUUID, b, journalCRCOff), le.Uint32(b[4:]), "journal CRC is CRC32C(UUID, block)")
+	assert.Equal(t, uint64(0x0102030405060708), le.Uint64(b[8:]))
+	assert.Equal(t, uint64(0x1112131415161718), le.Uint64(b[16:]))
+	assert.Equal(t, uint16(3), le.Uint16(b[24:]))
+	assert.Equal(t, make([]byte, 6), b[26:32], "reserved")
+	for i, r := range recs {
+		o := b[journalHeader+i*24:]
+		assert.Equal(t, byte(r.Type), o[0])
+		assert.Equal(t, r.Flags, o[1])
+		assert.Equal(t, []byte{0, 0}, o[2:4], "reserved")
+		assert.Equal(t, r.Slot, le.Uint32(o[4:]))
+		assert.Equal(t, r.LBA, le.Uint64(o[8:]))
+		assert.Equal(t, r.CRC, le.Uint32(o[16:]))
+		assert.Equal(t, r.Epoch, le.Uint32(o[20:]))
+	}
+	assert.Equal(t, make([]byte, layout.BlockSize-journalHeader-3*24), b[journalHeader+3*24:], "unused record space is zero")
+	assert.Equal(t, layout.RecordsPerBlock, (layout.BlockSize-journalHeader)/24)
+}
+
+func TestJournalDecodeAppends(t *testing.T) {
+	prefix := []layout.Record{{Type: layout.RecFree, Slot: 1000}}
+	recs := sampleRecords(10)
+	b := encodeJournal(testUUID, 3, 1, recs)
+	_, got, err := layout.DecodeJournalBlock(b, testUUID, nil)
+	require.NoError(t, err)
+	require.Equal(t, recs, got)
+
+	base := append(make([]layout.Record, 0, 64), prefix...)
+	_, got, err = layout.DecodeJournalBlock(b, testUUID, base)
+	require.NoError(t, err)
+	require.Equal(t, append(append([]layout.Record{}, prefix...), recs...), got)
+
+	// Several blocks accumulate into one slice, in order.
+	var all []layout.Record
+	var want []layout.Record
+	for lsn := uint64(0); lsn < 5; lsn++ {
+		rs := sampleRecords(int(lsn) * 30)
+		want = append(want, rs...)
+		var h layout.JournalHeader
+		h, all, err = layout.DecodeJournalBlock(encodeJournal(testUUID, lsn, 2, rs), testUUID, all)
+		require.NoError(t, err)
+		require.Equal(t, lsn, h.LSN)
+		require.Equal(t, len(rs), h.Count)
+	}
+	require.Equal(t, want, all)
+}
+
+func TestJournalWrongUUID(t *testing.T) {
+	for _, n := range []int{0, 1, layout.RecordsPerBlock} {
+		b := encodeJournal(testUUID, 1, 1, sampleRecords(n))
+		for _, u := range [][16]byte{otherUUID, {}} {
+			prefix := sampleRecords(2)
+			h, got, err := layout.DecodeJournalBlock(b, u, prefix)
+			require.ErrorIs(t, err, layout.ErrCorrupt)
+			assert.Equal(t, layout.JournalHeader{}, h)
+			assert.Equal(t, prefix, got, "a rejected block appends nothing")
+		}
+	}
+}
+
+func TestJournalNotAJournalBlock(t *testing.T) {
+	page, _ := sealedMapPage(testUUID, 1, 0)
+	for name, b := range map[string][]byte{
+		"zero":       newBlock(),
+		"ones":       bytes.Repeat([]byte{0xff}, layout.BlockSize),
+		"superblock": encodeSuperblock(sampleSuperblock(t)),
+		"map page":   page,
+	} {
+		_, got, err := layout.DecodeJournalBlock(b, testUUID, nil)
+		assert.ErrorIs(t, err, layout.ErrCorrupt, name)
+		assert.Empty(t, got, name)
+	}
+}
+
+// TestJournalFieldChecks hand-edits a block and fixes up its CRC: the record
+// checks behind the CRC must still reject it and append nothing.
+func TestJournalFieldChecks(t *testing.T) {
+	good := encodeJournal(testUUID, 77, 3, sampleRecords(10))
+	rec := func(i, off int) int { return journalHeader + i*layout.RecordSize + off }
+	cases := map[string]func([]byte){
+		"count 170":          func(b []byte) { le.PutUint16(b[24:], layout.RecordsPerBlock+1) },
+		"count max":          func(b []byte) { le.PutUint16(b[24:], math.MaxUint16) },
+		"type 0 first":       func(b []byte) { b[rec(0, 0)] = 0 },
+		"type 4 last":        func(b []byte) { b[rec(9, 0)] = 4 },
+		"type 255":           func(b []byte) { b[rec(5, 0)] = 255 },
+		"flag 2":             func(b []byte) { b[rec(3, 1)] = 2 },
+		"flag 0x80":          func(b []byte) { b[rec(9, 1)] = 0x80 },
+		"count covers zeros": func(b []byte) { le.PutUint16(b[24:], 11) }, // record 10 is all zero: type 0
+	}
+	for name, edit := range cases {
+		t.Run(name, func(t *testing.T) {
+			b := bytes.Clone(good)
+			edit(b)
+			reseal(testUUID, b, journalCRCOff)
+			prefix := make([]layout.Record, 1, 300)
+			prefix[0] = layout.Record{Type: layout.RecMap, Slot: 99}
+			h, got, err := layout.DecodeJournalBlock(b, testUUID, prefix)
+			require.ErrorIs(t, err, layout.ErrCorrupt)
+			assert.Equal(t, layout.JournalHeader{}, h)
+			assert.Equal(t, prefix, got, "a rejected block must not leave records behind")
+		})
+	}
+}
+
+// TestJournalStaleHeader: the LSN and incarnation checks belong to the
+// caller, so a valid block for another position decodes and reports its
+// own header fields.
+func TestJournalStaleHeader(t *testing.T) {
+	recs := sampleRecords(4)
+	b := encodeJournal(testUUID, 1000, 5, recs)
+	h, got, err := layout.DecodeJournalBlock(b, testUUID, nil)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(1000), h.LSN)
+	assert.Equal(t, uint64(5), h.Incarnation)
+	assert.Equal(t, 4, h.Count)
+	assert.Equal(t, recs, got)
+
+	g := mustGeometry(t, gib, 0)
+	// Blocks one ring apart share a position; only the LSN tells them apart.
+	assert.Equal(t, g.JournalOffset(1000), g.JournalOffset(1000+g.JournalBlocks))
+}
+
+// TestJournalEveryBitFlip flips each of the 32768 bits of encoded blocks:
+// every flip must be caught.
+func TestJournalEveryBitFlip(t *testing.T) {
+	for name, recs := range map[string][]layout.Record{
+		"empty": nil,
+		"some":  sampleRecords(7),
+		"full":  sampleRecords(layout.RecordsPerBlock),
+	} {
+		t.Run(name, func(t *testing.T) {
+			good := encodeJournal(testUUID, 0x0a0b0c0d, 0x10, recs)
+			for bit := range bitsPerBlock {
+				_, _, err := layout.DecodeJournalBlock(flipBit(good, bit), testUUID, nil)
+				if err == nil {
+					t.Fatalf("flipping bit %d (byte %d) was not detected", bit, bit/8)
+				}
+				require.ErrorIs(t, err, layout.ErrCorrupt, "bit %d", bit)
+			}
+		})
+	}
+}
+
+func TestJournalEncodePanics(t *testing.T) {
+	assert.Panics(t, func() {
+		layout.EncodeJournalBlock(newBlock(), testUUID, 1, 1, sampleRecords(layout.RecordsPerBlock+1))
+	})
+	for _, n := range []int{0, layout.BlockSize - 1, layout.BlockSize + 1} {
+		assert.Panics(t, func() { layout.EncodeJournalBlock(make([]byte, n), testUUID, 1, 1, nil) }, "Encode len %d", n)
+		assert.Panics(t, func() { _, _, _ = layout.DecodeJournalBlock(make([]byte, n), testUUID, nil) }, "Decode len %d", n)
+	}
+}
+
+func TestRecordTypeString(t *testing.T) {
+	assert.Equal(t, "MAP", layout.RecMap.String())
+	assert.Equal(t, "CLEAN", layout.RecClean.String())
+	assert.Equal(t, "FREE", layout.RecFree.String())
+	assert.Equal(t, "type(0)", layout.RecordType(0).String())
+	assert.Equal(t, "type(200)", layout.RecordType(200).String())
+}

@@ -1,0 +1,64 @@
+package layout
+
+import (
+	"errors"
+	"fmt"
+	"hash/crc32"
+)
+
+// Format constants. Never change them without bumping FormatVersion.
+const (
+	BlockSize     = 4096
+	FormatVersion = 1
+
+	superMagic  = "WBCACHE1"
+	mapMagic    = 0x4d434257 // "WBCM"
+	bitmapMagic = 0x44434257 // "WBCD"
+	journMagic  = 0x4a434257 // "WBCJ"
+
+	pageHeaderSize    = 32
+	pagePayload       = BlockSize - pageHeaderSize
+	mapEntrySize      = 16
+	EntriesPerMapPage = pagePayload / mapEntrySize // 254
+	BitsPerBitmapPage = pagePayload * 8            // 32512
+
+	journalHeaderSize = 32
+	RecordSize        = 24
+	RecordsPerBlock   = (BlockSize - journalHeaderSize) / RecordSize // 169
+
+	// SettingsSize is the size of the settings area in the superblock.
+	SettingsSize = 64
+)
+
+// Sentinel errors. Callers test them with errors.Is.
+var (
+	// ErrNotFormatted: the block carries no wbcache magic at all.
+	ErrNotFormatted = errors.New("not a wbcache cache device")
+	// ErrCorrupt: the block has the magic but fails a check.
+	ErrCorrupt = errors.New("corrupt metadata")
+	// ErrVersion: written by a newer wbcache.
+	ErrVersion = errors.New("unsupported format version")
+	// ErrGeometry: the device is too small or the geometry is inconsistent.
+	ErrGeometry = errors.New("bad geometry")
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// DataCRC is the checksum of a data block, as stored in MAP records and the
+// slot map.
+func DataCRC(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
+
+// seededCRC computes CRC32C(uuid || b) with b[crcOff:crcOff+4] taken as zero.
+func seededCRC(uuid [16]byte, b []byte, crcOff int) uint32 {
+	c := crc32.Update(0, castagnoli, uuid[:])
+	c = crc32.Update(c, castagnoli, b[:crcOff])
+	var zero [4]byte
+	c = crc32.Update(c, castagnoli, zero[:])
+	return crc32.Update(c, castagnoli, b[crcOff+4:])
+}
+
+func checkLen(b []byte) {
+	if len(b) != BlockSize {
+		panic(fmt.Sprintf("layout: buffer of %d bytes, want %d", len(b), BlockSize))
+	}
+}
