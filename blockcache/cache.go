@@ -158,8 +158,11 @@ func Format(ssd, hdd device.Device, opts FormatOptions) error {
 		if err == nil {
 			return fmt.Errorf("%w (UUID %x, %d slots, clean=%v): pass --force to overwrite it and lose its contents", ErrFormatted, sb.UUID, sb.Geometry.SlotCount, sb.Clean())
 		}
-		if !errors.Is(err, layout.ErrNotFormatted) {
+		if errors.Is(err, layout.ErrCorrupt) || errors.Is(err, layout.ErrVersion) || errors.Is(err, layout.ErrGeometry) {
 			return fmt.Errorf("%w: it holds a damaged wbcache superblock (%v): pass --force to overwrite it", ErrFormatted, err)
+		}
+		if !errors.Is(err, layout.ErrNotFormatted) {
+			return fmt.Errorf("format: %w", err)
 		}
 	}
 	var uuid [16]byte
@@ -239,7 +242,7 @@ func writeSuperblock(ssd device.Device, sb *layout.Superblock) error {
 		return fmt.Errorf("writing superblock: %w", err)
 	}
 	if err := ssd.Sync(); err != nil {
-		return fmt.Errorf("%w: sync after superblock: %v", ErrFailed, err)
+		return fmt.Errorf("%w: sync after superblock: %w", ErrFailed, err)
 	}
 	return nil
 }
@@ -320,7 +323,7 @@ func Open(ssd, hdd device.Device, opts Options) (*Cache, error) {
 // fail marks the cache dead after an unrecoverable device error.
 func (c *Cache) fail(err error) error {
 	if !errors.Is(err, ErrFailed) {
-		err = fmt.Errorf("%w: %v", ErrFailed, err)
+		err = fmt.Errorf("%w: %w", ErrFailed, err)
 	}
 	if c.failed.CompareAndSwap(nil, &err) {
 		c.log.Error("cache failed: refusing further I/O until restart", "err", err)

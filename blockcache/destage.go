@@ -93,26 +93,21 @@ func (c *Cache) ReadSlots(blocks []DirtyBlock, buf []byte) error {
 // written false they stay dirty. Either way they are unpinned.
 func (c *Cache) Complete(blocks []DirtyBlock, written bool) error {
 	var err error
-	reserved := 0
-	if written {
-		// Reserve in pieces so a large run never needs more than the ring.
-		reserved = min(len(blocks), layout.RecordsPerBlock)
-		if err = c.j.reserve(reserved); err != nil {
-			reserved = 0
-			written = false
-			err = c.fail(err)
-		}
-	}
 	for i := 0; i < len(blocks); {
-		n := len(blocks) - i
+		n := min(len(blocks)-i, layout.RecordsPerBlock)
 		if written {
-			n = min(n, reserved)
+			if err = c.j.reserve(n); err != nil {
+				// Unpin the rest as still dirty: a lost CLEAN only means a
+				// harmless second destage.
+				written = false
+				err = c.fail(err)
+			}
 		}
 		c.completeLocked(blocks[i:i+n], written)
+		if written {
+			c.j.release(n)
+		}
 		i += n
-	}
-	if reserved > 0 {
-		c.j.release(reserved)
 	}
 	if written {
 		c.stats.destagedBlocks.Add(uint64(len(blocks)))

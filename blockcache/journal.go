@@ -29,7 +29,7 @@ type journal struct {
 	cond *sync.Cond
 
 	pending    []layout.Record
-	reserved   int    // records promised space but not appended yet
+	reserved   uint64 // blocks promised to reservations not appended yet
 	appendSeq  uint64 // last record appended
 	writtenSeq uint64 // last record pwritten
 	syncedSeq  uint64 // last record durable
@@ -56,30 +56,41 @@ func newJournal(dev device.Device, g layout.Geometry, uuid [16]byte, inc, lsn ui
 // capacity is how many blocks may be between tail and the newest block.
 func (j *journal) capacity() uint64 { return j.g.JournalBlocks }
 
-// usedLocked counts blocks held from tail through the open block, plus a
-// worst case of one block per pending or reserved record (each could be
-// followed by a sync that seals its block).
+// usedLocked counts the blocks held from tail through the open block, plus
+// the most the pending records and the reservations can take. Records
+// appended together are written together, but a sync may seal the block
+// between two batches, so each batch can waste one block.
 func (j *journal) usedLocked() uint64 {
-	return j.openLSN - j.tail + 1 + uint64(len(j.pending)+j.reserved)
+	return j.openLSN - j.tail + 1 + batchBlocks(len(j.pending)) + j.reserved
 }
 
-// reserve waits until n more records are sure to fit in the ring and
-// reserves room for them. Every reserve is followed by appends of at most n
-// records and one release(n).
+// batchBlocks is the most blocks a batch of n records appended together
+// can take.
+func batchBlocks(n int) uint64 {
+	return uint64(n+layout.RecordsPerBlock-1)/layout.RecordsPerBlock + 1
+}
+
+// reserve waits until a batch of n records is sure to fit in the ring and
+// reserves room for it. Every reserve is followed by one append of at most
+// n records under a single Cache.mu critical section, then release(n).
 func (j *journal) reserve(n int) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	for j.err == nil && !j.closed && !j.stopping && j.usedLocked()+uint64(n) > j.capacity() {
+	need := batchBlocks(n)
+	if need+2 > j.capacity() {
+		return fmt.Errorf("%w: a batch of %d records cannot fit a journal of %d blocks", ErrInvalid, n, j.capacity())
+	}
+	for j.err == nil && !j.closed && !j.stopping && j.usedLocked()+need > j.capacity() {
 		j.kick()
 		j.cond.Wait()
 	}
 	if j.err != nil {
 		return j.err
 	}
-	if j.closed || (j.stopping && j.usedLocked()+uint64(n) > j.capacity()) {
+	if j.closed || (j.stopping && j.usedLocked()+need > j.capacity()) {
 		return ErrClosed
 	}
-	j.reserved += n
+	j.reserved += need
 	if 2*(j.openLSN-j.tail) >= j.capacity() {
 		j.kick()
 	}
@@ -88,7 +99,7 @@ func (j *journal) reserve(n int) error {
 
 func (j *journal) release(n int) {
 	j.mu.Lock()
-	j.reserved -= n
+	j.reserved -= batchBlocks(n)
 	j.cond.Broadcast()
 	j.mu.Unlock()
 }
@@ -228,7 +239,7 @@ func (j *journal) run() {
 		if err != nil {
 			// A failed sync of the cache device is fatal: the page cache may
 			// have dropped the data it could not write (fsyncgate).
-			j.failLocked(fmt.Errorf("%w: sync of the cache device failed: %v", ErrFailed, err))
+			j.failLocked(fmt.Errorf("%w: sync of the cache device failed: %w", ErrFailed, err))
 			return
 		}
 		j.syncDone++
@@ -270,7 +281,7 @@ func (j *journal) writeLocked(buf []byte) {
 	err := j.writeBlocks(buf[:nb*layout.BlockSize], first)
 	j.mu.Lock()
 	if err != nil {
-		j.failLocked(fmt.Errorf("%w: journal write failed: %v", ErrFailed, err))
+		j.failLocked(fmt.Errorf("%w: journal write failed: %w", ErrFailed, err))
 		return
 	}
 	j.blocks += uint64(nb)

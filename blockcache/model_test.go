@@ -313,7 +313,7 @@ func (mr *modelRun) destage(all bool) {
 // recovers and checks the contract.
 func (mr *modelRun) cycle() {
 	power := mr.rng.IntN(2) == 0
-	mr.r.arm(1+mr.rng.Int64N(40), power, mr.rng, func() { mr.m.snap(power) })
+	mr.r.arm(1+mr.rng.Int64N(40), power, rand.New(rand.NewPCG(mr.rng.Uint64(), 1)), func() { mr.m.snap(power) })
 	nops := 1 + mr.rng.IntN(8)
 	for i := 0; i < nops && !mr.r.snapped.Load(); i++ {
 		mr.step()

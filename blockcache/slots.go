@@ -84,18 +84,27 @@ func (t *slotTable) setClean(s uint32) {
 
 // lbaIndex is an open-addressing hash table from LBA to slot with linear
 // probing. Buckets hold slot+1 (0 = empty); the key is read from the slot
-// table, so a bucket costs 4 bytes. It has twice as many buckets as slots.
+// table, so a bucket costs 4 bytes. It has twice as many buckets as slots
+// (load factor at most 1/2), whatever the slot count.
 type lbaIndex struct {
-	b    []uint32
-	mask uint64
+	b []uint32
 }
 
 func newLBAIndex(slots uint64) lbaIndex {
-	n := uint64(1) << bits.Len64(2*slots-1)
-	if n < 8 {
-		n = 8
+	return lbaIndex{b: make([]uint32, max(2*slots, 8))}
+}
+
+// home is the bucket an LBA hashes to (fast range reduction, any size).
+func (x *lbaIndex) home(lba uint64) uint64 {
+	hi, _ := bits.Mul64(hashLBA(lba), uint64(len(x.b)))
+	return hi
+}
+
+func (x *lbaIndex) next(i uint64) uint64 {
+	if i++; i == uint64(len(x.b)) {
+		return 0
 	}
-	return lbaIndex{b: make([]uint32, n), mask: n - 1}
+	return i
 }
 
 func hashLBA(lba uint64) uint64 {
@@ -106,7 +115,7 @@ func hashLBA(lba uint64) uint64 {
 }
 
 func (x *lbaIndex) get(lba uint64, keys []uint64) (uint32, bool) {
-	for i := hashLBA(lba) & x.mask; ; i = (i + 1) & x.mask {
+	for i := x.home(lba); ; i = x.next(i) {
 		v := x.b[i]
 		if v == 0 {
 			return 0, false
@@ -118,7 +127,7 @@ func (x *lbaIndex) get(lba uint64, keys []uint64) (uint32, bool) {
 }
 
 func (x *lbaIndex) put(lba uint64, s uint32, keys []uint64) {
-	for i := hashLBA(lba) & x.mask; ; i = (i + 1) & x.mask {
+	for i := x.home(lba); ; i = x.next(i) {
 		v := x.b[i]
 		if v == 0 || keys[v-1] == lba {
 			x.b[i] = s + 1
@@ -129,7 +138,7 @@ func (x *lbaIndex) put(lba uint64, s uint32, keys []uint64) {
 
 // del removes lba if it maps to s, with backward-shift deletion.
 func (x *lbaIndex) del(lba uint64, s uint32, keys []uint64) {
-	i := hashLBA(lba) & x.mask
+	i := x.home(lba)
 	for {
 		v := x.b[i]
 		if v == 0 {
@@ -141,14 +150,14 @@ func (x *lbaIndex) del(lba uint64, s uint32, keys []uint64) {
 			}
 			break
 		}
-		i = (i + 1) & x.mask
+		i = x.next(i)
 	}
-	for j := (i + 1) & x.mask; ; j = (j + 1) & x.mask {
+	for j := x.next(i); ; j = x.next(j) {
 		v := x.b[j]
 		if v == 0 {
 			break
 		}
-		h := hashLBA(keys[v-1]) & x.mask
+		h := x.home(keys[v-1])
 		// Move v back to i if its home h is not in the cyclic range (i, j].
 		if (j > i && (h <= i || h > j)) || (j < i && h <= i && h > j) {
 			x.b[i] = v

@@ -1,0 +1,110 @@
+package blockcache
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/wbcache/wbcache/device"
+	"github.com/wbcache/wbcache/layout"
+)
+
+// CheckReport is the result of an offline consistency check.
+type CheckReport struct {
+	UUID        [16]byte
+	Clean       bool // the last stop was clean
+	Slots       int
+	Valid       int // slots holding a block after recovery
+	Dirty       int
+	Replayed    int // journal records that recovery would replay
+	Dropped     int // unsynced journal records recovery would drop
+	DataChecked int // slots whose data checksum was verified
+	Problems    []string
+}
+
+// OK reports whether the check found no problem.
+func (r *CheckReport) OK() bool { return len(r.Problems) == 0 }
+
+func (r *CheckReport) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "cache %x: %d slots, %d in use, %d dirty; last stop clean: %v\n", r.UUID, r.Slots, r.Valid, r.Dirty, r.Clean)
+	fmt.Fprintf(&b, "journal: %d records to replay, %d unsynced records to drop\n", r.Replayed, r.Dropped)
+	fmt.Fprintf(&b, "data: %d slot checksums verified\n", r.DataChecked)
+	if r.OK() {
+		b.WriteString("consistent\n")
+	}
+	for _, p := range r.Problems {
+		fmt.Fprintf(&b, "PROBLEM: %s\n", p)
+	}
+	return b.String()
+}
+
+// Check verifies a cache device offline without writing to it: both
+// superblocks, the current checkpoint, the journal, the data checksum of
+// every cached block and, with hdd, that the backing device is the one the
+// cache was formatted for. It returns an error only when it cannot read;
+// what it finds wrong goes into Problems.
+func Check(ssd, hdd device.Device) (*CheckReport, error) {
+	r := &CheckReport{}
+	sb, err := readSuperblock(ssd)
+	if err != nil {
+		if errors.Is(err, layout.ErrNotFormatted) || errors.Is(err, layout.ErrCorrupt) || errors.Is(err, layout.ErrVersion) || errors.Is(err, layout.ErrGeometry) {
+			r.Problems = append(r.Problems, fmt.Sprintf("superblock: %v", err))
+			return r, nil
+		}
+		return nil, err
+	}
+	r.UUID, r.Clean, r.Slots = sb.UUID, sb.Clean(), int(sb.Geometry.SlotCount)
+	if err := sb.Geometry.Validate(ssd.Size()); err != nil {
+		r.Problems = append(r.Problems, fmt.Sprintf("geometry: %v", err))
+		return r, nil
+	}
+	size := int64(sb.BackingSize)
+	if hdd != nil {
+		if hdd.Size() != size {
+			r.Problems = append(r.Problems, fmt.Sprintf("backing device has %d bytes, the cache was formatted for %d", hdd.Size(), size))
+		} else if hdd.Identity() != sb.BackingIdentity {
+			r.Problems = append(r.Problems, fmt.Sprintf("backing device identity %x differs from the formatted %x", hdd.Identity(), sb.BackingIdentity))
+		}
+	}
+	c := &Cache{
+		ssd: ssd, hdd: hdd, g: sb.Geometry, uuid: sb.UUID, sb: sb,
+		size: size, nblocks: uint64(size) / BlockSize,
+		log: slog.New(slog.DiscardHandler), opts: Options{Now: time.Now},
+	}
+	rec, err := c.recover()
+	if err != nil {
+		if errors.Is(err, layout.ErrCorrupt) {
+			r.Problems = append(r.Problems, err.Error())
+			return r, nil
+		}
+		return nil, err
+	}
+	r.Valid, r.Dirty, r.Replayed, r.Dropped = rec.valid, rec.dirty, rec.records, rec.dropped
+	t := &c.mu.t
+	buf := device.AlignedBuffer(BlockSize)
+	seen := make(map[uint64]uint32)
+	for s, f := range t.flags {
+		if f&fValid == 0 {
+			continue
+		}
+		if prev, dup := seen[t.lba[s]]; dup {
+			r.Problems = append(r.Problems, fmt.Sprintf("block %d is held by slots %d and %d", t.lba[s], prev, s))
+		}
+		seen[t.lba[s]] = uint32(s)
+		if _, err := ssd.ReadAt(buf, c.g.SlotOffset(uint64(s))); err != nil {
+			return nil, fmt.Errorf("reading slot %d: %w", s, err)
+		}
+		r.DataChecked++
+		if got := layout.DataCRC(buf); got != t.crc[s] {
+			state := "clean"
+			if f&fDirty != 0 {
+				state = "dirty"
+			}
+			r.Problems = append(r.Problems, fmt.Sprintf("slot %d (%s block %d): data checksum %08x, want %08x", s, state, t.lba[s], got, t.crc[s]))
+		}
+	}
+	return r, nil
+}
