@@ -70,11 +70,12 @@ type Cache struct {
 	stripes [nStripes]sync.RWMutex // per-LBA locks, by LBA hash
 	gens    [nStripes]uint64       // mapping changes per stripe (see stripeGen)
 
-	mode      atomic.Uint32
-	seqCutoff atomic.Int64
-	seqReads  seqTracker
-	seqWrites seqTracker
-	pressure  chan struct{} // signalled when a writer waits for a free slot
+	mode         atomic.Uint32
+	promoteAfter atomic.Int32
+	seqCutoff    atomic.Int64
+	seqReads     seqTracker
+	seqWrites    seqTracker
+	pressure     chan struct{} // signalled when a writer waits for a free slot
 
 	mu struct {
 		sync.Mutex
@@ -294,6 +295,7 @@ func Open(ssd, hdd device.Device, opts Options) (*Cache, error) {
 		stop: make(chan struct{}),
 	}
 	c.mu.freed = sync.NewCond(&c.mu.Mutex)
+	c.promoteAfter.Store(int32(opts.PromoteAfter))
 	c.applySettings(sb.Settings)
 	c.mu.inflight = make(map[uint64]int)
 	c.mu.sketch = newPromoteSketch()

@@ -18,6 +18,13 @@ import (
 func (c *Cache) checkpoint(clean bool) error {
 	c.ckptMu.Lock()
 	defer c.ckptMu.Unlock()
+	if clean {
+		// Seal the open block first, so a clean checkpoint leaves nothing
+		// to replay.
+		if err := c.syncJournal(); err != nil {
+			return err
+		}
+	}
 	replay := c.j.checkpointLSN()
 	sb := c.sb
 	cp := 1 - int(sb.CheckpointCopy)

@@ -365,7 +365,7 @@ func (c *Cache) unmapClean(lba uint64, s uint32) error {
 // cache as a clean block, if the policy wants it and nothing changed the
 // block's stripe since it was looked up.
 func (c *Cache) maybePromote(lba uint64, blk []byte, gen uint64) {
-	after := c.opts.PromoteAfter
+	after := int(c.promoteAfter.Load())
 	if after < 0 || c.Mode() == ModeNone {
 		return
 	}

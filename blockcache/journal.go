@@ -36,13 +36,15 @@ type journal struct {
 	syncNeed   uint64 // a caller waits for this many completed syncs
 	syncStart  uint64 // syncs started
 	syncDone   uint64 // syncs completed (they run one at a time, in order)
+	syncing    bool   // a sync is in flight
 	openLSN    uint64 // block that receives the next record
 	openRecs   []layout.Record
 	tail       uint64 // first LSN still needed (replay LSN of the current checkpoint)
 	err        error  // sticky: the journal is dead
 	closed     bool
-	stopping   bool   // no new reservations (the cache is closing)
-	blocks     uint64 // blocks written
+	stopping   bool        // no new reservations (the cache is closing)
+	blocks     uint64      // blocks written
+	waiters    []seqWaiter // waitWritten callers, woken one by one
 	done       chan struct{}
 }
 
@@ -119,18 +121,50 @@ func (j *journal) append(r layout.Record) uint64 {
 	return seq
 }
 
+type seqWaiter struct {
+	seq uint64
+	ch  chan struct{}
+}
+
 // waitWritten returns once record seq is in the cache device's page cache
-// (it survives a process crash).
+// (it survives a process crash). Each waiter has its own channel, so a
+// journal write wakes only the writers it completed.
 func (j *journal) waitWritten(seq uint64) error {
 	j.mu.Lock()
-	defer j.mu.Unlock()
-	for j.writtenSeq < seq && j.err == nil {
-		j.cond.Wait()
+	if j.writtenSeq >= seq {
+		j.mu.Unlock()
+		return nil
 	}
+	if j.err != nil {
+		err := j.err
+		j.mu.Unlock()
+		return err
+	}
+	ch := make(chan struct{})
+	j.waiters = append(j.waiters, seqWaiter{seq, ch})
+	j.mu.Unlock()
+	<-ch
+	j.mu.Lock()
+	defer j.mu.Unlock()
 	if j.writtenSeq >= seq {
 		return nil
 	}
 	return j.err
+}
+
+// wakeLocked releases the waiters whose records are written (all of them
+// when the journal has failed).
+func (j *journal) wakeLocked() {
+	kept := j.waiters[:0]
+	for _, w := range j.waiters {
+		if w.seq <= j.writtenSeq || j.err != nil {
+			close(w.ch)
+		} else {
+			kept = append(kept, w)
+		}
+	}
+	clear(j.waiters[len(kept):])
+	j.waiters = kept
 }
 
 // sync makes every record appended so far, and every data write completed
@@ -205,6 +239,7 @@ func (j *journal) failLocked(err error) {
 	if j.err == nil {
 		j.err = err
 	}
+	j.wakeLocked()
 	j.cond.Broadcast()
 }
 
@@ -216,26 +251,47 @@ func (j *journal) run() {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	for {
-		for len(j.pending) == 0 && j.syncNeed <= j.syncDone && !j.closed && j.err == nil {
+		for len(j.pending) == 0 && (j.syncing || j.syncNeed <= j.syncStart) && !j.closed && j.err == nil {
 			j.cond.Wait()
 		}
-		if j.err != nil || (j.closed && len(j.pending) == 0 && j.syncNeed <= j.syncDone) {
+		if j.err != nil {
+			for j.syncing {
+				j.cond.Wait()
+			}
 			return
 		}
 		if len(j.pending) > 0 {
 			j.writeLocked(buf)
 			continue
 		}
-		// A sync is wanted and everything appended is written.
-		if len(j.openRecs) > 0 {
-			j.openLSN++
-			j.openRecs = j.openRecs[:0]
+		if !j.syncing && j.syncNeed > j.syncStart {
+			j.startSyncLocked()
+			continue
 		}
-		covered := j.writtenSeq
-		j.syncStart++
-		j.mu.Unlock()
+		if j.closed && !j.syncing {
+			return
+		}
+		j.cond.Wait()
+	}
+}
+
+// startSyncLocked seals the open block and syncs the device in the
+// background, so records keep being written (into later blocks) while the
+// device flushes. Only one sync is in flight at a time; it covers every
+// record written before it started.
+func (j *journal) startSyncLocked() {
+	if len(j.openRecs) > 0 {
+		j.openLSN++
+		j.openRecs = j.openRecs[:0]
+	}
+	covered := j.writtenSeq
+	j.syncStart++
+	j.syncing = true
+	go func() {
 		err := j.dev.Sync()
 		j.mu.Lock()
+		defer j.mu.Unlock()
+		j.syncing = false
 		if err != nil {
 			// A failed sync of the cache device is fatal: the page cache may
 			// have dropped the data it could not write (fsyncgate).
@@ -245,7 +301,7 @@ func (j *journal) run() {
 		j.syncDone++
 		j.syncedSeq = max(j.syncedSeq, covered)
 		j.cond.Broadcast()
-	}
+	}()
 }
 
 // writeLocked writes pending records (at most maxBlocksPerWrite blocks'
@@ -292,6 +348,7 @@ func (j *journal) writeLocked(buf []byte) {
 	j.writtenSeq += uint64(len(recs))
 	j.openLSN = lsn
 	j.openRecs = append(j.openRecs[:0], open...)
+	j.wakeLocked()
 	j.cond.Broadcast()
 	if 2*(j.openLSN-j.tail) >= j.capacity() {
 		j.kick()

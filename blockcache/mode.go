@@ -101,6 +101,9 @@ func (c *Cache) applySettings(s layout.Settings) {
 		cut = int64(s.SeqCutoff)
 	}
 	c.seqCutoff.Store(cut)
+	if s.SetMask&SetPromoteAfter != 0 {
+		c.promoteAfter.Store(int32(s.PromoteAfter))
+	}
 }
 
 // Settings.SetMask bits: a field whose bit is clear takes its default.
