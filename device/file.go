@@ -141,7 +141,7 @@ func setup(fd int, path string, opts Options) (*File, error) {
 	} else {
 		f.kind = kindRegular
 		f.size = st.Size
-		f.identity = fileIdentity(st.Dev, st.Ino)
+		f.identity = fileIdentity(filesystemID(fd, st.Dev), st.Ino)
 	}
 	return f, nil
 }

@@ -20,8 +20,19 @@ var sysfsBlock = "/sys/dev/block"
 // a stable hardware or volume identifier, in order of preference.
 var idFiles = []string{"wwid", "device/serial", "device/wwid", "dm/uuid"}
 
-// fileIdentity derives a regular file's identity from the filesystem's
-// device number and the inode number.
+// filesystemID names the filesystem a file lives on: its f_fsid, which
+// ext4, xfs and btrfs derive from the filesystem UUID and so survives a
+// reboot that renumbers devices; the device number where f_fsid is zero.
+func filesystemID(fd int, dev uint64) uint64 {
+	var sfs unix.Statfs_t
+	if err := unix.Fstatfs(fd, &sfs); err == nil && (sfs.Fsid.Val[0] != 0 || sfs.Fsid.Val[1] != 0) {
+		return uint64(uint32(sfs.Fsid.Val[0]))<<32 | uint64(uint32(sfs.Fsid.Val[1]))
+	}
+	return dev
+}
+
+// fileIdentity derives a regular file's identity from its filesystem's ID
+// (see filesystemID) and the inode number.
 func fileIdentity(dev, ino uint64) [16]byte {
 	h := sha256.New()
 	h.Write([]byte("file"))

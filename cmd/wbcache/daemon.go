@@ -1,0 +1,288 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/wbcache/wbcache/blockcache"
+	"github.com/wbcache/wbcache/flush"
+	"github.com/wbcache/wbcache/fuse"
+	"github.com/wbcache/wbcache/layout"
+	"golang.org/x/sys/unix"
+)
+
+// daemonConfig is what `mount` (and `demo`, in-process) serves.
+type daemonConfig struct {
+	cachePath, backingPath, mountpoint string
+	changes                            []kv // settings given explicitly
+	allowOther                         bool
+	metricsAddr                        string // "" = no metrics endpoint
+	log                                *slog.Logger
+}
+
+// daemon is a served cache: devices, engine, destager, FUSE mount, control
+// socket and optional metrics endpoint. startDaemon builds it; stop tears it
+// down in reverse order.
+type daemon struct {
+	cfg        daemonConfig
+	log        *slog.Logger
+	mountpoint string // absolute
+	started    time.Time
+
+	devs    *devices
+	cache   *blockcache.Cache
+	dest    *flush.Destager
+	srv     *fuse.Server
+	ctl     *controlServer
+	metrics *metricsServer
+	promote int // promote-after in force (fixed at open)
+
+	ctx    context.Context // cancelled by stop: ends control requests in flight
+	cancel context.CancelFunc
+
+	setMu sync.Mutex // serialises settings changes
+
+	mountGone chan struct{} // closed when the FUSE connection has ended
+	stopOnce  sync.Once
+	stopErr   error
+}
+
+// startDaemon opens and serves a cache. On error everything it started is
+// undone.
+func startDaemon(cfg daemonConfig) (_ *daemon, err error) {
+	if cfg.log == nil {
+		cfg.log = slog.New(slog.DiscardHandler)
+	}
+	mp, err := resolvePath(cfg.mountpoint)
+	if err != nil {
+		return nil, fmt.Errorf("mount point %s: %w", cfg.mountpoint, err)
+	}
+	d := &daemon{cfg: cfg, log: cfg.log, mountpoint: mp, started: time.Now(), mountGone: make(chan struct{})}
+	startPprof(cfg.log)
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	defer func() {
+		if err != nil {
+			d.teardown(nil)
+		}
+	}()
+
+	// A previous daemon killed with -9 leaves a dead mount here.
+	if err := fuse.CleanupStale(mp); err != nil {
+		return nil, fmt.Errorf("%w: unmount it by hand (umount -l %s) and retry", err, mp)
+	}
+	st, err := os.Stat(mp)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("mount point %s does not exist: create it with mkdir", mp)
+	} else if err != nil {
+		return nil, fmt.Errorf("mount point %s: %w", mp, err)
+	} else if !st.IsDir() {
+		return nil, fmt.Errorf("mount point %s is not a directory", mp)
+	}
+
+	d.devs, err = openDevices(cfg.cachePath, cfg.backingPath, openServe,
+		"stop it first ('wbcache status' shows its mount point; send it SIGTERM or umount that mount point)")
+	if err != nil {
+		return nil, err
+	}
+	// The promotion threshold is an open-time option: take it from the
+	// persisted settings plus the flags before opening.
+	settings := layout.Settings{}
+	if sb, err := blockcache.ReadSuperblock(d.devs.ssd); err == nil {
+		settings = sb.Settings
+	}
+	want, err := applySettings(settings, cfg.changes)
+	if err != nil {
+		return nil, &usageError{cmd: "mount", err: err}
+	}
+	d.promote = promoteAfter(want)
+
+	d.cache, err = blockcache.Open(d.devs.ssd, d.devs.hdd, blockcache.Options{Logger: d.log, PromoteAfter: d.promote})
+	if err != nil {
+		return nil, openCacheError(cfg.cachePath, err)
+	}
+	// Reapply the flags on what Open found (the same superblock).
+	want, err = applySettings(d.cache.Settings(), cfg.changes)
+	if err != nil {
+		return nil, &usageError{cmd: "mount", err: err}
+	}
+	if want != d.cache.Settings() {
+		if err := d.cache.SetSettings(want); err != nil {
+			return nil, fmt.Errorf("saving settings: %w", err)
+		}
+		d.log.Info("settings saved", "changed", changedKeys(cfg.changes))
+	}
+
+	setIOFlusher(d.log)
+
+	d.dest = flush.New(d.cache, flush.PolicyFromSettings(want), d.log)
+	d.dest.Start()
+
+	// Both servers are listening but answer only once the daemon fields
+	// they read are set.
+	d.ctl, err = startControl(d)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.metricsAddr != "" {
+		d.metrics, err = startMetrics(d, cfg.metricsAddr)
+		if err != nil {
+			return nil, err
+		}
+	}
+	d.srv, err = fuse.Mount(mp, d.cache, fuse.Options{
+		AllowOther: cfg.allowOther,
+		Stats:      d.statsFile,
+		Logger:     d.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w (is /dev/fuse available and are you root?)", err)
+	}
+	go func() {
+		d.srv.Wait()
+		close(d.mountGone)
+	}()
+	d.ctl.serve()
+	if d.metrics != nil {
+		d.metrics.serve()
+	}
+	return d, nil
+}
+
+// openCacheError adds advice to blockcache.Open errors.
+func openCacheError(cachePath string, err error) error {
+	switch {
+	case errors.Is(err, layout.ErrNotFormatted):
+		return fmt.Errorf("%s: %w", cachePath, err)
+	case errors.Is(err, blockcache.ErrWrongBacking):
+		return fmt.Errorf("cache %s: %w", cachePath, err)
+	case errors.Is(err, layout.ErrCorrupt), errors.Is(err, layout.ErrVersion), errors.Is(err, layout.ErrGeometry):
+		return fmt.Errorf("cache %s cannot be opened: %w (run 'wbcache check --cache %s' for details)", cachePath, err, cachePath)
+	}
+	return fmt.Errorf("opening cache %s: %w", cachePath, err)
+}
+
+// diskPath is MOUNTPOINT/disk.
+func (d *daemon) diskPath() string { return filepath.Join(d.mountpoint, "disk") }
+
+// stop unmounts, waits for the kernel connection to end (or for force to
+// be closed), stops the destager, closes the cache (checkpoint + clean
+// flag) and the devices. It is idempotent.
+func (d *daemon) stop(force <-chan struct{}) error {
+	d.stopOnce.Do(func() { d.stopErr = d.teardown(force) })
+	return d.stopErr
+}
+
+func (d *daemon) teardown(force <-chan struct{}) error {
+	var errs []error
+	d.cancel()
+	if d.metrics != nil {
+		d.metrics.close()
+	}
+	if d.ctl != nil {
+		d.ctl.close()
+	}
+	if d.srv != nil {
+		if err := d.srv.Unmount(); err != nil {
+			// Still mounted: requests may keep coming; they fail with EIO
+			// once the cache is closed below.
+			d.log.Error("unmount failed; closing the cache anyway", "err", err)
+			errs = append(errs, err)
+		} else {
+			d.waitUnmounted(force)
+		}
+	}
+	if d.dest != nil {
+		d.dest.Stop()
+	}
+	if d.cache != nil {
+		if err := d.cache.Close(); err != nil && !errors.Is(err, blockcache.ErrClosed) {
+			errs = append(errs, fmt.Errorf("closing cache: %w", err))
+		} else {
+			d.log.Info("cache closed cleanly", "cache", d.cfg.cachePath)
+		}
+	}
+	if d.devs != nil {
+		if err := d.devs.close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// waitUnmounted waits for the kernel connection to end; a busy mount ends
+// only when its last user (a loop device) goes, or when force is closed.
+func (d *daemon) waitUnmounted(force <-chan struct{}) {
+	select {
+	case <-d.mountGone:
+		return
+	case <-time.After(time.Second):
+	}
+	d.log.Warn("the mount is busy: waiting for its last user to close MOUNTPOINT/disk (a loop device? detach it with losetup -d); signal again to stop anyway",
+		"mountpoint", d.mountpoint)
+	select {
+	case <-d.mountGone:
+	case <-force:
+		d.log.Warn("stopping with the mount still in use: further I/O on it fails with EIO")
+	}
+}
+
+// setIOFlusher marks the process as an I/O flusher (PR_SET_IO_FLUSHER), so
+// memory reclaim does not recurse into I/O that waits on this daemon, as it
+// could with a loop device on the disk. It needs CAP_SYS_RESOURCE; old
+// kernels answer EINVAL. Failures are logged at debug and ignored.
+func setIOFlusher(log *slog.Logger) {
+	if os.Geteuid() != 0 {
+		return
+	}
+	// The flag is per thread and inherited by threads created later; set
+	// it on every thread when the runtime allows (not under cgo).
+	_, _, errno := syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_SET_IO_FLUSHER, 1, 0)
+	if errno == 0 {
+		log.Debug("PR_SET_IO_FLUSHER set on all threads")
+		return
+	}
+	if errno != syscall.ENOTSUP {
+		log.Debug("PR_SET_IO_FLUSHER not set", "err", errno)
+		return
+	}
+	if err := unix.Prctl(unix.PR_SET_IO_FLUSHER, 1, 0, 0, 0); err != nil {
+		log.Debug("PR_SET_IO_FLUSHER not set", "err", err)
+		return
+	}
+	log.Debug("PR_SET_IO_FLUSHER set on the calling thread only (cgo in use)")
+}
+
+// statsFile is the content of MOUNTPOINT/stats.
+func (d *daemon) statsFile() []byte {
+	b, err := json.MarshalIndent(d.status(), "", "  ")
+	if err != nil {
+		return []byte(fmt.Sprintf("{\"error\": %q}\n", err.Error()))
+	}
+	return append(b, '\n')
+}
+
+// resolvePath makes p absolute and resolves symlinks in its parent (not in
+// p itself, which may be a dead mount), as fuse.CleanupStale does, so the
+// daemon and its clients derive the same control socket name.
+func resolvePath(p string) (string, error) {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return "", err
+	}
+	dir, base := filepath.Split(abs)
+	if base == "" {
+		return abs, nil
+	}
+	if r, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = r
+	}
+	return filepath.Join(dir, base), nil
+}

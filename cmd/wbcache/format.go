@@ -1,0 +1,116 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/wbcache/wbcache/blockcache"
+	"github.com/wbcache/wbcache/device"
+	"github.com/wbcache/wbcache/layout"
+)
+
+const formatAbout = `
+Writes an empty cache onto the cache device (a regular file or a block
+device) for the given backing device. The backing device is only read: its
+size and identity are recorded, its contents are kept and show through.
+
+If the cache file does not exist and --cache-size is given, it is created
+(sparse, mode 0600). If it exists, --cache-size must match its size.
+A device that already holds a wbcache cache is refused unless --force is
+given: --force discards the old cache, including dirty blocks that were
+never written back (run 'wbcache detach' first to keep them).`
+
+func runFormat(args []string, out io.Writer) error {
+	f := newFlags("format", "wbcache format --cache PATH --backing PATH [--cache-size SIZE] [--journal SIZE] [--force]", formatAbout, out)
+	cachePath := f.String("cache", "", "cache device `PATH` (SSD file or block device)")
+	backingPath := f.String("backing", "", "backing device `PATH` (HDD file or block device)")
+	var cacheSize, journal sizeFlag
+	f.Var(&cacheSize, "cache-size", "create the cache file with this `SIZE` if it does not exist")
+	f.Var(&journal, "journal", "metadata journal `SIZE` (default: 1/256 of the cache, 1M to 128M)")
+	force := f.Bool("force", false, "overwrite an existing cache, losing its contents")
+	pos, err := f.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := f.wantArgs(pos); err != nil {
+		return err
+	}
+	if *cachePath == "" || *backingPath == "" {
+		return usagef("format", "--cache and --backing are required")
+	}
+	if f.given("cache-size") && (cacheSize.n <= 0 || cacheSize.n%layout.BlockSize != 0) {
+		return usagef("format", "--cache-size %d: want a positive multiple of 4K", cacheSize.n)
+	}
+	var journalBlocks uint64
+	if f.given("journal") {
+		if journal.n%layout.BlockSize != 0 || journal.n/layout.BlockSize < layout.MinJournalBlocks {
+			return usagef("format", "--journal %d: want a multiple of 4K of at least %dK", journal.n, layout.MinJournalBlocks*4)
+		}
+		journalBlocks = uint64(journal.n / layout.BlockSize)
+	}
+
+	created := false
+	if _, err := os.Stat(*cachePath); errors.Is(err, os.ErrNotExist) {
+		if !f.given("cache-size") {
+			return fmt.Errorf("cache device %s does not exist: give --cache-size to create it as a file", *cachePath)
+		}
+		if err := device.Create(*cachePath, cacheSize.n); err != nil {
+			return fmt.Errorf("creating cache file: %w", err)
+		}
+		created = true
+	} else if err != nil {
+		return fmt.Errorf("cache device: %w", err)
+	}
+	fail := func(err error) error {
+		if created {
+			os.Remove(*cachePath)
+		}
+		return err
+	}
+
+	devs, err := openDevices(*cachePath, *backingPath, openFormat, "unmount it (stop its 'wbcache mount') before formatting")
+	if err != nil {
+		return fail(err)
+	}
+	defer devs.close()
+	if f.given("cache-size") && devs.ssd.Size() != cacheSize.n {
+		return fmt.Errorf("cache device %s has %s (%d bytes), not the --cache-size %s given: drop --cache-size to use it as it is, or give its real size",
+			*cachePath, formatSize(devs.ssd.Size()), devs.ssd.Size(), formatSizeExact(cacheSize.n))
+	}
+	err = blockcache.Format(devs.ssd, devs.hdd, blockcache.FormatOptions{JournalBlocks: journalBlocks, Force: *force})
+	if err != nil {
+		switch {
+		case errors.Is(err, blockcache.ErrFormatted):
+			return fmt.Errorf("%s already holds a wbcache cache; refusing to overwrite it.\n"+
+				"  To keep its data, mount it, or write it back with 'wbcache detach --cache %s --backing BACKING'.\n"+
+				"  To discard it, run format again with --force.\n  (%v)", *cachePath, *cachePath, err)
+		case errors.Is(err, blockcache.ErrBadBacking):
+			return fail(fmt.Errorf("backing device %s: %w", *backingPath, err))
+		case errors.Is(err, layout.ErrGeometry):
+			return fail(fmt.Errorf("cache device %s: %w: give a larger cache or a smaller --journal", *cachePath, err))
+		}
+		return fail(fmt.Errorf("format: %w", err))
+	}
+	if err := devs.close(); err != nil {
+		return err
+	}
+	// Read the result back to print what was written.
+	ssd, err := device.Open(*cachePath, device.Options{ReadOnly: true})
+	if err != nil {
+		return err
+	}
+	defer ssd.Close()
+	sb, err := blockcache.ReadSuperblock(ssd)
+	if err != nil {
+		return fmt.Errorf("reading back the new superblock: %w", err)
+	}
+	g := sb.Geometry
+	fmt.Fprintf(out, "formatted %s as a cache for %s (%s)\n", *cachePath, *backingPath, formatSize(int64(sb.BackingSize)))
+	fmt.Fprintf(out, "  slots:      %d of 4 KiB (cache data %s)\n", g.SlotCount, formatSize(int64(g.SlotCount)*layout.BlockSize))
+	fmt.Fprintf(out, "  journal:    %s (%d blocks)\n", formatSize(int64(g.JournalBlocks)*layout.BlockSize), g.JournalBlocks)
+	fmt.Fprintf(out, "  checkpoint: 2 copies of %s\n", formatSize(int64(g.CheckpointBlocks)*layout.BlockSize))
+	fmt.Fprintf(out, "  uuid:       %x\n", sb.UUID)
+	return nil
+}

@@ -1,0 +1,119 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+const mountAbout = `
+Serves the cache as MOUNTPOINT/disk (a file of the backing device's size)
+in the foreground, plus MOUNTPOINT/stats (a JSON status snapshot). When
+ready it prints one line to stdout:
+
+  wbcache: serving MOUNTPOINT/disk (SIZE, mode MODE)
+
+It stops on SIGTERM or SIGINT, or when MOUNTPOINT is unmounted from outside
+(umount MOUNTPOINT): it unmounts, lets write-back runs in flight finish,
+writes a checkpoint, marks the cache clean and exits 0. Dirty blocks stay
+in the cache (it is persistent); 'wbcache flush' or 'wbcache detach' write
+them back. If the mount is still in use when a signal arrives (a loop
+device on the disk), it is detached lazily and the daemon waits for the
+last user; a second signal stops it anyway.
+
+A dead mount left at MOUNTPOINT by a daemon killed with SIGKILL is cleaned
+up first. The cache device is opened buffered and locked, the backing
+device with O_DIRECT and locked: a second mount of either is refused.
+
+Mode and policy options given here override the settings saved in the
+cache's superblock and are saved; options not given keep the saved ones
+(see 'wbcache set --help' for what each does).
+
+The control socket (for status, flush, mode, set) is
+/run/wbcache/HASH.sock, or $TMPDIR/wbcache-UID/HASH.sock when /run is not
+writable. Nothing listens on TCP unless --metrics is given.`
+
+func runMount(args []string, out io.Writer) error {
+	f := newFlags("mount", "wbcache mount --cache PATH --backing PATH [options] MOUNTPOINT", mountAbout, out)
+	cachePath := f.String("cache", "", "cache device `PATH` (formatted with 'wbcache format')")
+	backingPath := f.String("backing", "", "backing device `PATH`")
+	allowOther := f.Bool("allow-other", false, "let users other than the mounting one open MOUNTPOINT/disk (mode bits still apply)")
+	metrics := f.String("metrics", "", "serve Prometheus metrics on `ADDR` (host:port; a bare :port or port binds 127.0.0.1)")
+	logLevel := f.String("log-level", "info", "log `LEVEL`: debug, info, warn or error")
+	vals := map[string]*string{}
+	for _, s := range settingKeys {
+		vals[s.key] = f.String(s.key, "", s.help+"; default: the saved setting")
+		f.args[s.key] = s.arg
+	}
+	pos, err := f.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := f.wantArgs(pos, "MOUNTPOINT"); err != nil {
+		return err
+	}
+	if *cachePath == "" || *backingPath == "" {
+		return usagef("mount", "--cache and --backing are required")
+	}
+	level, err := parseLevel(*logLevel)
+	if err != nil {
+		return usagef("mount", "%v", err)
+	}
+	var changes []kv
+	for _, s := range settingKeys {
+		if f.given(s.key) {
+			changes = append(changes, kv{s.key, *vals[s.key]})
+		}
+	}
+	if err := checkSyntax(changes); err != nil {
+		return usagef("mount", "%v", err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	// Catch signals before anything is mounted, so an early SIGTERM still
+	// unmounts cleanly.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+
+	d, err := startDaemon(daemonConfig{
+		cachePath: *cachePath, backingPath: *backingPath, mountpoint: pos[0],
+		changes: changes, allowOther: *allowOther, metricsAddr: *metrics, log: log,
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "wbcache: serving %s (%s, mode %s)\n", d.diskPath(), formatSize(d.cache.Size()), d.cache.Mode())
+	if d.metrics != nil {
+		log.Info("metrics endpoint", "url", "http://"+d.metrics.addr+"/metrics")
+	}
+	log.Info("serving", "disk", d.diskPath(), "control_socket", d.ctl.path)
+
+	force := make(chan struct{})
+	select {
+	case sig := <-sigs:
+		log.Info("stopping", "signal", sig.String())
+		go func() {
+			<-sigs
+			close(force)
+		}()
+	case <-d.mountGone:
+		log.Info("stopping: the mount went away (unmounted from outside)", "mountpoint", d.mountpoint)
+	}
+	if err := d.stop(force); err != nil {
+		return err
+	}
+	log.Info("stopped cleanly")
+	return nil
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("--log-level %q: want debug, info, warn or error", s)
+	}
+	return l, nil
+}

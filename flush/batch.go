@@ -1,0 +1,151 @@
+package flush
+
+import (
+	"fmt"
+
+	"github.com/wbcache/wbcache/blockcache"
+	"github.com/wbcache/wbcache/device"
+)
+
+// run is one backing write: pinned blocks with consecutive LBAs.
+type run struct {
+	blocks []blockcache.DirtyBlock
+	prev   <-chan struct{} // closed when the previous run's write is over
+	done   chan struct{}   // closed when this run's write is over (or skipped)
+
+	// Set by the worker before done is closed.
+	written bool
+	err     error
+}
+
+// batchResult is what runBatch reports to the scheduler.
+type batchResult struct {
+	bytes int   // bytes written, synced and marked clean
+	err   error // the first backing or cache read error (blocks left dirty)
+	fatal error // the cache failed: the loop must stop
+}
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// runBatch destages pinned blocks: it cuts them into runs, has the workers
+// read each run from the cache device (in parallel) and write it to the
+// backing device (one at a time, in elevator order), syncs the backing
+// device once for the whole batch, and only then completes the written
+// runs (CLEAN records). Runs that failed, were skipped because the loop is
+// stopping, or whose sync failed are completed unwritten and stay dirty.
+// Every pinned block is passed to Complete exactly once.
+func (l *loop) runBatch(pinned []blockcache.DirtyBlock, pol Policy) batchResult {
+	var res batchResult
+	l.setWorkers(pol.Workers)
+	blocks := splitRuns(pinned, pol.maxRunBlocks())
+	runs := make([]*run, len(blocks))
+	prev := (<-chan struct{})(closedChan)
+	for i, b := range blocks {
+		r := &run{blocks: b, prev: prev, done: make(chan struct{})}
+		runs[i] = r
+		prev = r.done
+		l.work <- r
+	}
+	<-prev // runs write in order: the last one done means all are
+
+	anyWritten := false
+	for _, r := range runs {
+		if r.err != nil {
+			l.d.stats.failed(r.err)
+			if res.err == nil {
+				res.err = r.err
+			}
+		}
+		anyWritten = anyWritten || r.written
+	}
+	synced := false
+	if anyWritten {
+		if err := l.c.Backing().Sync(); err != nil {
+			err = fmt.Errorf("syncing the backing device: %w", err)
+			l.d.stats.failed(err)
+			if res.err == nil {
+				res.err = err
+			}
+		} else {
+			synced = true
+			if h := l.d.o.afterSync; h != nil {
+				h()
+			}
+		}
+	}
+	for _, r := range runs {
+		written := synced && r.written && res.fatal == nil
+		if h := l.d.o.beforeComplete; h != nil {
+			h(r.blocks, written)
+		}
+		err := l.c.Complete(r.blocks, written)
+		if h := l.d.o.afterComplete; h != nil {
+			h(r.blocks, written)
+		}
+		if err != nil {
+			// Complete unpinned the blocks anyway; only a dead cache fails it.
+			res.fatal = fmt.Errorf("completing a destage: %w", err)
+			continue
+		}
+		if written {
+			res.bytes += len(r.blocks) * blockSize
+			l.d.stats.destaged(l.now(), len(r.blocks))
+		}
+	}
+	return res
+}
+
+// setWorkers grows or shrinks the worker pool to n (between batches).
+func (l *loop) setWorkers(n int) {
+	for l.workers < n {
+		l.workers++
+		l.wg.Add(1)
+		l.d.live.Add(1)
+		go l.worker()
+	}
+	for l.workers > n {
+		l.workers--
+		l.work <- nil // the worker that takes it exits
+	}
+}
+
+// worker reads runs from the cache device into its own aligned buffer and
+// writes each to the backing device once the previous run's write is over.
+// It exits when the work channel is closed or it receives nil.
+func (l *loop) worker() {
+	defer l.wg.Done()
+	defer l.d.live.Add(-1)
+	var buf []byte
+	for r := range l.work {
+		if r == nil {
+			return
+		}
+		n := len(r.blocks) * blockSize
+		if len(buf) < n {
+			buf = device.AlignedBuffer(max(n, l.d.Policy().MaxRun))
+		}
+		b := buf[:n]
+		first, last := r.blocks[0].LBA, r.blocks[len(r.blocks)-1].LBA
+		err := l.c.ReadSlots(r.blocks, b)
+		if err != nil {
+			err = fmt.Errorf("reading blocks %d-%d from the cache device: %w", first, last, err)
+		}
+		<-r.prev
+		switch {
+		case err != nil:
+			r.err = err
+		case l.quitting():
+			// Stopping: runs not yet on the disk stay dirty.
+		default:
+			if _, err := l.c.Backing().WriteAt(b, int64(first)*blockSize); err != nil {
+				r.err = fmt.Errorf("writing blocks %d-%d to the backing device: %w", first, last, err)
+			} else {
+				r.written = true
+				if h := l.d.o.afterWrite; h != nil {
+					h(r.blocks)
+				}
+			}
+		}
+		close(r.done)
+	}
+}

@@ -1,0 +1,106 @@
+// Package flush is the destager: it writes the dirty blocks of a
+// blockcache.Cache back to the cache's backing device (the HDD) and marks
+// them clean, so that the reclaimer can reuse their slots and the HDD
+// catches up with what clients see.
+//
+// # Protocol (per batch)
+//
+// It builds only on the engine's destage hooks (blockcache/destage.go):
+//
+//  1. Cache.DirtyBlocks: a snapshot of the dirty, unpinned blocks, sorted
+//     by LBA — taken once per elevator rotation, not per batch.
+//  2. Choose a batch in elevator order (below) and Cache.Pin it. Pin syncs
+//     the cache journal first, so every pinned version's MAP record is
+//     durable (recovery can never roll a destaged version back), and skips
+//     blocks that changed since the snapshot, blocks with a destage of the
+//     same LBA in flight and blocks being discarded.
+//  3. Cut the pinned blocks into runs of consecutive LBAs, at most
+//     Policy.MaxRun bytes each.
+//  4. Workers read each run from the cache device (Cache.ReadSlots, which
+//     verifies checksums) into a 4096-aligned buffer (device.AlignedBuffer:
+//     production backing devices are opened O_DIRECT) and write it to the
+//     backing device with one WriteAt.
+//  5. One Backing().Sync() (fdatasync) for the whole batch, after all of its
+//     writes returned.
+//  6. Only then Cache.Complete(run, true) per run: CLEAN records, the blocks
+//     become clean. Runs that failed, were skipped, or whose sync failed
+//     are completed with false and stay dirty.
+//
+// # Invariants
+//
+//   - A block is marked clean only after the backing sync that covers its
+//     write returned nil (contract §2.2: a power cut after CLEAN finds the
+//     data on the HDD). A crash anywhere before leaves the block dirty in
+//     the cache; a CLEAN record lost in a crash only means the block is
+//     written again after recovery, with the same data.
+//   - The backing device only moves forward (§2.4): Pin admits one destage
+//     per LBA at a time and only the current version, every pinned block is
+//     passed to Complete exactly once (even on errors and on Stop), and a
+//     run's write has returned before its Complete. A newer version of an
+//     LBA can therefore only be pinned after the older one's write is over.
+//   - Every pinned block is released before the batch ends, so Stop and
+//     Cache.Discard never wait for more than one batch.
+//
+// # Elevator order and batching
+//
+// The scheduler keeps a cursor, the LBA after the last block it chose. A
+// rotation visits the snapshot from the first block at or above the cursor
+// upwards, then wraps to the lowest LBA; then a new snapshot is taken. A
+// batch is the next eligible blocks of the rotation, up to 64 runs or
+// 16 MiB (4 runs while foreground I/O is busy): each backing sync covers
+// several runs, so the HDD is not synced per 4 KiB, and CLEAN records
+// follow within one batch's write time. Batches continue where the last
+// one ended, so a fully dirty region is written as back-to-back 1 MiB
+// writes at the disk's sequential speed.
+//
+// Backing writes go out strictly one at a time, in elevator order (run i's
+// write starts after run i-1's returned): the HDD is one spindle, and two
+// writes racing would reorder into seeks. Parallelism is spent on the cache
+// side instead: with Workers = 2 (the default) one worker reads the next
+// run from the SSD while the other's write is on the HDD.
+//
+// # Policy (before every batch)
+//
+// With d = percent of slots dirty:
+//
+//   - d ≤ LowWatermark (default 10 %): only blocks dirty for MaxDirtyAge
+//     (default 30 s, measured with Cache.Tick against DirtyBlock.Since) are
+//     written. When nothing is old enough the destager sleeps until the
+//     oldest block of its last snapshot comes of age (blocks dirtied later
+//     are younger), re-checking the dirty level every 200 ms.
+//   - LowWatermark < d < HighWatermark (default 50 %): everything, in
+//     elevator order, but backing off while foreground I/O is busy.
+//     "Busy" means Cache.Stats showed foreground reads or writes since its
+//     previous sample (sampled at most every 500 ms: Stats is O(slots)).
+//     While busy, batches are small (4 runs) and each is followed by a
+//     pause as long as the batch took (at least 10 ms): the destager takes
+//     at most half of the disk's time. If IdleRate is set (MiB/s), the
+//     pause also keeps it under that rate. IdleRate 0 (the default) means
+//     no rate cap beyond the 50 % duty cycle. Old blocks below the low
+//     watermark are written with the same back-off.
+//   - d ≥ HighWatermark, or Cache.Pressure fired (a writer is blocked
+//     waiting for a free slot; this holds for 1 s), or FlushAll is running:
+//     everything, flat out.
+//
+// # Errors
+//
+// A backing write or sync error, or a cache-device read error in
+// ReadSlots, leaves the run's blocks dirty (Complete false), counts in
+// Progress.Errors, is logged once per burst of failures (and once when
+// destaging recovers), and makes the scheduler back off: 100 ms, doubling
+// up to 10 s, reset by the next clean batch. Nothing is retried in a busy
+// loop. The failed blocks are retried on the next rotation. A failing
+// fdatasync of the HDD is safe to retry this way: the blocks are still
+// dirty in the cache, and the whole run is written again from there.
+// Errors from Pin or Complete mean the cache failed or was closed
+// (blockcache.ErrFailed / ErrClosed): the destage loop stops and FlushAll
+// returns the error.
+//
+// # Goroutines
+//
+// Start (or a FlushAll without Start) runs one scheduler goroutine, which
+// starts the workers lazily and owns them. Stop closes the loop: the run
+// whose write is in progress finishes, runs not yet written are skipped,
+// the batch is synced and completed, and Stop returns when every goroutine
+// has exited. Stop the destager before closing the cache.
+package flush

@@ -1,0 +1,202 @@
+package flush
+
+import (
+	"math"
+	"time"
+
+	"github.com/wbcache/wbcache/blockcache"
+	"github.com/wbcache/wbcache/layout"
+)
+
+// Policy defaults (see DefaultPolicy).
+const (
+	DefaultLowWatermark  = 10               // percent of slots dirty
+	DefaultHighWatermark = 50               // percent of slots dirty
+	DefaultMaxDirtyAge   = 30 * time.Second // bound on how long a block stays dirty
+	DefaultWorkers       = 2                // goroutines reading and writing runs
+	DefaultIdleRate      = 0                // MiB/s while foreground is busy; 0 = no cap
+	DefaultMaxRun        = 1 << 20          // bytes per backing write
+)
+
+// Limits applied by normalisation.
+const (
+	maxWorkers = 64
+	minMaxRun  = blockcache.BlockSize
+	maxMaxRun  = 64 << 20
+)
+
+// Policy says how eagerly dirty blocks are written back. Zero fields take
+// the defaults listed with DefaultPolicy. Where zero is itself a sensible
+// setting (LowWatermark, HighWatermark, MaxDirtyAge) any negative value
+// stands for an explicit zero: LowWatermark -1 means "0 %", i.e. every
+// dirty block is written back as soon as possible.
+type Policy struct {
+	// LowWatermark: percent of slots dirty at or below which the destager
+	// only writes back blocks older than MaxDirtyAge. Default 10.
+	LowWatermark int
+	// HighWatermark: percent of slots dirty at or above which it writes
+	// back flat out, ignoring foreground activity. Default 50; raised to
+	// LowWatermark if below it.
+	HighWatermark int
+	// MaxDirtyAge bounds how long a block stays dirty (in whole seconds,
+	// the resolution of the cache's age clock, rounded up). Default 30s.
+	MaxDirtyAge time.Duration
+	// Workers is the number of goroutines reading runs from the cache
+	// device and writing them to the backing device. Backing writes are
+	// issued one at a time in elevator order whatever the count (one
+	// spindle), so more than 2 only helps a slow cache device. Default 2.
+	Workers int
+	// IdleRate caps destage MiB/s between the watermarks while foreground
+	// I/O is busy (0 = no cap; the destager still backs off, see doc.go).
+	// Default 0.
+	IdleRate int
+	// MaxRun is the largest run written in one I/O, in bytes (rounded down
+	// to a multiple of 4096, at least 4096, at most 64 MiB). Default 1 MiB.
+	MaxRun int
+}
+
+// DefaultPolicy returns the defaults: low watermark 10 %, high watermark
+// 50 %, max dirty age 30 s, 2 workers, no idle rate cap, 1 MiB runs.
+//
+// Two workers: the backing disk is one spindle, so the destager submits
+// one write at a time in LBA order; the second worker reads the next run
+// from the cache device while the first one's write is on the disk, which
+// is all the overlap a single disk can use.
+func DefaultPolicy() Policy {
+	return Policy{
+		LowWatermark:  DefaultLowWatermark,
+		HighWatermark: DefaultHighWatermark,
+		MaxDirtyAge:   DefaultMaxDirtyAge,
+		Workers:       DefaultWorkers,
+		IdleRate:      DefaultIdleRate,
+		MaxRun:        DefaultMaxRun,
+	}
+}
+
+// WithDefaults returns the policy a Destager would run with: defaults
+// filled in, explicit zeros (negative values) made zero, values clamped.
+// Use it to show the effective policy of persisted settings:
+// PolicyFromSettings(s).WithDefaults().
+func (p Policy) WithDefaults() Policy { return p.normalize() }
+
+// normalize fills in defaults, turns explicit zeros (negative values) into
+// zeros and clamps everything into range. The result has no zero-means-
+// default fields left, except IdleRate where 0 means no cap.
+func (p Policy) normalize() Policy {
+	pct := func(v, def int) int {
+		switch {
+		case v == 0:
+			return def
+		case v < 0:
+			return 0
+		case v > 100:
+			return 100
+		}
+		return v
+	}
+	p.LowWatermark = pct(p.LowWatermark, DefaultLowWatermark)
+	p.HighWatermark = pct(p.HighWatermark, DefaultHighWatermark)
+	if p.HighWatermark < p.LowWatermark {
+		p.HighWatermark = p.LowWatermark
+	}
+	switch {
+	case p.MaxDirtyAge == 0:
+		p.MaxDirtyAge = DefaultMaxDirtyAge
+	case p.MaxDirtyAge < 0:
+		p.MaxDirtyAge = 0
+	}
+	if p.Workers <= 0 {
+		p.Workers = DefaultWorkers
+	}
+	p.Workers = min(p.Workers, maxWorkers)
+	p.IdleRate = max(p.IdleRate, 0)
+	if p.MaxRun <= 0 {
+		p.MaxRun = DefaultMaxRun
+	}
+	p.MaxRun = min(max(p.MaxRun, minMaxRun), maxMaxRun)
+	p.MaxRun -= p.MaxRun % blockcache.BlockSize
+	return p
+}
+
+// maxRunBlocks is MaxRun in blocks (policy normalised).
+func (p Policy) maxRunBlocks() int { return p.MaxRun / blockcache.BlockSize }
+
+// ageTicks is MaxDirtyAge in the cache's age ticks (seconds, rounded up).
+func (p Policy) ageTicks() uint32 { return durationToSeconds(p.MaxDirtyAge) }
+
+func durationToSeconds(d time.Duration) uint32 {
+	if d <= 0 {
+		return 0
+	}
+	s := (d + time.Second - 1) / time.Second
+	return uint32(min(int64(s), math.MaxUint32))
+}
+
+// PolicyFromSettings returns the destage policy persisted in a superblock's
+// settings. A field whose SetMask bit is clear stays zero (the default); a
+// field set explicitly to zero becomes negative (explicit zero) where zero
+// would mean the default. Defaults are not filled in, so
+// PolicyFromSettings(s).Settings(s) == s for the destager's fields.
+func PolicyFromSettings(s layout.Settings) Policy {
+	var p Policy
+	explicit := func(bit uint32, v int) int {
+		if s.SetMask&bit == 0 {
+			return 0
+		}
+		if v == 0 {
+			return -1
+		}
+		return v
+	}
+	p.LowWatermark = explicit(blockcache.SetLowWatermark, int(s.LowWatermark))
+	p.HighWatermark = explicit(blockcache.SetHighWatermark, int(s.HighWatermark))
+	if s.SetMask&blockcache.SetMaxDirtyAge != 0 {
+		if s.MaxDirtyAge == 0 {
+			p.MaxDirtyAge = -1
+		} else {
+			p.MaxDirtyAge = time.Duration(s.MaxDirtyAge) * time.Second
+		}
+	}
+	if s.SetMask&blockcache.SetWorkers != 0 {
+		p.Workers = int(s.Workers)
+	}
+	if s.SetMask&blockcache.SetIdleRate != 0 {
+		p.IdleRate = int(s.IdleRate)
+	}
+	return p
+}
+
+// Settings returns base with the destager's fields (watermarks, workers,
+// max dirty age, idle rate) replaced by p's and their SetMask bits set for
+// the fields p sets (non-zero); the other fields of base (mode, promotion,
+// sequential cutoff) are kept. MaxRun is not persisted. Values are clamped
+// to the settings' ranges; MaxDirtyAge is rounded up to whole seconds.
+func (p Policy) Settings(base layout.Settings) layout.Settings {
+	s := base
+	const destagerBits = blockcache.SetLowWatermark | blockcache.SetHighWatermark |
+		blockcache.SetWorkers | blockcache.SetMaxDirtyAge | blockcache.SetIdleRate
+	s.SetMask &^= destagerBits
+	s.LowWatermark, s.HighWatermark, s.Workers, s.MaxDirtyAge, s.IdleRate = 0, 0, 0, 0, 0
+	pct := func(v int) uint8 { return uint8(min(max(v, 0), 100)) }
+	if p.LowWatermark != 0 {
+		s.LowWatermark = pct(p.LowWatermark)
+		s.SetMask |= blockcache.SetLowWatermark
+	}
+	if p.HighWatermark != 0 {
+		s.HighWatermark = pct(p.HighWatermark)
+		s.SetMask |= blockcache.SetHighWatermark
+	}
+	if p.Workers > 0 {
+		s.Workers = uint16(min(p.Workers, math.MaxUint16))
+		s.SetMask |= blockcache.SetWorkers
+	}
+	if p.MaxDirtyAge != 0 {
+		s.MaxDirtyAge = durationToSeconds(p.MaxDirtyAge)
+		s.SetMask |= blockcache.SetMaxDirtyAge
+	}
+	if p.IdleRate > 0 {
+		s.IdleRate = uint32(min(int64(p.IdleRate), math.MaxUint32))
+		s.SetMask |= blockcache.SetIdleRate
+	}
+	return s
+}
