@@ -45,6 +45,7 @@ type journal struct {
 	stopping   bool        // no new reservations (the cache is closing)
 	blocks     uint64      // blocks written
 	waiters    []seqWaiter // waitWritten callers, woken one by one
+	scratch    []layout.Record
 	done       chan struct{}
 }
 
@@ -314,7 +315,9 @@ func (j *journal) writeLocked(buf []byte) {
 		recs = recs[:room]
 	}
 	lsn := j.openLSN
-	open := append([]layout.Record(nil), j.openRecs...)
+	// Only this goroutine writes, so one scratch slice serves every batch.
+	open := append(j.scratch[:0], j.openRecs...)
+	defer func() { j.scratch = open[:0] }()
 	first := lsn
 	nb := 0
 	rest := recs
