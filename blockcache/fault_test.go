@@ -131,6 +131,11 @@ func TestFaultInjection(t *testing.T) {
 					f.FailAt(n, device.OpAll, true)
 					err = fs.run(ssd, f)
 				}
+				if err == nil && f.Injected() == 0 {
+					// Background work (reclaimer, checkpointer) makes the
+					// operation count vary a little: this run ended first.
+					continue
+				}
 				require.Error(t, err, "fault at op %d was swallowed", n)
 				require.True(t, errors.Is(err, device.ErrInjected), "fault at op %d: error %v does not wrap the injected fault", n, err)
 				// Restart on what reached the devices (a process crash keeps it).

@@ -75,13 +75,17 @@ func (f *fakeClock) Pending() []time.Duration {
 }
 
 // hasPending reports whether a timer of duration d is pending.
-func (f *fakeClock) hasPending(d time.Duration) bool {
+func (f *fakeClock) hasPending(d time.Duration) bool { return f.pendingCount(d) > 0 }
+
+// pendingCount is how many timers of duration d are pending.
+func (f *fakeClock) pendingCount(d time.Duration) int {
+	n := 0
 	for _, p := range f.Pending() {
 		if p == d {
-			return true
+			n++
 		}
 	}
-	return false
+	return n
 }
 
 func (f *fakeClock) options(o options) options {

@@ -113,7 +113,7 @@ func TestOneRunFails(t *testing.T) {
 	fe.hdd.f.FailIf(func(o device.Op, off, _ int64) bool { return o == device.OpWrite && off == 20*bs })
 	d := newTestDestager(t, fe.c, Policy{LowWatermark: -1}, fe.clock.options(options{}))
 	d.Start()
-	require.Eventually(t, func() bool { return d.Stats().Backoff == minBackoff }, 10*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return d.Stats().Backoff == minBackoff && fe.clock.hasPending(minBackoff) }, 10*time.Second, time.Millisecond)
 	assert.Equal(t, 2, fe.c.DirtyCount())
 	assert.EqualValues(t, 6, d.Stats().DestagedBlocks)
 	dirty := fe.c.DirtyBlocks(nil)
@@ -140,7 +140,7 @@ func TestCacheReadErrors(t *testing.T) {
 	f.FailIf(func(o device.Op, off, _ int64) bool { return o == device.OpRead && off >= slots })
 	d := newTestDestager(t, fe.c, Policy{LowWatermark: -1}, fe.clock.options(options{}))
 	d.Start()
-	require.Eventually(t, func() bool { return d.Stats().Backoff == minBackoff }, 10*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return d.Stats().Backoff == minBackoff && fe.clock.hasPending(minBackoff) }, 10*time.Second, time.Millisecond)
 	assert.EqualValues(t, 1, f.Injected())
 	assert.EqualValues(t, 1, d.Stats().Errors)
 	assert.Contains(t, d.Stats().LastError, "cache device")
@@ -173,8 +173,15 @@ func TestFlushAllRetriesUntilCancelled(t *testing.T) {
 			errc := make(chan error, 1)
 			go func() { errc <- d.FlushAll(ctx, nil) }()
 			for n := int64(1); n <= 3; n++ {
-				require.Eventually(t, func() bool { return f.Injected() == n && d.Stats().Backoff > 0 }, 10*time.Second, time.Millisecond)
-				fe.clock.Advance(d.Stats().Backoff)
+				want := minBackoff << (n - 1)
+				timers := 1 // the back-off timer, and FlushAll's progress tick if it has the same period
+				if want == progressEvery {
+					timers++
+				}
+				require.Eventually(t, func() bool {
+					return f.Injected() == n && d.Stats().Backoff == want && fe.clock.pendingCount(want) >= timers
+				}, 10*time.Second, time.Millisecond, "attempt %d", n)
+				fe.clock.Advance(want)
 			}
 			cancel()
 			select {

@@ -175,7 +175,7 @@ func TestBusyBackoff(t *testing.T) {
 	require.Eventually(t, func() bool { return d.Stats().DestagedBlocks == 4 && clock.hasPending(minBusyPause) }, 10*time.Second, time.Millisecond)
 	consistently(t, func() bool { return d.Stats().DestagedBlocks == 4 }, "no pause after a busy batch")
 	clock.Advance(minBusyPause)
-	require.Eventually(t, func() bool { return d.Stats().DestagedBlocks == 8 }, 10*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return d.Stats().DestagedBlocks == 8 && clock.hasPending(minBusyPause) }, 10*time.Second, time.Millisecond)
 	// Quiet for a sampling interval: full speed.
 	clock.Advance(busyInterval)
 	require.Eventually(t, func() bool { return e.c.DirtyCount() == 0 }, 10*time.Second, time.Millisecond)
