@@ -1,6 +1,7 @@
 package blockcache
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 
@@ -98,9 +99,11 @@ func (c *Cache) Complete(blocks []DirtyBlock, written bool) error {
 		if written {
 			if err = c.j.reserve(n); err != nil {
 				// Unpin the rest as still dirty: a lost CLEAN only means a
-				// harmless second destage.
+				// harmless second destage. A closing cache is not a failed one.
 				written = false
-				err = c.fail(err)
+				if !errors.Is(err, ErrClosed) {
+					err = c.fail(err)
+				}
 			}
 		}
 		c.completeLocked(blocks[i:i+n], written)

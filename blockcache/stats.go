@@ -90,3 +90,9 @@ func (c *Cache) Stats() Stats {
 	}
 	return s
 }
+
+// ForegroundOps counts reads and writes served so far; cheap enough to poll
+// (the destager uses it to see whether foreground I/O is busy).
+func (c *Cache) ForegroundOps() uint64 {
+	return c.stats.reads.Load() + c.stats.writes.Load()
+}

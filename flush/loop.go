@@ -256,8 +256,7 @@ func (l *loop) foregroundBusy(now time.Time) bool {
 	if l.busySeen && now.Sub(l.busyAt) < busyInterval {
 		return l.busy
 	}
-	s := l.c.Stats()
-	ops := s.Reads + s.Writes
+	ops := l.c.ForegroundOps()
 	l.busy = l.busySeen && ops != l.busyOps
 	l.busySeen, l.busyOps, l.busyAt = true, ops, now
 	return l.busy
