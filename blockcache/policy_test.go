@@ -1,0 +1,213 @@
+package blockcache
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"github.com/wbcache/wbcache/device"
+	"github.com/wbcache/wbcache/layout"
+)
+
+func openSmall(t *testing.T, slots, blocks int, opts Options) (*Cache, *device.Mem, *device.Mem) {
+	ssd := device.NewMem(int64(2+2*2+32+slots)*BlockSize, [16]byte{1})
+	hdd := device.NewMem(int64(blocks)*BlockSize, [16]byte{2})
+	require.NoError(t, Format(ssd, hdd, FormatOptions{JournalBlocks: 32}))
+	if opts.CheckpointInterval == 0 {
+		opts.CheckpointInterval = -1
+	}
+	c, err := Open(ssd, hdd, opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	return c, ssd, hdd
+}
+
+func hddBlock(t *testing.T, hdd device.Device, lba int64) []byte {
+	b := make([]byte, BlockSize)
+	_, err := hdd.ReadAt(b, lba*BlockSize)
+	require.NoError(t, err)
+	return b
+}
+
+// TestSequentialCutoff: a sequential write stream longer than the cutoff
+// goes to the backing device; with the cutoff at 0 it stays in the cache.
+func TestSequentialCutoff(t *testing.T) {
+	for _, cutoff := range []uint64{64 << 10, 0} {
+		c, _, hdd := openSmall(t, 128, 512, Options{})
+		require.NoError(t, c.SetSettings(layout.Settings{SeqCutoff: cutoff, SetMask: SetSeqCutoff}))
+		data := make([]byte, 256<<10)
+		fill(rand.New(rand.NewPCG(1, 1)), data, 7)
+		for off := 0; off < len(data); off += 16 << 10 {
+			_, err := c.WriteAt(data[off:off+16<<10], int64(off))
+			require.NoError(t, err)
+		}
+		got := make([]byte, len(data))
+		_, err := c.ReadAt(got, 0)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(data, got))
+		last := int64(len(data)/BlockSize - 1)
+		st := c.Stats()
+		if cutoff > 0 {
+			require.Positive(t, st.Bypassed)
+			require.True(t, bytes.Equal(data[last*BlockSize:], hddBlock(t, hdd, last)), "the tail of the stream should be on the backing device")
+		} else {
+			require.Zero(t, st.Bypassed)
+			require.Equal(t, len(data)/BlockSize, st.Dirty, "every block should be dirty in the cache")
+		}
+	}
+}
+
+// TestPromotion: with promote-after 2, the first miss of a block does not
+// copy it into the cache, the second does, and later reads hit.
+func TestPromotion(t *testing.T) {
+	c, _, hdd := openSmall(t, 64, 256, Options{PromoteAfter: 2})
+	blk := make([]byte, BlockSize)
+	fill(rand.New(rand.NewPCG(2, 2)), blk, 9)
+	_, err := hdd.WriteAt(blk, 10*BlockSize)
+	require.NoError(t, err)
+	got := make([]byte, BlockSize)
+	read := func() {
+		_, err := c.ReadAt(got, 10*BlockSize)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(blk, got))
+	}
+	read()
+	require.Zero(t, c.Stats().Promotions)
+	read()
+	require.EqualValues(t, 1, c.Stats().Promotions)
+	read()
+	require.EqualValues(t, 1, c.Stats().ReadHits)
+}
+
+// TestEviction: reading far more distinct blocks than the cache holds
+// evicts clean blocks (CLOCK) and every read stays correct.
+func TestEviction(t *testing.T) {
+	c, _, hdd := openSmall(t, 32, 512, Options{ReserveFree: 4})
+	rng := rand.New(rand.NewPCG(3, 3))
+	want := make([]byte, 512*BlockSize)
+	fill(rng, want, 11)
+	_, err := hdd.WriteAt(want, 0)
+	require.NoError(t, err)
+	got := make([]byte, BlockSize)
+	for i := 0; i < 2000; i++ {
+		lba := rng.Int64N(512)
+		_, err := c.ReadAt(got, lba*BlockSize)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(want[lba*BlockSize:(lba+1)*BlockSize], got), "block %d", lba)
+	}
+	st := c.Stats()
+	require.Positive(t, st.Evictions)
+	require.Positive(t, st.ReadHits)
+	require.LessOrEqual(t, st.Used, 32)
+}
+
+// TestModesUnderConcurrentIO switches mode repeatedly while writers run;
+// each writer owns blocks and checks its reads, and after draining the
+// backing device holds every block's last version.
+func TestModesUnderConcurrentIO(t *testing.T) {
+	c, _, hdd := openSmall(t, 96, 256, Options{})
+	const writers, per = 4, 64
+	models := make([][]byte, writers)
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for w := 0; w < writers; w++ {
+		models[w] = make([]byte, per*BlockSize)
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(w), 4))
+			base := int64(w*per) * BlockSize
+			for i := 0; i < 600; i++ {
+				off := rng.Int64N(per*BlockSize - 1)
+				n := 1 + rng.Int64N(min(per*BlockSize-off, 2*BlockSize))
+				if rng.IntN(3) == 0 {
+					got := make([]byte, n)
+					if _, err := c.ReadAt(got, base+off); err != nil {
+						t.Error(err)
+						return
+					}
+					if !bytes.Equal(got, models[w][off:off+n]) {
+						t.Errorf("writer %d: read at %d+%d differs", w, off, n)
+						return
+					}
+					continue
+				}
+				b := make([]byte, n)
+				fill(rng, b, uint64(i))
+				if _, err := c.WriteAt(b, base+off); err != nil {
+					t.Error(err)
+					return
+				}
+				copy(models[w][off:], b)
+			}
+		}(w)
+	}
+	var aux sync.WaitGroup
+	aux.Add(1)
+	go func() { // mode switches and destaging
+		defer aux.Done()
+		rng := rand.New(rand.NewPCG(9, 9))
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := c.SetMode(Mode(rng.IntN(4))); err != nil {
+				t.Error(err)
+				return
+			}
+			destageAll(t, c)
+			if rng.IntN(4) == 0 {
+				if err := c.Sync(); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}
+	}()
+	wg.Wait()
+	close(stop)
+	aux.Wait()
+	require.NoError(t, c.SetMode(ModeWriteback))
+	for c.DirtyCount() > 0 {
+		destageAll(t, c)
+	}
+	require.NoError(t, c.Sync())
+	for w := 0; w < writers; w++ {
+		got := make([]byte, per*BlockSize)
+		_, err := hdd.ReadAt(got, int64(w*per)*BlockSize)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(models[w], got), "writer %d: backing device differs after draining", w)
+	}
+}
+
+// destageAll writes every dirty block back once (what package flush does).
+func destageAll(t *testing.T, c *Cache) {
+	if err := destageOnce(c); err != nil {
+		t.Error(err)
+	}
+}
+
+func destageOnce(c *Cache) error {
+	pinned, err := c.Pin(c.DirtyBlocks(nil))
+	if err != nil || len(pinned) == 0 {
+		return err
+	}
+	buf := device.AlignedBuffer(len(pinned) * BlockSize)
+	err = c.ReadSlots(pinned, buf)
+	for i, b := range pinned {
+		if err == nil {
+			_, err = c.Backing().WriteAt(buf[i*BlockSize:(i+1)*BlockSize], int64(b.LBA)*BlockSize)
+		}
+	}
+	if err == nil {
+		err = c.Backing().Sync()
+	}
+	if cerr := c.Complete(pinned, err == nil); err == nil {
+		err = cerr
+	}
+	return err
+}
