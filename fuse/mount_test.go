@@ -53,6 +53,7 @@ func mountMem(t *testing.T, size int, opts Options, setup func(*memBackend)) (*S
 		opts.Logger = testLogger()
 	}
 	mp := t.TempDir()
+	opts.SelfAccess = true
 	s, err := Mount(mp, b, opts)
 	if err != nil {
 		t.Fatalf("Mount: %v", err)
@@ -672,6 +673,7 @@ func TestAllowOtherAndDebug(t *testing.T) {
 	var logs syncBuffer
 	mp := t.TempDir()
 	s, err := Mount(mp, newMemBackend(1<<20), Options{
+		SelfAccess: true,
 		AllowOther: true,
 		Debug:      true,
 		FsName:     "wbc-test",

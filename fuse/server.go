@@ -48,6 +48,13 @@ type Options struct {
 	// It is called when the file is opened; the bytes it returns are what
 	// that open file reads. It may be called concurrently.
 	Stats func() []byte
+	// SelfAccess: the serving process itself opens files on the mount
+	// (tests, the demo). Mount then runs go-fuse's poll hack, which tells
+	// the kernel early that POLL is unsupported so the Go netpoller of this
+	// process cannot deadlock on its own mount. A daemon that never touches
+	// its mount leaves it off: killed during the hack's open, the process
+	// could never exit (a thread would wait for its own dead server).
+	SelfAccess bool
 	// Logger receives errors and warnings; default slog.Default().
 	Logger *slog.Logger
 }
@@ -149,13 +156,18 @@ func Mount(mountpoint string, b Backend, opts Options) (*Server, error) {
 		defer close(s.done)
 		srv.Serve()
 	}()
-	if err := srv.WaitMount(); err != nil {
-		_ = s.Unmount()
-		s.Wait()
-		return nil, fmt.Errorf("wbcache/fuse: mount %s: %w", mp, err)
+	// Without SelfAccess, no srv.WaitMount(): its poll hack opens a file on
+	// the new mount from this process (see Options.SelfAccess). The mount
+	// exists once NewServer returns; the kernel holds every request until
+	// Serve has answered INIT.
+	if opts.SelfAccess {
+		if err := srv.WaitMount(); err != nil {
+			_ = s.Unmount()
+			s.Wait()
+			return nil, fmt.Errorf("wbcache/fuse: mount %s: %w", mp, err)
+		}
 	}
-	logger.Debug("wbcache/fuse: mounted", "mountpoint", mp, "size", size,
-		"kernel", fmt.Sprintf("%d.%d", srv.KernelSettings().Major, srv.KernelSettings().Minor))
+	logger.Debug("wbcache/fuse: mounted", "mountpoint", mp, "size", size)
 	return s, nil
 }
 

@@ -33,7 +33,7 @@ func TestMain(m *testing.M) {
 func runChild(mp string) {
 	b := newMemBackend(1 << 20)
 	copy(b.data, "child data")
-	s, err := Mount(mp, b, Options{Logger: testLogger()})
+	s, err := Mount(mp, b, Options{Logger: testLogger(), SelfAccess: true})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "child: mount:", err)
 		os.Exit(2)
@@ -184,7 +184,7 @@ func TestCleanupStaleDeadMount(t *testing.T) {
 
 	// A new mount works.
 	b := newMemBackend(1 << 20)
-	s, err := Mount(mp, b, Options{Logger: testLogger()})
+	s, err := Mount(mp, b, Options{Logger: testLogger(), SelfAccess: true})
 	if err != nil {
 		t.Fatalf("Mount after CleanupStale: %v", err)
 	}

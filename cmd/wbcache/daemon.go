@@ -25,6 +25,7 @@ type daemonConfig struct {
 	changes                            []kv // settings given explicitly
 	allowOther                         bool
 	metricsAddr                        string // "" = no metrics endpoint
+	selfAccess                         bool   // this process does I/O on the mount (demo)
 	log                                *slog.Logger
 }
 
@@ -141,6 +142,7 @@ func startDaemon(cfg daemonConfig) (_ *daemon, err error) {
 		AllowOther: cfg.allowOther,
 		Stats:      d.statsFile,
 		Logger:     d.log,
+		SelfAccess: cfg.selfAccess,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w (is /dev/fuse available and are you root?)", err)

@@ -131,7 +131,7 @@ func demo(ctx context.Context, out io.Writer, log *slog.Logger, dir string, dur 
 		return err
 	}
 
-	d, err := startDaemon(daemonConfig{cachePath: cache, backingPath: backing, mountpoint: mnt, log: log})
+	d, err := startDaemon(daemonConfig{cachePath: cache, backingPath: backing, mountpoint: mnt, log: log, selfAccess: true})
 	if err != nil {
 		return err
 	}
