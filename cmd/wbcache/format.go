@@ -56,7 +56,7 @@ func runFormat(args []string, out io.Writer) error {
 		if !f.given("cache-size") {
 			return fmt.Errorf("cache device %s does not exist: give --cache-size to create it as a file", *cachePath)
 		}
-		if err := device.Create(*cachePath, cacheSize.n); err != nil {
+		if err := device.CreateAllocated(*cachePath, cacheSize.n); err != nil {
 			return fmt.Errorf("creating cache file: %w", err)
 		}
 		created = true
