@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# scripts/ci-smoke.sh: a short run of every harness, for CI (a few minutes):
+#   crashtest.sh --quick -n 5 --variant all   (each kill -9 variant once)
+#   crashtest-ext4.sh --quick -n 2
+#   powercut.sh --quick                       (2 x 4 seeds x 300 cycles)
+#   bench.sh --quick                          (every target and job, 1 s each)
+# Exits non-zero if any of them fails. Needs root, /dev/fuse, fio, losetup,
+# mkfs.ext4 and the cgroup v1 blkio controller; without root or /dev/fuse
+# it runs only the power-cut harness (which needs neither) and says so.
+#
+# Environment: WBC_SMOKE_SEED (default: time based, printed) seeds every
+# harness; WBC_SMOKE_OUT keeps the bench report there (default: a temporary
+# directory, removed); WBC_TMP as for the harnesses.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+
+seed=${WBC_SMOKE_SEED:-$(($(date +%s) % 100000))}
+wbc_install_traps
+mk_workdir wbc-smoke
+log "ci-smoke: seed $seed"
+start=$(now_ns)
+
+full=1
+if [ "$(id -u)" != 0 ] || [ ! -e /dev/fuse ]; then
+	warn "not root or no /dev/fuse: SKIPPING the FUSE harnesses (crashtest, crashtest-ext4, bench)"
+	full=0
+fi
+if [ "$full" = 1 ]; then
+	wbc_build "$WORK/bin" # the harnesses reuse these binaries
+fi
+
+declare -a NAMES=() RESULTS=()
+step() { # NAME CMD...
+	local name=$1 t0 rc=0
+	shift
+	log "=== $name: $*"
+	t0=$(now_ns)
+	"$@" || rc=$?
+	NAMES+=("$name")
+	RESULTS+=("$(printf 'exit %d in %ss' "$rc" "$(secs_since "$t0")")")
+	[ $rc -eq 0 ] || log "=== $name FAILED (exit $rc)"
+	return 0
+}
+
+if [ "$full" = 1 ]; then
+	step crashtest scripts/crashtest.sh --quick -n 5 --variant all -s "$seed" --failures "$WORK/crash-failures"
+	step crashtest-ext4 scripts/crashtest-ext4.sh --quick -n 2 -s "$seed" --failures "$WORK/ext4-failures"
+fi
+step powercut scripts/powercut.sh --quick -s "$((seed * 10))"
+if [ "$full" = 1 ]; then
+	if [ -d "${WBC_CGROOT}" ]; then
+		step bench scripts/bench.sh --quick --out "${WBC_SMOKE_OUT:-$WORK/bench}"
+	else
+		warn "no cgroup v1 blkio controller at $WBC_CGROOT: SKIPPING bench"
+	fi
+fi
+
+echo
+echo "=== ci-smoke summary (seed $seed, $(secs_since "$start")s) ==="
+bad=0
+for i in "${!NAMES[@]}"; do
+	printf '  %-16s %s\n' "${NAMES[i]}" "${RESULTS[i]}"
+	[[ ${RESULTS[i]} == "exit 0 "* ]] || bad=1
+done
+if [ $bad -ne 0 ]; then
+	# Keep failure artifacts for inspection.
+	WBC_KEEP=1
+	echo "  FAILED: artifacts kept in $WORK"
+fi
+exit $bad

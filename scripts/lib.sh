@@ -1,0 +1,466 @@
+# shellcheck shell=bash
+# scripts/lib.sh: shared functions of the wbcache test and benchmark
+# harnesses. Source it; it does not run anything by itself.
+#
+# Everything a harness creates (processes, FUSE mounts, ext4 mounts, loop
+# devices, blkio cgroups, temporary directories) is registered here and torn
+# down by wbc_cleanup, which wbc_install_traps runs on exit, on errors and on
+# Ctrl-C / SIGTERM. Processes are only ever killed by the PID we started.
+
+WBC_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WBC_CGROOT=${WBC_CGROOT:-/sys/fs/cgroup/blkio}
+
+WBC_PIDS=()         # background processes we started
+WBC_FUSE_MOUNTS=()  # FUSE mount points (wbcache, fuseceiling)
+WBC_FS_MOUNTS=()    # ext4 mount points
+WBC_LOOPS=()        # loop devices
+WBC_CGROUPS=()      # blkio cgroup directories
+WBC_TMPDIRS=()      # removed unless WBC_KEEP=1
+WBC_KEEP=${WBC_KEEP:-0}
+WBC_CLEANED=0
+
+log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
+warn() { printf '%s WARNING: %s\n' "$(date +%T)" "$*" >&2; }
+die() {
+	printf '%s FATAL: %s\n' "$(date +%T)" "$*" >&2
+	exit 1
+}
+
+now_ns() { date +%s%N; }
+# secs_since NS: seconds (3 decimals) since the now_ns value NS.
+secs_since() { awk -v a="$1" -v b="$(date +%s%N)" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'; }
+
+# rand_between LO HI: a random integer in [LO, HI] from bash's seeded RANDOM.
+rand_between() { echo $(($1 + (RANDOM * 32768 + RANDOM) % ($2 - $1 + 1))); }
+
+# pick WORD...: one of the words, at random.
+pick() {
+	local a=("$@")
+	echo "${a[RANDOM % ${#a[@]}]}"
+}
+
+# size_bytes 64M -> 67108864 (K, M, G, T suffixes in KiB units).
+size_bytes() {
+	local s=${1^^} m=1
+	case $s in
+	*K | *KIB) m=$((1 << 10)) ;;
+	*M | *MIB) m=$((1 << 20)) ;;
+	*G | *GIB) m=$((1 << 30)) ;;
+	*T | *TIB) m=$((1 << 40)) ;;
+	esac
+	s=${s%IB}
+	s=${s%[KMGTB]}
+	[[ $s =~ ^[0-9]+$ ]] || die "bad size '$1'"
+	echo $((s * m))
+}
+
+# percentile P: the P-th percentile (nearest rank) of numbers on stdin.
+percentile() {
+	sort -g | awk -v p="$1" '{ v[NR] = $1 } END {
+		if (NR == 0) { print "n/a"; exit }
+		i = int((p / 100) * NR + 0.999999); if (i < 1) i = 1; if (i > NR) i = NR
+		print v[i] }'
+}
+
+need_root() {
+	[ "$(id -u)" = 0 ] || die "must run as root (FUSE mounts, losetup, cgroups)"
+	[ -e /dev/fuse ] || die "/dev/fuse is missing"
+}
+
+need_tools() {
+	local t missing=()
+	for t in "$@"; do
+		command -v "$t" >/dev/null || missing+=("$t")
+	done
+	[ ${#missing[@]} -eq 0 ] || die "missing tools: ${missing[*]} (apt-get install -y fio fuse3 e2fsprogs util-linux)"
+}
+
+# ---------------------------------------------------------------- cleanup
+
+track_pid() { WBC_PIDS+=("$1"); }
+untrack_pid() {
+	local i
+	for i in "${!WBC_PIDS[@]}"; do
+		[ "${WBC_PIDS[i]}" = "$1" ] && unset 'WBC_PIDS[i]'
+	done
+	return 0
+}
+track_fuse() { WBC_FUSE_MOUNTS+=("$1"); }
+track_fs() { WBC_FS_MOUNTS+=("$1"); }
+untrack_fs() {
+	local i
+	for i in "${!WBC_FS_MOUNTS[@]}"; do
+		[ "${WBC_FS_MOUNTS[i]}" = "$1" ] && unset 'WBC_FS_MOUNTS[i]'
+	done
+	return 0
+}
+track_loop() { WBC_LOOPS+=("$1"); }
+untrack_loop() {
+	local i
+	for i in "${!WBC_LOOPS[@]}"; do
+		[ "${WBC_LOOPS[i]}" = "$1" ] && unset 'WBC_LOOPS[i]'
+	done
+	return 0
+}
+track_cgroup() { WBC_CGROUPS+=("$1"); }
+track_tmpdir() { WBC_TMPDIRS+=("$1"); }
+
+is_mounted() { awk -v m="$1" '$2 == m { f = 1 } END { exit !f }' /proc/mounts; }
+
+# pid_alive PID: the process exists and is not a zombie.
+pid_alive() {
+	local st
+	st=$(awk '/^State:/ { print $2 }' "/proc/$1/status" 2>/dev/null) || return 1
+	[ -n "$st" ] && [ "$st" != Z ]
+}
+
+# stop_pid PID [SECS]: SIGTERM, wait up to SECS (default 10), then SIGKILL.
+stop_pid() {
+	local pid=$1 t=${2:-10} i
+	pid_alive "$pid" || {
+		wait "$pid" 2>/dev/null
+		[ -n "${WBC_WRAP[$pid]:-}" ] && wbc_reap "$pid"
+		return 0
+	}
+	kill -TERM "$pid" 2>/dev/null
+	for ((i = 0; i < t * 10; i++)); do
+		pid_alive "$pid" || break
+		sleep 0.1
+	done
+	if pid_alive "$pid"; then
+		warn "PID $pid ignored SIGTERM for ${t}s; sending SIGKILL"
+		kill -KILL "$pid" 2>/dev/null
+	fi
+	wait "$pid" 2>/dev/null
+	[ -n "${WBC_WRAP[$pid]:-}" ] && wbc_reap "$pid"
+	return 0
+}
+
+WBC_FUSECTL_MOUNTED=0
+# fuse_abort MNT: abort the FUSE connection of the mount at MNT through
+# fusectl (mounted on /sys/fs/fuse/connections if needed): every request
+# waiting on it fails with ENOTCONN, even if no daemon will ever answer.
+fuse_abort() {
+	local dev n
+	dev=$(awk -v m="$1" '$5 == m { d = $3 } END { print d }' /proc/self/mountinfo)
+	[ -n "$dev" ] || return 1
+	n=${dev#*:}
+	if ! awk '$2 == "/sys/fs/fuse/connections" { f = 1 } END { exit !f }' /proc/mounts; then
+		mount -t fusectl fusectl /sys/fs/fuse/connections 2>/dev/null && WBC_FUSECTL_MOUNTED=1
+	fi
+	[ -e "/sys/fs/fuse/connections/$n/abort" ] || return 1
+	echo 1 >"/sys/fs/fuse/connections/$n/abort"
+}
+
+# fuse_unmount MNT: unmount a FUSE mount, dead (ENOTCONN), alive, or hung
+# (mounted, but nobody reads its requests: aborted first).
+fuse_unmount() {
+	local m=$1
+	is_mounted "$m" || return 0
+	if ! timeout -s KILL 3 stat -f "$m" >/dev/null 2>&1; then
+		fuse_abort "$m" 2>/dev/null
+	fi
+	umount "$m" 2>/dev/null || fusermount3 -uz "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+	is_mounted "$m" && warn "could not unmount $m"
+	return 0
+}
+
+fs_unmount() {
+	local m=$1
+	is_mounted "$m" || return 0
+	umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+}
+
+loop_detach() { losetup -d "$1" 2>/dev/null || true; }
+
+cgroup_remove() {
+	local cg=$1 p
+	[ -d "$cg" ] || return 0
+	# Move any process left inside to the root group, then remove it.
+	while read -r p; do
+		echo "$p" >"$WBC_CGROOT/cgroup.procs" 2>/dev/null || true
+	done <"$cg/cgroup.procs"
+	rmdir "$cg" 2>/dev/null || warn "could not remove cgroup $cg"
+}
+
+wbc_cleanup() {
+	[ "$WBC_CLEANED" = 1 ] && return 0
+	WBC_CLEANED=1
+	set +e
+	local p m l c d
+	for p in "${WBC_PIDS[@]}"; do
+		[ -n "$p" ] && stop_pid "$p" 5
+	done
+	for m in "${WBC_FS_MOUNTS[@]}"; do fs_unmount "$m"; done
+	for l in "${WBC_LOOPS[@]}"; do loop_detach "$l"; done
+	for m in "${WBC_FUSE_MOUNTS[@]}"; do fuse_unmount "$m"; done
+	for c in "${WBC_CGROUPS[@]}"; do cgroup_remove "$c"; done
+	[ "$WBC_FUSECTL_MOUNTED" = 1 ] && umount /sys/fs/fuse/connections 2>/dev/null
+	for d in "${WBC_TMPDIRS[@]}"; do
+		if [ "$WBC_KEEP" = 1 ]; then
+			log "kept $d"
+		else
+			rm -rf "$d"
+		fi
+	done
+	WBC_PIDS=() WBC_FS_MOUNTS=() WBC_LOOPS=() WBC_FUSE_MOUNTS=() WBC_CGROUPS=() WBC_TMPDIRS=()
+	return 0
+}
+
+wbc_install_traps() {
+	trap 'rc=$?; wbc_cleanup; exit $rc' EXIT
+	trap 'log "interrupted"; exit 130' INT
+	trap 'log "terminated"; exit 143' TERM
+	trap 'log "hangup"; exit 129' HUP
+}
+
+# mk_workdir PREFIX: make and register a temporary directory and set WORK
+# to it (not printed: a $(...) subshell could not register it). The default
+# parent is /var/tmp (a real disk: the cache and backing files must not
+# live in a tmpfs, whose page cache behaves differently). WBC_TMP overrides
+# it.
+mk_workdir() {
+	local parent=${WBC_TMP:-/var/tmp}
+	mkdir -p "$parent"
+	WORK=$(mktemp -d "$parent/$1.XXXXXX")
+	track_tmpdir "$WORK"
+}
+
+# ---------------------------------------------------------------- building
+
+# wbc_build DIR: build wbcache and wbcheck into DIR, set WBCACHE and WBCHECK.
+# WBCACHE / WBCHECK in the environment name prebuilt binaries instead.
+wbc_build() {
+	local dir=$1
+	mkdir -p "$dir"
+	if [ -z "${WBCACHE:-}" ]; then
+		(cd "$WBC_REPO" && go build -o "$dir/wbcache" ./cmd/wbcache) || die "go build ./cmd/wbcache failed"
+		WBCACHE=$dir/wbcache
+	fi
+	if [ -z "${WBCHECK:-}" ]; then
+		(cd "$WBC_REPO" && go build -o "$dir/wbcheck" ./cmd/wbcheck) || die "go build ./cmd/wbcheck failed"
+		WBCHECK=$dir/wbcheck
+	fi
+	export WBCACHE WBCHECK
+}
+
+# wbc_help_has SUBCOMMAND FLAG: the subcommand's --help lists --FLAG.
+wbc_help_has() {
+	"$WBCACHE" "$1" --help 2>&1 | grep -q -- "--$2\b"
+}
+
+# ---------------------------------------------------------------- daemon
+
+# wbc_format CACHE BACKING CACHE_SIZE [extra format args...]
+wbc_format() {
+	local cache=$1 backing=$2 csize=$3
+	shift 3
+	"$WBCACHE" format --cache "$cache" --backing "$backing" --cache-size "$csize" --force "$@"
+}
+
+declare -A WBC_WRAP=() WBC_RCF=() WBC_DMNT=()
+
+# wbc_start MNT CACHE BACKING LOG [mount flags...]: start `wbcache mount` in
+# the background and set WBC_DPID. With WBC_DAEMON_CGROUP set, the daemon
+# runs inside that blkio cgroup from its first instruction. A wrapper
+# subshell (whose output goes to LOG) waits for the daemon and records its
+# exit status, so that bash's "Killed" job notices land in LOG too.
+wbc_start() {
+	local mnt=$1 cache=$2 backing=$3 logf=$4 cg=${WBC_DAEMON_CGROUP:-} pidf rcf i
+	shift 4
+	is_mounted "$mnt" || mkdir -p "$mnt"
+	pidf=$(mktemp "${TMPDIR:-/tmp}/wbc-pid.XXXXXX")
+	rcf=$pidf.rc
+	rm -f "$pidf" "$rcf"
+	WBC_DSTART=$(now_ns)
+	(
+		[ -n "$cg" ] && echo "$BASHPID" >"$cg/cgroup.procs"
+		"$WBCACHE" mount --cache "$cache" --backing "$backing" "$@" "$mnt" &
+		echo $! >"$pidf.tmp"
+		mv "$pidf.tmp" "$pidf"
+		rc=0
+		wait $! || rc=$?
+		echo $rc >"$rcf"
+	) >>"$logf" 2>&1 &
+	local wrap=$!
+	for ((i = 0; i < 1000; i++)); do
+		[ -s "$pidf" ] && break
+		sleep 0.001
+	done
+	WBC_DPID=$(cat "$pidf")
+	rm -f "$pidf"
+	WBC_WRAP[$WBC_DPID]=$wrap
+	WBC_RCF[$WBC_DPID]=$rcf
+	WBC_DMNT[$WBC_DPID]=$mnt
+	track_pid "$WBC_DPID"
+	track_fuse "$mnt"
+}
+
+# wbc_reap PID: wait for the daemon's wrapper; returns the daemon's exit
+# status (137 after kill -9). A daemon that does not go away within 15s of
+# dying (a zombie whose thread sits in uninterruptible sleep, waiting for
+# an answer from its own FUSE mount) is reported in WBC_STUCK (its thread
+# stacks) and released by aborting its FUSE connection.
+WBC_STUCK=
+wbc_reap() {
+	local pid=$1 w=${WBC_WRAP[$1]:-} rcf=${WBC_RCF[$1]:-} m=${WBC_DMNT[$1]:-} rc=0 i t
+	WBC_STUCK=
+	if [ -n "$w" ]; then
+		for ((i = 0; i < 1500; i++)); do
+			kill -0 "$w" 2>/dev/null || break
+			sleep 0.01
+		done
+		if kill -0 "$w" 2>/dev/null && [ -d "/proc/$pid" ]; then
+			WBC_STUCK="PID $pid state $(awk '/^State:/ { print $2 }' "/proc/$pid/status" 2>/dev/null)"
+			for t in /proc/"$pid"/task/*; do
+				WBC_STUCK+="; thread ${t##*/} $(awk '{ print $3 }' "$t/stat" 2>/dev/null): $(tr '\n' ' ' <"$t/stack" 2>/dev/null | cut -c1-300)"
+			done
+			warn "wbcache PID $pid did not go away after dying: $WBC_STUCK"
+			if [ -n "$m" ]; then
+				warn "aborting the FUSE connection of $m to release it"
+				fuse_abort "$m"
+			fi
+		fi
+		wait "$w" 2>/dev/null
+	fi
+	[ -n "$rcf" ] && [ -s "$rcf" ] && rc=$(cat "$rcf")
+	rm -f "$rcf"
+	unset "WBC_WRAP[$pid]" "WBC_RCF[$pid]" "WBC_DMNT[$pid]"
+	untrack_pid "$pid"
+	return "$rc"
+}
+
+# wbc_wait_ready LOG PID [TIMEOUT]: wait for the ready line. Returns 0 when
+# ready (WBC_READY_SECS = seconds since wbc_start), 1 if the daemon exited
+# first, 2 on timeout. Only ready lines after byte WBC_LOG_MARK count.
+wbc_wait_ready() {
+	local logf=$1 pid=$2 t=${3:-120} end
+	end=$(($(date +%s) + t))
+	while :; do
+		if tail -c +"$((${WBC_LOG_MARK:-0} + 1))" "$logf" 2>/dev/null | grep -q '^wbcache: serving'; then
+			WBC_READY_SECS=$(secs_since "$WBC_DSTART")
+			return 0
+		fi
+		pid_alive "$pid" || return 1
+		[ "$(date +%s)" -ge "$end" ] && return 2
+		sleep 0.01
+	done
+}
+
+# wbc_mount_ready MNT CACHE BACKING LOG [mount flags...]: start and wait.
+wbc_mount_ready() {
+	local mnt=$1 logf=$4 rc=0
+	WBC_LOG_MARK=$(stat -c %s "$logf" 2>/dev/null || echo 0)
+	wbc_start "$@"
+	wbc_wait_ready "$logf" "$WBC_DPID" 120 || rc=$?
+	if [ $rc -ne 0 ]; then
+		warn "wbcache mount did not become ready (rc $rc); log tail:"
+		tail -n 20 "$logf" >&2
+		return 1
+	fi
+	[ -e "$mnt/disk" ] || {
+		warn "ready line printed but $mnt/disk does not exist"
+		return 1
+	}
+}
+
+# wbc_stop PID MNT [SECS]: clean stop with SIGTERM; returns the daemon's
+# exit status (99 if it had to be killed, 98 if the mount stayed behind).
+wbc_stop() {
+	local pid=$1 mnt=$2 t=${3:-120} i rc=0
+	if ! pid_alive "$pid"; then
+		wbc_reap "$pid" || rc=$?
+		return $rc
+	fi
+	kill -TERM "$pid"
+	for ((i = 0; i < t * 20; i++)); do
+		pid_alive "$pid" || break
+		sleep 0.05
+	done
+	if pid_alive "$pid"; then
+		warn "wbcache (PID $pid) still running ${t}s after SIGTERM; killing it"
+		kill -KILL "$pid"
+		wbc_reap "$pid"
+		fuse_unmount "$mnt"
+		return 99
+	fi
+	wbc_reap "$pid" || rc=$?
+	if is_mounted "$mnt"; then
+		warn "wbcache exited ($rc) after SIGTERM but $mnt is still mounted"
+		fuse_unmount "$mnt"
+		[ $rc -eq 0 ] && rc=98
+	fi
+	return $rc
+}
+
+# wbc_kill PID: kill -9 and reap. The dead mount is left for the next
+# `wbcache mount` to clean up, as the daemon promises.
+wbc_kill() {
+	kill -KILL "$1" 2>/dev/null
+	wbc_reap "$1"
+	return 0
+}
+
+# wbc_status_json MNT OUTFILE: `wbcache status --json`.
+wbc_status_json() {
+	"$WBCACHE" status "$1" --json >"$2" 2>"$2.err"
+}
+
+# jget FILE KEY: a value from a JSON file (empty if missing).
+jget() { "$WBCHECK" json "$1" "$2" 2>/dev/null || true; }
+
+# ---------------------------------------------------------------- emulated HDD
+
+# hdd_up NAME FILE SIZE [IOPS] [BPS]: a loop device on FILE (created sparse
+# when missing) and a blkio cgroup NAME throttling it to IOPS (default 200)
+# and BPS (default 170M) for reads and writes. Sets HDD_LOOP, HDD_CG and
+# HDD_MAJMIN. Processes must run inside HDD_CG (hdd_exec, or
+# WBC_DAEMON_CGROUP=$HDD_CG for wbc_start), and only their O_DIRECT I/O is
+# throttled: cgroup v1 attributes buffered writeback to the flusher thread.
+hdd_up() {
+	local name=$1 file=$2 size=$3 iops=${4:-200} bps=${5:-170M} dev f
+	[ -d "$WBC_CGROOT" ] || die "cgroup v1 blkio controller not mounted at $WBC_CGROOT"
+	bps=$(size_bytes "$bps")
+	[ -e "$file" ] || truncate -s "$size" "$file"
+	HDD_LOOP=$(losetup --find --show --direct-io=on "$file") || die "losetup failed"
+	track_loop "$HDD_LOOP"
+	dev=$(basename "$HDD_LOOP")
+	HDD_MAJMIN=$(cat "/sys/block/$dev/dev")
+	HDD_CG=$WBC_CGROOT/$name
+	[ -d "$HDD_CG" ] && cgroup_remove "$HDD_CG"
+	mkdir "$HDD_CG" || die "cannot create cgroup $HDD_CG"
+	track_cgroup "$HDD_CG"
+	for f in read_iops write_iops; do
+		echo "$HDD_MAJMIN $iops" >"$HDD_CG/blkio.throttle.${f}_device"
+	done
+	for f in read_bps write_bps; do
+		echo "$HDD_MAJMIN $bps" >"$HDD_CG/blkio.throttle.${f}_device"
+	done
+	log "emulated HDD: $HDD_LOOP ($HDD_MAJMIN) on $file, $iops IOPS, $((bps >> 20)) MiB/s, cgroup $HDD_CG"
+}
+
+# hdd_down: undo hdd_up (the file stays).
+hdd_down() {
+	[ -n "${HDD_CG:-}" ] && cgroup_remove "$HDD_CG"
+	[ -n "${HDD_LOOP:-}" ] && {
+		loop_detach "$HDD_LOOP"
+		untrack_loop "$HDD_LOOP"
+	}
+	HDD_CG= HDD_LOOP=
+}
+
+# hdd_exec CGROUP CMD...: run CMD inside the blkio cgroup (foreground).
+hdd_exec() {
+	local cg=$1
+	shift
+	(
+		echo "$BASHPID" >"$cg/cgroup.procs"
+		exec "$@"
+	)
+}
+
+# cg_serviced CGROUP MAJ:MIN: "READS WRITES" completed by the cgroup on it.
+cg_serviced() {
+	awk -v d="$2" '$1 == d && $2 == "Read" { r = $3 } $1 == d && $2 == "Write" { w = $3 } END { print r + 0, w + 0 }' \
+		"$1/blkio.throttle.io_serviced" 2>/dev/null || echo "0 0"
+}
