@@ -117,7 +117,9 @@ export WBC_SEQ_OFF=$((HB / 8)) WBC_SEQ_SIZE=$((HB / 4))
 export WBC_BIG_OFF=$((HB * 3 / 8)) WBC_BIG_SIZE=$((HB / 4))
 export WBC_MISS_OFF=$((HB * 5 / 8)) WBC_MISS_SIZE=$((HB * 3 / 8))
 
-hdd_up wbc-bench-hdd "$WORK/hdd.img" "$hdd_size" "$iops" "$bps"
+# The cgroup name carries our PID: a second bench running at the same time
+# must not take over (or remove) ours.
+hdd_up "wbc-bench-$$" "$WORK/hdd.img" "$hdd_size" "$iops" "$bps"
 CACHE=$WORK/cache.img
 MNT=$WORK/mnt
 CEIL_MNT=$WORK/ceil
@@ -293,10 +295,26 @@ run_wbcache() {
 		errors=$((errors + 1))
 		note "wbcache ($t) exited $rc after SIGTERM"
 	fi
-	local io1
+	local io1 r w
 	io1=$(cg_serviced "$HDD_CG" "$HDD_MAJMIN")
-	printf 'hddio\t-\t%s\t%s\t%s\n' "$t" $(($(echo "$io1" | cut -d' ' -f1) - $(echo "$io0" | cut -d' ' -f1))) \
-		$(($(echo "$io1" | cut -d' ' -f2) - $(echo "$io0" | cut -d' ' -f2))) >>"$RAW/meta.tsv"
+	r=$(($(echo "$io1" | cut -d' ' -f1) - $(echo "$io0" | cut -d' ' -f1)))
+	w=$(($(echo "$io1" | cut -d' ' -f2) - $(echo "$io0" | cut -d' ' -f2)))
+	printf 'hddio\t-\t%s\t%s\t%s\n' "$t" "$r" "$w" >>"$RAW/meta.tsv"
+	check_throttle "$t" "$r" "$w"
+}
+
+# check_throttle TARGET READS WRITES: the cgroup must still be ours and
+# must have seen the target's HDD I/O, or the numbers are not an HDD's.
+check_throttle() {
+	if [ ! -d "$HDD_CG" ] || ! grep -q "^$HDD_MAJMIN $iops\b" "$HDD_CG/blkio.throttle.write_iops_device" 2>/dev/null; then
+		errors=$((errors + 1))
+		warn "the blkio cgroup $HDD_CG or its throttle rule for $HDD_MAJMIN is gone: $1 ran unthrottled"
+		note "INVALID: $1 ran without the HDD throttle (cgroup $HDD_CG removed or changed)"
+	elif [ $(($2 + $3)) -eq 0 ]; then
+		errors=$((errors + 1))
+		warn "the blkio cgroup throttled no I/O of $1: its HDD I/O escaped the throttle"
+		note "INVALID: $1 ran without the HDD throttle (no I/O counted in $HDD_CG)"
+	fi
 }
 
 # ------------------------------------------------------------ run
@@ -309,8 +327,10 @@ for t in "${TARGETS[@]}"; do
 		io0=$(cg_serviced "$HDD_CG" "$HDD_MAJMIN")
 		for f in "${JOBFILES[@]}"; do run_fio "$f" hdd "$HDD_LOOP" 1; done
 		io1=$(cg_serviced "$HDD_CG" "$HDD_MAJMIN")
-		printf 'hddio\t-\thdd\t%s\t%s\n' $(($(echo "$io1" | cut -d' ' -f1) - $(echo "$io0" | cut -d' ' -f1))) \
-			$(($(echo "$io1" | cut -d' ' -f2) - $(echo "$io0" | cut -d' ' -f2))) >>"$RAW/meta.tsv"
+		r=$(($(echo "$io1" | cut -d' ' -f1) - $(echo "$io0" | cut -d' ' -f1)))
+		w=$(($(echo "$io1" | cut -d' ' -f2) - $(echo "$io0" | cut -d' ' -f2)))
+		printf 'hddio\t-\thdd\t%s\t%s\n' "$r" "$w" >>"$RAW/meta.tsv"
+		check_throttle hdd "$r" "$w"
 		;;
 	ssd)
 		log "target ssd: $WORK/ssd-raw.img"
