@@ -52,6 +52,11 @@ type Options struct {
 	// ReserveFree is how many free slots the reclaimer keeps ready by
 	// evicting clean blocks (default 1/64 of the slots, at least 8).
 	ReserveFree int
+	// NoBackgroundBackingSync turns off the reclaimer's once-a-second sync
+	// of the backing device after writes sent around the cache (then only
+	// Sync makes them durable, marks write-through blocks clean and lets
+	// promotion resume). For tests.
+	NoBackgroundBackingSync bool
 	// Now is the clock (tests inject one). Default time.Now.
 	Now func() time.Time
 }
@@ -104,6 +109,7 @@ type Cache struct {
 	// Foreground writes to the backing device, and how many of them the
 	// last backing sync covered.
 	hddWritten, hddSynced atomic.Uint64
+	backingSyncErr        atomic.Pointer[error] // sticky: a backing sync failed
 	// Sequence number of the newest record that dropped a clean copy
 	// (written under mu, so it only grows).
 	cleanUnmapSeq atomic.Uint64

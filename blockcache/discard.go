@@ -61,32 +61,8 @@ func (c *Cache) discardingLocked(lba uint64) bool {
 
 // discardBlocks discards whole blocks [lo, hi).
 func (c *Cache) discardBlocks(lo, hi uint64) error {
-	// Lock every stripe the range touches, in stripe order (the only place
-	// that holds more than one stripe, so the order cannot deadlock).
-	var locked []int
-	if hi-lo >= nStripes {
-		for i := range c.stripes {
-			locked = append(locked, i)
-		}
-	} else {
-		seen := make(map[int]bool)
-		for l := lo; l < hi; l++ {
-			i := int(hashLBA(l) % nStripes)
-			if !seen[i] {
-				seen[i] = true
-				locked = append(locked, i)
-			}
-		}
-		slices.Sort(locked)
-	}
-	for _, i := range locked {
-		c.stripes[i].Lock()
-	}
-	defer func() {
-		for _, i := range locked {
-			c.stripes[i].Unlock()
-		}
-	}()
+	locked := c.lockStripes(lo, hi)
+	defer c.unlockStripes(locked)
 	r := lbaRange{lo, hi}
 	c.mu.Lock()
 	c.mu.discarding = append(c.mu.discarding, r)
@@ -210,4 +186,37 @@ func (c *Cache) mappedIn(lo, hi uint64) []uint32 {
 		}
 	}
 	return out
+}
+
+// lockStripes write-locks every stripe that blocks [lo, hi) hash to, in
+// stripe order: the only places that hold more than one stripe (Discard and
+// runs written around the cache) all lock in that order, so they cannot
+// deadlock. It returns the stripes locked.
+func (c *Cache) lockStripes(lo, hi uint64) []int {
+	var locked []int
+	if hi-lo >= nStripes {
+		for i := range c.stripes {
+			locked = append(locked, i)
+		}
+	} else {
+		seen := make(map[int]bool)
+		for l := lo; l < hi; l++ {
+			i := int(hashLBA(l) % nStripes)
+			if !seen[i] {
+				seen[i] = true
+				locked = append(locked, i)
+			}
+		}
+		slices.Sort(locked)
+	}
+	for _, i := range locked {
+		c.stripes[i].Lock()
+	}
+	return locked
+}
+
+func (c *Cache) unlockStripes(locked []int) {
+	for _, i := range locked {
+		c.stripes[i].Unlock()
+	}
 }

@@ -169,6 +169,18 @@ func (c *Cache) WriteAt(p []byte, off int64) (int, error) {
 		pos := off + int64(done)
 		lba := uint64(pos) / BlockSize
 		inBlock := int(pos % BlockSize)
+		if bypass && mode != ModeWritethrough && inBlock == 0 && len(p)-done >= 2*BlockSize {
+			// Whole blocks going around the cache: one backing I/O per run.
+			n := min((len(p)-done)/BlockSize, maxAroundRun) * BlockSize
+			ok, err := c.writeAroundRun(lba, p[done:done+n])
+			if err != nil {
+				return done, err
+			}
+			if ok {
+				done += n
+				continue
+			}
+		}
 		n := min(BlockSize-inBlock, len(p)-done)
 		seq, err := c.writeBlock(lba, inBlock, p[done:done+n], mode, bypass)
 		if err != nil {
@@ -183,6 +195,36 @@ func (c *Cache) WriteAt(p []byte, off int64) (int, error) {
 		}
 	}
 	return done, nil
+}
+
+// maxAroundRun is the most blocks writeAroundRun sends in one I/O.
+const maxAroundRun = 256
+
+// writeAroundRun writes whole blocks straight to the backing device in one
+// I/O when none of them has a cached copy (then the per-block path, which
+// drops or updates cached copies in order, is not needed). It returns false,
+// having written nothing, when any block is cached.
+func (c *Cache) writeAroundRun(lba uint64, data []byte) (bool, error) {
+	n := uint64(len(data) / BlockSize)
+	locked := c.lockStripes(lba, lba+n)
+	defer c.unlockStripes(locked)
+	c.mu.Lock()
+	for l := lba; l < lba+n; l++ {
+		if _, ok := c.mu.t.lookup(l); ok {
+			c.mu.Unlock()
+			return false, nil
+		}
+	}
+	c.mu.Unlock()
+	buf := device.AlignedBuffer(len(data))
+	copy(buf, data)
+	if err := c.writeBackingAt(lba, buf); err != nil {
+		return false, err
+	}
+	for _, i := range locked {
+		c.gens[i]++
+	}
+	return true, nil
 }
 
 // writeBlock writes data at byte inBlock of block lba and returns the
@@ -239,8 +281,19 @@ func (c *Cache) writeBlock(lba uint64, inBlock int, data []byte, mode Mode, bypa
 	return 0, nil
 }
 
-// writeBacking writes one block in place on the backing device.
+// writeBacking writes one block in place on the backing device. Caller
+// holds the block's stripe lock.
 func (c *Cache) writeBacking(lba uint64, blk []byte) error {
+	if err := c.writeBackingAt(lba, blk); err != nil {
+		return err
+	}
+	c.bumpGen(lba)
+	return nil
+}
+
+// writeBackingAt writes whole blocks from lba in place on the backing
+// device; the caller holds their stripe locks and bumps their generations.
+func (c *Cache) writeBackingAt(lba uint64, blk []byte) error {
 	// A block that looks uncached may have lost its clean copy to an
 	// eviction whose FREE record is not durable yet; the backing device
 	// must not change under a copy that recovery could bring back.
@@ -254,7 +307,6 @@ func (c *Cache) writeBacking(lba uint64, blk []byte) error {
 		c.stats.backingErrors.Add(1)
 		return fmt.Errorf("writing backing device at block %d: %w", lba, err)
 	}
-	c.bumpGen(lba)
 	return nil
 }
 
@@ -444,21 +496,43 @@ func (c *Cache) Sync() error {
 	if err := c.syncJournal(); err != nil {
 		return err
 	}
-	if w := c.hddWritten.Load(); w != c.hddSynced.Load() {
-		c.mu.Lock()
-		through := c.mu.through
-		c.mu.through = nil
-		c.mu.Unlock()
-		if err := c.hdd.Sync(); err != nil {
-			c.stats.backingErrors.Add(1)
-			return fmt.Errorf("syncing backing device: %w", err)
-		}
-		c.hddSynced.Store(w)
-		if err := c.cleanThrough(through); err != nil {
-			return err
+	return c.syncBacking()
+}
+
+// syncBacking syncs the backing device if anything was written to it in
+// place since its last sync, then marks the write-through blocks that the
+// sync covered clean. Sync calls it, and the reclaimer once a second, so
+// write-through blocks do not wait for a client fsync to become clean and
+// read promotion (which needs synced backing data) resumes.
+func (c *Cache) syncBacking() error {
+	if p := c.backingSyncErr.Load(); p != nil {
+		return *p
+	}
+	w := c.hddWritten.Load()
+	if w == c.hddSynced.Load() {
+		return nil
+	}
+	c.mu.Lock()
+	through := c.mu.through
+	c.mu.through = nil
+	c.mu.Unlock()
+	if err := c.hdd.Sync(); err != nil {
+		// Writes it failed to flush may be gone from the page cache: a later
+		// sync that succeeds would not bring them back, so every later Sync
+		// reports this one (fsyncgate). Write-through blocks stay dirty and
+		// are written again by the destager.
+		c.stats.backingErrors.Add(1)
+		err = fmt.Errorf("syncing backing device failed; data written around the cache since the last good sync may be lost: %w", err)
+		c.backingSyncErr.CompareAndSwap(nil, &err)
+		return err
+	}
+	for {
+		old := c.hddSynced.Load()
+		if old >= w || c.hddSynced.CompareAndSwap(old, w) {
+			break
 		}
 	}
-	return nil
+	return c.cleanThrough(through)
 }
 
 // cleanThrough marks write-through blocks clean once the backing device

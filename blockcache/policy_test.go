@@ -51,6 +51,8 @@ func TestSequentialCutoff(t *testing.T) {
 		st := c.Stats()
 		if cutoff > 0 {
 			require.Positive(t, st.Bypassed)
+			// Whole blocks going around the cache leave in one I/O per request.
+			require.LessOrEqual(t, hdd.Stats().Writes, int64(st.Bypassed), "bypassed requests should not be split into 4 KiB backing writes")
 			require.True(t, bytes.Equal(data[last*BlockSize:], hddBlock(t, hdd, last)), "the tail of the stream should be on the backing device")
 		} else {
 			require.Zero(t, st.Bypassed)
@@ -210,4 +212,30 @@ func destageOnce(c *Cache) error {
 		err = cerr
 	}
 	return err
+}
+
+// TestBackingSyncRestoresPromotionAndCleansThrough: writes sent around the
+// cache stop promotion (their data is not durable on the backing device)
+// and write-through blocks stay dirty, until a backing sync; the reclaimer
+// runs that sync every second, so neither waits for a client fsync.
+func TestBackingSyncRestoresPromotionAndCleansThrough(t *testing.T) {
+	c, _, _ := openSmall(t, 64, 256, Options{NoBackgroundBackingSync: true})
+	require.NoError(t, c.SetMode(ModeWritearound))
+	_, err := c.WriteAt(make([]byte, BlockSize), 0)
+	require.NoError(t, err)
+	b := make([]byte, BlockSize)
+	_, err = c.ReadAt(b, 100*BlockSize)
+	require.NoError(t, err)
+	require.Zero(t, c.Stats().Promotions, "unsynced backing data must not be promoted")
+	require.NoError(t, c.syncBacking())
+	_, err = c.ReadAt(b, 101*BlockSize)
+	require.NoError(t, err)
+	require.EqualValues(t, 1, c.Stats().Promotions)
+
+	require.NoError(t, c.SetMode(ModeWritethrough))
+	_, err = c.WriteAt(make([]byte, 3*BlockSize), 10*BlockSize)
+	require.NoError(t, err)
+	require.Equal(t, 3, c.DirtyCount(), "write-through blocks stay dirty until the backing write is durable")
+	require.NoError(t, c.syncBacking())
+	require.Zero(t, c.DirtyCount())
 }

@@ -46,6 +46,12 @@ func (c *Cache) reclaimer() {
 		if err := c.reclaim(); err != nil {
 			c.log.Error("reclaim failed", "err", err)
 		}
+		if c.opts.NoBackgroundBackingSync {
+			continue
+		}
+		if err := c.syncBacking(); err != nil {
+			c.log.Error("background sync of the backing device failed", "err", err)
+		}
 	}
 }
 
