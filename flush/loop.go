@@ -200,6 +200,16 @@ func (l *loop) run() {
 			l.die(err)
 			return
 		}
+		if !fresh && 2*len(pinned) < len(cands) {
+			// Most of the snapshot's versions here were rewritten since it
+			// was taken: writing what is left would cut the region into
+			// short runs, one seek each. Take a fresh snapshot and sweep
+			// this region again after this batch. (A snapshot that is stale
+			// from its first batch on is left to the rotation's own retry
+			// pause: its blocks are being discarded.)
+			l.sw.reset()
+			l.cursor = cands[0].LBA
+		}
 		if len(pinned) == 0 {
 			continue
 		}
