@@ -547,7 +547,9 @@ func (c *Cache) cleanThrough(blocks []DirtyBlock) error {
 		t := &c.mu.t
 		for _, b := range blocks[:n] {
 			s := b.Slot
-			if t.flags[s]&(fValid|fDirty|fPinned) == fValid|fDirty && t.lba[s] == b.LBA && t.crc[s] == b.CRC {
+			// A Discard zeroing the block on the backing device has
+			// overwritten the version the sync covered.
+			if t.flags[s]&(fValid|fDirty|fPinned) == fValid|fDirty && t.lba[s] == b.LBA && t.crc[s] == b.CRC && !c.discardingLocked(b.LBA) {
 				c.j.append(layout.Record{Type: layout.RecClean, Slot: s, LBA: b.LBA, CRC: b.CRC, Epoch: c.epoch.Load()})
 				t.setClean(s)
 			}

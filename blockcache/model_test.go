@@ -136,11 +136,13 @@ type modelRun struct {
 func (mr *modelRun) trace(lba int) {
 	traceMu.Lock()
 	defer traceMu.Unlock()
-	traceJournalEnd = func(lsn uint64, h layout.JournalHeader, err error, inc uint64) {
+	// Other seeds recover concurrently: they may log into this trace too.
+	endFn := func(lsn uint64, h layout.JournalHeader, err error, inc uint64) {
 		mr.t.Logf("journal ends at LSN %d: header %+v err %v want inc >= %d", lsn, h, err, inc)
 	}
-	defer func() { traceJournalEnd = nil }()
-	traceRecovery = func(c *Cache, recs []layout.Record, n int) {
+	traceJournalEnd.Store(&endFn)
+	defer traceJournalEnd.Store(nil)
+	recFn := func(c *Cache, recs []layout.Record, n int) {
 		mr.t.Logf("replaying %d of %d records", n, len(recs))
 		mr.t.Logf("checkpoint: replay from %d inc %d", c.sb.ReplayLSN, c.sb.CheckpointIncarnation)
 		if s, ok := c.mu.t.lookup(uint64(lba)); ok {
@@ -152,8 +154,9 @@ func (mr *modelRun) trace(lba int) {
 			}
 		}
 	}
+	traceRecovery.Store(&recFn)
 	c2, err := Open(mr.keepSSD.CrashProcess(), mr.keepHDD.CrashProcess(), Options{CheckpointInterval: -1})
-	traceRecovery = nil
+	traceRecovery.Store(nil)
 	require.NoError(mr.t, err)
 	c2.Close()
 }

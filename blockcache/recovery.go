@@ -2,16 +2,17 @@ package blockcache
 
 import (
 	"fmt"
+	"sync/atomic"
 
 	"github.com/wbcache/wbcache/device"
 	"github.com/wbcache/wbcache/layout"
 )
 
 // traceRecovery, when set by a test, sees the replayed records.
-var traceRecovery func(c *Cache, recs []layout.Record, n int)
+var traceRecovery atomic.Pointer[func(c *Cache, recs []layout.Record, n int)]
 
 // traceJournalEnd, when set by a test, learns why replay stopped.
-var traceJournalEnd func(lsn uint64, h layout.JournalHeader, err error, inc uint64)
+var traceJournalEnd atomic.Pointer[func(lsn uint64, h layout.JournalHeader, err error, inc uint64)]
 
 type recoveryResult struct {
 	incarnation uint64 // for the journal from now on
@@ -50,8 +51,8 @@ func (c *Cache) recover() (recoveryResult, error) {
 	res.dropped = len(recs) - n
 	res.records = n
 	t := &c.mu.t
-	if traceRecovery != nil {
-		traceRecovery(c, recs, n)
+	if f := traceRecovery.Load(); f != nil {
+		(*f)(c, recs, n)
 	}
 	for _, r := range recs[:n] {
 		applyRecord(t, r)
@@ -166,8 +167,8 @@ func (c *Cache) readJournal() ([]layout.Record, uint64, uint64, error) {
 		for k := uint64(0); k < nb; k++ {
 			h, more, err := layout.DecodeJournalBlock(b[k*BlockSize:(k+1)*BlockSize], c.uuid, recs)
 			if err != nil || h.LSN != lsn || h.Incarnation < inc {
-				if traceJournalEnd != nil {
-					traceJournalEnd(lsn, h, err, inc)
+				if f := traceJournalEnd.Load(); f != nil {
+					(*f)(lsn, h, err, inc)
 				}
 				return recs, lsn, inc, nil
 			}
