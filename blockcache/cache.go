@@ -312,7 +312,10 @@ func Open(ssd, hdd device.Device, opts Options) (*Cache, error) {
 	}
 	c.stats.recoveryNanos.Store(int64(opts.Now().Sub(t0)))
 	c.epoch.Store(uint32(sb.FlushEpoch) + 1)
-	c.j = newJournal(ssd, c.g, c.uuid, rec.incarnation, rec.endLSN, c.requestCheckpoint)
+	c.j, err = newJournal(ssd, c.g, c.uuid, rec.incarnation, rec.endLSN, rec.endCount, c.requestCheckpoint)
+	if err != nil {
+		return nil, err
+	}
 	// A fresh checkpoint makes the replayed state the new base, in the new
 	// incarnation, and marks the cache in use (not clean).
 	if err := c.checkpoint(false); err != nil {

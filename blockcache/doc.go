@@ -7,8 +7,12 @@
 // Write (writeback): the block goes to a new slot (out of place), then a MAP
 // record is appended to the journal and the in-memory index flips, under
 // one critical section, so the journal's order is the order of the changes.
-// WriteAt returns once the record is in the cache device's page cache (it
-// survives a process crash); Sync fdatasyncs the cache device (data and
+// The journal ring is mapped shared into memory (device.Region): appending
+// a record is a memory copy into the cache file's page cache, so WriteAt
+// returns, with no journal I/O and no hand-off to another goroutine, once
+// data and record are both in the page cache (they survive a process
+// crash). On devices that cannot be mapped the record is written with
+// WriteAt before the append returns. Sync fdatasyncs the cache device (data and
 // journal) and, if anything was written to the backing device in place,
 // the backing device. Partial blocks are read-modify-written under the
 // block's stripe lock.
@@ -60,9 +64,10 @@
 //
 // Cache.mu guards the slot table and index and is never held across I/O.
 // Per-LBA stripe locks (RWMutex) serialise writers of a block and keep a
-// slot's content stable while it is read. One goroutine owns journal writes;
-// syncs of the cache device run one at a time beside it. Background
-// goroutines: journal writer, checkpointer, reclaimer (evicts clean blocks
+// slot's content stable while it is read. Records are appended in place by
+// the goroutine making the change, under Cache.mu; one goroutine starts the
+// syncs of the cache device, one at a time. Background goroutines: journal
+// syncer, checkpointer, reclaimer (evicts clean blocks
 // in CLOCK order and frees slots); Close stops them all.
 //
 // # Memory

@@ -8,16 +8,20 @@ import (
 	"github.com/wbcache/wbcache/layout"
 )
 
-// journal owns the metadata journal ring. One goroutine (run) does every
-// journal write and every cache-device sync; producers append records and
-// wait. Records get sequence numbers (1, 2, ...) in append order, which is
-// also their order on disk.
+// journal owns the metadata journal ring. Producers append records under
+// Cache.mu; each append encodes the record into the open block and copies
+// it into the journal region (a shared memory mapping of the cache file,
+// see device.Region), so once append returns the record is in the page
+// cache and survives a process crash, without a system call or a wait.
+// One goroutine (run) does every cache-device sync. Records get sequence
+// numbers (1, 2, ...) in append order, which is also their order on disk.
 //
 // A journal block that has been covered by a sync is never written again
-// (it is "sealed"): the records after a sync go to the next block, so a torn
-// rewrite can never take synced records with it.
+// (it is "sealed"): the records after a sync go to the next block, so a
+// torn rewrite can never take synced records with it.
 type journal struct {
 	dev  device.Device
+	reg  device.Region
 	g    layout.Geometry
 	uuid [16]byte
 	inc  uint64 // incarnation stamped on every block
@@ -28,43 +32,51 @@ type journal struct {
 	mu   sync.Mutex
 	cond *sync.Cond
 
-	pending    []layout.Record
 	reserved   uint64 // blocks promised to reservations not appended yet
 	appendSeq  uint64 // last record appended
-	writtenSeq uint64 // last record pwritten
+	writtenSeq uint64 // last record in the journal region
 	syncedSeq  uint64 // last record durable
 	syncNeed   uint64 // a caller waits for this many completed syncs
 	syncStart  uint64 // syncs started
 	syncDone   uint64 // syncs completed (they run one at a time, in order)
 	syncing    bool   // a sync is in flight
 	openLSN    uint64 // block that receives the next record
-	openRecs   []layout.Record
+	openCount  int    // records in it (0: not started, nothing written)
+	prevCount  int    // records in block openLSN-1, for openLSN's header
+	chain      uint32 // chained checksum of the open block's last record
+	openBuf    []byte // the open block as written
 	tail       uint64 // first LSN still needed (replay LSN of the current checkpoint)
 	err        error  // sticky: the journal is dead
 	closed     bool
-	stopping   bool        // no new reservations (the cache is closing)
-	blocks     uint64      // blocks written
-	waiters    []seqWaiter // waitWritten callers, woken one by one
-	scratch    []layout.Record
+	stopping   bool   // no new reservations (the cache is closing)
+	blocks     uint64 // blocks started
 	done       chan struct{}
 }
 
-func newJournal(dev device.Device, g layout.Geometry, uuid [16]byte, inc, lsn uint64, kick func()) *journal {
-	j := &journal{dev: dev, g: g, uuid: uuid, inc: inc, openLSN: lsn, tail: lsn, kick: kick, done: make(chan struct{})}
+// newJournal continues the journal at block lsn; prevCount is how many
+// records replay found in block lsn-1.
+func newJournal(dev device.Device, g layout.Geometry, uuid [16]byte, inc, lsn uint64, prevCount int, kick func()) (*journal, error) {
+	reg, err := device.NewRegion(dev, g.JournalOffset(0), int64(g.JournalBlocks)*layout.BlockSize)
+	if err != nil {
+		return nil, fmt.Errorf("opening the journal: %w", err)
+	}
+	j := &journal{dev: dev, reg: reg, g: g, uuid: uuid, inc: inc, openLSN: lsn, prevCount: prevCount, tail: lsn,
+		kick: kick, openBuf: make([]byte, layout.BlockSize), done: make(chan struct{})}
 	j.cond = sync.NewCond(&j.mu)
 	go j.run()
-	return j
+	return j, nil
 }
 
 // capacity is how many blocks may be between tail and the newest block.
 func (j *journal) capacity() uint64 { return j.g.JournalBlocks }
 
-// usedLocked counts the blocks held from tail through the open block, plus
-// the most the pending records and the reservations can take. Records
-// appended together are written together, but a sync may seal the block
-// between two batches, so each batch can waste one block.
+// usedLocked counts the blocks held from tail through the open block,
+// plus the most the reservations can take. A batch appended under one
+// reservation can spill from the open block into the next ones, and a sync
+// may seal the open block between two batches, so each batch can waste
+// one block.
 func (j *journal) usedLocked() uint64 {
-	return j.openLSN - j.tail + 1 + batchBlocks(len(j.pending)) + j.reserved
+	return j.openLSN - j.tail + 1 + j.reserved
 }
 
 // batchBlocks is the most blocks a batch of n records appended together
@@ -107,71 +119,74 @@ func (j *journal) release(n int) {
 	j.mu.Unlock()
 }
 
-// append queues a record and returns its sequence number. It never blocks
-// on I/O; the caller holds Cache.mu so that the order of records equals the
-// order in which their effects were applied in memory.
+// append writes a record into the journal region and returns its sequence
+// number. It never blocks on I/O; the caller holds Cache.mu so that the
+// order of records equals the order in which their effects were applied
+// in memory. A failure makes the journal dead: waitWritten reports it.
 func (j *journal) append(r layout.Record) uint64 {
 	j.mu.Lock()
-	j.pending = append(j.pending, r)
+	defer j.mu.Unlock()
 	j.appendSeq++
 	seq := j.appendSeq
-	if len(j.pending) == 1 {
-		j.cond.Broadcast()
+	if j.err != nil || j.closed {
+		return seq
 	}
-	j.mu.Unlock()
+	if j.openCount == layout.RecordsPerBlock {
+		j.sealLocked()
+	}
+	if j.openLSN-j.tail >= j.capacity() {
+		j.failLocked(fmt.Errorf("%w: journal ring overflow at block %d (tail %d)", ErrFailed, j.openLSN, j.tail))
+		return seq
+	}
+	from := layout.BlockSize - (layout.RecordsPerBlock-j.openCount)*layout.RecordSize
+	to := from + layout.RecordSize
+	if j.openCount == 0 {
+		// A new block is written whole: header, first record, zeros.
+		clear(j.openBuf)
+		j.chain = layout.EncodeJournalHeader(j.openBuf, j.uuid, layout.JournalHeader{LSN: j.openLSN, Incarnation: j.inc, PrevCount: j.prevCount})
+		from, to = 0, layout.BlockSize
+		j.blocks++
+	}
+	j.chain = layout.EncodeJournalRecord(j.openBuf, j.openCount, j.chain, r)
+	if err := j.reg.Update(j.openBuf, j.g.JournalOffset(j.openLSN), from, to); err != nil {
+		j.failLocked(fmt.Errorf("%w: journal write failed: %w", ErrFailed, err))
+		return seq
+	}
+	j.openCount++
+	j.writtenSeq = seq
+	if 2*(j.openLSN-j.tail) >= j.capacity() {
+		j.kick()
+	}
 	return seq
 }
 
-type seqWaiter struct {
-	seq uint64
-	ch  chan struct{}
+// sealLocked ends the open block: later records go to the next one.
+func (j *journal) sealLocked() {
+	if j.openCount > 0 {
+		j.prevCount = j.openCount
+		j.openLSN++
+		j.openCount = 0
+	}
 }
 
 // waitWritten returns once record seq is in the cache device's page cache
-// (it survives a process crash). Each waiter has its own channel, so a
-// journal write wakes only the writers it completed.
+// (it survives a process crash), or the error that kept it out. Records
+// are written by append itself, so this never waits.
 func (j *journal) waitWritten(seq uint64) error {
-	j.mu.Lock()
-	if j.writtenSeq >= seq {
-		j.mu.Unlock()
-		return nil
-	}
-	if j.err != nil {
-		err := j.err
-		j.mu.Unlock()
-		return err
-	}
-	ch := make(chan struct{})
-	j.waiters = append(j.waiters, seqWaiter{seq, ch})
-	j.mu.Unlock()
-	<-ch
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.writtenSeq >= seq {
 		return nil
 	}
-	return j.err
-}
-
-// wakeLocked releases the waiters whose records are written (all of them
-// when the journal has failed).
-func (j *journal) wakeLocked() {
-	kept := j.waiters[:0]
-	for _, w := range j.waiters {
-		if w.seq <= j.writtenSeq || j.err != nil {
-			close(w.ch)
-		} else {
-			kept = append(kept, w)
-		}
+	if j.err != nil {
+		return j.err
 	}
-	clear(j.waiters[len(kept):])
-	j.waiters = kept
+	return ErrClosed
 }
 
 // sync makes every record appended so far, and every data write completed
 // before the call, durable: it waits for a device sync that starts after
-// the call (the writer syncs only with no records pending, so every record
-// appended before the call is written by then).
+// the call.
 func (j *journal) sync() error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -240,51 +255,41 @@ func (j *journal) failLocked(err error) {
 	if j.err == nil {
 		j.err = err
 	}
-	j.wakeLocked()
 	j.cond.Broadcast()
 }
 
-const maxBlocksPerWrite = 64
-
 func (j *journal) run() {
 	defer close(j.done)
-	buf := device.AlignedBuffer(maxBlocksPerWrite * layout.BlockSize)
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	for {
-		for len(j.pending) == 0 && (j.syncing || j.syncNeed <= j.syncStart) && !j.closed && j.err == nil {
+		for (j.syncing || j.syncNeed <= j.syncStart) && !j.closed && j.err == nil {
 			j.cond.Wait()
 		}
-		if j.err != nil {
+		if j.err != nil || (j.closed && j.syncNeed <= j.syncStart) {
 			for j.syncing {
 				j.cond.Wait()
 			}
+			j.closed = true // no append may touch the region any more
+			if err := j.reg.Close(); err != nil && j.err == nil {
+				j.err = err
+			}
 			return
-		}
-		if len(j.pending) > 0 {
-			j.writeLocked(buf)
-			continue
 		}
 		if !j.syncing && j.syncNeed > j.syncStart {
 			j.startSyncLocked()
 			continue
-		}
-		if j.closed && !j.syncing {
-			return
 		}
 		j.cond.Wait()
 	}
 }
 
 // startSyncLocked seals the open block and syncs the device in the
-// background, so records keep being written (into later blocks) while the
+// background, so records keep being appended (into later blocks) while the
 // device flushes. Only one sync is in flight at a time; it covers every
-// record written before it started.
+// record appended before it started.
 func (j *journal) startSyncLocked() {
-	if len(j.openRecs) > 0 {
-		j.openLSN++
-		j.openRecs = j.openRecs[:0]
-	}
+	j.sealLocked()
 	covered := j.writtenSeq
 	j.syncStart++
 	j.syncing = true
@@ -303,72 +308,4 @@ func (j *journal) startSyncLocked() {
 		j.syncedSeq = max(j.syncedSeq, covered)
 		j.cond.Broadcast()
 	}()
-}
-
-// writeLocked writes pending records (at most maxBlocksPerWrite blocks'
-// worth) into the open block and the blocks after it. Called with mu held;
-// drops it around the I/O.
-func (j *journal) writeLocked(buf []byte) {
-	recs := j.pending
-	room := layout.RecordsPerBlock - len(j.openRecs) + (maxBlocksPerWrite-1)*layout.RecordsPerBlock
-	if len(recs) > room {
-		recs = recs[:room]
-	}
-	lsn := j.openLSN
-	// Only this goroutine writes, so one scratch slice serves every batch.
-	open := append(j.scratch[:0], j.openRecs...)
-	defer func() { j.scratch = open[:0] }()
-	first := lsn
-	nb := 0
-	rest := recs
-	for len(rest) > 0 {
-		n := min(layout.RecordsPerBlock-len(open), len(rest))
-		open = append(open, rest[:n]...)
-		rest = rest[n:]
-		if lsn-j.tail >= j.capacity() {
-			j.failLocked(fmt.Errorf("%w: journal ring overflow at block %d (tail %d)", ErrFailed, lsn, j.tail))
-			return
-		}
-		layout.EncodeJournalBlock(buf[nb*layout.BlockSize:(nb+1)*layout.BlockSize], j.uuid, lsn, j.inc, open)
-		nb++
-		if len(open) == layout.RecordsPerBlock {
-			lsn++
-			open = open[:0]
-		}
-	}
-	j.mu.Unlock()
-	err := j.writeBlocks(buf[:nb*layout.BlockSize], first)
-	j.mu.Lock()
-	if err != nil {
-		j.failLocked(fmt.Errorf("%w: journal write failed: %w", ErrFailed, err))
-		return
-	}
-	j.blocks += uint64(nb)
-	j.pending = j.pending[len(recs):]
-	if len(j.pending) == 0 {
-		j.pending = nil
-	}
-	j.writtenSeq += uint64(len(recs))
-	j.openLSN = lsn
-	j.openRecs = append(j.openRecs[:0], open...)
-	j.wakeLocked()
-	j.cond.Broadcast()
-	if 2*(j.openLSN-j.tail) >= j.capacity() {
-		j.kick()
-	}
-}
-
-// writeBlocks writes consecutive blocks starting at LSN first, splitting at
-// the end of the ring.
-func (j *journal) writeBlocks(b []byte, first uint64) error {
-	for len(b) > 0 {
-		pos := first % j.g.JournalBlocks
-		n := min(uint64(len(b)/layout.BlockSize), j.g.JournalBlocks-pos)
-		if _, err := j.dev.WriteAt(b[:n*layout.BlockSize], j.g.JournalOffset(first)); err != nil {
-			return err
-		}
-		b = b[n*layout.BlockSize:]
-		first += n
-	}
-	return nil
 }

@@ -17,6 +17,7 @@ var traceJournalEnd atomic.Pointer[func(lsn uint64, h layout.JournalHeader, err 
 type recoveryResult struct {
 	incarnation uint64 // for the journal from now on
 	endLSN      uint64 // first block after the replayed log
+	endCount    int    // records in block endLSN-1
 	records     int
 	dropped     int
 	valid       int
@@ -40,7 +41,7 @@ func (c *Cache) recover() (recoveryResult, error) {
 	if err := c.loadCheckpoint(); err != nil {
 		return res, err
 	}
-	recs, endLSN, maxInc, err := c.readJournal()
+	recs, endLSN, endCount, maxInc, err := c.readJournal()
 	if err != nil {
 		return res, err
 	}
@@ -84,7 +85,7 @@ func (c *Cache) recover() (recoveryResult, error) {
 		c.log.Warn("recovery dropped journal records whose data never reached the cache device (they were never synced)", "dropped", res.dropped)
 	}
 	res.valid, res.dirty = t.valid, t.dirty
-	res.endLSN = endLSN
+	res.endLSN, res.endCount = endLSN, endCount
 	res.incarnation = max(maxInc, sb.CheckpointIncarnation) + 1
 	c.stats.replayed.Store(uint64(n))
 	return res, nil
@@ -147,9 +148,9 @@ func (c *Cache) loadCheckpoint() error {
 }
 
 // readJournal reads valid blocks from the replay LSN on. It returns the
-// records, the LSN after the last valid block and the highest incarnation
-// seen.
-func (c *Cache) readJournal() ([]layout.Record, uint64, uint64, error) {
+// records, the LSN after the last valid block, how many records that block
+// held, and the highest incarnation seen.
+func (c *Cache) readJournal() ([]layout.Record, uint64, int, uint64, error) {
 	sb := &c.sb
 	const chunk = 256
 	buf := device.AlignedBuffer(chunk * BlockSize)
@@ -157,31 +158,32 @@ func (c *Cache) readJournal() ([]layout.Record, uint64, uint64, error) {
 	lsn := sb.ReplayLSN
 	inc := sb.CheckpointIncarnation
 	end := sb.ReplayLSN + c.g.JournalBlocks
+	prev := -1 // records in block lsn-1; -1: not read (lsn is the replay LSN)
 	for lsn < end {
 		pos := lsn % c.g.JournalBlocks
 		nb := min(chunk, c.g.JournalBlocks-pos, end-lsn)
 		b := buf[:nb*BlockSize]
 		if _, err := c.ssd.ReadAt(b, c.g.JournalOffset(lsn)); err != nil {
-			return nil, 0, 0, fmt.Errorf("reading journal: %w", err)
+			return nil, 0, 0, 0, fmt.Errorf("reading journal: %w", err)
 		}
 		for k := uint64(0); k < nb; k++ {
 			h, more, err := layout.DecodeJournalBlock(b[k*BlockSize:(k+1)*BlockSize], c.uuid, recs)
-			if err != nil || h.LSN != lsn || h.Incarnation < inc {
+			if err != nil || h.LSN != lsn || h.Incarnation < inc || (prev >= 0 && h.PrevCount != prev) {
 				if f := traceJournalEnd.Load(); f != nil {
 					(*f)(lsn, h, err, inc)
 				}
-				return recs, lsn, inc, nil
+				return recs, lsn, max(prev, 0), inc, nil
 			}
 			for _, r := range more[len(recs):] {
 				if uint64(r.Slot) >= c.g.SlotCount || r.LBA >= c.nblocks {
-					return nil, 0, 0, fmt.Errorf("journal block %d: %v record for slot %d LBA %d out of range: %w", lsn, r.Type, r.Slot, r.LBA, layout.ErrCorrupt)
+					return nil, 0, 0, 0, fmt.Errorf("journal block %d: %v record for slot %d LBA %d out of range: %w", lsn, r.Type, r.Slot, r.LBA, layout.ErrCorrupt)
 				}
 			}
-			recs, inc = more, h.Incarnation
+			recs, inc, prev = more, h.Incarnation, h.Count
 			lsn++
 		}
 	}
-	return recs, lsn, inc, nil
+	return recs, lsn, max(prev, 0), inc, nil
 }
 
 // validPrefix returns how many records form the recoverable log (see

@@ -41,6 +41,7 @@ type File struct {
 	path     string
 	kind     kind
 	readOnly bool
+	direct   bool
 	size     int64
 	identity [16]byte
 
@@ -129,7 +130,7 @@ func setup(fd int, path string, opts Options) (*File, error) {
 		}
 	}
 
-	f := &File{path: path, fd: fd, readOnly: opts.ReadOnly}
+	f := &File{path: path, fd: fd, readOnly: opts.ReadOnly, direct: opts.Direct}
 	if st.Mode&unix.S_IFMT == unix.S_IFBLK {
 		f.kind = kindBlock
 		size, err := unix.IoctlGetUint64(fd, unix.BLKGETSIZE64)

@@ -70,24 +70,38 @@
 //
 //	off size field
 //	  0    4 magic "WBCJ"
-//	  4    4 CRC32C(UUID, block with this field zero)
+//	  4    4 CRC32C(UUID, header bytes 0-31 with this field zero)
 //	  8    8 LSN (block sequence number; position = LSN % JournalBlocks)
 //	 16    8 incarnation (bumped each time the cache is opened)
-//	 24    2 record count (at most RecordsPerBlock)
+//	 24    2 previous count: records in block LSN-1 when this one began
 //	 26    6 reserved (zero)
-//	 32  ... records, RecordSize bytes each
+//	 32  ... up to RecordsPerBlock records, RecordSize bytes each
 //
-// Record (24 bytes): type (1), flags (1: bit 0 = dirty, for MAP), reserved
-// (2), slot (4), LBA (8), data CRC32C (4), flush epoch (4).
+// Record (32 bytes): type (1), flags (1: bit 0 = dirty, for MAP), reserved
+// (2), slot (4), LBA (8), data CRC32C (4), flush epoch (4), reserved (4),
+// chained CRC32C (4): CRC32C of bytes 0-27 continuing from the previous
+// record's chained CRC, or from the header's CRC for record 0.
 //
 //	MAP   slot now holds block LBA with data CRC; dirty or clean (promoted)
 //	CLEAN slot (holding LBA with CRC) is on the backing device
 //	FREE  slot (holding LBA) no longer holds it (evicted or discarded)
 //
-// Replay starts at the superblock's replay LSN and stops at the first block
-// whose magic, CRC or LSN does not check, or whose incarnation is lower than
-// the checkpoint's or the previous block's: such a block is a torn, stale or
-// foreign tail. The engine (package blockcache) defines how records apply.
+// Records are appended in place: the header is written when the block
+// gets its first record, and each record after that writes only its own
+// 32 bytes, so the block is valid at every instant (the engine maps the
+// journal into memory and a record is a memory copy). A block's records
+// are those from the first on whose chained CRCs hold; the first that
+// fails (never written, torn, or left from an earlier pass of the ring,
+// which chains to another header) ends the block. Once a sync has covered
+// a block, it is never written again.
+//
+// Replay starts at the superblock's replay LSN and reads block after
+// block. It stops at the first block whose magic, header CRC or LSN does
+// not check, whose incarnation is lower than the checkpoint's or the
+// previous block's, or whose previous count differs from the records
+// found in the block before it (that block lost records to a tear, so
+// what follows must not be applied over the hole). The engine (package
+// blockcache) defines how records apply.
 //
 // The constants below are part of the format and must never change without
 // bumping FormatVersion.

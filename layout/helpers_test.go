@@ -158,7 +158,7 @@ func sampleRecords(n int) []layout.Record {
 
 func encodeJournal(uuid [16]byte, lsn, inc uint64, recs []layout.Record) []byte {
 	b := newBlock()
-	layout.EncodeJournalBlock(b, uuid, lsn, inc, recs)
+	layout.EncodeJournalBlock(b, uuid, layout.JournalHeader{LSN: lsn, Incarnation: inc}, recs)
 	return b
 }
 

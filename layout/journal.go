@@ -3,6 +3,7 @@ package layout
 import (
 	"encoding/binary"
 	"fmt"
+	"hash/crc32"
 )
 
 // RecordType is the kind of a journal record.
@@ -44,56 +45,102 @@ type Record struct {
 type JournalHeader struct {
 	LSN         uint64
 	Incarnation uint64
-	Count       int
+	// PrevCount is how many records the block before this one (LSN-1)
+	// held when this one was started: replay continues past a block only
+	// into a next block that agrees, so a torn block cannot leave a hole.
+	PrevCount int
+	// Count is the number of valid records found by DecodeJournalBlock
+	// (EncodeJournalHeader ignores it).
+	Count int
 }
 
-// EncodeJournalBlock fills a 4 KiB journal block. len(recs) must not exceed
-// RecordsPerBlock.
-func EncodeJournalBlock(b []byte, uuid [16]byte, lsn, incarnation uint64, recs []Record) {
+// EncodeJournalHeader writes the 32-byte header of a journal block into
+// b[:32] and returns the checksum that chains its first record.
+func EncodeJournalHeader(b []byte, uuid [16]byte, h JournalHeader) uint32 {
+	if h.PrevCount < 0 || h.PrevCount > RecordsPerBlock {
+		panic("layout: journal header previous count out of range")
+	}
+	le := binary.LittleEndian
+	hb := b[:journalHeaderSize]
+	clear(hb)
+	le.PutUint32(hb[0:], journMagic)
+	le.PutUint64(hb[8:], h.LSN)
+	le.PutUint64(hb[16:], h.Incarnation)
+	le.PutUint16(hb[24:], uint16(h.PrevCount))
+	c := seededCRC(uuid, hb, 4)
+	le.PutUint32(hb[4:], c)
+	return c
+}
+
+// EncodeJournalRecord writes record i of a journal block into b, chained
+// to chain (the header's checksum for record 0, else the previous record's
+// return value), and returns the checksum that chains record i+1. Records
+// are appended in place: writing record i changes only its own 32 bytes.
+func EncodeJournalRecord(b []byte, i int, chain uint32, r Record) uint32 {
+	checkLen(b)
+	if i < 0 || i >= RecordsPerBlock {
+		panic("layout: journal record index out of range")
+	}
+	le := binary.LittleEndian
+	o := b[journalHeaderSize+i*RecordSize : journalHeaderSize+(i+1)*RecordSize]
+	clear(o)
+	o[0], o[1] = byte(r.Type), r.Flags
+	le.PutUint32(o[4:], r.Slot)
+	le.PutUint64(o[8:], r.LBA)
+	le.PutUint32(o[16:], r.CRC)
+	le.PutUint32(o[20:], r.Epoch)
+	c := crc32.Update(chain, castagnoli, o[:recordCRCOff])
+	le.PutUint32(o[recordCRCOff:], c)
+	return c
+}
+
+// EncodeJournalBlock fills a whole 4 KiB journal block: header and recs,
+// the rest zero. len(recs) must not exceed RecordsPerBlock.
+func EncodeJournalBlock(b []byte, uuid [16]byte, h JournalHeader, recs []Record) {
 	checkLen(b)
 	if len(recs) > RecordsPerBlock {
 		panic("layout: too many records for one journal block")
 	}
-	le := binary.LittleEndian
 	clear(b)
-	le.PutUint32(b[0:], journMagic)
-	le.PutUint64(b[8:], lsn)
-	le.PutUint64(b[16:], incarnation)
-	le.PutUint16(b[24:], uint16(len(recs)))
+	c := EncodeJournalHeader(b, uuid, h)
 	for i, r := range recs {
-		o := b[journalHeaderSize+i*RecordSize:]
-		o[0], o[1] = byte(r.Type), r.Flags
-		le.PutUint32(o[4:], r.Slot)
-		le.PutUint64(o[8:], r.LBA)
-		le.PutUint32(o[16:], r.CRC)
-		le.PutUint32(o[20:], r.Epoch)
+		c = EncodeJournalRecord(b, i, c, r)
 	}
-	le.PutUint32(b[4:], seededCRC(uuid, b, 4))
 }
 
-// DecodeJournalBlock verifies a journal block and appends its records to
-// recs. Any failure wraps ErrCorrupt and returns recs as it was passed in:
-// to replay, it marks the end of the log.
+// DecodeJournalBlock verifies a journal block's header and appends its
+// valid records to recs: those from the first on whose chained checksums
+// hold, up to the first that fails (a record never written, or torn).
+// A bad header, or a record whose checksum holds but whose fields do not,
+// wraps ErrCorrupt and returns recs as it was passed in: to replay, it
+// marks the end of the log.
 func DecodeJournalBlock(b []byte, uuid [16]byte, recs []Record) (JournalHeader, []Record, error) {
 	checkLen(b)
 	le := binary.LittleEndian
 	if le.Uint32(b[0:]) != journMagic {
 		return JournalHeader{}, recs, fmt.Errorf("journal block: bad magic: %w", ErrCorrupt)
 	}
-	if got, want := le.Uint32(b[4:]), seededCRC(uuid, b, 4); got != want {
-		return JournalHeader{}, recs, fmt.Errorf("journal block: checksum %08x, want %08x: %w", got, want, ErrCorrupt)
+	hb := b[:journalHeaderSize]
+	c := seededCRC(uuid, hb, 4)
+	if got := le.Uint32(hb[4:]); got != c {
+		return JournalHeader{}, recs, fmt.Errorf("journal block: header checksum %08x, want %08x: %w", got, c, ErrCorrupt)
 	}
 	h := JournalHeader{
-		LSN:         le.Uint64(b[8:]),
-		Incarnation: le.Uint64(b[16:]),
-		Count:       int(le.Uint16(b[24:])),
+		LSN:         le.Uint64(hb[8:]),
+		Incarnation: le.Uint64(hb[16:]),
+		PrevCount:   int(le.Uint16(hb[24:])),
 	}
-	if h.Count > RecordsPerBlock {
-		return JournalHeader{}, recs, fmt.Errorf("journal block %d: %d records: %w", h.LSN, h.Count, ErrCorrupt)
+	if h.PrevCount > RecordsPerBlock || !allZero(hb[26:]) {
+		return JournalHeader{}, recs, fmt.Errorf("journal block %d: bad header fields: %w", h.LSN, ErrCorrupt)
 	}
 	n := len(recs)
-	for i := 0; i < h.Count; i++ {
-		o := b[journalHeaderSize+i*RecordSize:]
+	for i := 0; i < RecordsPerBlock; i++ {
+		o := b[journalHeaderSize+i*RecordSize : journalHeaderSize+(i+1)*RecordSize]
+		next := crc32.Update(c, castagnoli, o[:recordCRCOff])
+		if le.Uint32(o[recordCRCOff:]) != next {
+			break
+		}
+		c = next
 		r := Record{
 			Type:  RecordType(o[0]),
 			Flags: o[1],
@@ -102,10 +149,20 @@ func DecodeJournalBlock(b []byte, uuid [16]byte, recs []Record) (JournalHeader, 
 			CRC:   le.Uint32(o[16:]),
 			Epoch: le.Uint32(o[20:]),
 		}
-		if r.Type < RecMap || r.Type > RecFree || r.Flags&^RecordDirty != 0 {
+		if r.Type < RecMap || r.Type > RecFree || r.Flags&^RecordDirty != 0 || o[2] != 0 || o[3] != 0 || !allZero(o[24:recordCRCOff]) {
 			return JournalHeader{}, recs[:n], fmt.Errorf("journal block %d record %d: %v flags %#x: %w", h.LSN, i, r.Type, r.Flags, ErrCorrupt)
 		}
 		recs = append(recs, r)
 	}
+	h.Count = len(recs) - n
 	return h, recs, nil
+}
+
+func allZero(b []byte) bool {
+	for _, x := range b {
+		if x != 0 {
+			return false
+		}
+	}
+	return true
 }

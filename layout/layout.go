@@ -9,7 +9,7 @@ import (
 // Format constants. Never change them without bumping FormatVersion.
 const (
 	BlockSize     = 4096
-	FormatVersion = 1
+	FormatVersion = 2
 
 	superMagic  = "WBCACHE1"
 	mapMagic    = 0x4d434257 // "WBCM"
@@ -23,8 +23,9 @@ const (
 	BitsPerBitmapPage = pagePayload * 8            // 32512
 
 	journalHeaderSize = 32
-	RecordSize        = 24
-	RecordsPerBlock   = (BlockSize - journalHeaderSize) / RecordSize // 169
+	RecordSize        = 32
+	recordCRCOff      = 28
+	RecordsPerBlock   = (BlockSize - journalHeaderSize) / RecordSize // 127
 
 	// SettingsSize is the size of the settings area in the superblock.
 	SettingsSize = 64
@@ -36,7 +37,7 @@ var (
 	ErrNotFormatted = errors.New("not a wbcache cache device")
 	// ErrCorrupt: the block has the magic but fails a check.
 	ErrCorrupt = errors.New("corrupt metadata")
-	// ErrVersion: written by a newer wbcache.
+	// ErrVersion: written by a newer (or an older, incompatible) wbcache.
 	ErrVersion = errors.New("unsupported format version")
 	// ErrGeometry: the device is too small or the geometry is inconsistent.
 	ErrGeometry = errors.New("bad geometry")

@@ -110,6 +110,10 @@ func DecodeSuperblock(b []byte) (Superblock, error) {
 		if v > FormatVersion {
 			return Superblock{}, fmt.Errorf("format version %d, this wbcache reads %d (use a newer wbcache): %w", v, FormatVersion, ErrVersion)
 		}
+		if v > 0 {
+			return Superblock{}, fmt.Errorf("format version %d was written by an older wbcache, this one reads %d "+
+				"(write the dirty blocks back with 'wbcache detach' of the wbcache that formatted it, then format again): %w", v, FormatVersion, ErrVersion)
+		}
 		return Superblock{}, fmt.Errorf("format version %d: %w", v, ErrCorrupt)
 	}
 	if got, want := le.Uint32(b[12:]), seededCRC([16]byte{}, b, 12); got != want {

@@ -168,7 +168,18 @@ func TestSuperblockVersion(t *testing.T) {
 		assert.Contains(t, err.Error(), "newer", "the message must tell the user to upgrade")
 	}
 
-	// A version below the current one is not "newer": it is damage.
+	// An older version is refused with a message saying how to move on.
+	for v := uint32(1); v < layout.FormatVersion; v++ {
+		b := bytes.Clone(good)
+		le.PutUint32(b[8:], v)
+		resealSuperblock(b)
+		_, err := layout.DecodeSuperblock(b)
+		require.ErrorIs(t, err, layout.ErrVersion, "version %d", v)
+		assert.Contains(t, err.Error(), "older", "version %d", v)
+		assert.Contains(t, err.Error(), "detach", "version %d", v)
+	}
+
+	// Version 0 was never written: it is damage.
 	b := bytes.Clone(good)
 	le.PutUint32(b[8:], 0)
 	resealSuperblock(b)

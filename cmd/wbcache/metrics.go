@@ -109,7 +109,7 @@ func formatMetrics(s *Status) []byte {
 	metric("wbcache_destage_errors_total", "counter", "Write-back errors.", u(s.DestageErrors))
 	metric("wbcache_journal_records_total", "counter", "Metadata journal records.", u(s.JournalRecords))
 	metric("wbcache_journal_commits_total", "counter", "Journal commits (cache device syncs).", u(s.JournalSyncs))
-	metric("wbcache_journal_blocks_written_total", "counter", "Journal blocks written.", u(s.JournalBlocks))
+	metric("wbcache_journal_blocks_written_total", "counter", "Journal blocks started (up to 127 records each).", u(s.JournalBlocks))
 	metric("wbcache_journal_used_blocks", "gauge", "Journal blocks in use.", u(s.JournalUsed))
 	metric("wbcache_journal_blocks", "gauge", "Journal size in blocks.", u(s.JournalSize))
 	metric("wbcache_checkpoints_total", "counter", "Checkpoints written.", u(s.Checkpoints))

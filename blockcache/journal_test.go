@@ -1,0 +1,157 @@
+package blockcache
+
+import (
+	"bytes"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/wbcache/wbcache/device"
+	"github.com/wbcache/wbcache/layout"
+)
+
+func memCache(t *testing.T) (*device.Mem, *device.Mem, *Cache) {
+	ssd := device.NewMem(8<<20, [16]byte{1})
+	hdd := device.NewMem(64<<20, [16]byte{2})
+	require.NoError(t, Format(ssd, hdd, FormatOptions{}))
+	c, err := Open(ssd, hdd, Options{CheckpointInterval: -1, NoBackgroundBackingSync: true})
+	require.NoError(t, err)
+	return ssd, hdd, c
+}
+
+func pattern(lba int) []byte { return bytes.Repeat([]byte{byte(lba*7 + 1)}, BlockSize) }
+
+// TestJournalTornBlockEndsReplay: when a block lost records at its end (a
+// tear), replay must stop there even though the next block is intact:
+// applying the next block over the hole could apply a record whose
+// prerequisites were lost.
+func TestJournalTornBlockEndsReplay(t *testing.T) {
+	ssd, hdd, c := memCache(t)
+	defer c.Close()
+	// One MAP record per write: fill the open block and spill into the next.
+	first := c.j.checkpointLSN()
+	n := layout.RecordsPerBlock + 20
+	for lba := 0; lba < n; lba++ {
+		_, err := c.WriteAt(pattern(lba), int64(lba)*BlockSize)
+		require.NoError(t, err)
+	}
+	require.Equal(t, first+1, c.j.checkpointLSN(), "the writes span two blocks")
+
+	for _, tc := range []struct {
+		name string
+		cut  int // records of block first kept; -1 = keep all
+		want int // writes that must survive
+	}{
+		{"intact", -1, n},
+		{"torn at 100", 100, 100},
+		{"torn at 0", 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			img := ssd.CrashProcess()
+			if tc.cut >= 0 {
+				// Zero record tc.cut of the first block: its chain breaks.
+				off := c.g.JournalOffset(first) + int64(32+tc.cut*layout.RecordSize)
+				_, err := img.WriteAt(make([]byte, layout.RecordSize), off)
+				require.NoError(t, err)
+			}
+			c2, err := Open(img, hdd.CrashProcess(), Options{CheckpointInterval: -1, NoBackgroundBackingSync: true})
+			require.NoError(t, err)
+			defer c2.Close()
+			buf := make([]byte, BlockSize)
+			for lba := 0; lba < n; lba++ {
+				_, err := c2.ReadAt(buf, int64(lba)*BlockSize)
+				require.NoError(t, err)
+				if lba < tc.want {
+					require.Equal(t, pattern(lba), buf, "block %d was journaled before the tear", lba)
+				} else {
+					require.Equal(t, make([]byte, BlockSize), buf, "block %d: its record is after the tear", lba)
+				}
+			}
+		})
+	}
+}
+
+// TestJournalMappedOnFile: on a buffered cache file the journal is a shared
+// memory mapping, and a record is in the file's page cache (readable by
+// any other opener, so kept if the process dies) as soon as the write that
+// made it returns, with no sync and no close.
+func TestJournalMappedOnFile(t *testing.T) {
+	dir := t.TempDir()
+	ssdPath, hddPath := filepath.Join(dir, "ssd"), filepath.Join(dir, "hdd")
+	require.NoError(t, device.Create(ssdPath, 16<<20))
+	require.NoError(t, device.Create(hddPath, 64<<20))
+	ssd, err := device.Open(ssdPath, device.Options{})
+	require.NoError(t, err)
+	defer ssd.Close()
+	hdd, err := device.Open(hddPath, device.Options{})
+	require.NoError(t, err)
+	defer hdd.Close()
+	require.NoError(t, Format(ssd, hdd, FormatOptions{}))
+	c, err := Open(ssd, hdd, Options{CheckpointInterval: -1, NoBackgroundBackingSync: true})
+	require.NoError(t, err)
+	defer c.Close()
+	require.Equal(t, "*device.mapRegion", typeName(c.j.reg), "a buffered cache file must get a mapped journal")
+
+	other, err := device.Open(ssdPath, device.Options{ReadOnly: true})
+	require.NoError(t, err)
+	defer other.Close()
+	lsn := c.j.checkpointLSN()
+	blk := make([]byte, BlockSize)
+	for lba := 0; lba < 50; lba++ {
+		_, err := c.WriteAt(pattern(lba), int64(lba)*BlockSize)
+		require.NoError(t, err)
+		_, err = other.ReadAt(blk, c.g.JournalOffset(lsn))
+		require.NoError(t, err)
+		h, recs, err := layout.DecodeJournalBlock(blk, c.uuid, nil)
+		require.NoError(t, err)
+		require.Equal(t, lsn, h.LSN)
+		require.Equal(t, lba+1, h.Count, "the record of write %d must be in the page cache when the write returns", lba)
+		last := recs[len(recs)-1]
+		require.Equal(t, layout.RecMap, last.Type)
+		require.Equal(t, uint64(lba), last.LBA)
+		require.Equal(t, layout.DataCRC(pattern(lba)), last.CRC)
+	}
+
+	// A cache opened from a second handle of the same file (what a
+	// restarted process sees) recovers every write, with no sync done.
+	ssd2, err := device.Open(ssdPath, device.Options{})
+	require.NoError(t, err)
+	defer ssd2.Close()
+	hdd2, err := device.Open(hddPath, device.Options{})
+	require.NoError(t, err)
+	defer hdd2.Close()
+	c2, err := Open(ssd2, hdd2, Options{CheckpointInterval: -1, NoBackgroundBackingSync: true})
+	require.NoError(t, err)
+	defer c2.Close()
+	buf := make([]byte, BlockSize)
+	for lba := 0; lba < 50; lba++ {
+		_, err := c2.ReadAt(buf, int64(lba)*BlockSize)
+		require.NoError(t, err)
+		require.Equal(t, pattern(lba), buf, "block %d", lba)
+	}
+}
+
+// TestJournalDirectFileWrites: a cache file opened O_DIRECT cannot share
+// a mapping coherently, so its journal writes through WriteAt.
+func TestJournalDirectFileWrites(t *testing.T) {
+	dir := t.TempDir()
+	ssdPath, hddPath := filepath.Join(dir, "ssd"), filepath.Join(dir, "hdd")
+	require.NoError(t, device.Create(ssdPath, 16<<20))
+	require.NoError(t, device.Create(hddPath, 64<<20))
+	ssd, err := device.Open(ssdPath, device.Options{Direct: true})
+	require.NoError(t, err)
+	defer ssd.Close()
+	hdd, err := device.Open(hddPath, device.Options{Direct: true})
+	require.NoError(t, err)
+	defer hdd.Close()
+	require.NoError(t, Format(ssd, hdd, FormatOptions{}))
+	c, err := Open(ssd, hdd, Options{CheckpointInterval: -1, NoBackgroundBackingSync: true})
+	require.NoError(t, err)
+	require.NotEqual(t, "*device.mapRegion", typeName(c.j.reg))
+	b := device.AlignedBuffer(BlockSize)
+	copy(b, pattern(3))
+	_, err = c.WriteAt(b, 3*BlockSize)
+	require.NoError(t, err)
+	require.NoError(t, c.Close())
+}

@@ -1,0 +1,107 @@
+package device
+
+import (
+	"fmt"
+	"os"
+	"runtime/debug"
+
+	"golang.org/x/sys/unix"
+)
+
+// Region is a window onto part of a device for small, frequent updates of
+// whole blocks, such as a journal appending records to its open block.
+//
+// On a buffered File the region is mapped shared into memory, so an Update
+// is a memory copy into the file's page cache: it survives the process
+// being killed the moment the copy is done, costs no system call, and the
+// device's Sync makes it durable like any write. On every other device
+// (O_DIRECT files, test doubles) an Update is a WriteAt of the block.
+type Region interface {
+	// Update makes b the content of the device at off, where only bytes
+	// [from, to) of b may differ from what the last Update of the same
+	// range wrote. off and len(b) must lie inside the region.
+	Update(b []byte, off int64, from, to int) error
+	// Close unmaps the region. The device stays open.
+	Close() error
+}
+
+// NewRegion opens the region [off, off+n) of d for Updates.
+func NewRegion(d Device, off, n int64) (Region, error) {
+	if err := checkRange("map", off, n, d.Size()); err != nil {
+		return nil, err
+	}
+	if f, ok := d.(*File); ok && !f.direct && !f.readOnly && n > 0 {
+		return f.mapRegion(off, n)
+	}
+	return &writeRegion{d: d, off: off, n: n}, nil
+}
+
+// writeRegion updates through WriteAt.
+type writeRegion struct {
+	d      Device
+	off, n int64
+}
+
+func (r *writeRegion) Update(b []byte, off int64, from, to int) error {
+	if off < r.off || off+int64(len(b)) > r.off+r.n {
+		return fmt.Errorf("device: update at %d length %d outside the region [%d, %d)", off, len(b), r.off, r.off+r.n)
+	}
+	_, err := r.d.WriteAt(b, off)
+	return err
+}
+
+func (r *writeRegion) Close() error { return nil }
+
+// mapRegion maps [off, off+n) of f shared, read-write.
+type mapRegion struct {
+	f      *File
+	base   int64 // file offset of mem[0] (page aligned)
+	off, n int64
+	mem    []byte
+}
+
+func (f *File) mapRegion(off, n int64) (Region, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.closed {
+		return nil, ErrClosed
+	}
+	page := int64(os.Getpagesize())
+	base := off - off%page
+	mem, err := unix.Mmap(f.fd, base, int(off+n-base), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, &os.PathError{Op: "mmap", Path: f.path, Err: err}
+	}
+	return &mapRegion{f: f, base: base, off: off, n: n, mem: mem}, nil
+}
+
+func (r *mapRegion) Update(b []byte, off int64, from, to int) (err error) {
+	if off < r.off || off+int64(len(b)) > r.off+r.n || from < 0 || from > to || to > len(b) {
+		return fmt.Errorf("device: update at %d length %d [%d, %d) outside the region [%d, %d)", off, len(b), from, to, r.off, r.off+r.n)
+	}
+	if r.mem == nil {
+		return ErrClosed
+	}
+	// Touching a mapped page the kernel cannot read in (an I/O error on
+	// the device) raises SIGBUS: turn it into an error for this call.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if p := recover(); p != nil {
+			err = &os.PathError{Op: "write (mapped)", Path: r.f.path, Err: fmt.Errorf("memory fault at file offset %d: %v", off+int64(from), p)}
+		}
+	}()
+	copy(r.mem[off-r.base+int64(from):], b[from:to])
+	return nil
+}
+
+func (r *mapRegion) Close() error {
+	if r.mem == nil {
+		return ErrClosed
+	}
+	err := unix.Munmap(r.mem)
+	r.mem = nil
+	if err != nil {
+		return &os.PathError{Op: "munmap", Path: r.f.path, Err: err}
+	}
+	return nil
+}

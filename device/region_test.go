@@ -1,0 +1,79 @@
+package device
+
+import (
+	"bytes"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestRegionMappedFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "f")
+	require.NoError(t, Create(path, 1<<20))
+	f, err := Open(path, Options{})
+	require.NoError(t, err)
+	defer f.Close()
+	r, err := NewRegion(f, 64<<10, 256<<10)
+	require.NoError(t, err)
+	require.IsType(t, &mapRegion{}, r)
+
+	blk := bytes.Repeat([]byte{0xab}, BlockSize)
+	require.NoError(t, r.Update(blk, 64<<10+BlockSize, 0, BlockSize))
+	// Only [from, to) is copied.
+	blk2 := bytes.Repeat([]byte{0xcd}, BlockSize)
+	require.NoError(t, r.Update(blk2, 64<<10+BlockSize, 100, 200))
+
+	// Another descriptor sees it at once: it is in the page cache.
+	g, err := Open(path, Options{ReadOnly: true})
+	require.NoError(t, err)
+	defer g.Close()
+	got := make([]byte, BlockSize)
+	_, err = g.ReadAt(got, 64<<10+BlockSize)
+	require.NoError(t, err)
+	want := bytes.Clone(blk)
+	copy(want[100:200], blk2[100:200])
+	require.Equal(t, want, got)
+	require.NoError(t, f.Sync())
+
+	// Out of the region.
+	require.Error(t, r.Update(blk, 64<<10-BlockSize, 0, BlockSize))
+	require.Error(t, r.Update(blk, 64<<10+256<<10-100, 0, BlockSize))
+	require.Error(t, r.Update(blk, 64<<10, 10, 5))
+	require.NoError(t, r.Close())
+	require.ErrorIs(t, r.Update(blk, 64<<10, 0, BlockSize), ErrClosed)
+	require.ErrorIs(t, r.Close(), ErrClosed)
+
+	_, err = NewRegion(f, 1<<20-BlockSize, 2*BlockSize)
+	require.Error(t, err, "a region past the end of the device")
+}
+
+// TestRegionWriteThrough: devices that cannot be mapped (O_DIRECT files,
+// read-only files, test doubles) take the whole block through WriteAt, so
+// fault injection and crash images see every update.
+func TestRegionWriteThrough(t *testing.T) {
+	m := NewMem(1<<20, [16]byte{9})
+	r, err := NewRegion(m, 0, 1<<20)
+	require.NoError(t, err)
+	require.IsType(t, &writeRegion{}, r)
+	blk := bytes.Repeat([]byte{7}, BlockSize)
+	require.NoError(t, r.Update(blk, 2*BlockSize, 10, 20))
+	got := make([]byte, BlockSize)
+	_, err = m.ReadAt(got, 2*BlockSize)
+	require.NoError(t, err)
+	require.Equal(t, blk, got, "the whole block is written")
+	require.Error(t, r.Update(blk, 1<<20-10, 0, BlockSize))
+	require.NoError(t, r.Close())
+
+	path := filepath.Join(t.TempDir(), "f")
+	require.NoError(t, Create(path, 1<<20))
+	for _, o := range []Options{{Direct: true}, {ReadOnly: true}} {
+		f, err := Open(path, o)
+		require.NoError(t, err)
+		r, err := NewRegion(f, 0, 1<<20)
+		require.NoError(t, err)
+		require.IsType(t, &writeRegion{}, r, "%+v", o)
+		require.NoError(t, r.Close())
+		require.NoError(t, f.Close())
+	}
+}
