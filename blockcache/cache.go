@@ -113,6 +113,10 @@ type Cache struct {
 	// Sequence number of the newest record that dropped a clean copy
 	// (written under mu, so it only grows).
 	cleanUnmapSeq atomic.Uint64
+	// Sequence number of the newest record appended when DirtyBlocks last
+	// took a snapshot (it only grows): every block a snapshot returned
+	// was mapped by a record no newer.
+	snapSeq atomic.Uint64
 
 	stats counters
 }

@@ -27,6 +27,11 @@ func (c *Cache) DirtyBlocks(dst []DirtyBlock) []DirtyBlock {
 			dst = append(dst, DirtyBlock{LBA: t.lba[s], Slot: uint32(s), CRC: t.crc[s], Since: t.since[s]})
 		}
 	}
+	// Records are appended under mu: none of these blocks was mapped by a
+	// record newer than this.
+	seq := c.j.lastSeq()
+	for old := c.snapSeq.Load(); old < seq && !c.snapSeq.CompareAndSwap(old, seq); old = c.snapSeq.Load() {
+	}
 	c.mu.Unlock()
 	slices.SortFunc(dst, func(a, b DirtyBlock) int {
 		switch {
@@ -43,15 +48,20 @@ func (c *Cache) DirtyBlocks(dst []DirtyBlock) []DirtyBlock {
 // Pin claims blocks for destaging and returns those it pinned: each must
 // still be the current dirty version of its LBA, with no other destage of
 // that LBA in flight (so the backing device only ever moves forward) and no
-// Discard zeroing it. Every pinned block must be passed to Complete. The
-// journal is synced first, so every pinned block's MAP record is durable:
-// a destaged version can never be rolled back by recovery.
+// Discard zeroing it. Every pinned block must be passed to Complete, and
+// blocks must come from DirtyBlocks. Every pinned block's MAP record is
+// made durable first (a destaged version can never be rolled back by
+// recovery): the journal is synced unless a sync already covered every
+// record up to the newest snapshot's, so one sync serves all the batches
+// taken from one snapshot.
 func (c *Cache) Pin(blocks []DirtyBlock) ([]DirtyBlock, error) {
 	if err := c.usable(); err != nil {
 		return nil, err
 	}
-	if err := c.syncJournal(); err != nil {
-		return nil, err
+	if c.j.durable() < c.snapSeq.Load() {
+		if err := c.syncJournal(); err != nil {
+			return nil, err
+		}
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()

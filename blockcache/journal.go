@@ -205,6 +205,13 @@ func (j *journal) sync() error {
 	return ErrClosed
 }
 
+// lastSeq is the sequence number of the newest record appended.
+func (j *journal) lastSeq() uint64 {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.appendSeq
+}
+
 func (j *journal) durable() uint64 {
 	j.mu.Lock()
 	defer j.mu.Unlock()

@@ -155,3 +155,39 @@ func TestJournalDirectFileWrites(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, c.Close())
 }
+
+// TestPinSyncsOncePerSnapshot: Pin makes the snapshot's records durable
+// with one sync; later batches from the same snapshot need none, and a
+// newer snapshot with unsynced records gets its own.
+func TestPinSyncsOncePerSnapshot(t *testing.T) {
+	_, _, c := memCache(t)
+	defer c.Close()
+	syncs := func() uint64 { _, _, n, _, _ := c.j.stats(); return n }
+	for lba := 0; lba < 40; lba++ {
+		_, err := c.WriteAt(pattern(lba), int64(lba)*BlockSize)
+		require.NoError(t, err)
+	}
+	snap := c.DirtyBlocks(nil)
+	require.Len(t, snap, 40)
+	before := syncs()
+	p1, err := c.Pin(snap[:10])
+	require.NoError(t, err)
+	require.Len(t, p1, 10)
+	require.Equal(t, before+1, syncs(), "the first batch syncs the snapshot's records")
+	require.GreaterOrEqual(t, c.j.durable(), c.snapSeq.Load())
+	p2, err := c.Pin(snap[10:20])
+	require.NoError(t, err)
+	require.Len(t, p2, 10)
+	require.Equal(t, before+1, syncs(), "a later batch of the same snapshot needs no sync")
+	require.NoError(t, c.Complete(p1, false))
+	require.NoError(t, c.Complete(p2, false))
+
+	// A rewrite after the snapshot: the next snapshot holds an unsynced
+	// record, so pinning from it syncs again.
+	_, err = c.WriteAt(pattern(99), 25*BlockSize)
+	require.NoError(t, err)
+	snap = c.DirtyBlocks(nil)
+	_, err = c.Pin(snap)
+	require.NoError(t, err)
+	require.Equal(t, before+2, syncs())
+}
