@@ -55,17 +55,23 @@ func (c *Cache) reclaimer() {
 	}
 }
 
-// reclaim frees slots up to the reserve.
+// reclaim frees slots up to the reserve. Slots waiting for their
+// unmapping record to become durable are freed by a sync, but only once
+// they are needed: when the free slots run short of the reserve, or when
+// as many wait as are free. Every sync writes back the data written since
+// the last one and ends in-place rewrites of the blocks written since, so
+// syncing while plenty of slots are free would cost write-back and slots
+// for nothing.
 func (c *Cache) reclaim() error {
 	c.mu.Lock()
-	short := c.opts.ReserveFree - len(c.mu.t.free) - len(c.mu.pending)
-	havePending := len(c.mu.pending) > 0
+	free, pending := len(c.mu.t.free), len(c.mu.pending)
 	c.mu.Unlock()
+	short := c.opts.ReserveFree - free - pending
 	evicted := 0
 	if short > 0 {
 		evicted = c.evict(short)
 	}
-	if havePending || evicted > 0 {
+	if evicted > 0 || (pending > 0 && (free < 2*c.opts.ReserveFree || pending >= free)) {
 		return c.syncJournal()
 	}
 	return nil
