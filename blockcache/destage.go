@@ -69,7 +69,7 @@ func (c *Cache) Pin(blocks []DirtyBlock) ([]DirtyBlock, error) {
 	out := blocks[:0]
 	for _, b := range blocks {
 		s := b.Slot
-		if t.flags[s]&(fValid|fDirty|fPinned) != fValid|fDirty || t.lba[s] != b.LBA || t.crc[s] != b.CRC {
+		if t.flags[s]&(fValid|fDirty|fPinned|fWriting) != fValid|fDirty || t.lba[s] != b.LBA || t.crc[s] != b.CRC {
 			continue
 		}
 		if c.mu.inflight[b.LBA] > 0 || c.discardingLocked(b.LBA) {

@@ -7,6 +7,9 @@
 // Write (writeback): the block goes to a new slot (out of place), then a MAP
 // record is appended to the journal and the in-memory index flips, under
 // one critical section, so the journal's order is the order of the changes.
+// A block rewritten before any sync has covered its current slot's record
+// is rewritten in that slot instead (invariant 2): between two syncs a hot
+// block costs one slot and one page of writeback, not one per write.
 // The journal ring is mapped shared into memory (device.Region): appending
 // a record is a memory copy into the cache file's page cache, so WriteAt
 // returns, with no journal I/O and no hand-off to another goroutine, once
@@ -31,19 +34,25 @@
 //     superseding MAP, or FREE) is durable, and only when no destage has it
 //     pinned. Otherwise a power cut could bring back a mapping to a slot
 //     that now holds other data.
-//  2. A clean cached copy always equals what the backing device durably
+//  2. A dirty slot is rewritten in place only while no sync has started
+//     since the MAP record that mapped it (so no durable record names its
+//     content), and no sync starts while such a rewrite is in flight. The
+//     rewrite journals its MAP (flagged in place) before writing the data,
+//     so a process crash in between leaves the acknowledged version under
+//     the previous record, and recovery voids the in-place record alone.
+//  3. A clean cached copy always equals what the backing device durably
 //     holds. So a clean copy is dropped durably (FREE + sync) before the
 //     backing device is written in place under it, promotion only copies
 //     backing data that has been synced, and write-through blocks stay
 //     dirty until a Sync has made their backing write durable.
-//  3. The backing device only moves forward: at most one destage per LBA is
+//  4. The backing device only moves forward: at most one destage per LBA is
 //     in flight, only the current dirty version is pinned, its MAP record is
 //     durable before it is pinned, and a block with a dirty cached version is
 //     always written into the cache, in every mode.
-//  4. Discard drops clean copies first (durably), then zeroes and syncs the
+//  5. Discard drops clean copies first (durably), then zeroes and syncs the
 //     backing device, then drops dirty copies: each block reads as before or
 //     as zeros at every crash point.
-//  5. A failed sync or journal write of the cache device is fatal (ErrFailed):
+//  6. A failed sync or journal write of the cache device is fatal (ErrFailed):
 //     the page cache may have dropped what it could not write, so the cache
 //     refuses further I/O rather than pretend (fsyncgate).
 //
@@ -72,6 +81,6 @@
 //
 // # Memory
 //
-// 29 bytes of RAM per slot (slot table 17, index 8, free list 4), measured by
-// TestMemoryPerSlot.
+// 30 bytes of RAM per slot (slot table 17, index 8, free list 4, list of
+// slots rewritable in place 1), measured by TestMemoryPerSlot.
 package blockcache

@@ -266,6 +266,9 @@ func (c *Cache) writeBlock(lba uint64, inBlock int, data []byte, mode Mode, bypa
 		// A block with a dirty cached version is written back into the
 		// cache whatever the mode: writing the backing device under it
 		// could let a later destage put the older version over the new.
+		if seq, ok, err := c.rewriteInPlace(lba, blk); ok || err != nil {
+			return seq, err
+		}
 		return c.cacheBlock(lba, blk, true)
 	}
 	if cached {
@@ -355,6 +358,61 @@ func (c *Cache) cacheBlock(lba uint64, blk []byte, dirty bool) (uint64, error) {
 	return c.fillSlot(s, lba, blk, dirty)
 }
 
+// rewriteInPlace writes blk over the slot already holding lba when no sync
+// has covered that slot's MAP record yet, so nothing durable can point at
+// the slot's old content. It saves a slot, and the page cache absorbs
+// repeated rewrites of a block between two syncs. The MAP record (flagged
+// in place) is journaled before the data is written: if the process dies
+// in between, the slot still holds the acknowledged version the previous
+// record names, and recovery voids the in-place record alone; if power is
+// lost, the slot may be torn, both records are void, and the version
+// before them stands (its slot is not reused before a sync covers the
+// first of them, and no sync starts while an in-place rewrite is in
+// flight). It reports false, having done nothing, when the slot does not
+// qualify. Caller holds the stripe lock.
+func (c *Cache) rewriteInPlace(lba uint64, blk []byte) (uint64, bool, error) {
+	// Reserve journal room first: waiting for room can wait for a
+	// checkpoint's sync, which waits for in-place rewrites to end.
+	if err := c.j.reserve(1); err != nil {
+		return 0, false, c.fail(err)
+	}
+	defer c.j.release(1)
+	crc := layout.DataCRC(blk)
+	c.mu.Lock()
+	t := &c.mu.t
+	s, ok := t.lookup(lba)
+	if !ok || t.flags[s]&(fValid|fDirty|fPinned|fFresh|fWriting) != fValid|fDirty|fFresh || !c.j.claimInPlace(t.freshGen) {
+		c.mu.Unlock()
+		return 0, false, nil
+	}
+	// The table takes the new CRC with the record, so a checkpoint that
+	// copies this slot before its replay point has passed the record
+	// names the new version (its sync waits for the data write).
+	seq := c.j.append(layout.Record{Type: layout.RecMap, Flags: layout.RecordDirty | layout.RecordInPlace, Slot: s, LBA: lba, CRC: crc, Epoch: c.epoch.Load()})
+	t.crc[s] = crc
+	t.flags[s] |= fWriting
+	c.mu.Unlock()
+	err := c.j.waitWritten(seq)
+	if err == nil {
+		if _, werr := c.ssd.WriteAt(blk, c.g.SlotOffset(uint64(s))); werr != nil {
+			// The slot may hold a torn mix now: no version in it can be
+			// trusted any more.
+			c.stats.cacheErrors.Add(1)
+			err = fmt.Errorf("rewriting cache slot %d in place: %w", s, werr)
+		}
+	}
+	c.mu.Lock()
+	t.flags[s] &^= fWriting
+	c.mu.Unlock()
+	c.j.endInPlace()
+	if err != nil {
+		return 0, false, c.fail(err)
+	}
+	c.stats.inPlace.Add(1)
+	c.bumpGen(lba)
+	return seq, true, nil
+}
+
 // cacheBlockIfFree caches a clean copy when a slot is free right now.
 func (c *Cache) cacheBlockIfFree(lba uint64, blk []byte) (uint64, error) {
 	s, err := c.allocSlot(false)
@@ -382,12 +440,15 @@ func (c *Cache) fillSlot(s uint32, lba uint64, blk []byte, dirty bool) (uint64, 
 	}
 	c.mu.Lock()
 	t := &c.mu.t
-	seq := c.j.append(layout.Record{Type: layout.RecMap, Flags: fl, Slot: s, LBA: lba, CRC: crc, Epoch: c.epoch.Load()})
+	seq, gen := c.j.appendGen(layout.Record{Type: layout.RecMap, Flags: fl, Slot: s, LBA: lba, CRC: crc, Epoch: c.epoch.Load()})
 	if old, ok := t.lookup(lba); ok {
 		t.unmap(old)
 		c.mu.pending = append(c.mu.pending, pendingFree{old, seq})
 	}
 	t.mapSlot(s, lba, crc, dirty, c.tick())
+	if dirty {
+		t.markFresh(s, gen)
+	}
 	c.mu.Unlock()
 	c.bumpGen(lba)
 	return seq, nil
@@ -549,7 +610,7 @@ func (c *Cache) cleanThrough(blocks []DirtyBlock) error {
 			s := b.Slot
 			// A Discard zeroing the block on the backing device has
 			// overwritten the version the sync covered.
-			if t.flags[s]&(fValid|fDirty|fPinned) == fValid|fDirty && t.lba[s] == b.LBA && t.crc[s] == b.CRC && !c.discardingLocked(b.LBA) {
+			if t.flags[s]&(fValid|fDirty|fPinned|fWriting) == fValid|fDirty && t.lba[s] == b.LBA && t.crc[s] == b.CRC && !c.discardingLocked(b.LBA) {
 				c.j.append(layout.Record{Type: layout.RecClean, Slot: s, LBA: b.LBA, CRC: b.CRC, Epoch: c.epoch.Load()})
 				t.setClean(s)
 			}

@@ -40,6 +40,7 @@ type journal struct {
 	syncStart  uint64 // syncs started
 	syncDone   uint64 // syncs completed (they run one at a time, in order)
 	syncing    bool   // a sync is in flight
+	inPlace    int    // in-place rewrites in flight (no sync may start)
 	openLSN    uint64 // block that receives the next record
 	openCount  int    // records in it (0: not started, nothing written)
 	prevCount  int    // records in block openLSN-1, for openLSN's header
@@ -119,6 +120,15 @@ func (j *journal) release(n int) {
 	j.mu.Unlock()
 }
 
+// appendGen is append that also returns the sync generation the record
+// was appended in: the number of syncs started before it, none of which
+// covers it.
+func (j *journal) appendGen(r layout.Record) (uint64, uint64) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.appendLocked(r), j.syncStart
+}
+
 // append writes a record into the journal region and returns its sequence
 // number. It never blocks on I/O; the caller holds Cache.mu so that the
 // order of records equals the order in which their effects were applied
@@ -126,6 +136,10 @@ func (j *journal) release(n int) {
 func (j *journal) append(r layout.Record) uint64 {
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	return j.appendLocked(r)
+}
+
+func (j *journal) appendLocked(r layout.Record) uint64 {
 	j.appendSeq++
 	seq := j.appendSeq
 	if j.err != nil || j.closed {
@@ -158,6 +172,31 @@ func (j *journal) append(r layout.Record) uint64 {
 		j.kick()
 	}
 	return seq
+}
+
+// claimInPlace reports whether a slot mapped by a record of sync
+// generation gen may be rewritten in place: no sync has started since (so
+// none covers that record) and none is waiting to start. A true result
+// holds off the next sync until endInPlace: the rewrite and its MAP record
+// must both come before any sync that covers the old record, or a power
+// cut could leave that durable record pointing at rewritten data.
+func (j *journal) claimInPlace(gen uint64) bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.err != nil || j.closed || j.syncStart != gen || j.syncNeed > j.syncStart {
+		return false
+	}
+	j.inPlace++
+	return true
+}
+
+func (j *journal) endInPlace() {
+	j.mu.Lock()
+	j.inPlace--
+	if j.inPlace == 0 {
+		j.cond.Broadcast()
+	}
+	j.mu.Unlock()
 }
 
 // sealLocked ends the open block: later records go to the next one.
@@ -284,7 +323,12 @@ func (j *journal) run() {
 			return
 		}
 		if !j.syncing && j.syncNeed > j.syncStart {
-			j.startSyncLocked()
+			for j.inPlace > 0 && j.err == nil {
+				j.cond.Wait()
+			}
+			if j.err == nil {
+				j.startSyncLocked()
+			}
 			continue
 		}
 		j.cond.Wait()

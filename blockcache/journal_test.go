@@ -3,6 +3,7 @@ package blockcache
 import (
 	"bytes"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -190,4 +191,121 @@ func TestPinSyncsOncePerSnapshot(t *testing.T) {
 	_, err = c.Pin(snap)
 	require.NoError(t, err)
 	require.Equal(t, before+2, syncs())
+}
+
+// TestRewriteInPlace: a dirty block rewritten before any sync covers its
+// record is rewritten in its slot; once a sync has begun, the next rewrite
+// goes to a new slot (the old one holds a version a power cut must keep).
+func TestRewriteInPlace(t *testing.T) {
+	_, _, c := memCache(t)
+	defer c.Close()
+	slotOf := func(lba uint64) uint32 {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		s, ok := c.mu.t.lookup(lba)
+		require.True(t, ok)
+		return s
+	}
+	_, err := c.WriteAt(pattern(1), 5*BlockSize)
+	require.NoError(t, err)
+	s0 := slotOf(5)
+	_, err = c.WriteAt(pattern(2), 5*BlockSize)
+	require.NoError(t, err)
+	require.Equal(t, s0, slotOf(5), "rewritten in place")
+	// A partial write (read-modify-write) qualifies too.
+	_, err = c.WriteAt([]byte("hello"), 5*BlockSize+100)
+	require.NoError(t, err)
+	require.Equal(t, s0, slotOf(5))
+	require.Equal(t, uint64(2), c.Stats().WritesInPlace)
+	want := pattern(2)
+	copy(want[100:], "hello")
+	got := make([]byte, BlockSize)
+	_, err = c.ReadAt(got, 5*BlockSize)
+	require.NoError(t, err)
+	require.Equal(t, want, got)
+
+	require.NoError(t, c.Sync())
+	_, err = c.WriteAt(pattern(3), 5*BlockSize)
+	require.NoError(t, err)
+	s1 := slotOf(5)
+	require.NotEqual(t, s0, s1, "after a sync the durable version's slot is kept")
+	require.Equal(t, uint64(2), c.Stats().WritesInPlace)
+	_, err = c.WriteAt(pattern(4), 5*BlockSize)
+	require.NoError(t, err)
+	require.Equal(t, s1, slotOf(5), "the new slot is fresh again")
+
+	// A pinned block (destage in flight) is never rewritten in place.
+	pinned, err := c.Pin(c.DirtyBlocks(nil))
+	require.NoError(t, err)
+	require.Len(t, pinned, 1)
+	_, err = c.WriteAt(pattern(5), 5*BlockSize)
+	require.NoError(t, err)
+	require.NotEqual(t, s1, slotOf(5))
+	require.NoError(t, c.Complete(pinned, false))
+	_, err = c.ReadAt(got, 5*BlockSize)
+	require.NoError(t, err)
+	require.Equal(t, pattern(5), got)
+}
+
+// gateDev holds writes at one offset until released.
+type gateDev struct {
+	*device.Mem
+	off     atomic.Int64 // -1: no gate
+	arrived chan struct{}
+	release chan struct{}
+}
+
+func (g *gateDev) WriteAt(p []byte, off int64) (int, error) {
+	if off == g.off.Load() {
+		g.off.Store(-1)
+		close(g.arrived)
+		<-g.release
+	}
+	return g.Mem.WriteAt(p, off)
+}
+
+// TestRewriteInPlaceProcessCrash: a process crash after an in-place MAP
+// record is journaled but before its data is written voids that record
+// alone: the block keeps its acknowledged version, and every write
+// acknowledged after the record (here, another block's) survives.
+func TestRewriteInPlaceProcessCrash(t *testing.T) {
+	mem := device.NewMem(8<<20, [16]byte{1})
+	hdd := device.NewMem(64<<20, [16]byte{2})
+	require.NoError(t, Format(mem, hdd, FormatOptions{}))
+	g := &gateDev{Mem: mem, arrived: make(chan struct{}), release: make(chan struct{})}
+	g.off.Store(-1)
+	c, err := Open(g, hdd, Options{CheckpointInterval: -1, NoBackgroundBackingSync: true})
+	require.NoError(t, err)
+	const a, b = 7, 8
+	require.True(t, c.stripe(a) != c.stripe(b), "the two blocks must not share a stripe lock")
+	_, err = c.WriteAt(pattern(1), a*BlockSize)
+	require.NoError(t, err)
+	c.mu.Lock()
+	s, _ := c.mu.t.lookup(a)
+	c.mu.Unlock()
+	g.off.Store(c.g.SlotOffset(uint64(s)))
+	done := make(chan error)
+	go func() {
+		_, err := c.WriteAt(pattern(2), a*BlockSize) // in place: record, then data (held)
+		done <- err
+	}()
+	<-g.arrived
+	_, err = c.WriteAt(pattern(3), b*BlockSize)
+	require.NoError(t, err)
+	img := mem.CrashProcess() // the process dies here
+	close(g.release)
+	require.NoError(t, <-done)
+	require.Equal(t, uint64(1), c.Stats().WritesInPlace)
+	require.NoError(t, c.Close())
+
+	c2, err := Open(img, hdd.CrashProcess(), Options{CheckpointInterval: -1, NoBackgroundBackingSync: true})
+	require.NoError(t, err)
+	defer c2.Close()
+	got := make([]byte, BlockSize)
+	_, err = c2.ReadAt(got, a*BlockSize)
+	require.NoError(t, err)
+	require.Equal(t, pattern(1), got, "the acknowledged version stands")
+	_, err = c2.ReadAt(got, b*BlockSize)
+	require.NoError(t, err)
+	require.Equal(t, pattern(3), got, "a write acknowledged after the in-place record survives")
 }

@@ -127,6 +127,10 @@ type modelRun struct {
 	cycles int
 	ops    map[string]int
 	log    []string
+	// hot, when set, sends most I/O to the first hot blocks, so blocks are
+	// rewritten between syncs (in place) far more often.
+	hot     int
+	inPlace uint64 // in-place rewrites done, over every reopen
 
 	keepSSD, keepHDD *device.Mem // the last crash image, for tracing
 }
@@ -190,6 +194,7 @@ func (mr *modelRun) open(ssd, hdd *device.Mem) {
 // kill abandons the running cache: its devices stop answering, so its
 // goroutines wind down without touching the snapshot.
 func (mr *modelRun) kill() {
+	mr.inPlace += mr.c.stats.inPlace.Load()
 	mr.r.ssd.Close()
 	mr.r.hdd.Close()
 	mr.c.Close()
@@ -212,6 +217,14 @@ func (mr *modelRun) newBlockContents(off int64, data []byte) map[uint64][]byte {
 
 func (mr *modelRun) randRange() (int64, int) {
 	size := int64(mr.blocks) * BlockSize
+	if mr.hot > 0 && mr.rng.IntN(4) != 0 {
+		lba := mr.rng.Int64N(int64(mr.hot))
+		if mr.rng.IntN(3) == 0 {
+			in := mr.rng.Int64N(BlockSize - 1)
+			return lba*BlockSize + in, 1 + mr.rng.IntN(int(BlockSize-in))
+		}
+		return lba * BlockSize, BlockSize
+	}
 	if mr.rng.IntN(2) == 0 {
 		lba := mr.rng.Int64N(int64(mr.blocks))
 		n := min(1+mr.rng.IntN(4), mr.blocks-int(lba))
@@ -316,8 +329,13 @@ func (mr *modelRun) destage(all bool) {
 // recovers and checks the contract.
 func (mr *modelRun) cycle() {
 	power := mr.rng.IntN(2) == 0
-	mr.r.arm(1+mr.rng.Int64N(40), power, rand.New(rand.NewPCG(mr.rng.Uint64(), 1)), func() { mr.m.snap(power) })
-	nops := 1 + mr.rng.IntN(8)
+	armAt, maxOps := int64(40), 8
+	if mr.hot > 0 {
+		// Longer cycles: several rewrites of a hot block between syncs.
+		armAt, maxOps = 160, 32
+	}
+	mr.r.arm(1+mr.rng.Int64N(armAt), power, rand.New(rand.NewPCG(mr.rng.Uint64(), 1)), func() { mr.m.snap(power) })
+	nops := 1 + mr.rng.IntN(maxOps)
 	for i := 0; i < nops && !mr.r.snapped.Load(); i++ {
 		mr.step()
 		if !mr.r.snapped.Load() {
@@ -390,22 +408,37 @@ func modelCycles(t *testing.T) int {
 // every recovery each block must read as a version the contract allows
 // (§2.1-2.3). Four seeds × 2500 cycles by default.
 func TestModelCrashRecovery(t *testing.T) {
+	modelCrashRecovery(t, 0, 4)
+}
+
+// TestModelCrashRecoveryHot is TestModelCrashRecovery with most I/O on
+// three blocks: rewrites in place, crashed at every step of them. Two
+// seeds × 2500 longer cycles by default.
+func TestModelCrashRecoveryHot(t *testing.T) {
+	modelCrashRecovery(t, 3, 2)
+}
+
+func modelCrashRecovery(t *testing.T, hot, seeds int) {
 	base := uint64(0)
 	if s := os.Getenv("WBC_MODEL_SEED"); s != "" {
 		b, err := strconv.ParseUint(s, 10, 64)
 		require.NoError(t, err)
 		base = b
 	}
-	for seed := base + 1; seed <= base+4; seed++ {
+	for seed := base + 1; seed <= base+uint64(seeds); seed++ {
 		t.Run(fmt.Sprintf("seed%d", seed), func(t *testing.T) {
 			t.Parallel()
 			mr := newModelRun(t, seed)
+			mr.hot = hot
 			n := modelCycles(t)
 			for i := 0; i < n; i++ {
 				mr.cycle()
 			}
 			mr.kill()
-			t.Logf("cycles %d ops %v", mr.cycles, mr.ops)
+			t.Logf("cycles %d ops %v in place %d", mr.cycles, mr.ops, mr.inPlace)
+			if hot > 0 {
+				require.Greater(t, mr.inPlace, uint64(n/10), "the hot run must rewrite in place often")
+			}
 		})
 	}
 }

@@ -34,6 +34,13 @@ type recoveryResult struct {
 // the previous versions, whose slots cannot have been reused (reuse waits
 // for a sync). A MAP that later records supersede is not checked: its slot
 // may legitimately hold newer data.
+//
+// An in-place MAP (RecordInPlace) that fails the check is voided alone, and
+// the check moves on to the record before it for the same slot: it was
+// journaled before its data write, so after a process crash its failure
+// means that write never happened while later records (other blocks'
+// acknowledged writes) are sound; after a power cut, no sync can have
+// completed since it, so nothing after it was promised either way.
 func (c *Cache) recover() (recoveryResult, error) {
 	sb := &c.sb
 	var res recoveryResult
@@ -45,18 +52,20 @@ func (c *Cache) recover() (recoveryResult, error) {
 	if err != nil {
 		return res, err
 	}
-	n, err := c.validPrefix(recs)
+	n, void, err := c.validPrefix(recs)
 	if err != nil {
 		return res, err
 	}
-	res.dropped = len(recs) - n
-	res.records = n
+	res.dropped = len(recs) - n + len(void)
+	res.records = n - len(void)
 	t := &c.mu.t
 	if f := traceRecovery.Load(); f != nil {
 		(*f)(c, recs, n)
 	}
-	for _, r := range recs[:n] {
-		applyRecord(t, r)
+	for i, r := range recs[:n] {
+		if !void[i] {
+			applyRecord(t, r)
+		}
 	}
 	// A fuzzy checkpoint can name two slots for one LBA; the journal decides
 	// which one the index keeps. Free every slot the index does not point to.
@@ -186,20 +195,21 @@ func (c *Cache) readJournal() ([]layout.Record, uint64, int, uint64, error) {
 	return recs, lsn, max(prev, 0), inc, nil
 }
 
-// validPrefix returns how many records form the recoverable log (see
-// recover).
-func (c *Cache) validPrefix(recs []layout.Record) (int, error) {
+// validPrefix returns how many records form the recoverable log, and the
+// in-place MAP records in it that are void (see recover).
+func (c *Cache) validPrefix(recs []layout.Record) (int, map[int]bool, error) {
 	n := len(recs)
+	void := make(map[int]bool)
 	checked := make(map[int]bool) // record index -> data matches
 	buf := device.AlignedBuffer(BlockSize)
 	for {
 		bad := -1
-		for _, i := range liveMaps(recs[:n]) {
+		for _, i := range liveMaps(recs[:n], void) {
 			ok, seen := checked[i]
 			if !seen {
 				r := recs[i]
 				if _, err := c.ssd.ReadAt(buf, c.g.SlotOffset(uint64(r.Slot))); err != nil {
-					return 0, fmt.Errorf("verifying replayed slot %d: %w", r.Slot, err)
+					return 0, nil, fmt.Errorf("verifying replayed slot %d: %w", r.Slot, err)
 				}
 				ok = layout.DataCRC(buf) == r.CRC
 				checked[i] = ok
@@ -208,16 +218,28 @@ func (c *Cache) validPrefix(recs []layout.Record) (int, error) {
 				bad = i
 			}
 		}
-		if bad < 0 {
-			return n, nil
+		switch {
+		case bad < 0:
+			for i := range void {
+				if i >= n {
+					delete(void, i)
+				}
+			}
+			return n, void, nil
+		case recs[bad].Flags&layout.RecordInPlace != 0:
+			// Its data write never happened (or was lost with power):
+			// the record before it for this slot stands, to be checked
+			// in turn.
+			void[bad] = true
+		default:
+			n = bad
 		}
-		n = bad
 	}
 }
 
-// liveMaps returns the indexes of MAP records whose mapping no later record
-// in recs undoes.
-func liveMaps(recs []layout.Record) []int {
+// liveMaps returns the indexes of MAP records, other than void ones, whose
+// mapping no later record in recs undoes.
+func liveMaps(recs []layout.Record, void map[int]bool) []int {
 	type slotLBA struct {
 		s   uint32
 		lba uint64
@@ -228,6 +250,9 @@ func liveMaps(recs []layout.Record) []int {
 	var live []int
 	for i := len(recs) - 1; i >= 0; i-- {
 		r := recs[i]
+		if void[i] {
+			continue
+		}
 		switch r.Type {
 		case layout.RecMap:
 			if !slots[r.Slot] && !lbas[r.LBA] && !freed[slotLBA{r.Slot, r.LBA}] {

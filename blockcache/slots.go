@@ -10,11 +10,14 @@ const (
 	fRef                       // CLOCK reference bit
 	fFreeing                   // unmapped; free once its record is durable and it is unpinned
 	fFreeOK                    // its unmapping record is durable; free when unpinned
+	fFresh                     // mapped since the last journal sync began (see slotTable.fresh)
+	fWriting                   // being rewritten in place: neither destaged nor cleaned
 )
 
 // slotTable is the in-memory state of every cache slot plus the LBA index.
 // It costs 8+4+1+4 bytes per slot, 8 bytes per slot of index (two uint32
-// buckets) and 4 bytes per slot of free list: 29 bytes in all.
+// buckets), 4 bytes per slot of free list and 1 byte per slot of fresh
+// list: 30 bytes in all.
 // All fields are guarded by Cache.mu.
 type slotTable struct {
 	lba   []uint64
@@ -26,6 +29,15 @@ type slotTable struct {
 	dirty int
 	valid int
 	hand  int // CLOCK hand
+
+	// fresh lists the slots marked fFresh: dirty slots whose MAP record
+	// was appended while the journal's sync generation was freshGen (no
+	// sync covers it yet), so they may be rewritten in place until the
+	// next sync starts. The marks of an older generation are cleared
+	// lazily, when the first slot of a newer one is marked. At most
+	// cap(fresh) slots are marked per generation.
+	fresh    []uint32
+	freshGen uint64
 }
 
 func newSlotTable(n uint64) slotTable {
@@ -36,6 +48,22 @@ func newSlotTable(n uint64) slotTable {
 		since: make([]uint32, n),
 		index: newLBAIndex(n),
 		free:  make([]uint32, 0, n),
+		fresh: make([]uint32, 0, max(n/4, 1)),
+	}
+}
+
+// markFresh marks s, just mapped by a record appended in sync generation
+// gen, as rewritable in place.
+func (t *slotTable) markFresh(s uint32, gen uint64) {
+	if gen > t.freshGen {
+		for _, x := range t.fresh {
+			t.flags[x] &^= fFresh
+		}
+		t.fresh, t.freshGen = t.fresh[:0], gen
+	}
+	if gen == t.freshGen && len(t.fresh) < cap(t.fresh) {
+		t.flags[s] |= fFresh
+		t.fresh = append(t.fresh, s)
 	}
 }
 

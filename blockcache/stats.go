@@ -10,6 +10,7 @@ type counters struct {
 	readBytes, writeBytes            atomic.Uint64
 	readHits, readMisses, promotions atomic.Uint64
 	bypassed, evictions, allocWaits  atomic.Uint64
+	inPlace                          atomic.Uint64
 	destagedBlocks, destageRuns      atomic.Uint64
 	checkpoints, replayed            atomic.Uint64
 	cacheErrors, backingErrors       atomic.Uint64
@@ -30,6 +31,7 @@ type Stats struct {
 
 	Reads          uint64  `json:"reads"`
 	Writes         uint64  `json:"writes"`
+	WritesInPlace  uint64  `json:"writes_in_place"`
 	Syncs          uint64  `json:"syncs"`
 	Discards       uint64  `json:"discards"`
 	ReadBytes      uint64  `json:"read_bytes"`
@@ -79,6 +81,7 @@ func (c *Cache) Stats() Stats {
 	s.ReadBytes, s.WriteBytes = st.readBytes.Load(), st.writeBytes.Load()
 	s.ReadHits, s.ReadMisses, s.Promotions = st.readHits.Load(), st.readMisses.Load(), st.promotions.Load()
 	s.Bypassed, s.Evictions, s.AllocWaits = st.bypassed.Load(), st.evictions.Load(), st.allocWaits.Load()
+	s.WritesInPlace = st.inPlace.Load()
 	s.DestagedBlocks, s.DestageRuns = st.destagedBlocks.Load(), st.destageRuns.Load()
 	s.Checkpoints, s.Replayed = st.checkpoints.Load(), st.replayed.Load()
 	s.CacheErrors, s.BackingErrors = st.cacheErrors.Load(), st.backingErrors.Load()

@@ -77,7 +77,10 @@
 //	 26    6 reserved (zero)
 //	 32  ... up to RecordsPerBlock records, RecordSize bytes each
 //
-// Record (32 bytes): type (1), flags (1: bit 0 = dirty, for MAP), reserved
+// Record (32 bytes): type (1), flags (1, MAP only: bit 0 = dirty, bit 1 =
+// in place: the slot already held LBA and this record was journaled before
+// the new data was written, so if the data does not match, this record
+// alone is void and the mapping before it stands), reserved
 // (2), slot (4), LBA (8), data CRC32C (4), flush epoch (4), reserved (4),
 // chained CRC32C (4): CRC32C of bytes 0-27 continuing from the previous
 // record's chained CRC, or from the header's CRC for record 0.

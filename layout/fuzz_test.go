@@ -124,7 +124,10 @@ func FuzzDecodeJournalBlock(f *testing.F) {
 		require.LessOrEqual(t, h.PrevCount, layout.RecordsPerBlock)
 		for _, r := range recs[1:] {
 			require.Contains(t, []layout.RecordType{layout.RecMap, layout.RecClean, layout.RecFree}, r.Type)
-			require.Zero(t, r.Flags&^layout.RecordDirty)
+			require.Zero(t, r.Flags&^(layout.RecordDirty|layout.RecordInPlace))
+			if r.Type != layout.RecMap {
+				require.Zero(t, r.Flags&layout.RecordInPlace)
+			}
 		}
 		// The header and the valid records re-encode to the same bytes.
 		out := newBlock()

@@ -140,6 +140,8 @@ func sampleRecords(n int) []layout.Record {
 		{layout.RecFree, 0},
 		{layout.RecClean, layout.RecordDirty},
 		{layout.RecFree, layout.RecordDirty},
+		{layout.RecMap, layout.RecordDirty | layout.RecordInPlace},
+		{layout.RecMap, layout.RecordInPlace},
 	}
 	recs := make([]layout.Record, n)
 	for i := range recs {

@@ -28,8 +28,16 @@ func (t RecordType) String() string {
 	return fmt.Sprintf("type(%d)", uint8(t))
 }
 
-// RecordDirty is the MAP flag for a block the backing device does not hold.
-const RecordDirty = 1 << 0
+// MAP record flags.
+const (
+	// RecordDirty marks a block the backing device does not hold.
+	RecordDirty = 1 << 0
+	// RecordInPlace marks a rewrite of the slot that already holds the
+	// block, journaled before its data is written: if the slot's data
+	// does not match, this record alone is void and the one before it
+	// stands.
+	RecordInPlace = 1 << 1
+)
 
 // Record is one metadata change.
 type Record struct {
@@ -149,7 +157,8 @@ func DecodeJournalBlock(b []byte, uuid [16]byte, recs []Record) (JournalHeader, 
 			CRC:   le.Uint32(o[16:]),
 			Epoch: le.Uint32(o[20:]),
 		}
-		if r.Type < RecMap || r.Type > RecFree || r.Flags&^RecordDirty != 0 || o[2] != 0 || o[3] != 0 || !allZero(o[24:recordCRCOff]) {
+		if r.Type < RecMap || r.Type > RecFree || r.Flags&^(RecordDirty|RecordInPlace) != 0 || (r.Type != RecMap && r.Flags&RecordInPlace != 0) ||
+			o[2] != 0 || o[3] != 0 || !allZero(o[24:recordCRCOff]) {
 			return JournalHeader{}, recs[:n], fmt.Errorf("journal block %d record %d: %v flags %#x: %w", h.LSN, i, r.Type, r.Flags, ErrCorrupt)
 		}
 		recs = append(recs, r)

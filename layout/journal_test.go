@@ -134,6 +134,7 @@ func TestJournalEveryRecordKind(t *testing.T) {
 		{layout.RecMap, 0}, {layout.RecMap, layout.RecordDirty},
 		{layout.RecClean, 0}, {layout.RecClean, layout.RecordDirty},
 		{layout.RecFree, 0}, {layout.RecFree, layout.RecordDirty},
+		{layout.RecMap, layout.RecordInPlace}, {layout.RecMap, layout.RecordDirty | layout.RecordInPlace},
 	}
 	for _, k := range kinds {
 		r := layout.Record{Type: k.typ, Flags: k.flags, Slot: 9, LBA: 10, CRC: 11, Epoch: 12}
@@ -240,7 +241,9 @@ func TestJournalFieldChecks(t *testing.T) {
 		"type 0 first":    func(b []byte) { b[rec(0, 0)] = 0 },
 		"type 4 last":     func(b []byte) { b[rec(9, 0)] = 4 },
 		"type 255":        func(b []byte) { b[rec(5, 0)] = 255 },
-		"flag 2":          func(b []byte) { b[rec(3, 1)] = 2 },
+		"flag 4":          func(b []byte) { b[rec(3, 1)] = 4 },
+		"in place CLEAN":  func(b []byte) { b[rec(2, 1)] = layout.RecordInPlace },
+		"in place FREE":   func(b []byte) { b[rec(3, 1)] = layout.RecordInPlace },
 		"flag 0x80":       func(b []byte) { b[rec(9, 1)] = 0x80 },
 		"rec reserved":    func(b []byte) { b[rec(2, 2)] = 1 },
 		"rec reserved 2":  func(b []byte) { b[rec(4, 25)] = 1 },

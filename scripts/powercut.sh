@@ -27,10 +27,11 @@
 #   -s SEED        base seed (default: time based, printed)
 #   --race         build the test binary with -race (slower, ~10x)
 #   --quick        2 rounds of 300 cycles (CI smoke)
-#   --run REGEX    test to run (default ^TestModelCrashRecovery$)
+#   --run REGEX    tests to run (default ^TestModelCrashRecovery(Hot)?$: both the
+#                  spread-out and the hot, rewrite-in-place mix)
 #   --timeout DUR  per round (default 30m)
 # Reproduce a failure: WBC_MODEL_SEED=<base> WBC_MODEL_CYCLES=<cycles> \
-#   go test ./blockcache -run '^TestModelCrashRecovery$' -v
+#   go test ./blockcache -run '^TestModelCrashRecovery(Hot)?$' -v
 # Exit status: 0 when every round passed, 1 otherwise.
 set -uo pipefail
 # shellcheck source=scripts/lib.sh
@@ -41,7 +42,7 @@ usage() {
 	exit "${1:-2}"
 }
 
-rounds= cycles= seed= race=0 quick=0 run='^TestModelCrashRecovery$' tmo=30m
+rounds= cycles= seed= race=0 quick=0 run='^TestModelCrashRecovery(Hot)?$' tmo=30m
 while [ $# -gt 0 ]; do
 	case $1 in
 	-n) rounds=$2; shift 2 ;;

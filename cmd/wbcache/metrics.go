@@ -88,6 +88,7 @@ func formatMetrics(s *Status) []byte {
 	metric("wbcache_size_bytes", "gauge", "Size of the virtual disk.", i(s.SizeBytes))
 	metric("wbcache_reads_total", "counter", "Read requests.", u(s.Reads))
 	metric("wbcache_writes_total", "counter", "Write requests.", u(s.Writes))
+	metric("wbcache_writes_in_place_total", "counter", "Block writes that rewrote a dirty block in its own slot.", u(s.WritesInPlace))
 	metric("wbcache_read_bytes_total", "counter", "Bytes read.", u(s.ReadBytes))
 	metric("wbcache_written_bytes_total", "counter", "Bytes written.", u(s.WriteBytes))
 	metric("wbcache_syncs_total", "counter", "fsync/fdatasync requests.", u(s.Syncs))

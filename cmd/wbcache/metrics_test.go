@@ -75,7 +75,7 @@ func TestMetrics(t *testing.T) {
 		require.Equal(t, dto.MetricType_COUNTER, fams[name].GetType(), name)
 	}
 	for _, name := range []string{
-		"wbcache_reads_total", "wbcache_writes_total", "wbcache_read_hits_total", "wbcache_read_misses_total",
+		"wbcache_reads_total", "wbcache_writes_total", "wbcache_writes_in_place_total", "wbcache_read_hits_total", "wbcache_read_misses_total",
 		"wbcache_bypassed_total", "wbcache_destaged_bytes_total", "wbcache_destage_runs_total",
 		"wbcache_journal_commits_total", "wbcache_checkpoints_total", "wbcache_errors_total",
 		"wbcache_syncs_total", "wbcache_discards_total", "wbcache_journal_records_total",

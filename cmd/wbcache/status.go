@@ -100,8 +100,8 @@ func printStatus(w io.Writer, s *Status) {
 	fmt.Fprintf(w, "  dirty:      %s not yet on the backing device; oldest %s\n", formatSize(s.DirtyBytes), oldest)
 	fmt.Fprintf(w, "  reads:      %d (%s), hits %d, misses %d, hit ratio %.1f%%, promoted %d\n",
 		s.Reads, formatSize(int64(s.ReadBytes)), s.ReadHits, s.ReadMisses, 100*s.HitRatio, s.Promotions)
-	fmt.Fprintf(w, "  writes:     %d (%s), bypassed %d, syncs %d, discards %d\n",
-		s.Writes, formatSize(int64(s.WriteBytes)), s.Bypassed, s.Syncs, s.Discards)
+	fmt.Fprintf(w, "  writes:     %d (%s), in place %d, bypassed %d, syncs %d, discards %d\n",
+		s.Writes, formatSize(int64(s.WriteBytes)), s.WritesInPlace, s.Bypassed, s.Syncs, s.Discards)
 	fmt.Fprintf(w, "  destage:    %s in %d runs, now %s/s, errors %d\n",
 		formatSize(int64(s.DestagedBytes)), s.DestageRuns, formatSize(int64(s.DestageRate)), s.DestageErrors)
 	if s.DestageLastError != "" {
