@@ -21,6 +21,30 @@ func memCache(t *testing.T) (*device.Mem, *device.Mem, *Cache) {
 	return ssd, hdd, c
 }
 
+// fileCache formats and opens a cache on new files (O_DIRECT with direct).
+func fileCache(t *testing.T, direct bool) (*Cache, string, string) {
+	dir := t.TempDir()
+	ssdPath, hddPath := filepath.Join(dir, "ssd"), filepath.Join(dir, "hdd")
+	require.NoError(t, device.Create(ssdPath, 16<<20))
+	require.NoError(t, device.Create(hddPath, 64<<20))
+	ssd, hdd := openFiles(t, ssdPath, hddPath, direct)
+	require.NoError(t, Format(ssd, hdd, FormatOptions{}))
+	c, err := Open(ssd, hdd, Options{CheckpointInterval: -1, NoBackgroundBackingSync: true})
+	require.NoError(t, err)
+	return c, ssdPath, hddPath
+}
+
+// openFiles opens a cache and a backing file, closed when the test ends.
+func openFiles(t *testing.T, ssdPath, hddPath string, direct bool) (*device.File, *device.File) {
+	ssd, err := device.Open(ssdPath, device.Options{Direct: direct})
+	require.NoError(t, err)
+	t.Cleanup(func() { ssd.Close() })
+	hdd, err := device.Open(hddPath, device.Options{Direct: direct})
+	require.NoError(t, err)
+	t.Cleanup(func() { hdd.Close() })
+	return ssd, hdd
+}
+
 func pattern(lba int) []byte { return bytes.Repeat([]byte{byte(lba*7 + 1)}, BlockSize) }
 
 // TestJournalTornBlockEndsReplay: when a block lost records at its end (a
@@ -78,19 +102,7 @@ func TestJournalTornBlockEndsReplay(t *testing.T) {
 // any other opener, so kept if the process dies) as soon as the write that
 // made it returns, with no sync and no close.
 func TestJournalMappedOnFile(t *testing.T) {
-	dir := t.TempDir()
-	ssdPath, hddPath := filepath.Join(dir, "ssd"), filepath.Join(dir, "hdd")
-	require.NoError(t, device.Create(ssdPath, 16<<20))
-	require.NoError(t, device.Create(hddPath, 64<<20))
-	ssd, err := device.Open(ssdPath, device.Options{})
-	require.NoError(t, err)
-	defer ssd.Close()
-	hdd, err := device.Open(hddPath, device.Options{})
-	require.NoError(t, err)
-	defer hdd.Close()
-	require.NoError(t, Format(ssd, hdd, FormatOptions{}))
-	c, err := Open(ssd, hdd, Options{CheckpointInterval: -1, NoBackgroundBackingSync: true})
-	require.NoError(t, err)
+	c, ssdPath, hddPath := fileCache(t, false)
 	defer c.Close()
 	require.Equal(t, "*device.mapRegion", typeName(c.j.reg), "a buffered cache file must get a mapped journal")
 
@@ -116,12 +128,7 @@ func TestJournalMappedOnFile(t *testing.T) {
 
 	// A cache opened from a second handle of the same file (what a
 	// restarted process sees) recovers every write, with no sync done.
-	ssd2, err := device.Open(ssdPath, device.Options{})
-	require.NoError(t, err)
-	defer ssd2.Close()
-	hdd2, err := device.Open(hddPath, device.Options{})
-	require.NoError(t, err)
-	defer hdd2.Close()
+	ssd2, hdd2 := openFiles(t, ssdPath, hddPath, false)
 	c2, err := Open(ssd2, hdd2, Options{CheckpointInterval: -1, NoBackgroundBackingSync: true})
 	require.NoError(t, err)
 	defer c2.Close()
@@ -136,23 +143,11 @@ func TestJournalMappedOnFile(t *testing.T) {
 // TestJournalDirectFileWrites: a cache file opened O_DIRECT cannot share
 // a mapping coherently, so its journal writes through WriteAt.
 func TestJournalDirectFileWrites(t *testing.T) {
-	dir := t.TempDir()
-	ssdPath, hddPath := filepath.Join(dir, "ssd"), filepath.Join(dir, "hdd")
-	require.NoError(t, device.Create(ssdPath, 16<<20))
-	require.NoError(t, device.Create(hddPath, 64<<20))
-	ssd, err := device.Open(ssdPath, device.Options{Direct: true})
-	require.NoError(t, err)
-	defer ssd.Close()
-	hdd, err := device.Open(hddPath, device.Options{Direct: true})
-	require.NoError(t, err)
-	defer hdd.Close()
-	require.NoError(t, Format(ssd, hdd, FormatOptions{}))
-	c, err := Open(ssd, hdd, Options{CheckpointInterval: -1, NoBackgroundBackingSync: true})
-	require.NoError(t, err)
+	c, _, _ := fileCache(t, true)
 	require.NotEqual(t, "*device.mapRegion", typeName(c.j.reg))
 	b := device.AlignedBuffer(BlockSize)
 	copy(b, pattern(3))
-	_, err = c.WriteAt(b, 3*BlockSize)
+	_, err := c.WriteAt(b, 3*BlockSize)
 	require.NoError(t, err)
 	require.NoError(t, c.Close())
 }
