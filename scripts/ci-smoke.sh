@@ -4,6 +4,7 @@
 #   crashtest-ext4.sh --quick -n 2
 #   powercut.sh --quick                       (2 x 4 seeds x 300 cycles)
 #   bench.sh --quick                          (every target and job, 1 s each)
+#   ceiling-ab.sh -n 1 --runtime 1            (one alternating round)
 # Exits non-zero if any of them fails. Needs root, /dev/fuse, fio, losetup,
 # mkfs.ext4 and the cgroup v1 blkio controller; without root or /dev/fuse
 # it runs only the power-cut harness (which needs neither) and says so.
@@ -54,6 +55,11 @@ if [ "$full" = 1 ]; then
 		step bench scripts/bench.sh --quick --out "${WBC_SMOKE_OUT:-$WORK/bench}"
 	else
 		warn "no cgroup v1 blkio controller at $WBC_CGROOT: SKIPPING bench"
+	fi
+	if [ -f "${FUSECEILING_SRC:-../shared/bench/fuseceiling}/main.go" ]; then
+		step ceiling-ab scripts/ceiling-ab.sh -n 1 --runtime 1
+	else
+		warn "no fuseceiling source (FUSECEILING_SRC): SKIPPING ceiling-ab"
 	fi
 fi
 

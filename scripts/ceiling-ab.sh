@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# scripts/ceiling-ab.sh: wbcache writeback against the FUSE ceiling
+# (../shared/bench/fuseceiling), measured alternately in one run, for the
+# 4 KiB random-write QD32 target: each round runs the same fio job against
+# the ceiling, then against each wbcache build on a freshly formatted cache
+# (so every round pays the same cold-cache costs), and the script prints
+# every round and the medians, as IOPS and as a share of the ceiling.
+#
+# The backing device is a plain sparse file (what is measured is the
+# write path into the cache, which never waits for the HDD here), the
+# ceiling serves a sparse file of its own, both under WBC_TMP.
+#
+# Usage: scripts/ceiling-ab.sh [options] [NAME=WBCACHE_BINARY ...]
+#   -n ROUNDS          rounds (default 5)
+#   --runtime SECS     seconds per fio run (default 6)
+#   --cache-size SIZE  wbcache cache size (default 512M)
+#   --region SIZE      fio region at offset 0 (default 128M)
+#   --qd N             iodepth (default 32)
+#   --format-args ARGS extra `wbcache format` arguments (e.g. "--journal 8M")
+# Without NAME=BINARY arguments it builds this tree's wbcache ("head").
+# Environment: FUSECEILING_SRC (default REPO/../shared/bench/fuseceiling),
+# WBC_TMP (default /var/tmp).
+# Exit status: 0 if every run completed, 1 otherwise.
+set -uo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
+
+usage() {
+	sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+	exit "${1:-2}"
+}
+
+rounds=5 runtime=6 csize=512M region=128M qd=32 fargs='' builds=()
+while [ $# -gt 0 ]; do
+	case $1 in
+	-n) rounds=$2; shift 2 ;;
+	--runtime) runtime=$2; shift 2 ;;
+	--cache-size) csize=$2; shift 2 ;;
+	--region) region=$2; shift 2 ;;
+	--qd) qd=$2; shift 2 ;;
+	--format-args) fargs=$2; shift 2 ;;
+	-h | --help) usage 0 ;;
+	-*) echo "unknown option: $1" >&2; usage ;;
+	*=*) builds+=("$1"); shift ;;
+	*) echo "expected NAME=BINARY, got: $1" >&2; usage ;;
+	esac
+done
+
+need_root
+need_tools fio fusermount3 go python3
+wbc_install_traps
+mk_workdir wbc-ab
+if [ ${#builds[@]} -eq 0 ]; then
+	wbc_build "$WORK/bin"
+	builds=("head=$WBCACHE")
+fi
+CEIL_SRC=${FUSECEILING_SRC:-$WBC_REPO/../shared/bench/fuseceiling}
+[ -f "$CEIL_SRC/main.go" ] || die "fuseceiling source not found in $CEIL_SRC (set FUSECEILING_SRC)"
+(cd "$CEIL_SRC" && go build -o "$WORK/fuseceiling" .) || die "building fuseceiling failed"
+
+truncate -s 4G "$WORK/ceiling.img" "$WORK/backing.img"
+mkdir -p "$WORK/ceil" "$WORK/mnt"
+"$WORK/fuseceiling" "$WORK/ceil" "$WORK/ceiling.img" >"$WORK/ceiling.log" 2>&1 &
+track_pid $!
+track_fuse "$WORK/ceil"
+for ((i = 0; i < 100; i++)); do
+	[ -e "$WORK/ceil/disk" ] && break
+	sleep 0.05
+done
+[ -e "$WORK/ceil/disk" ] || die "fuseceiling did not mount"
+
+# run_fio FILE: print the write IOPS of one run (empty on failure).
+run_fio() {
+	fio --name=ab --filename="$1" --direct=1 --rw=randwrite --bs=4k --ioengine=libaio \
+		--iodepth="$qd" --offset=0 --size="$region" --runtime="$runtime" --time_based \
+		--randrepeat=0 --output-format=json 2>>"$WORK/fio.err" |
+		python3 -c 'import json, sys; print(int(json.load(sys.stdin)["jobs"][0]["write"]["iops"]))' 2>/dev/null
+}
+
+declare -A res=()
+names=(ceiling)
+failed=0
+for b in "${builds[@]}"; do names+=("${b%%=*}"); done
+log "ceiling-ab: $rounds rounds, randwrite 4k QD$qd over $region for ${runtime}s; cache $csize ${fargs:+($fargs)}"
+for ((r = 1; r <= rounds; r++)); do
+	v=$(run_fio "$WORK/ceil/disk")
+	[ -n "$v" ] || { warn "fio against the ceiling failed"; failed=1; }
+	res[ceiling]+=" ${v:-0}"
+	line="round $r: ceiling ${v:-fail}"
+	for b in "${builds[@]}"; do
+		name=${b%%=*} WBCACHE=${b#*=}
+		rm -f "$WORK/cache.img"
+		# shellcheck disable=SC2086 # format args are words
+		wbc_format "$WORK/cache.img" "$WORK/backing.img" "$csize" $fargs >/dev/null || die "$name: format failed"
+		wbc_mount_ready "$WORK/mnt" "$WORK/cache.img" "$WORK/backing.img" "$WORK/$name.log" || die "$name: mount failed"
+		v=$(run_fio "$WORK/mnt/disk")
+		[ -n "$v" ] || { warn "fio against $name failed"; failed=1; }
+		wbc_stop "$WBC_DPID" "$WORK/mnt" >/dev/null || warn "$name: unclean stop"
+		res[$name]+=" ${v:-0}"
+		line+=", $name ${v:-fail}"
+	done
+	log "$line"
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+ceil=$(echo "${res[ceiling]}" | median)
+echo
+echo "| target | IOPS per round | median | of ceiling |"
+echo "|---|---|--:|--:|"
+for n in "${names[@]}"; do
+	m=$(echo "${res[$n]}" | median)
+	pct=$(awk -v a="$m" -v b="$ceil" 'BEGIN { if (b > 0) printf "%.0f%%", 100 * a / b; else print "-" }')
+	echo "| $n |${res[$n]} | $m | $pct |"
+done
+exit $failed
