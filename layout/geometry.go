@@ -26,9 +26,14 @@ const MinJournalBlocks = 16
 const maxBlocks = math.MaxInt64 / BlockSize
 
 // DefaultJournalBlocks picks a journal size for a device of the given size:
-// about 1/256 of the device, between 256 blocks (1 MiB) and 32768 (128 MiB).
+// 1/256 of the device, or 1/64 of it up to 2048 blocks (8 MiB) when that
+// is more, between 256 blocks (1 MiB) and 32768 (128 MiB). Small caches
+// get the larger share because every write journals a record: a 2 MiB
+// journal in front of a 512 MiB cache filled up (and forced a checkpoint
+// and two syncs) about every 0.4 s under random writes at QD32.
 func DefaultJournalBlocks(deviceBytes int64) uint64 {
-	j := uint64(deviceBytes) / BlockSize / 256
+	blocks := uint64(deviceBytes) / BlockSize
+	j := max(blocks/256, min(blocks/64, 2048))
 	return min(max(j, 256), 32768)
 }
 

@@ -28,7 +28,7 @@ func runFormat(args []string, out io.Writer) error {
 	backingPath := f.String("backing", "", "backing device `PATH` (HDD file or block device)")
 	var cacheSize, journal sizeFlag
 	f.Var(&cacheSize, "cache-size", "create the cache file with this `SIZE` if it does not exist")
-	f.Var(&journal, "journal", "metadata journal `SIZE` (default: 1/256 of the cache, 1M to 128M)")
+	f.Var(&journal, "journal", "metadata journal `SIZE` (default: 1/256 of the cache, or 1/64 up to 8M when more; 1M to 128M)")
 	force := f.Bool("force", false, "overwrite an existing cache, losing its contents")
 	pos, err := f.parse(args)
 	if err != nil {
