@@ -2,6 +2,7 @@ package blockcache
 
 import (
 	"fmt"
+	"sync"
 	"sync/atomic"
 
 	"github.com/wbcache/wbcache/device"
@@ -201,20 +202,14 @@ func (c *Cache) validPrefix(recs []layout.Record) (int, map[int]bool, error) {
 	n := len(recs)
 	void := make(map[int]bool)
 	checked := make(map[int]bool) // record index -> data matches
-	buf := device.AlignedBuffer(BlockSize)
 	for {
+		live := liveMaps(recs[:n], void)
+		if err := c.checkSlots(recs, live, checked); err != nil {
+			return 0, nil, err
+		}
 		bad := -1
-		for _, i := range liveMaps(recs[:n], void) {
-			ok, seen := checked[i]
-			if !seen {
-				r := recs[i]
-				if _, err := c.ssd.ReadAt(buf, c.g.SlotOffset(uint64(r.Slot))); err != nil {
-					return 0, nil, fmt.Errorf("verifying replayed slot %d: %w", r.Slot, err)
-				}
-				ok = layout.DataCRC(buf) == r.CRC
-				checked[i] = ok
-			}
-			if !ok && (bad < 0 || i < bad) {
+		for _, i := range live {
+			if !checked[i] && (bad < 0 || i < bad) {
 				bad = i
 			}
 		}
@@ -235,6 +230,47 @@ func (c *Cache) validPrefix(recs []layout.Record) (int, map[int]bool, error) {
 			n = bad
 		}
 	}
+}
+
+// checkSlots records in checked, for each MAP record of recs named by idx
+// that is not there yet, whether its slot's data matches its CRC. The
+// reads run in parallel: after a power cut the slots are not in the page
+// cache, and one read at a time would leave a solid-state device idle.
+func (c *Cache) checkSlots(recs []layout.Record, idx []int, checked map[int]bool) error {
+	var todo []int
+	for _, i := range idx {
+		if _, seen := checked[i]; !seen {
+			todo = append(todo, i)
+		}
+	}
+	ok := make([]bool, len(todo))
+	errs := make([]error, len(todo))
+	workers := min(len(todo), 16)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := device.AlignedBuffer(BlockSize)
+			for k := int(next.Add(1) - 1); k < len(todo); k = int(next.Add(1) - 1) {
+				r := recs[todo[k]]
+				if _, err := c.ssd.ReadAt(buf, c.g.SlotOffset(uint64(r.Slot))); err != nil {
+					errs[k] = fmt.Errorf("verifying replayed slot %d: %w", r.Slot, err)
+					continue
+				}
+				ok[k] = layout.DataCRC(buf) == r.CRC
+			}
+		}()
+	}
+	wg.Wait()
+	for k, i := range todo {
+		if errs[k] != nil {
+			return errs[k]
+		}
+		checked[i] = ok[k]
+	}
+	return nil
 }
 
 // liveMaps returns the indexes of MAP records, other than void ones, whose
