@@ -120,7 +120,9 @@ type modelRun struct {
 	t      testing.TB
 	rng    *rand.Rand
 	blocks int
-	r      *rig
+	r      *device.CrashRig
+	ssd    *device.Mem // the live devices the rig watches
+	hdd    *device.Mem
 	c      *Cache
 	m      *model
 	tag    uint64
@@ -185,8 +187,9 @@ func newModelRun(t testing.TB, seed uint64) *modelRun {
 }
 
 func (mr *modelRun) open(ssd, hdd *device.Mem) {
-	mr.r = newRig(ssd, hdd)
-	c, err := Open(mr.r.dev(ssd), mr.r.dev(hdd), Options{CheckpointInterval: -1, ReserveFree: 2})
+	mr.ssd, mr.hdd = ssd, hdd
+	mr.r = device.NewCrashRig(ssd, hdd)
+	c, err := Open(mr.r.Dev(ssd), mr.r.Dev(hdd), Options{CheckpointInterval: -1, ReserveFree: 2})
 	require.NoError(mr.t, err)
 	mr.c = c
 }
@@ -195,8 +198,8 @@ func (mr *modelRun) open(ssd, hdd *device.Mem) {
 // goroutines wind down without touching the snapshot.
 func (mr *modelRun) kill() {
 	mr.inPlace += mr.c.stats.inPlace.Load()
-	mr.r.ssd.Close()
-	mr.r.hdd.Close()
+	mr.ssd.Close()
+	mr.hdd.Close()
 	mr.c.Close()
 }
 
@@ -334,19 +337,19 @@ func (mr *modelRun) cycle() {
 		// Longer cycles: several rewrites of a hot block between syncs.
 		armAt, maxOps = 160, 32
 	}
-	mr.r.arm(1+mr.rng.Int64N(armAt), power, rand.New(rand.NewPCG(mr.rng.Uint64(), 1)), func() { mr.m.snap(power) })
+	mr.r.Arm(1+mr.rng.Int64N(armAt), power, rand.New(rand.NewPCG(mr.rng.Uint64(), 1)), func() { mr.m.snap(power) })
 	nops := 1 + mr.rng.IntN(maxOps)
-	for i := 0; i < nops && !mr.r.snapped.Load(); i++ {
+	for i := 0; i < nops && !mr.r.Snapped(); i++ {
 		mr.step()
-		if !mr.r.snapped.Load() {
+		if !mr.r.Snapped() {
 			mr.checkClean("step")
 		}
 	}
-	mr.r.snapNow()
+	mr.r.Take()
 	mr.c.j.mu.Lock()
 	mr.log = append(mr.log, fmt.Sprintf("CRASH(open %d tail %d written %d appended %d)", mr.c.j.openLSN, mr.c.j.tail, mr.c.j.writtenSeq, mr.c.j.appendSeq))
 	mr.c.j.mu.Unlock()
-	ssd, hdd := mr.r.snapSSD, mr.r.snapHDD
+	ssd, hdd := mr.r.Images()
 	mr.kill()
 	mr.keepSSD, mr.keepHDD = ssd.CrashProcess(), hdd.CrashProcess()
 	mr.open(ssd, hdd)
@@ -474,7 +477,7 @@ func sectorsFrom(b []byte, allowed [][]byte, tear bool) bool {
 // device's durable content (what a power cut would keep).
 func (mr *modelRun) checkClean(what string) {
 	c := mr.c
-	durable := mr.r.hdd.PowerCut(rand.New(rand.NewPCG(1, 1)))
+	durable := mr.hdd.PowerCut(rand.New(rand.NewPCG(1, 1)))
 	_ = durable
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -511,8 +514,8 @@ func (mr *modelRun) checkClean(what string) {
 		if f&(fValid|fDirty) != fValid {
 			continue
 		}
-		mr.r.ssd.ReadAt(a, c.g.SlotOffset(uint64(s)))
-		mr.r.hdd.ReadAt(b, int64(t.lba[s])*BlockSize)
+		mr.ssd.ReadAt(a, c.g.SlotOffset(uint64(s)))
+		mr.hdd.ReadAt(b, int64(t.lba[s])*BlockSize)
 		if !bytes.Equal(a, b) {
 			mr.c.mu.Unlock()
 			mr.trace(int(t.lba[s]))

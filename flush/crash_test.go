@@ -3,7 +3,6 @@ package flush
 import (
 	"fmt"
 	"math/rand/v2"
-	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -11,96 +10,6 @@ import (
 	"github.com/wbcache/wbcache/blockcache"
 	"github.com/wbcache/wbcache/device"
 )
-
-// crashRig runs a cache on two in-memory devices and takes the images a
-// crash would leave — of both devices at the same instant — after the Nth
-// mutating operation (write, zero, sync) on either, while the cache goes on
-// running. Operations hold mu shared; the snapshot holds it exclusively.
-type crashRig struct {
-	mu       sync.RWMutex
-	ssd, hdd *device.Mem
-	ops      atomic.Int64
-	trigger  atomic.Int64 // snapshot when ops reaches it; 0 = disarmed
-	power    bool
-	rng      *rand.Rand
-
-	snapped          atomic.Bool
-	snapSSD, snapHDD *device.Mem
-}
-
-func newCrashRig(ssd, hdd *device.Mem) *crashRig { return &crashRig{ssd: ssd, hdd: hdd} }
-
-// arm schedules the crash after n more mutating operations (0: now).
-func (r *crashRig) arm(n int64, power bool, rng *rand.Rand) {
-	r.power, r.rng = power, rng
-	r.snapped.Store(false)
-	if n == 0 {
-		r.take()
-		return
-	}
-	r.trigger.Store(r.ops.Load() + n)
-}
-
-func (r *crashRig) disarm() { r.trigger.Store(0) }
-
-// take snapshots both devices now (once).
-func (r *crashRig) take() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.snapped.Load() {
-		return
-	}
-	if r.power {
-		r.snapSSD, r.snapHDD = r.ssd.PowerCut(r.rng), r.hdd.PowerCut(r.rng)
-	} else {
-		r.snapSSD, r.snapHDD = r.ssd.CrashProcess(), r.hdd.CrashProcess()
-	}
-	r.snapped.Store(true)
-}
-
-func (r *crashRig) mutated() {
-	n := r.ops.Add(1)
-	if t := r.trigger.Load(); t != 0 && n >= t && !r.snapped.Load() {
-		r.take()
-	}
-}
-
-func (r *crashRig) dev(m *device.Mem) device.Device { return &rigDev{Device: m, r: r} }
-
-type rigDev struct {
-	device.Device
-	r *crashRig
-}
-
-func (d *rigDev) ReadAt(p []byte, off int64) (int, error) {
-	d.r.mu.RLock()
-	defer d.r.mu.RUnlock()
-	return d.Device.ReadAt(p, off)
-}
-
-func (d *rigDev) WriteAt(p []byte, off int64) (int, error) {
-	d.r.mu.RLock()
-	n, err := d.Device.WriteAt(p, off)
-	d.r.mu.RUnlock()
-	d.r.mutated()
-	return n, err
-}
-
-func (d *rigDev) Zero(off, n int64) error {
-	d.r.mu.RLock()
-	err := d.Device.Zero(off, n)
-	d.r.mu.RUnlock()
-	d.r.mutated()
-	return err
-}
-
-func (d *rigDev) Sync() error {
-	d.r.mu.RLock()
-	err := d.Device.Sync()
-	d.r.mu.RUnlock()
-	d.r.mutated()
-	return err
-}
 
 // crashScenario is a cache image with dirty blocks over a backing device
 // that already holds older versions of some of them.
@@ -144,7 +53,7 @@ func newCrashScenario(t *testing.T) *crashScenario {
 // crashRun is one run of the scenario with a crash armed.
 type crashRun struct {
 	s     *crashScenario
-	rig   *crashRig
+	rig   *device.CrashRig
 	c     *blockcache.Cache
 	ver   *verDev
 	fired bool
@@ -153,9 +62,9 @@ type crashRun struct {
 // start opens copies of the scenario's images under a crash rig.
 func (s *crashScenario) start(t *testing.T) *crashRun {
 	ssd, hdd := s.ssd.CrashProcess(), s.hdd.CrashProcess()
-	rig := newCrashRig(ssd, hdd)
-	ver := newVerDev(t, rig.dev(hdd), nil)
-	c, err := blockcache.Open(rig.dev(ssd), ver, blockcache.Options{CheckpointInterval: -1, ReserveFree: 4})
+	rig := device.NewCrashRig(ssd, hdd)
+	ver := newVerDev(t, rig.Dev(hdd), nil)
+	c, err := blockcache.Open(rig.Dev(ssd), ver, blockcache.Options{CheckpointInterval: -1, ReserveFree: 4})
 	require.NoError(t, err)
 	return &crashRun{s: s, rig: rig, c: c, ver: ver}
 }
@@ -167,14 +76,14 @@ func (s *crashScenario) start(t *testing.T) *crashRun {
 // backing device holds them, the checker having seen no backing write go
 // backwards in either life.
 func (cr *crashRun) finish(t *testing.T, what string) {
-	cr.rig.disarm()
-	cr.fired = cr.rig.snapped.Load()
-	cr.rig.take()
+	cr.rig.Disarm()
+	cr.fired = cr.rig.Snapped()
+	cr.rig.Take()
 	require.NoError(t, cr.c.Close())
 	require.Zero(t, cr.ver.bad.Load(), "%s: backing writes went backwards before the crash", what)
 
 	e := cr.s.e
-	ssd, hdd := cr.rig.snapSSD, cr.rig.snapHDD
+	ssd, hdd := cr.rig.Images()
 	ver := newVerDev(t, hdd, nil)
 	c, err := blockcache.Open(ssd, ver, blockcache.Options{CheckpointInterval: -1, ReserveFree: 4})
 	require.NoError(t, err, what)
@@ -208,7 +117,7 @@ func TestCrashAtEveryOp(t *testing.T) {
 				fired := false
 				for seed := 0; seed < seeds; seed++ {
 					cr := s.start(t)
-					cr.rig.arm(n, power, rand.New(rand.NewPCG(uint64(n), uint64(seed))))
+					cr.rig.Arm(n, power, rand.New(rand.NewPCG(uint64(n), uint64(seed))), nil)
 					d := newDestager(cr.c, s.pol, nil, s.opts)
 					flushAll(t, d)
 					require.Zero(t, d.live.Load())
@@ -241,8 +150,7 @@ func TestCrashAtDestageSteps(t *testing.T) {
 					var calls atomic.Int64
 					hit := func() {
 						if calls.Add(1)-1 == int64(k) {
-							cr.rig.power, cr.rig.rng = power, rand.New(rand.NewPCG(uint64(k), 7))
-							cr.rig.take()
+							cr.rig.Arm(0, power, rand.New(rand.NewPCG(uint64(k), 7)), nil)
 						}
 					}
 					o := s.opts
