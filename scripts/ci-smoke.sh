@@ -2,7 +2,7 @@
 # scripts/ci-smoke.sh: a short run of every harness, for CI (a few minutes):
 #   crashtest.sh --quick -n 5 --variant all   (each kill -9 variant once)
 #   crashtest-ext4.sh --quick -n 2
-#   powercut.sh --quick                       (2 x 4 seeds x 300 cycles)
+#   powercut.sh --quick                       (2 rounds x 6 seeds x 300 cycles)
 #   bench.sh --quick                          (every target and job, 1 s each)
 #   ceiling-ab.sh -n 1 --runtime 1            (one alternating round)
 # Exits non-zero if any of them fails. Needs root, /dev/fuse, fio, losetup,

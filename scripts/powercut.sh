@@ -72,7 +72,7 @@ flags=()
 log "powercut: building the blockcache test binary${flags[*]:+ (${flags[*]})}"
 (cd "$WBC_REPO" && go test -c "${flags[@]}" -o "$bin" ./blockcache) || die "go test -c ./blockcache failed"
 
-log "powercut: $rounds rounds x 4 seeds x $cycles cycles, base seed $seed"
+log "powercut: $rounds rounds of $run (4 seeds, and 2 for the hot variant) x $cycles cycles, base seed $seed"
 fails=0 seeds_run=0 cycles_run=0 start=$(now_ns)
 declare -a FAILS=()
 declare -A OPS=()
