@@ -28,9 +28,9 @@ func (c *Cache) DirtyBlocks(dst []DirtyBlock) []DirtyBlock {
 		}
 	}
 	// Records are appended under mu: none of these blocks was mapped by a
-	// record newer than this.
-	seq := c.j.lastSeq()
-	for old := c.snapSeq.Load(); old < seq && !c.snapSeq.CompareAndSwap(old, seq); old = c.snapSeq.Load() {
+	// record newer than this. (Only this writes snapSeq, under mu.)
+	if seq := c.j.lastSeq(); seq > c.snapSeq.Load() {
+		c.snapSeq.Store(seq)
 	}
 	c.mu.Unlock()
 	slices.SortFunc(dst, func(a, b DirtyBlock) int {

@@ -142,7 +142,7 @@ func (c *Cache) freeMapped(lo, hi uint64, dirty bool) error {
 		slots = slots[n:]
 	}
 	if last > 0 {
-		if err := c.j.waitWritten(last); err != nil {
+		if err := c.j.appended(last); err != nil {
 			return c.fail(err)
 		}
 	}

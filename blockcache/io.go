@@ -190,7 +190,7 @@ func (c *Cache) WriteAt(p []byte, off int64) (int, error) {
 		done += n
 	}
 	if last > 0 {
-		if err := c.j.waitWritten(last); err != nil {
+		if err := c.j.appended(last); err != nil {
 			return 0, c.fail(err)
 		}
 	}
@@ -392,7 +392,7 @@ func (c *Cache) rewriteInPlace(lba uint64, blk []byte) (uint64, bool, error) {
 	t.crc[s] = crc
 	t.flags[s] |= fWriting
 	c.mu.Unlock()
-	err := c.j.waitWritten(seq)
+	err := c.j.appended(seq)
 	if err == nil {
 		if _, werr := c.ssd.WriteAt(blk, c.g.SlotOffset(uint64(s))); werr != nil {
 			// The slot may hold a torn mix now: no version in it can be

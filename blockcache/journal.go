@@ -132,7 +132,7 @@ func (j *journal) appendGen(r layout.Record) (uint64, uint64) {
 // append writes a record into the journal region and returns its sequence
 // number. It never blocks on I/O; the caller holds Cache.mu so that the
 // order of records equals the order in which their effects were applied
-// in memory. A failure makes the journal dead: waitWritten reports it.
+// in memory. A failure makes the journal dead: appended reports it.
 func (j *journal) append(r layout.Record) uint64 {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -152,8 +152,7 @@ func (j *journal) appendLocked(r layout.Record) uint64 {
 		j.failLocked(fmt.Errorf("%w: journal ring overflow at block %d (tail %d)", ErrFailed, j.openLSN, j.tail))
 		return seq
 	}
-	from := layout.BlockSize - (layout.RecordsPerBlock-j.openCount)*layout.RecordSize
-	to := from + layout.RecordSize
+	from, to := layout.RecordOffset(j.openCount), layout.RecordOffset(j.openCount+1)
 	if j.openCount == 0 {
 		// A new block is written whole: header, first record, zeros.
 		clear(j.openBuf)
@@ -208,10 +207,11 @@ func (j *journal) sealLocked() {
 	}
 }
 
-// waitWritten returns once record seq is in the cache device's page cache
-// (it survives a process crash), or the error that kept it out. Records
-// are written by append itself, so this never waits.
-func (j *journal) waitWritten(seq uint64) error {
+// appended reports whether record seq made it into the journal region
+// (the cache device's page cache: it survives a process crash): nil if it
+// did, else the error that kept it out. append writes the record itself,
+// so there is nothing to wait for.
+func (j *journal) appended(seq uint64) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.writtenSeq >= seq {

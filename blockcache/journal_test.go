@@ -76,7 +76,7 @@ func TestJournalTornBlockEndsReplay(t *testing.T) {
 			img := ssd.CrashProcess()
 			if tc.cut >= 0 {
 				// Zero record tc.cut of the first block: its chain breaks.
-				off := c.g.JournalOffset(first) + int64(32+tc.cut*layout.RecordSize)
+				off := c.g.JournalOffset(first) + int64(layout.RecordOffset(tc.cut))
 				_, err := img.WriteAt(make([]byte, layout.RecordSize), off)
 				require.NoError(t, err)
 			}

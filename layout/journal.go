@@ -80,6 +80,9 @@ func EncodeJournalHeader(b []byte, uuid [16]byte, h JournalHeader) uint32 {
 	return c
 }
 
+// RecordOffset is the offset of record i in a journal block.
+func RecordOffset(i int) int { return journalHeaderSize + i*RecordSize }
+
 // EncodeJournalRecord writes record i of a journal block into b, chained
 // to chain (the header's checksum for record 0, else the previous record's
 // return value), and returns the checksum that chains record i+1. Records
@@ -90,7 +93,7 @@ func EncodeJournalRecord(b []byte, i int, chain uint32, r Record) uint32 {
 		panic("layout: journal record index out of range")
 	}
 	le := binary.LittleEndian
-	o := b[journalHeaderSize+i*RecordSize : journalHeaderSize+(i+1)*RecordSize]
+	o := b[RecordOffset(i):RecordOffset(i+1)]
 	clear(o)
 	o[0], o[1] = byte(r.Type), r.Flags
 	le.PutUint32(o[4:], r.Slot)
@@ -143,7 +146,7 @@ func DecodeJournalBlock(b []byte, uuid [16]byte, recs []Record) (JournalHeader, 
 	}
 	n := len(recs)
 	for i := 0; i < RecordsPerBlock; i++ {
-		o := b[journalHeaderSize+i*RecordSize : journalHeaderSize+(i+1)*RecordSize]
+		o := b[RecordOffset(i):RecordOffset(i+1)]
 		next := crc32.Update(c, castagnoli, o[:recordCRCOff])
 		if le.Uint32(o[recordCRCOff:]) != next {
 			break
