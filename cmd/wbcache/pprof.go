@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"runtime"
 )
 
 // startPprof serves Go's profiler on the loopback address in
@@ -21,6 +22,11 @@ func startPprof(log *slog.Logger) {
 		log.Warn("WBCACHE_PPROF must be a loopback host:port; profiler not started", "addr", addr)
 		return
 	}
+	// Contended locks and blocking waits are sampled too (the mutex and
+	// block profiles), at rates low enough to leave the daemon's speed
+	// nearly as it is.
+	runtime.SetMutexProfileFraction(100)
+	runtime.SetBlockProfileRate(100_000)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
