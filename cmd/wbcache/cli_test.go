@@ -193,3 +193,12 @@ func TestFormat(t *testing.T) {
 	r = wantCode(t, 1, "check", "--cache", filepath.Join(dir, "missing.img"))
 	require.Contains(t, r.stderr, "does not exist")
 }
+
+// TestServingProcs: the daemon serves with two Go processors per CPU it
+// may use, unless GOMAXPROCS was set in the environment.
+func TestServingProcs(t *testing.T) {
+	require.Equal(t, 4, servingProcs("", 2))
+	require.Equal(t, 16, servingProcs("", 8))
+	require.Equal(t, 2, servingProcs("2", 2), "GOMAXPROCS from the environment is kept")
+	require.Equal(t, 3, servingProcs("3", 3))
+}

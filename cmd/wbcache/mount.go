@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 )
 
@@ -90,7 +91,7 @@ func runMount(args []string, out io.Writer) error {
 	if d.metrics != nil {
 		log.Info("metrics endpoint", "url", "http://"+d.metrics.addr+"/metrics")
 	}
-	log.Info("serving", "disk", d.diskPath(), "control_socket", d.ctl.path)
+	log.Info("serving", "disk", d.diskPath(), "control_socket", d.ctl.path, "gomaxprocs", runtime.GOMAXPROCS(0))
 
 	force := make(chan struct{})
 	select {
