@@ -177,7 +177,7 @@ func TestMemoryPerSlot(t *testing.T) {
 		runtime.ReadMemStats(&before)
 		tab := newSlotTable(g.SlotCount)
 		for s := uint64(0); s < g.SlotCount; s++ {
-			tab.free = append(tab.free, uint32(s))
+			tab.free.add(uint32(s))
 		}
 		runtime.GC()
 		runtime.ReadMemStats(&after)

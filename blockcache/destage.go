@@ -144,7 +144,7 @@ func (c *Cache) completeLocked(blocks []DirtyBlock, written bool) {
 		t.flags[s] &^= fPinned
 		if t.flags[s]&fFreeOK != 0 {
 			t.flags[s] = 0
-			t.free = append(t.free, s)
+			t.free.add(s)
 		}
 		if c.mu.inflight[b.LBA]--; c.mu.inflight[b.LBA] <= 0 {
 			delete(c.mu.inflight, b.LBA)

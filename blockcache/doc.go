@@ -81,6 +81,16 @@
 //
 // # Memory
 //
-// 30 bytes of RAM per slot (slot table 17, index 8, free list 4, list of
-// slots rewritable in place 1), measured by TestMemoryPerSlot.
+// 26.1 bytes of RAM per slot (slot table 17, index 8, list of slots
+// rewritable in place 1, free-slot bitmap 0.13), measured by
+// TestMemoryPerSlot.
+//
+// # Slot allocation
+//
+// Free slots are handed out next-fit (freeSet): ascending from where the
+// last allocation stopped, wrapping around. Writes arriving together land
+// in neighbouring slots, so the cache file's dirty pages form runs and a
+// sync writes them back in few large requests. Under 4 KiB random writes
+// at QD32 on a 512 MiB cache that took the cache device's write requests
+// from 322,893 (7.1 KiB each) to 6,172 (380 KiB each) in a 6 s run.
 package blockcache

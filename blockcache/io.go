@@ -515,7 +515,7 @@ func (c *Cache) allocSlot(wait bool) (uint32, error) {
 	defer c.mu.Unlock()
 	t := &c.mu.t
 	waited := false
-	for len(t.free) == 0 {
+	for t.free.len() == 0 {
 		if err := c.usable(); err != nil {
 			return 0, err
 		}
@@ -530,9 +530,8 @@ func (c *Cache) allocSlot(wait bool) (uint32, error) {
 		c.signalPressure()
 		c.mu.freed.Wait()
 	}
-	s := t.free[len(t.free)-1]
-	t.free = t.free[:len(t.free)-1]
-	if len(t.free) < c.opts.ReserveFree {
+	s, _ := t.free.take()
+	if t.free.len() < c.opts.ReserveFree {
 		c.kickReclaim()
 	}
 	return s, nil
@@ -541,7 +540,7 @@ func (c *Cache) allocSlot(wait bool) (uint32, error) {
 func (c *Cache) putFree(s uint32) {
 	c.mu.Lock()
 	c.mu.t.flags[s] = 0
-	c.mu.t.free = append(c.mu.t.free, s)
+	c.mu.t.free.add(s)
 	c.mu.freed.Broadcast()
 	c.mu.Unlock()
 }
@@ -648,7 +647,7 @@ func (c *Cache) releaseDurable() {
 			continue
 		}
 		t.flags[s] = 0
-		t.free = append(t.free, s)
+		t.free.add(s)
 	}
 	if i > 0 {
 		c.mu.pending = append(c.mu.pending[:0], c.mu.pending[i:]...)

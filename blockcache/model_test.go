@@ -493,12 +493,15 @@ func (mr *modelRun) checkClean(what string) {
 			}
 		}
 	}
-	inFree := map[uint32]bool{}
-	for _, s := range t.free {
-		if inFree[s] || t.flags[s] != 0 {
-			mr.t.Fatalf("after %s: free slot %d listed twice or has flags %x; log %v", what, s, t.flags[s], mr.log)
+	nFree := 0
+	t.free.each(func(s uint32) {
+		nFree++
+		if t.flags[s] != 0 {
+			mr.t.Fatalf("after %s: free slot %d has flags %x; log %v", what, s, t.flags[s], mr.log)
 		}
-		inFree[s] = true
+	})
+	if nFree != t.free.len() {
+		mr.t.Fatalf("after %s: the free set counts %d slots and holds %d; log %v", what, t.free.len(), nFree, mr.log)
 	}
 	for s, f := range t.flags {
 		if f&fValid != 0 {

@@ -64,7 +64,7 @@ func (c *Cache) reclaimer() {
 // for nothing.
 func (c *Cache) reclaim() error {
 	c.mu.Lock()
-	free, pending := len(c.mu.t.free), len(c.mu.pending)
+	free, pending := c.mu.t.free.len(), len(c.mu.pending)
 	c.mu.Unlock()
 	short := c.opts.ReserveFree - free - pending
 	evicted := 0

@@ -83,7 +83,7 @@ func (c *Cache) recover() (recoveryResult, error) {
 		switch {
 		case f&fValid == 0:
 			t.flags[s] = 0
-			t.free = append(t.free, uint32(s))
+			t.free.add(uint32(s))
 		case f&fDirty != 0:
 			t.valid++
 			t.dirty++

@@ -64,7 +64,7 @@ func (c *Cache) Stats() Stats {
 	now := c.tick()
 	c.mu.Lock()
 	t := &c.mu.t
-	s.Used, s.Dirty, s.Free = t.valid, t.dirty, len(t.free)
+	s.Used, s.Dirty, s.Free = t.valid, t.dirty, t.free.len()
 	oldest := now
 	for i, f := range t.flags {
 		if f&(fValid|fDirty) == fValid|fDirty && t.since[i] < oldest {
