@@ -94,6 +94,9 @@ type Cache struct {
 	}
 
 	j *journal
+	// ssdAligned: the cache device takes only aligned buffers, so data
+	// from the caller is copied before it is written there.
+	ssdAligned bool
 
 	ckptMu  sync.Mutex // serialises checkpoints and superblock writes
 	sb      layout.Superblock
@@ -304,6 +307,7 @@ func Open(ssd, hdd device.Device, opts Options) (*Cache, error) {
 		ckptReq: make(chan struct{}, 1), reclaimReq: make(chan struct{}, 1), pressure: make(chan struct{}, 1),
 		stop: make(chan struct{}),
 	}
+	c.ssdAligned = device.NeedsAlignment(ssd)
 	c.mu.freed = sync.NewCond(&c.mu.Mutex)
 	c.promoteAfter.Store(int32(opts.PromoteAfter))
 	c.applySettings(sb.Settings)

@@ -233,14 +233,24 @@ func (c *Cache) writeBlock(lba uint64, inBlock int, data []byte, mode Mode, bypa
 	st := c.stripe(lba)
 	st.Lock()
 	defer st.Unlock()
-	b := getBlock()
-	defer putBlock(b)
-	blk := *b
+	// Under the stripe lock nothing else maps or unmaps lba, so old stays
+	// the slot holding it until this write changes that.
 	c.mu.Lock()
 	old, cached := c.mu.t.lookup(lba)
 	dirty := cached && c.mu.t.flags[old]&fDirty != 0
 	oldCRC := c.mu.t.crc[old]
 	c.mu.Unlock()
+	through := mode == ModeWritethrough && !bypass
+	toCache := !through && (dirty || (!bypass && mode == ModeWriteback))
+	var blk []byte
+	if len(data) == BlockSize && toCache && !c.ssdAligned {
+		// A whole block for the cache alone: write the caller's buffer.
+		blk = data
+	} else {
+		b := getBlock()
+		defer putBlock(b)
+		blk = *b
+	}
 	if len(data) < BlockSize {
 		// Read-modify-write under the block's lock.
 		if cached {
@@ -256,18 +266,20 @@ func (c *Cache) writeBlock(lba uint64, inBlock int, data []byte, mode Mode, bypa
 			return 0, fmt.Errorf("reading backing device at block %d: %w", lba, err)
 		}
 		copy(blk[inBlock:], data)
-	} else {
+	} else if &blk[0] != &data[0] {
 		copy(blk, data)
 	}
 	switch {
-	case mode == ModeWritethrough && !bypass:
+	case through:
 		return c.writeThrough(lba, blk, cached)
-	case dirty || (!bypass && mode == ModeWriteback):
+	case toCache:
 		// A block with a dirty cached version is written back into the
 		// cache whatever the mode: writing the backing device under it
 		// could let a later destage put the older version over the new.
-		if seq, ok, err := c.rewriteInPlace(lba, blk); ok || err != nil {
-			return seq, err
+		if dirty {
+			if seq, ok, err := c.rewriteInPlace(lba, old, blk); ok || err != nil {
+				return seq, err
+			}
 		}
 		return c.cacheBlock(lba, blk, true)
 	}
@@ -370,29 +382,32 @@ func (c *Cache) cacheBlock(lba uint64, blk []byte, dirty bool) (uint64, error) {
 // first of them, and no sync starts while an in-place rewrite is in
 // flight). It reports false, having done nothing, when the slot does not
 // qualify. Caller holds the stripe lock.
-func (c *Cache) rewriteInPlace(lba uint64, blk []byte) (uint64, bool, error) {
+func (c *Cache) rewriteInPlace(lba uint64, s uint32, blk []byte) (uint64, bool, error) {
 	// Reserve journal room first: waiting for room can wait for a
 	// checkpoint's sync, which waits for in-place rewrites to end.
 	if err := c.j.reserve(1); err != nil {
 		return 0, false, c.fail(err)
 	}
-	defer c.j.release(1)
 	crc := layout.DataCRC(blk)
 	c.mu.Lock()
 	t := &c.mu.t
-	s, ok := t.lookup(lba)
-	if !ok || t.flags[s]&(fValid|fDirty|fPinned|fFresh|fWriting) != fValid|fDirty|fFresh || !c.j.claimInPlace(t.freshGen) {
+	if t.lba[s] != lba || t.flags[s]&(fValid|fDirty|fPinned|fFresh|fWriting) != fValid|fDirty|fFresh {
 		c.mu.Unlock()
+		c.j.release(1)
 		return 0, false, nil
 	}
 	// The table takes the new CRC with the record, so a checkpoint that
 	// copies this slot before its replay point has passed the record
 	// names the new version (its sync waits for the data write).
-	seq := c.j.append(layout.Record{Type: layout.RecMap, Flags: layout.RecordDirty | layout.RecordInPlace, Slot: s, LBA: lba, CRC: crc, Epoch: c.epoch.Load()})
+	seq, claimed, err := c.j.appendInPlace(t.freshGen, layout.Record{Type: layout.RecMap, Flags: layout.RecordDirty | layout.RecordInPlace, Slot: s, LBA: lba, CRC: crc, Epoch: c.epoch.Load()})
+	if !claimed {
+		c.mu.Unlock()
+		c.j.release(1)
+		return 0, false, nil
+	}
 	t.crc[s] = crc
 	t.flags[s] |= fWriting
 	c.mu.Unlock()
-	err := c.j.appended(seq)
 	if err == nil {
 		if _, werr := c.ssd.WriteAt(blk, c.g.SlotOffset(uint64(s))); werr != nil {
 			// The slot may hold a torn mix now: no version in it can be
@@ -404,7 +419,7 @@ func (c *Cache) rewriteInPlace(lba uint64, blk []byte) (uint64, bool, error) {
 	c.mu.Lock()
 	t.flags[s] &^= fWriting
 	c.mu.Unlock()
-	c.j.endInPlace()
+	c.j.endInPlace(1)
 	if err != nil {
 		return 0, false, c.fail(err)
 	}

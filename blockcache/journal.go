@@ -173,28 +173,32 @@ func (j *journal) appendLocked(r layout.Record) uint64 {
 	return seq
 }
 
-// claimInPlace reports whether a slot mapped by a record of sync
-// generation gen may be rewritten in place: no sync has started since (so
-// none covers that record) and none is waiting to start. A true result
-// holds off the next sync until endInPlace: the rewrite and its MAP record
-// must both come before any sync that covers the old record, or a power
-// cut could leave that durable record pointing at rewritten data.
-func (j *journal) claimInPlace(gen uint64) bool {
+// appendInPlace appends r, the record of an in-place rewrite of a slot
+// mapped by a record of sync generation gen, if that slot may be rewritten
+// in place: no sync has started since (so none covers that record) and
+// none is waiting to start. If it may (claimed), the next sync is held off
+// until endInPlace: the rewrite and its MAP record must both come before
+// any sync that covers the old record, or a power cut could leave that
+// durable record pointing at rewritten data. err is what kept a claimed
+// record out of the journal region (as appended reports it).
+func (j *journal) appendInPlace(gen uint64, r layout.Record) (seq uint64, claimed bool, err error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.err != nil || j.closed || j.syncStart != gen || j.syncNeed > j.syncStart {
-		return false
+		return 0, false, nil
 	}
 	j.inPlace++
-	return true
+	seq = j.appendLocked(r)
+	return seq, true, j.appendedLocked(seq)
 }
 
-func (j *journal) endInPlace() {
+// endInPlace ends a claimed in-place rewrite and releases the
+// reservation of n records it was appended under.
+func (j *journal) endInPlace(n int) {
 	j.mu.Lock()
 	j.inPlace--
-	if j.inPlace == 0 {
-		j.cond.Broadcast()
-	}
+	j.reserved -= batchBlocks(n)
+	j.cond.Broadcast()
 	j.mu.Unlock()
 }
 
@@ -214,6 +218,10 @@ func (j *journal) sealLocked() {
 func (j *journal) appended(seq uint64) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	return j.appendedLocked(seq)
+}
+
+func (j *journal) appendedLocked(seq uint64) error {
 	if j.writtenSeq >= seq {
 		return nil
 	}

@@ -304,3 +304,34 @@ func TestRewriteInPlaceProcessCrash(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, pattern(3), got, "a write acknowledged after the in-place record survives")
 }
+
+// TestWriteFromCallerBuffer: a whole-block write into a buffered cache file
+// is written straight from the caller's buffer; an O_DIRECT cache file
+// needs an aligned copy. Either way any buffer alignment works, and the
+// caller may reuse its buffer as soon as WriteAt returns.
+func TestWriteFromCallerBuffer(t *testing.T) {
+	for _, direct := range []bool{false, true} {
+		c, _, _ := fileCache(t, direct)
+		require.Equal(t, direct, c.ssdAligned)
+		raw := make([]byte, 2*BlockSize+1)
+		buf := raw[1 : 1+BlockSize] // never 4 KiB aligned
+		for lba := 0; lba < 20; lba++ {
+			copy(buf, pattern(lba))
+			_, err := c.WriteAt(buf, int64(lba)*BlockSize)
+			require.NoError(t, err, "direct=%v", direct)
+			copy(buf, pattern(lba+1000)) // reused at once
+			// Again, so the second write can go in place.
+			copy(buf, pattern(lba))
+			_, err = c.WriteAt(buf, int64(lba)*BlockSize)
+			require.NoError(t, err, "direct=%v", direct)
+			clear(buf)
+		}
+		got := make([]byte, BlockSize)
+		for lba := 0; lba < 20; lba++ {
+			_, err := c.ReadAt(got, int64(lba)*BlockSize)
+			require.NoError(t, err)
+			require.Equal(t, pattern(lba), got, "direct=%v block %d", direct, lba)
+		}
+		require.NoError(t, c.Close())
+	}
+}

@@ -23,3 +23,10 @@ func AlignedBuffer(n int) []byte {
 	}
 	return raw[skip : skip+n : skip+n]
 }
+
+// NeedsAlignment reports whether d takes only buffers aligned as
+// AlignedBuffer makes them (an O_DIRECT file); other devices accept any.
+func NeedsAlignment(d Device) bool {
+	a, ok := d.(interface{ Direct() bool })
+	return ok && a.Direct()
+}

@@ -1,6 +1,11 @@
 package device
 
-import "testing"
+import (
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
 
 func TestAlignedBuffer(t *testing.T) {
 	for _, n := range []int{0, 1, 511, BlockSize, 3*BlockSize + 17, 1 << 20} {
@@ -21,4 +26,16 @@ func TestAlignedBuffer(t *testing.T) {
 		}
 	}()
 	AlignedBuffer(-1)
+}
+
+func TestNeedsAlignment(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "f")
+	require.NoError(t, Create(path, 1<<20))
+	for _, direct := range []bool{false, true} {
+		f, err := Open(path, Options{Direct: direct})
+		require.NoError(t, err)
+		require.Equal(t, direct, NeedsAlignment(f))
+		require.NoError(t, f.Close())
+	}
+	require.False(t, NeedsAlignment(NewMem(1<<20, [16]byte{1})))
 }

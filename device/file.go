@@ -261,6 +261,10 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 
 // WriteAt writes all of p at off, retrying partial writes. A write that
 // makes no progress returns an error wrapping io.ErrUnexpectedEOF.
+// Direct reports whether f was opened O_DIRECT (buffers, offsets and
+// lengths must then be aligned to BlockSize).
+func (f *File) Direct() bool { return f.direct }
+
 func (f *File) WriteAt(p []byte, off int64) (int, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
