@@ -127,6 +127,11 @@ func (c *Cache) checkpointer() {
 		case <-c.stop:
 			return
 		case <-c.ckptReq:
+			// Appends keep asking while a checkpoint runs; once it has
+			// moved the tail, a request left over from then is stale.
+			if !c.j.wantsCheckpoint() {
+				continue
+			}
 		case <-tick:
 			if seq, _, _, _, _ := c.j.stats(); seq == lastSeq {
 				continue

@@ -32,26 +32,27 @@ type journal struct {
 	mu   sync.Mutex
 	cond *sync.Cond
 
-	reserved   uint64 // blocks promised to reservations not appended yet
-	appendSeq  uint64 // last record appended
-	writtenSeq uint64 // last record in the journal region
-	syncedSeq  uint64 // last record durable
-	syncNeed   uint64 // a caller waits for this many completed syncs
-	syncStart  uint64 // syncs started
-	syncDone   uint64 // syncs completed (they run one at a time, in order)
-	syncing    bool   // a sync is in flight
-	inPlace    int    // in-place rewrites in flight (no sync may start)
-	openLSN    uint64 // block that receives the next record
-	openCount  int    // records in it (0: not started, nothing written)
-	prevCount  int    // records in block openLSN-1, for openLSN's header
-	chain      uint32 // chained checksum of the open block's last record
-	openBuf    []byte // the open block as written
-	tail       uint64 // first LSN still needed (replay LSN of the current checkpoint)
-	err        error  // sticky: the journal is dead
-	closed     bool
-	stopping   bool   // no new reservations (the cache is closing)
-	blocks     uint64 // blocks started
-	done       chan struct{}
+	reserved    uint64 // blocks promised to reservations not appended yet
+	roomWaiters int    // reservations waiting for room
+	appendSeq   uint64 // last record appended
+	writtenSeq  uint64 // last record in the journal region
+	syncedSeq   uint64 // last record durable
+	syncNeed    uint64 // a caller waits for this many completed syncs
+	syncStart   uint64 // syncs started
+	syncDone    uint64 // syncs completed (they run one at a time, in order)
+	syncing     bool   // a sync is in flight
+	inPlace     int    // in-place rewrites in flight (no sync may start)
+	openLSN     uint64 // block that receives the next record
+	openCount   int    // records in it (0: not started, nothing written)
+	prevCount   int    // records in block openLSN-1, for openLSN's header
+	chain       uint32 // chained checksum of the open block's last record
+	openBuf     []byte // the open block as written
+	tail        uint64 // first LSN still needed (replay LSN of the current checkpoint)
+	err         error  // sticky: the journal is dead
+	closed      bool
+	stopping    bool   // no new reservations (the cache is closing)
+	blocks      uint64 // blocks started
+	done        chan struct{}
 }
 
 // newJournal continues the journal at block lsn; prevCount is how many
@@ -66,6 +67,14 @@ func newJournal(dev device.Device, g layout.Geometry, uuid [16]byte, inc, lsn ui
 	j.cond = sync.NewCond(&j.mu)
 	go j.run()
 	return j, nil
+}
+
+// wantsCheckpoint reports whether the ring is at least half used or a
+// reservation waits for room: what makes appends ask for a checkpoint.
+func (j *journal) wantsCheckpoint() bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return 2*(j.openLSN-j.tail) >= j.capacity() || j.roomWaiters > 0
 }
 
 // capacity is how many blocks may be between tail and the newest block.
@@ -98,7 +107,9 @@ func (j *journal) reserve(n int) error {
 	}
 	for j.err == nil && !j.closed && !j.stopping && j.usedLocked()+need > j.capacity() {
 		j.kick()
+		j.roomWaiters++
 		j.cond.Wait()
+		j.roomWaiters--
 	}
 	if j.err != nil {
 		return j.err

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -334,4 +335,23 @@ func TestWriteFromCallerBuffer(t *testing.T) {
 		}
 		require.NoError(t, c.Close())
 	}
+}
+
+// TestStaleCheckpointRequest: a checkpoint request found after the journal
+// has room again (appends ask while a checkpoint runs) writes no
+// checkpoint; a ring at least half used does.
+func TestStaleCheckpointRequest(t *testing.T) {
+	_, _, c := memCache(t)
+	defer c.Close()
+	before := c.Stats().Checkpoints
+	c.requestCheckpoint()
+	time.Sleep(50 * time.Millisecond)
+	require.Equal(t, before, c.Stats().Checkpoints, "the ring is nearly empty: the request is stale")
+	// Fill half the ring: the appends ask, and this time it is needed.
+	n := int(c.g.JournalBlocks/2+1) * layout.RecordsPerBlock
+	for i := 0; i < n; i++ {
+		_, err := c.WriteAt(pattern(i%64), int64(i%64)*BlockSize)
+		require.NoError(t, err)
+	}
+	require.Eventually(t, func() bool { return c.Stats().Checkpoints > before }, 10*time.Second, time.Millisecond)
 }
