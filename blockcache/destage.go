@@ -45,6 +45,10 @@ func (c *Cache) DirtyBlocks(dst []DirtyBlock) []DirtyBlock {
 	return dst
 }
 
+// SnapshotDurable reports whether a sync has covered every record up to
+// the newest DirtyBlocks snapshot's, so that Pin will not sync.
+func (c *Cache) SnapshotDurable() bool { return c.j.durable() >= c.snapSeq.Load() }
+
 // Pin claims blocks for destaging and returns those it pinned: each must
 // still be the current dirty version of its LBA, with no other destage of
 // that LBA in flight (so the backing device only ever moves forward) and no

@@ -77,7 +77,15 @@
 //     at most half of the disk's time. If IdleRate is set (MiB/s), the
 //     pause also keeps it under that rate. IdleRate 0 (the default) means
 //     no rate cap beyond the 50 % duty cycle. Old blocks below the low
-//     watermark are written with the same back-off.
+//     watermark are written with the same back-off. A busy batch whose
+//     MAP records no sync has covered yet waits up to 1 s for a sync the
+//     cache makes anyway (a checkpoint, a reclaim, a client's fsync)
+//     before Pin syncs for it: a sync per batch wrote the hot blocks'
+//     pages back over and over and kept them from being rewritten in
+//     place. Under 4 KiB random writes at QD32 over 128 MiB of a 512 MiB
+//     cache, a 6 s run went from 30 cache syncs to 8, in-place rewrites
+//     from 21% to 64% of writes, and the cache device's writes from
+//     2,390 MiB to 963 MiB.
 //   - d ≥ HighWatermark, or Cache.Pressure fired (a writer is blocked
 //     waiting for a free slot; this holds for 1 s), or FlushAll is running:
 //     everything, flat out.

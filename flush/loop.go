@@ -194,6 +194,11 @@ func (l *loop) run() {
 			continue
 		}
 		l.cursor = cands[len(cands)-1].LBA + 1
+		if st.busy && !l.c.SnapshotDurable() {
+			if l.awaitDurable() {
+				return
+			}
+		}
 		start := l.now()
 		pinned, err := l.c.Pin(cands)
 		if err != nil {
@@ -257,6 +262,34 @@ func (l *loop) state() state {
 		st.mode = modeAged
 	}
 	return st
+}
+
+// awaitDurable waits up to syncPatience for a cache sync that covers the
+// latest snapshot's records, so that Pin need not make one: under busy
+// foreground writes the cache syncs for its own checkpoints and reclaims,
+// and a sync forced per batch would write back the hot blocks' pages over
+// and over and stop them being rewritten in place. The wait ends early when
+// the destager must hurry (a FlushAll, writer pressure, the high
+// watermark) or the foreground goes quiet. It reports whether the loop was
+// told to stop.
+func (l *loop) awaitDurable() bool {
+	deadline := l.now().Add(syncPatience)
+	for !l.c.SnapshotDurable() {
+		left := deadline.Sub(l.now())
+		if left <= 0 {
+			return false
+		}
+		if l.wait(min(left, retryPause), true) {
+			return true
+		}
+		if st := l.state(); st.mode != modeNormal && st.mode != modeAged {
+			return false
+		}
+		if !l.foregroundBusy(l.now()) {
+			return false
+		}
+	}
+	return false
 }
 
 // foregroundBusy reports whether foreground reads or writes happened since

@@ -24,6 +24,11 @@ const (
 	// Pressure from a blocked writer keeps the destager at full speed
 	// this long.
 	pressureHold = time.Second
+	// While foreground I/O is busy, a batch whose blocks' records are not
+	// durable yet waits this long for a sync the cache makes anyway (a
+	// checkpoint, a reclaim, a client's fsync) before Pin syncs for it, so
+	// the destager adds at most about one cache sync per this interval.
+	syncPatience = time.Second
 	// A sweep that could pin nothing (blocks being discarded or destaged
 	// by someone else) waits this long before the next one.
 	retryPause = 10 * time.Millisecond

@@ -174,6 +174,8 @@ func TestBusyBackoff(t *testing.T) {
 	for lba := uint64(0); lba < 80; lba += 2 { // 40 one-block runs
 		e.write(lba)
 	}
+	// Durable records: no batch waits for a sync (TestBusyWaitsForSync).
+	require.NoError(t, e.c.Sync())
 	clock.Advance(busyInterval) // wakes the idle loop; the writes count as busy
 	require.Eventually(t, func() bool { return d.Stats().DestagedBlocks == 4 && clock.hasPending(minBusyPause) }, 10*time.Second, time.Millisecond)
 	consistently(t, func() bool { return d.Stats().DestagedBlocks == 4 }, "no pause after a busy batch")
@@ -184,6 +186,40 @@ func TestBusyBackoff(t *testing.T) {
 	require.Eventually(t, func() bool { return e.c.DirtyCount() == 0 }, 10*time.Second, time.Millisecond)
 	d.Stop()
 	e.close()
+}
+
+// TestBusyWaitsForSync: while foreground I/O is busy, a batch whose
+// records are not durable waits for a sync the cache makes anyway rather
+// than forcing one, for up to syncPatience; then it syncs itself.
+func TestBusyWaitsForSync(t *testing.T) {
+	for _, other := range []bool{true, false} {
+		clock := newFakeClock()
+		e := newEnv(t, envConfig{hddBlocks: 128, slots: 100, clock: clock})
+		d := newTestDestager(t, e.c, Policy{LowWatermark: -1, HighWatermark: 100}, clock.options(options{}))
+		d.Start()
+		require.Eventually(t, func() bool { return clock.hasPending(pollInterval) }, 10*time.Second, time.Millisecond)
+		for lba := uint64(0); lba < 80; lba += 2 {
+			e.write(lba)
+		}
+		syncs := e.c.Stats().JournalSyncs
+		clock.Advance(busyInterval) // busy: the writes since the baseline
+		require.Eventually(t, func() bool { return clock.hasPending(retryPause) }, 10*time.Second, time.Millisecond)
+		consistently(t, func() bool {
+			return d.Stats().DestagedBlocks == 0 && e.c.Stats().JournalSyncs == syncs
+		}, "the batch waits, and makes no sync")
+		if other {
+			require.NoError(t, e.c.Sync()) // a client's fsync covers the snapshot
+			clock.Advance(retryPause)
+			require.Eventually(t, func() bool { return d.Stats().DestagedBlocks == 4 }, 10*time.Second, time.Millisecond)
+			require.Equal(t, syncs+1, e.c.Stats().JournalSyncs, "only the client's sync")
+		} else {
+			clock.Advance(syncPatience)
+			require.Eventually(t, func() bool { return d.Stats().DestagedBlocks == 4 }, 10*time.Second, time.Millisecond)
+			require.Greater(t, e.c.Stats().JournalSyncs, syncs, "Pin synced once its patience ran out")
+		}
+		d.Stop()
+		e.close()
+	}
 }
 
 func TestPace(t *testing.T) {
