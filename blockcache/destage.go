@@ -45,43 +45,70 @@ func (c *Cache) DirtyBlocks(dst []DirtyBlock) []DirtyBlock {
 	return dst
 }
 
-// SnapshotDurable reports whether a sync has covered every record up to
-// the newest DirtyBlocks snapshot's, so that Pin will not sync.
-func (c *Cache) SnapshotDurable() bool { return c.j.durable() >= c.snapSeq.Load() }
+// Pin claims blocks for destaging and returns those it pinned. For each
+// block it pins the current dirty version of its LBA, which is the
+// snapshot's unless the block was rewritten since DirtyBlocks (then the
+// returned DirtyBlock names the new slot and CRC): a block rewritten faster
+// than a snapshot can be synced and pinned is still destaged. It skips an
+// LBA with another destage in flight (so the backing device only ever
+// moves forward), a Discard zeroing it, or an in-place rewrite in flight.
+// Every pinned block must be passed to Complete; blocks must come from
+// DirtyBlocks.
+//
+// Every pinned version's MAP record is durable when Pin returns (a
+// destaged version can never be rolled back by recovery). Pinning comes
+// first: a pinned slot is never rewritten in place, so the version synced
+// is the version destaged. A batch of unchanged blocks needs the records
+// up to its snapshot's, so one sync serves every batch of a snapshot; a
+// batch with a rewritten block needs every record appended so far.
+func (c *Cache) Pin(blocks []DirtyBlock) ([]DirtyBlock, error) { return c.PinWait(blocks, nil) }
 
-// Pin claims blocks for destaging and returns those it pinned: each must
-// still be the current dirty version of its LBA, with no other destage of
-// that LBA in flight (so the backing device only ever moves forward) and no
-// Discard zeroing it. Every pinned block must be passed to Complete, and
-// blocks must come from DirtyBlocks. Every pinned block's MAP record is
-// made durable first (a destaged version can never be rolled back by
-// recovery): the journal is synced unless a sync already covered every
-// record up to the newest snapshot's, so one sync serves all the batches
-// taken from one snapshot.
-func (c *Cache) Pin(blocks []DirtyBlock) ([]DirtyBlock, error) {
+// PinWait is Pin, except that when the pinned versions' records are not
+// durable yet it first calls wait (if not nil) with a function reporting
+// whether they have become so, letting the caller wait for a sync made
+// for other reasons before Pin makes one.
+func (c *Cache) PinWait(blocks []DirtyBlock, wait func(durable func() bool)) ([]DirtyBlock, error) {
 	if err := c.usable(); err != nil {
 		return nil, err
 	}
-	if c.j.durable() < c.snapSeq.Load() {
-		if err := c.syncJournal(); err != nil {
-			return nil, err
-		}
-	}
+	need := c.snapSeq.Load()
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	t := &c.mu.t
 	out := blocks[:0]
 	for _, b := range blocks {
-		s := b.Slot
-		if t.flags[s]&(fValid|fDirty|fPinned|fWriting) != fValid|fDirty || t.lba[s] != b.LBA || t.crc[s] != b.CRC {
+		s, ok := t.lookup(b.LBA)
+		if !ok || t.flags[s]&(fValid|fDirty|fPinned|fWriting) != fValid|fDirty {
 			continue
 		}
 		if c.mu.inflight[b.LBA] > 0 || c.discardingLocked(b.LBA) {
 			continue
 		}
+		if s != b.Slot || t.crc[s] != b.CRC {
+			// Rewritten since the snapshot: its record may be newer than
+			// the snapshot's, but not than the last one appended (records
+			// are appended under mu).
+			b.Slot, b.CRC, b.Since = s, t.crc[s], t.since[s]
+			need = max(need, c.j.lastSeq())
+			c.stats.pinnedNewer.Add(1)
+		}
 		t.flags[s] |= fPinned
 		c.mu.inflight[b.LBA]++
 		out = append(out, b)
+	}
+	c.mu.Unlock()
+	durable := func() bool { return c.j.durable() >= need }
+	if len(out) == 0 || durable() {
+		return out, nil
+	}
+	if wait != nil {
+		wait(durable)
+	}
+	if !durable() {
+		if err := c.syncJournal(); err != nil {
+			// The cache has failed; unpin so nothing waits on these.
+			c.Complete(out, false)
+			return nil, err
+		}
 	}
 	return out, nil
 }

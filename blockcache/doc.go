@@ -46,8 +46,9 @@
 //     backing data that has been synced, and write-through blocks stay
 //     dirty until a Sync has made their backing write durable.
 //  4. The backing device only moves forward: at most one destage per LBA is
-//     in flight, only the current dirty version is pinned, its MAP record is
-//     durable before it is pinned, and a block with a dirty cached version is
+//     in flight, only the current dirty version is pinned (a pinned slot is
+//     never rewritten in place, so it stays that version), its MAP record is
+//     durable before Pin returns, and a block with a dirty cached version is
 //     always written into the cache, in every mode.
 //  5. Discard drops clean copies first (durably), then zeroes and syncs the
 //     backing device, then drops dirty copies: each block reads as before or

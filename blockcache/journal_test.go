@@ -3,6 +3,7 @@ package blockcache
 import (
 	"bytes"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -354,4 +355,41 @@ func TestStaleCheckpointRequest(t *testing.T) {
 		require.NoError(t, err)
 	}
 	require.Eventually(t, func() bool { return c.Stats().Checkpoints > before }, 10*time.Second, time.Millisecond)
+}
+
+// TestPinTakesCurrentVersion: a block rewritten between the snapshot and
+// Pin (in place, or into a new slot) is pinned at its current version,
+// whose record Pin makes durable; the destage then reads that version.
+func TestPinTakesCurrentVersion(t *testing.T) {
+	_, _, c := memCache(t)
+	defer c.Close()
+	for lba := 0; lba < 4; lba++ {
+		_, err := c.WriteAt(pattern(lba), int64(lba)*BlockSize)
+		require.NoError(t, err)
+	}
+	snap := c.DirtyBlocks(nil)
+	require.Len(t, snap, 4)
+	_, err := c.WriteAt(pattern(100), 1*BlockSize) // no sync since: in place
+	require.NoError(t, err)
+	require.NoError(t, c.syncJournal())
+	_, err = c.WriteAt(pattern(200), 2*BlockSize) // after a sync: a new slot
+	require.NoError(t, err)
+	last := c.j.lastSeq()
+
+	pinned, err := c.Pin(slices.Clone(snap)) // Pin filters in place
+	require.NoError(t, err)
+	require.Len(t, pinned, 4)
+	require.GreaterOrEqual(t, c.j.durable(), last, "the newer versions' records are durable")
+	require.Equal(t, snap[0].Slot, pinned[0].Slot)
+	require.Equal(t, snap[1].Slot, pinned[1].Slot, "rewritten in place")
+	require.Equal(t, layout.DataCRC(pattern(100)), pinned[1].CRC)
+	require.NotEqual(t, snap[2].Slot, pinned[2].Slot, "rewritten into a new slot")
+	require.Equal(t, layout.DataCRC(pattern(200)), pinned[2].CRC)
+	require.Equal(t, uint64(2), c.Stats().DestageNewer)
+	buf := make([]byte, 4*BlockSize)
+	require.NoError(t, c.ReadSlots(pinned, buf))
+	require.Equal(t, pattern(100), buf[BlockSize:2*BlockSize])
+	require.Equal(t, pattern(200), buf[2*BlockSize:3*BlockSize])
+	require.NoError(t, c.Complete(pinned, true))
+	require.Zero(t, c.Stats().Dirty)
 }

@@ -10,7 +10,7 @@ type counters struct {
 	readBytes, writeBytes            atomic.Uint64
 	readHits, readMisses, promotions atomic.Uint64
 	bypassed, evictions, allocWaits  atomic.Uint64
-	inPlace                          atomic.Uint64
+	inPlace, pinnedNewer             atomic.Uint64
 	destagedBlocks, destageRuns      atomic.Uint64
 	checkpoints, replayed            atomic.Uint64
 	cacheErrors, backingErrors       atomic.Uint64
@@ -29,21 +29,24 @@ type Stats struct {
 	// OldestDirtySeconds is the age of the oldest dirty block (0 if none).
 	OldestDirtySeconds float64 `json:"oldest_dirty_seconds"`
 
-	Reads          uint64  `json:"reads"`
-	Writes         uint64  `json:"writes"`
-	WritesInPlace  uint64  `json:"writes_in_place"`
-	Syncs          uint64  `json:"syncs"`
-	Discards       uint64  `json:"discards"`
-	ReadBytes      uint64  `json:"read_bytes"`
-	WriteBytes     uint64  `json:"write_bytes"`
-	ReadHits       uint64  `json:"read_hits"`
-	ReadMisses     uint64  `json:"read_misses"`
-	Promotions     uint64  `json:"promotions"`
-	Bypassed       uint64  `json:"bypassed"`
-	Evictions      uint64  `json:"evictions"`
-	AllocWaits     uint64  `json:"alloc_waits"`
-	DestagedBlocks uint64  `json:"destaged_blocks"`
-	DestageRuns    uint64  `json:"destage_runs"`
+	Reads          uint64 `json:"reads"`
+	Writes         uint64 `json:"writes"`
+	WritesInPlace  uint64 `json:"writes_in_place"`
+	Syncs          uint64 `json:"syncs"`
+	Discards       uint64 `json:"discards"`
+	ReadBytes      uint64 `json:"read_bytes"`
+	WriteBytes     uint64 `json:"write_bytes"`
+	ReadHits       uint64 `json:"read_hits"`
+	ReadMisses     uint64 `json:"read_misses"`
+	Promotions     uint64 `json:"promotions"`
+	Bypassed       uint64 `json:"bypassed"`
+	Evictions      uint64 `json:"evictions"`
+	AllocWaits     uint64 `json:"alloc_waits"`
+	DestagedBlocks uint64 `json:"destaged_blocks"`
+	DestageRuns    uint64 `json:"destage_runs"`
+	// DestageNewer counts blocks pinned for destaging at a version newer
+	// than their snapshot's (rewritten in between).
+	DestageNewer   uint64  `json:"destage_newer_versions"`
 	Checkpoints    uint64  `json:"checkpoints"`
 	JournalRecords uint64  `json:"journal_records"`
 	JournalSyncs   uint64  `json:"journal_syncs"`
@@ -83,6 +86,7 @@ func (c *Cache) Stats() Stats {
 	s.Bypassed, s.Evictions, s.AllocWaits = st.bypassed.Load(), st.evictions.Load(), st.allocWaits.Load()
 	s.WritesInPlace = st.inPlace.Load()
 	s.DestagedBlocks, s.DestageRuns = st.destagedBlocks.Load(), st.destageRuns.Load()
+	s.DestageNewer = st.pinnedNewer.Load()
 	s.Checkpoints, s.Replayed = st.checkpoints.Load(), st.replayed.Load()
 	s.CacheErrors, s.BackingErrors = st.cacheErrors.Load(), st.backingErrors.Load()
 	s.RecoverySecs = time.Duration(st.recoveryNanos.Load()).Seconds()

@@ -9,11 +9,14 @@
 //
 //  1. Cache.DirtyBlocks: a snapshot of the dirty, unpinned blocks, sorted
 //     by LBA — taken once per elevator rotation, not per batch.
-//  2. Choose a batch in elevator order (below) and Cache.Pin it. Pin syncs
-//     the cache journal first, so every pinned version's MAP record is
-//     durable (recovery can never roll a destaged version back), and skips
-//     blocks that changed since the snapshot, blocks with a destage of the
-//     same LBA in flight and blocks being discarded.
+//  2. Choose a batch in elevator order (below) and Cache.Pin it. Pin takes
+//     each block's current dirty version (a block rewritten since the
+//     snapshot is destaged at its new version: hot blocks rewritten faster
+//     than a snapshot could be synced were otherwise never destaged),
+//     skips blocks with a destage of the same LBA in flight, an in-place
+//     rewrite in flight, or being discarded, and then syncs the cache
+//     journal unless a sync already covers the pinned versions' records,
+//     so recovery can never roll a destaged version back.
 //  3. Cut the pinned blocks into runs of consecutive LBAs, at most
 //     Policy.MaxRun bytes each.
 //  4. Workers read each run from the cache device (Cache.ReadSlots, which

@@ -194,13 +194,12 @@ func (l *loop) run() {
 			continue
 		}
 		l.cursor = cands[len(cands)-1].LBA + 1
-		if st.busy && !l.c.SnapshotDurable() {
-			if l.awaitDurable() {
-				return
-			}
-		}
 		start := l.now()
-		pinned, err := l.c.Pin(cands)
+		var wait func(func() bool)
+		if st.busy {
+			wait = l.awaitDurable
+		}
+		pinned, err := l.c.PinWait(cands, wait)
 		if err != nil {
 			l.die(err)
 			return
@@ -264,32 +263,31 @@ func (l *loop) state() state {
 	return st
 }
 
-// awaitDurable waits up to syncPatience for a cache sync that covers the
-// latest snapshot's records, so that Pin need not make one: under busy
-// foreground writes the cache syncs for its own checkpoints and reclaims,
-// and a sync forced per batch would write back the hot blocks' pages over
-// and over and stop them being rewritten in place. The wait ends early when
-// the destager must hurry (a FlushAll, writer pressure, the high
-// watermark) or the foreground goes quiet. It reports whether the loop was
-// told to stop.
-func (l *loop) awaitDurable() bool {
+// awaitDurable waits up to syncPatience until durable reports that a
+// cache sync covers the pinned batch's records, so that Pin need not make
+// one: under busy foreground writes the cache syncs for its own
+// checkpoints and reclaims, and a sync forced per batch would write back
+// the hot blocks' pages over and over and stop them being rewritten in
+// place. The wait ends early when the destager must hurry (a FlushAll,
+// writer pressure, the high watermark), the foreground goes quiet, or the
+// loop is stopping (the batch is then finished first).
+func (l *loop) awaitDurable(durable func() bool) {
 	deadline := l.now().Add(syncPatience)
-	for !l.c.SnapshotDurable() {
+	for !durable() {
 		left := deadline.Sub(l.now())
 		if left <= 0 {
-			return false
+			return
 		}
 		if l.wait(min(left, retryPause), true) {
-			return true
+			return
 		}
 		if st := l.state(); st.mode != modeNormal && st.mode != modeAged {
-			return false
+			return
 		}
 		if !l.foregroundBusy(l.now()) {
-			return false
+			return
 		}
 	}
-	return false
 }
 
 // foregroundBusy reports whether foreground reads or writes happened since
