@@ -246,17 +246,7 @@ func (mr *modelRun) step() {
 	}
 	switch p := mr.rng.IntN(100); {
 	case p < 45: // write
-		off, n := mr.randRange()
-		data := make([]byte, n)
-		mr.tag++
-		fill(mr.rng, data, mr.tag<<32)
-		m.begin(mr.newBlockContents(off, data), c.Mode() != ModeWriteback)
-		mr.log = append(mr.log, fmt.Sprintf("w%d+%d/%v", off, n, c.Mode()))
-		_, err := c.WriteAt(data, off)
-		require.NoError(t, err)
-		m.commit()
-		mr.ops["write"]++
-		mr.log = append(mr.log, "write")
+		mr.write(mr.randRange())
 	case p < 60: // read
 		off, n := mr.randRange()
 		got := make([]byte, n)
@@ -301,8 +291,25 @@ func (mr *modelRun) step() {
 	}
 }
 
+// write writes n random bytes at off and tells the model.
+func (mr *modelRun) write(off int64, n int) {
+	c, m := mr.c, mr.m
+	data := make([]byte, n)
+	mr.tag++
+	fill(mr.rng, data, mr.tag<<32)
+	m.begin(mr.newBlockContents(off, data), c.Mode() != ModeWriteback)
+	mr.log = append(mr.log, fmt.Sprintf("w%d+%d/%v", off, n, c.Mode()))
+	_, err := c.WriteAt(data, off)
+	require.NoError(mr.t, err)
+	m.commit()
+	mr.ops["write"]++
+	mr.log = append(mr.log, "write")
+}
+
 // destage writes dirty blocks back the way the destager does: pin, read,
-// write the backing device, sync it, complete.
+// write the backing device, sync it, complete. Sometimes blocks of the
+// snapshot are rewritten before Pin, which then destages their newer
+// versions.
 func (mr *modelRun) destage(all bool) {
 	c := mr.c
 	dirty := c.DirtyBlocks(nil)
@@ -313,8 +320,17 @@ func (mr *modelRun) destage(all bool) {
 		i := mr.rng.IntN(len(dirty))
 		dirty = dirty[i:min(len(dirty), i+1+mr.rng.IntN(6))]
 	}
+	if mr.rng.IntN(2) == 0 {
+		for k := mr.rng.IntN(3); k >= 0; k-- {
+			b := dirty[mr.rng.IntN(len(dirty))]
+			mr.write(int64(b.LBA)*BlockSize, BlockSize)
+			mr.log = append(mr.log, "rewrite-before-pin")
+		}
+	}
+	newer := c.stats.pinnedNewer.Load()
 	pinned, err := c.Pin(dirty)
 	require.NoError(mr.t, err)
+	mr.ops["pin-newer"] += int(c.stats.pinnedNewer.Load() - newer)
 	if len(pinned) == 0 {
 		return
 	}
