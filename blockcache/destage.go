@@ -61,15 +61,21 @@ func (c *Cache) DirtyBlocks(dst []DirtyBlock) []DirtyBlock {
 // is the version destaged. A batch of unchanged blocks needs the records
 // up to its snapshot's, so one sync serves every batch of a snapshot; a
 // batch with a rewritten block needs every record appended so far.
-func (c *Cache) Pin(blocks []DirtyBlock) ([]DirtyBlock, error) { return c.PinWait(blocks, nil) }
+func (c *Cache) Pin(blocks []DirtyBlock) ([]DirtyBlock, error) {
+	pinned, _, err := c.PinWait(blocks, nil)
+	return pinned, err
+}
 
 // PinWait is Pin, except that when the pinned versions' records are not
 // durable yet it first calls wait (if not nil) with a function reporting
 // whether they have become so, letting the caller wait for a sync made
-// for other reasons before Pin makes one.
-func (c *Cache) PinWait(blocks []DirtyBlock, wait func(durable func() bool)) ([]DirtyBlock, error) {
+// for other reasons before Pin makes one. It also returns how many blocks
+// it pinned at a version newer than the snapshot's: a snapshot mostly
+// rewritten since is stale, and a fresh one (denser, with records an
+// earlier sync covers) serves better.
+func (c *Cache) PinWait(blocks []DirtyBlock, wait func(durable func() bool)) (pinned []DirtyBlock, newer int, err error) {
 	if err := c.usable(); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	need := c.snapSeq.Load()
 	c.mu.Lock()
@@ -89,16 +95,17 @@ func (c *Cache) PinWait(blocks []DirtyBlock, wait func(durable func() bool)) ([]
 			// are appended under mu).
 			b.Slot, b.CRC, b.Since = s, t.crc[s], t.since[s]
 			need = max(need, c.j.lastSeq())
-			c.stats.pinnedNewer.Add(1)
+			newer++
 		}
 		t.flags[s] |= fPinned
 		c.mu.inflight[b.LBA]++
 		out = append(out, b)
 	}
 	c.mu.Unlock()
+	c.stats.pinnedNewer.Add(uint64(newer))
 	durable := func() bool { return c.j.durable() >= need }
 	if len(out) == 0 || durable() {
-		return out, nil
+		return out, newer, nil
 	}
 	if wait != nil {
 		wait(durable)
@@ -107,10 +114,10 @@ func (c *Cache) PinWait(blocks []DirtyBlock, wait func(durable func() bool)) ([]
 		if err := c.syncJournal(); err != nil {
 			// The cache has failed; unpin so nothing waits on these.
 			c.Complete(out, false)
-			return nil, err
+			return nil, 0, err
 		}
 	}
-	return out, nil
+	return out, newer, nil
 }
 
 // ReadSlots reads the data of pinned blocks into buf (4 KiB each, in

@@ -376,9 +376,10 @@ func TestPinTakesCurrentVersion(t *testing.T) {
 	require.NoError(t, err)
 	last := c.j.lastSeq()
 
-	pinned, err := c.Pin(slices.Clone(snap)) // Pin filters in place
+	pinned, newer, err := c.PinWait(slices.Clone(snap), nil) // Pin filters in place
 	require.NoError(t, err)
 	require.Len(t, pinned, 4)
+	require.Equal(t, 2, newer, "two blocks were pinned at newer versions")
 	require.GreaterOrEqual(t, c.j.durable(), last, "the newer versions' records are durable")
 	require.Equal(t, snap[0].Slot, pinned[0].Slot)
 	require.Equal(t, snap[1].Slot, pinned[1].Slot, "rewritten in place")

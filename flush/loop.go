@@ -199,18 +199,20 @@ func (l *loop) run() {
 		if st.busy {
 			wait = l.awaitDurable
 		}
-		pinned, err := l.c.PinWait(cands, wait)
+		pinned, newer, err := l.c.PinWait(cands, wait)
 		if err != nil {
 			l.die(err)
 			return
 		}
-		if !fresh && 2*len(pinned) < len(cands) {
+		if !fresh && 2*(len(pinned)-newer) < len(cands) {
 			// Most of the snapshot's versions here were rewritten since it
-			// was taken: writing what is left would cut the region into
-			// short runs, one seek each. Take a fresh snapshot and sweep
-			// this region again after this batch. (A snapshot that is stale
-			// from its first batch on is left to the rotation's own retry
-			// pause: its blocks are being discarded.)
+			// was taken: it is stale, and blocks dirtied since are missing
+			// from it, so its runs are short (one seek each) and pinning
+			// the newer versions costs a sync per batch. Take a fresh
+			// snapshot and sweep this region again after this batch. (A
+			// snapshot that is stale from its first batch on is left to
+			// the rotation's own retry pause: its blocks are being
+			// discarded.)
 			l.sw.reset()
 			l.cursor = cands[0].LBA
 		}
