@@ -370,7 +370,8 @@ func (c *Cache) cacheBlock(lba uint64, blk []byte, dirty bool) (uint64, error) {
 	return c.fillSlot(s, lba, blk, dirty)
 }
 
-// rewriteInPlace writes blk over the slot already holding lba when no sync
+// rewriteInPlace writes blk over slot s, which holds lba (the caller
+// looked it up under the stripe lock it holds), when no sync
 // has covered that slot's MAP record yet, so nothing durable can point at
 // the slot's old content. It saves a slot, and the page cache absorbs
 // repeated rewrites of a block between two syncs. The MAP record (flagged
