@@ -194,7 +194,6 @@ func (l *loop) run() {
 			continue
 		}
 		l.cursor = cands[len(cands)-1].LBA + 1
-		start := l.now()
 		var wait func(func() bool)
 		if st.busy {
 			wait = l.awaitDurable
@@ -204,6 +203,9 @@ func (l *loop) run() {
 			l.die(err)
 			return
 		}
+		// The pause after a busy batch matches the batch's own time; the
+		// wait for a sync inside PinWait is not disk time of ours.
+		start := l.now()
 		if !fresh && 2*(len(pinned)-newer) < len(cands) {
 			// Most of the snapshot's versions here were rewritten since it
 			// was taken: it is stale, and blocks dirtied since are missing
