@@ -74,8 +74,12 @@ func newJournal(dev device.Device, g layout.Geometry, uuid [16]byte, inc, lsn ui
 func (j *journal) wantsCheckpoint() bool {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	return 2*(j.openLSN-j.tail) >= j.capacity() || j.roomWaiters > 0
+	return j.halfUsedLocked() || j.roomWaiters > 0
 }
+
+// halfUsedLocked: the blocks from tail through the open one fill at least
+// half the ring, which is when a checkpoint is asked for.
+func (j *journal) halfUsedLocked() bool { return 2*(j.openLSN-j.tail) >= j.capacity() }
 
 // capacity is how many blocks may be between tail and the newest block.
 func (j *journal) capacity() uint64 { return j.g.JournalBlocks }
@@ -118,7 +122,7 @@ func (j *journal) reserve(n int) error {
 		return ErrClosed
 	}
 	j.reserved += need
-	if 2*(j.openLSN-j.tail) >= j.capacity() {
+	if j.halfUsedLocked() {
 		j.kick()
 	}
 	return nil
@@ -178,7 +182,7 @@ func (j *journal) appendLocked(r layout.Record) uint64 {
 	}
 	j.openCount++
 	j.writtenSeq = seq
-	if 2*(j.openLSN-j.tail) >= j.capacity() {
+	if j.halfUsedLocked() {
 		j.kick()
 	}
 	return seq
