@@ -670,3 +670,40 @@ func (c *Cache) releaseDurable() {
 		c.mu.freed.Broadcast()
 	}
 }
+
+// mayWaitBytes is the request size from which MayWait says yes whatever
+// the cache holds: such requests are rare, may go around the cache as
+// sequential streams, and cost more than a goroutine.
+const mayWaitBytes = 64 << 10
+
+// MayWait tells, without blocking on I/O, whether a read or write of
+// [off, off+n) may have to wait for the backing device: a read of a block
+// that is not cached, a write in a mode that writes the backing device, a
+// large request. It is a scheduling hint for the FUSE server (a wrong
+// answer costs speed, not correctness).
+func (c *Cache) MayWait(write bool, off, n int64) bool {
+	if n >= mayWaitBytes || n <= 0 {
+		return true
+	}
+	switch c.Mode() {
+	case ModeNone:
+		return true
+	case ModeWriteback:
+		if write {
+			return false
+		}
+	default:
+		if write {
+			return true
+		}
+	}
+	first, last := uint64(off)/BlockSize, uint64(off+n-1)/BlockSize
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for lba := first; lba <= last; lba++ {
+		if _, ok := c.mu.t.lookup(lba); !ok {
+			return true
+		}
+	}
+	return false
+}

@@ -9,7 +9,9 @@ import (
 
 // TestFioVerify runs fio against the disk: 4 KiB random read/write with
 // libaio at iodepth 16, O_DIRECT, every written block verified (crc32c).
-func TestFioVerify(t *testing.T) {
+func TestFioVerify(t *testing.T) { eachTransport(t, tFioVerify) }
+
+func tFioVerify(t *testing.T) {
 	fio, err := exec.LookPath("fio")
 	if err != nil {
 		t.Skip("SKIPPED: fio is not on PATH: install fio to run the fio smoke test")
@@ -48,7 +50,9 @@ func TestFioVerify(t *testing.T) {
 // TestFioQueueDepthReachesBackend checks that one libaio submitter at
 // iodepth 16 gets its writes to the Backend concurrently (CAP_ASYNC_DIO and
 // FOPEN_PARALLEL_DIRECT_WRITES at work), not one at a time.
-func TestFioQueueDepthReachesBackend(t *testing.T) {
+func TestFioQueueDepthReachesBackend(t *testing.T) { eachTransport(t, tFioQueueDepthReachesBackend) }
+
+func tFioQueueDepthReachesBackend(t *testing.T) {
 	fio, err := exec.LookPath("fio")
 	if err != nil {
 		t.Skip("SKIPPED: fio is not on PATH: install fio to run the fio queue-depth test")

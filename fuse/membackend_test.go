@@ -25,6 +25,9 @@ type memBackend struct {
 
 var _ Backend = (*memBackend)(nil)
 
+// MayWait: delayed writes wait.
+func (m *memBackend) MayWait(write bool, _, _ int64) bool { return write && m.writeDelay > 0 }
+
 func newMemBackend(size int) *memBackend {
 	return &memBackend{data: make([]byte, size)}
 }

@@ -54,12 +54,61 @@ func mountMem(t *testing.T, size int, opts Options, setup func(*memBackend)) (*S
 	}
 	mp := t.TempDir()
 	opts.SelfAccess = true
+	if opts.IOUring == IOUringAuto {
+		opts.IOUring = testTransport
+	}
 	s, err := Mount(mp, b, opts)
 	if err != nil {
 		t.Fatalf("Mount: %v", err)
 	}
-	t.Cleanup(func() { unmountAndWait(t, s) })
+	if want := opts.IOUring == IOUringOn; s.IOUring() != want {
+		t.Fatalf("Mount with IOUring %v: serving through io_uring = %v", opts.IOUring, s.IOUring())
+	}
+	t.Cleanup(func() {
+		if s.IOUring() && s.RingRequests() == 0 {
+			t.Errorf("mounted over io_uring, but no request was answered through the ring")
+		}
+		unmountAndWait(t, s)
+	})
 	return s, b, filepath.Join(mp, diskName)
+}
+
+// testTransport is the FUSE transport mountMem uses when the test does not
+// choose one; eachTransport sets it for its subtests.
+var testTransport = IOUringOff
+
+// eachTransport runs f as two subtests: requests through /dev/fuse, and
+// through FUSE over io_uring (which turns on the fuse module's enable_uring
+// parameter; TestMain puts it back).
+func eachTransport(t *testing.T, f func(t *testing.T)) {
+	for _, tr := range []IOUringMode{IOUringOff, IOUringOn} {
+		name := "devfuse"
+		if tr == IOUringOn {
+			name = "uring"
+		}
+		t.Run(name, func(t *testing.T) {
+			if tr == IOUringOn {
+				requireRing(t)
+			}
+			testTransport = tr
+			defer func() { testTransport = IOUringOff }()
+			f(t)
+		})
+	}
+}
+
+// requireRing skips, loudly, where FUSE over io_uring cannot run.
+func requireRing(t *testing.T) {
+	t.Helper()
+	requireFUSE(t)
+	if err := EnableIOUring(); err != nil {
+		t.Skipf("SKIPPED: FUSE over io_uring unavailable (needs Linux 6.14+ built with CONFIG_FUSE_IO_URING): %v", err)
+	}
+	r, err := newIoRing(1)
+	if err != nil {
+		t.Skipf("SKIPPED: io_uring unavailable (kernel.io_uring_disabled?): %v", err)
+	}
+	r.close()
 }
 
 func unmountAndWait(t *testing.T, s *Server) {
@@ -107,7 +156,9 @@ func openDisk(t *testing.T, path string, flags int) *os.File {
 	return f
 }
 
-func TestMountTree(t *testing.T) {
+func TestMountTree(t *testing.T) { eachTransport(t, tMountTree) }
+
+func tMountTree(t *testing.T) {
 	s, _, disk := mountMem(t, 1<<20+512, Options{}, nil)
 	mp := s.Mountpoint()
 
@@ -160,7 +211,9 @@ func TestMountTree(t *testing.T) {
 	}
 }
 
-func TestRandomIO(t *testing.T) {
+func TestRandomIO(t *testing.T) { eachTransport(t, tRandomIO) }
+
+func tRandomIO(t *testing.T) {
 	const size = 4 << 20
 	_, b, disk := mountMem(t, size, Options{}, nil)
 	direct := openDisk(t, disk, os.O_RDWR|syscall.O_DIRECT)
@@ -239,7 +292,9 @@ func fillRandom(rng *rand.Rand, p []byte) {
 	}
 }
 
-func TestEndOfDisk(t *testing.T) {
+func TestEndOfDisk(t *testing.T) { eachTransport(t, tEndOfDisk) }
+
+func tEndOfDisk(t *testing.T) {
 	const size = 1<<20 + 3*512
 	_, _, disk := mountMem(t, size, Options{}, nil)
 	f := openDisk(t, disk, os.O_RDWR)
@@ -278,7 +333,9 @@ func TestEndOfDisk(t *testing.T) {
 	}
 }
 
-func TestFsyncReachesBackend(t *testing.T) {
+func TestFsyncReachesBackend(t *testing.T) { eachTransport(t, tFsyncReachesBackend) }
+
+func tFsyncReachesBackend(t *testing.T) {
 	_, b, disk := mountMem(t, 1<<20, Options{}, nil)
 	f := openDisk(t, disk, os.O_RDWR)
 	if _, err := f.WriteAt([]byte("hello"), 0); err != nil {
@@ -326,7 +383,9 @@ func TestFsyncReachesBackend(t *testing.T) {
 	}
 }
 
-func TestBackendErrors(t *testing.T) {
+func TestBackendErrors(t *testing.T) { eachTransport(t, tBackendErrors) }
+
+func tBackendErrors(t *testing.T) {
 	_, b, disk := mountMem(t, 1<<20, Options{}, nil)
 	f := openDisk(t, disk, os.O_RDWR)
 	fd := int(f.Fd())
@@ -362,7 +421,9 @@ func TestBackendErrors(t *testing.T) {
 	}
 }
 
-func TestFallocate(t *testing.T) {
+func TestFallocate(t *testing.T) { eachTransport(t, tFallocate) }
+
+func tFallocate(t *testing.T) {
 	const size = 1 << 20
 	_, b, disk := mountMem(t, size, Options{}, nil)
 	f := openDisk(t, disk, os.O_RDWR)
@@ -425,7 +486,9 @@ func TestFallocate(t *testing.T) {
 	}
 }
 
-func TestTruncateAndAttrs(t *testing.T) {
+func TestTruncateAndAttrs(t *testing.T) { eachTransport(t, tTruncateAndAttrs) }
+
+func tTruncateAndAttrs(t *testing.T) {
 	const size = 1 << 20
 	_, _, disk := mountMem(t, size, Options{}, nil)
 	if err := os.Truncate(disk, size/2); !errors.Is(err, syscall.EINVAL) {
@@ -464,7 +527,9 @@ func TestTruncateAndAttrs(t *testing.T) {
 	}
 }
 
-func TestStatsFile(t *testing.T) {
+func TestStatsFile(t *testing.T) { eachTransport(t, tStatsFile) }
+
+func tStatsFile(t *testing.T) {
 	var mu sync.Mutex
 	calls := 0
 	stats := func() []byte {
@@ -515,7 +580,9 @@ func TestStatsFile(t *testing.T) {
 	}
 }
 
-func TestConcurrentWriters(t *testing.T) {
+func TestConcurrentWriters(t *testing.T) { eachTransport(t, tConcurrentWriters) }
+
+func tConcurrentWriters(t *testing.T) {
 	const (
 		size    = 8 << 20
 		workers = 8
@@ -582,7 +649,9 @@ func TestConcurrentWriters(t *testing.T) {
 	t.Logf("max concurrent backend writes: %d", b.maxInflight.Load())
 }
 
-func TestUnmountWait(t *testing.T) {
+func TestUnmountWait(t *testing.T) { eachTransport(t, tUnmountWait) }
+
+func tUnmountWait(t *testing.T) {
 	s, _, disk := mountMem(t, 1<<20, Options{}, nil)
 	if err := os.WriteFile(disk, []byte("data"), 0); err == nil {
 		// os.WriteFile opens with O_TRUNC, which must fail.
@@ -600,7 +669,9 @@ func TestUnmountWait(t *testing.T) {
 	}
 }
 
-func TestExternalUnmount(t *testing.T) {
+func TestExternalUnmount(t *testing.T) { eachTransport(t, tExternalUnmount) }
+
+func tExternalUnmount(t *testing.T) {
 	s, _, _ := mountMem(t, 1<<20, Options{}, nil)
 	if err := unix.Unmount(s.Mountpoint(), 0); err != nil {
 		t.Fatalf("umount: %v", err)
@@ -611,7 +682,9 @@ func TestExternalUnmount(t *testing.T) {
 	}
 }
 
-func TestUnmountBusyIsLazy(t *testing.T) {
+func TestUnmountBusyIsLazy(t *testing.T) { eachTransport(t, tUnmountBusyIsLazy) }
+
+func tUnmountBusyIsLazy(t *testing.T) {
 	s, _, disk := mountMem(t, 1<<20, Options{}, nil)
 	f, err := os.OpenFile(disk, os.O_RDWR, 0)
 	if err != nil {

@@ -69,6 +69,9 @@ type rawFS struct {
 	metaMu sync.Mutex
 	meta   [numInos]nodeMeta
 
+	initOnce sync.Once
+	initDone chan struct{} // closed once INIT has been answered
+
 	nextFh    atomic.Uint64
 	handlesMu sync.Mutex
 	handles   map[uint64][]byte // stats snapshots by file handle
@@ -85,6 +88,7 @@ func newRawFS(b Backend, size int64, opts Options, logger *slog.Logger) *rawFS {
 		logger:        logger,
 		errLog:        newRateLog(logger, time.Second),
 		handles:       make(map[uint64][]byte),
+		initDone:      make(chan struct{}),
 	}
 	now := time.Now()
 	uid, gid := uint32(syscall.Geteuid()), uint32(syscall.Getegid())
@@ -99,6 +103,9 @@ func newRawFS(b Backend, size int64, opts Options, logger *slog.Logger) *rawFS {
 }
 
 func (r *rawFS) String() string { return "wbcache" }
+
+// Init is called once INIT has been answered.
+func (r *rawFS) Init(*gofuse.Server) { r.initOnce.Do(func() { close(r.initDone) }) }
 
 // exists reports whether ino is a node of this mount.
 func (r *rawFS) exists(ino uint64) bool {

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	gofuse "github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
@@ -35,6 +36,18 @@ type Backend interface {
 	Size() int64
 }
 
+// Waiter may be implemented by a Backend that can tell, cheaply and
+// without blocking, whether a read or write may wait for a slow device
+// (the backing HDD). Through FUSE over io_uring, such requests are answered
+// from their own goroutine, so that the ring thread goes on serving others
+// and the slow device sees the application's queue depth; the rest are
+// answered on the ring thread. Without it, reads and writes are answered
+// on the ring thread. It is a scheduling hint: a wrong answer costs speed,
+// never correctness.
+type Waiter interface {
+	MayWait(write bool, off, n int64) bool
+}
+
 // Options configure Mount.
 type Options struct {
 	// AllowOther lets other users access the mount (allow_other); the mode
@@ -57,6 +70,47 @@ type Options struct {
 	SelfAccess bool
 	// Logger receives errors and warnings; default slog.Default().
 	Logger *slog.Logger
+	// IOUring chooses the request transport: FUSE over io_uring or
+	// read/write on /dev/fuse (see IOUringMode).
+	IOUring IOUringMode
+}
+
+// IOUringMode chooses between FUSE over io_uring and /dev/fuse.
+type IOUringMode int
+
+const (
+	// IOUringAuto uses io_uring when the kernel offers it (the fuse
+	// module's enable_uring parameter is Y) and the daemon runs as root,
+	// and /dev/fuse otherwise.
+	IOUringAuto IOUringMode = iota
+	// IOUringOff always uses /dev/fuse.
+	IOUringOff
+	// IOUringOn turns on enable_uring if needed and fails the mount if
+	// the ring cannot be set up.
+	IOUringOn
+)
+
+// ParseIOUringMode parses "auto", "on" or "off".
+func ParseIOUringMode(s string) (IOUringMode, error) {
+	switch s {
+	case "auto":
+		return IOUringAuto, nil
+	case "on":
+		return IOUringOn, nil
+	case "off":
+		return IOUringOff, nil
+	}
+	return 0, fmt.Errorf("unknown io_uring mode %q (want auto, on or off)", s)
+}
+
+func (m IOUringMode) String() string {
+	switch m {
+	case IOUringOn:
+		return "on"
+	case IOUringOff:
+		return "off"
+	}
+	return "auto"
 }
 
 // Mount parameters; doc.go explains them.
@@ -76,6 +130,7 @@ type Server struct {
 	mountpoint string
 	logger     *slog.Logger
 	done       chan struct{} // closed when the serve loop has ended
+	ring       *uringServer  // nil when requests come through /dev/fuse
 
 	mu       sync.Mutex // serialises Unmount
 	detached bool       // lazily unmounted: nothing left to unmount
@@ -140,8 +195,37 @@ func Mount(mountpoint string, b Backend, opts Options) (*Server, error) {
 		ExtraCapabilities:    gofuse.CAP_ASYNC_DIO,
 		DisabledCapabilities: gofuse.CAP_WRITEBACK_CACHE,
 	}
+	useRing := false
+	switch opts.IOUring {
+	case IOUringOn:
+		if !root {
+			return nil, fmt.Errorf("wbcache/fuse: mount %s: FUSE over io_uring needs root", mp)
+		}
+		if err := EnableIOUring(); err != nil {
+			return nil, fmt.Errorf("wbcache/fuse: mount %s: %w", mp, err)
+		}
+		useRing = true
+	case IOUringAuto:
+		// Debug traces requests in go-fuse, which only sees /dev/fuse.
+		useRing = root && uringEnabled() && !opts.Debug
+	}
+	if useRing {
+		// The kernel holds every request until all queues have ring
+		// entries once io_uring is agreed at INIT, so agree only if a
+		// ring can be created at all.
+		if r, err := newIoRing(1); err != nil {
+			if opts.IOUring == IOUringOn {
+				return nil, fmt.Errorf("wbcache/fuse: mount %s: FUSE over io_uring: %w", mp, err)
+			}
+			logger.Info("wbcache/fuse: io_uring unavailable, serving through /dev/fuse", "err", err)
+			useRing = false
+		} else {
+			r.close()
+			mo.ExtraCapabilities |= gofuse.CAP_OVER_IO_URING
+		}
+	}
 	fs := newRawFS(b, size, opts, logger)
-	srv, err := gofuse.NewServer(fs, mp, mo)
+	srv, devFd, err := newServer(fs, mp, mo)
 	if err != nil {
 		// If mount(2) succeeded but the INIT handshake failed, go-fuse
 		// leaves a dead mount behind; remove it (a no-op otherwise: the
@@ -152,10 +236,29 @@ func Mount(mountpoint string, b Backend, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("wbcache/fuse: mount %s: %w", mp, err)
 	}
 	s := &Server{srv: srv, mountpoint: mp, logger: logger, done: make(chan struct{})}
+	ringReady := make(chan struct{})
 	go func() {
 		defer close(s.done)
 		srv.Serve()
+		<-ringReady
+		if s.ring != nil {
+			s.ring.Stop()
+		}
 	}()
+	if useRing {
+		err := s.startRing(fs, devFd)
+		close(ringReady)
+		if err != nil {
+			if opts.IOUring == IOUringOn {
+				_ = s.Unmount()
+				s.Wait()
+				return nil, fmt.Errorf("wbcache/fuse: mount %s: FUSE over io_uring: %w", mp, err)
+			}
+			logger.Warn("wbcache/fuse: FUSE over io_uring failed, serving through /dev/fuse", "err", err)
+		}
+	} else {
+		close(ringReady)
+	}
 	// Without SelfAccess, no srv.WaitMount(): its poll hack opens a file on
 	// the new mount from this process (see Options.SelfAccess). The mount
 	// exists once NewServer returns; the kernel holds every request until
@@ -169,6 +272,67 @@ func Mount(mountpoint string, b Backend, opts Options) (*Server, error) {
 	}
 	logger.Debug("wbcache/fuse: mounted", "mountpoint", mp, "size", size)
 	return s, nil
+}
+
+// newServerMu keeps /dev/fuse descriptors opened by concurrent mounts apart.
+var newServerMu sync.Mutex
+
+// newServer mounts through go-fuse and also returns the /dev/fuse
+// descriptor it opened (-1 if it cannot be told), which the io_uring
+// transport submits its commands on.
+func newServer(fs *rawFS, mp string, mo *gofuse.MountOptions) (*gofuse.Server, int, error) {
+	newServerMu.Lock()
+	defer newServerMu.Unlock()
+	before := devFuseFds()
+	srv, err := gofuse.NewServer(fs, mp, mo)
+	if err != nil {
+		return nil, -1, err
+	}
+	fd := -1
+	for f := range devFuseFds() {
+		if !before[f] {
+			if fd >= 0 {
+				return srv, -1, nil
+			}
+			fd = f
+		}
+	}
+	return srv, fd, nil
+}
+
+// startRing waits for INIT and registers the io_uring entries.
+func (s *Server) startRing(fs *rawFS, devFd int) error {
+	select {
+	case <-fs.initDone:
+	case <-s.done:
+		return errors.New("the connection ended before INIT")
+	case <-time.After(30 * time.Second):
+		return errors.New("no INIT from the kernel within 30s")
+	}
+	if s.srv.KernelSettings().Flags64()&gofuse.CAP_OVER_IO_URING == 0 {
+		return errors.New("the kernel did not offer it at INIT")
+	}
+	if devFd < 0 {
+		return errors.New("cannot find the /dev/fuse descriptor")
+	}
+	r, err := startURing(fs, devFd, maxWrite, s.logger)
+	if err != nil {
+		return err
+	}
+	s.ring = r
+	s.logger.Debug("wbcache/fuse: serving through FUSE over io_uring", "queues", r.queues)
+	return nil
+}
+
+// IOUring reports whether requests are served through FUSE over io_uring.
+func (s *Server) IOUring() bool { return s.ring != nil }
+
+// RingRequests is how many requests were answered through io_uring.
+func (s *Server) RingRequests() uint64 {
+	if s.ring == nil {
+		return 0
+	}
+	return s.ring.served.Load()
 }
 
 // Mountpoint returns the absolute mount point.

@@ -22,8 +22,7 @@ const (
 
 // CleanupStale makes mountpoint usable again after the daemon that served
 // it died: if statfs or stat of mountpoint fails with ENOTCONN (or
-// ECONNABORTED), the
-// dead FUSE mount is aborted through /sys/fs/fuse/connections/<dev>/abort
+// ECONNABORTED, or ECANCELED: see deadErr), the dead FUSE mount is aborted through /sys/fs/fuse/connections/<dev>/abort
 // (when fusectl is mounted) and detached (umount2 MNT_DETACH as root,
 // fusermount -u -z otherwise). If both succeed, or fail for another
 // reason, CleanupStale does nothing and returns nil; Mount will report any
@@ -49,10 +48,13 @@ func CleanupStale(mountpoint string) error {
 // deadErr returns the ENOTCONN/ECONNABORTED error if mp is a FUSE mount
 // whose daemon is gone, else nil. statfs is asked first because the kernel
 // always forwards it to the daemon, while stat may be answered from cached
-// attributes for a while after the daemon died.
+// attributes for a while after the daemon died. A daemon that served
+// through io_uring leaves ECONNABORTED, and a request that raced the ring's
+// teardown fails with ECANCELED; a live daemon never answers statfs with
+// either.
 func deadErr(mp string) error {
 	dead := func(err error) bool {
-		return errors.Is(err, unix.ENOTCONN) || errors.Is(err, unix.ECONNABORTED)
+		return errors.Is(err, unix.ENOTCONN) || errors.Is(err, unix.ECONNABORTED) || errors.Is(err, unix.ECANCELED)
 	}
 	var sfs unix.Statfs_t
 	if err := unix.Statfs(mp, &sfs); dead(err) {

@@ -27,6 +27,7 @@ type daemonConfig struct {
 	allowOther                         bool
 	metricsAddr                        string // "" = no metrics endpoint
 	selfAccess                         bool   // this process does I/O on the mount (demo)
+	ioUring                            fuse.IOUringMode
 	log                                *slog.Logger
 }
 
@@ -69,7 +70,7 @@ func startDaemon(cfg daemonConfig) (_ *daemon, err error) {
 	}
 	d := &daemon{cfg: cfg, log: cfg.log, mountpoint: mp, started: time.Now(), mountGone: make(chan struct{})}
 	startPprof(cfg.log)
-	raiseProcs()
+	setServingProcs(false)
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
@@ -145,9 +146,13 @@ func startDaemon(cfg daemonConfig) (_ *daemon, err error) {
 		Stats:      d.statsFile,
 		Logger:     d.log,
 		SelfAccess: cfg.selfAccess,
+		IOUring:    cfg.ioUring,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w (is /dev/fuse available and are you root?)", err)
+	}
+	if d.srv.IOUring() {
+		setServingProcs(true)
 	}
 	go func() {
 		d.srv.Wait()
@@ -158,6 +163,14 @@ func startDaemon(cfg daemonConfig) (_ *daemon, err error) {
 		d.metrics.serve()
 	}
 	return d, nil
+}
+
+// transport names how FUSE requests reach the daemon.
+func (d *daemon) transport() string {
+	if d.srv.IOUring() {
+		return "io_uring"
+	}
+	return "/dev/fuse"
 }
 
 // openCacheError adds advice to blockcache.Open errors.
@@ -291,27 +304,35 @@ func resolvePath(p string) (string, error) {
 	return filepath.Join(dir, base), nil
 }
 
-// raiseProcs doubles GOMAXPROCS (the Go runtime's processors, by default
-// one per CPU the process may use), unless the GOMAXPROCS environment
-// variable chose it. The goroutines serving FUSE requests spend much of
-// their time in system calls that block: reading /dev/fuse, waiting for the
-// cache file's inode lock in a pwrite. A blocked call keeps its processor
-// until the runtime's monitor takes it back, tens of microseconds later,
-// and meanwhile goroutines that are ready to run wait while CPUs idle. A
-// second processor per CPU lets them run. On a 2-CPU machine, 4 KiB random
-// writes at QD32 against the FUSE ceiling (scripts/ceiling-ab.sh): 49% of
-// the ceiling with 2 processors, 57% with 3, 61% with 4, 60% with 6, 56%
-// with 8 and 54% with 16 (more processors spin more on shared locks).
-// It does so once per process.
-var raiseProcs = sync.OnceFunc(func() {
-	runtime.GOMAXPROCS(servingProcs(os.Getenv("GOMAXPROCS"), runtime.GOMAXPROCS(0)))
-})
+// baseProcs is GOMAXPROCS as the runtime chose it (one per CPU the
+// process may use) or as the environment set it.
+var baseProcs = runtime.GOMAXPROCS(0)
+
+// setServingProcs sets GOMAXPROCS for the FUSE transport in use, unless the
+// GOMAXPROCS environment variable chose it.
+func setServingProcs(ring bool) {
+	runtime.GOMAXPROCS(servingProcs(os.Getenv("GOMAXPROCS"), baseProcs, ring))
+}
 
 // servingProcs is the GOMAXPROCS to serve with, given the environment
-// variable's value and the current setting.
-func servingProcs(env string, cur int) int {
-	if env != "" {
-		return cur
+// variable's value, the runtime's default and the transport.
+//
+// Through /dev/fuse, it is two per CPU. The goroutines serving requests
+// then spend much of their time in system calls that block: reading
+// /dev/fuse, waiting for the cache file's inode lock in a pwrite. A blocked
+// call keeps its processor until the runtime's monitor takes it back, tens
+// of microseconds later, and meanwhile goroutines that are ready to run
+// wait while CPUs idle. On a 2-CPU machine, 4 KiB random writes at QD32
+// against the FUSE ceiling (scripts/ceiling-ab.sh): 49% of the ceiling
+// with 2 processors, 57% with 3, 61% with 4, 60% with 6, 56% with 8 and
+// 54% with 16.
+//
+// Through io_uring, nothing sleeps in read(2) and the ring threads answer
+// many requests per system call, so extra processors only add contention:
+// 100% of the ceiling with 2 processors, 94% with 3 and with 4.
+func servingProcs(env string, base int, ring bool) int {
+	if env != "" || ring {
+		return base
 	}
-	return 2 * cur
+	return 2 * base
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/wbcache/wbcache/fuse"
 	"io"
 	"log/slog"
 	"os"
@@ -44,6 +45,7 @@ func runMount(args []string, out io.Writer) error {
 	allowOther := f.Bool("allow-other", false, "let users other than the mounting one open MOUNTPOINT/disk (mode bits still apply)")
 	metrics := f.String("metrics", "", "serve Prometheus metrics on `ADDR` (host:port; a bare :port or port binds 127.0.0.1)")
 	logLevel := f.String("log-level", "info", "log `LEVEL`: debug, info, warn or error")
+	ioUring := f.String("fuse-uring", "auto", "FUSE request transport `MODE`: auto (io_uring when the kernel's fuse enable_uring parameter is Y), on (set that parameter; fail if io_uring cannot be used) or off (/dev/fuse)")
 	vals := map[string]*string{}
 	for _, s := range settingKeys {
 		vals[s.key] = f.String(s.key, "", s.help+"; default: the saved setting")
@@ -62,6 +64,10 @@ func runMount(args []string, out io.Writer) error {
 	level, err := parseLevel(*logLevel)
 	if err != nil {
 		return usagef("mount", "%v", err)
+	}
+	ringMode, err := fuse.ParseIOUringMode(*ioUring)
+	if err != nil {
+		return usagef("mount", "--fuse-uring: %v", err)
 	}
 	var changes []kv
 	for _, s := range settingKeys {
@@ -83,6 +89,7 @@ func runMount(args []string, out io.Writer) error {
 	d, err := startDaemon(daemonConfig{
 		cachePath: *cachePath, backingPath: *backingPath, mountpoint: pos[0],
 		changes: changes, allowOther: *allowOther, metricsAddr: *metrics, log: log,
+		ioUring: ringMode,
 	})
 	if err != nil {
 		return err
@@ -91,7 +98,8 @@ func runMount(args []string, out io.Writer) error {
 	if d.metrics != nil {
 		log.Info("metrics endpoint", "url", "http://"+d.metrics.addr+"/metrics")
 	}
-	log.Info("serving", "disk", d.diskPath(), "control_socket", d.ctl.path, "gomaxprocs", runtime.GOMAXPROCS(0))
+	log.Info("serving", "disk", d.diskPath(), "control_socket", d.ctl.path, "gomaxprocs", runtime.GOMAXPROCS(0),
+		"fuse_transport", d.transport())
 
 	force := make(chan struct{})
 	select {
