@@ -243,3 +243,26 @@ func TestBackingSyncRestoresPromotionAndCleansThrough(t *testing.T) {
 	require.NoError(t, c.syncBacking())
 	require.Zero(t, c.DirtyCount())
 }
+
+// TestMayWait checks the FUSE server's scheduling hint: reads of cached
+// blocks and writeback writes do not wait for the backing device; misses,
+// writes in the modes that write it, and large requests may.
+func TestMayWait(t *testing.T) {
+	c, _, _ := openSmall(t, 64, 256, Options{})
+	blk := make([]byte, BlockSize)
+	_, err := c.WriteAt(blk, 3*BlockSize)
+	require.NoError(t, err)
+
+	require.False(t, c.MayWait(true, 10*BlockSize, BlockSize), "writeback write")
+	require.False(t, c.MayWait(false, 3*BlockSize, BlockSize), "read of a cached block")
+	require.False(t, c.MayWait(false, 3*BlockSize+100, 512), "unaligned read inside a cached block")
+	require.True(t, c.MayWait(false, 3*BlockSize, 2*BlockSize), "read running into an uncached block")
+	require.True(t, c.MayWait(false, 20*BlockSize, BlockSize), "read miss")
+	require.True(t, c.MayWait(true, 0, 64<<10), "large write")
+
+	require.NoError(t, c.SetMode(ModeWritethrough))
+	require.True(t, c.MayWait(true, 3*BlockSize, BlockSize), "writethrough write")
+	require.False(t, c.MayWait(false, 3*BlockSize, BlockSize), "writethrough cached read")
+	require.NoError(t, c.SetMode(ModeNone))
+	require.True(t, c.MayWait(false, 3*BlockSize, BlockSize), "mode none")
+}

@@ -149,6 +149,9 @@ func (r *ioRing) sqe() []byte {
 // enter submits the pending SQEs and, if wait, waits up to timeoutNs for at
 // least one completion. A timeout or a signal is not an error.
 func (r *ioRing) enter(wait bool, timeoutNs int64) error {
+	if !wait && r.pending == 0 {
+		return nil
+	}
 	atomic.StoreUint32(r.sqTail, r.tail)
 	var flags uintptr
 	var minComplete uintptr
@@ -187,6 +190,16 @@ func (r *ioRing) reap(f func(c *ioCQE)) int {
 	}
 	atomic.StoreUint32(r.cqHead, head)
 	return n
+}
+
+// ready is the number of completions waiting to be reaped.
+func (r *ioRing) ready() uint32 { return atomic.LoadUint32(r.cqTail) - atomic.LoadUint32(r.cqHead) }
+
+// poll runs the ring's pending task work without waiting: with
+// DEFER_TASKRUN, completions are only posted when the issuing thread
+// enters the kernel asking for them.
+func (r *ioRing) poll() {
+	syscall.Syscall6(sysIoUringEnter, uintptr(r.fd), 0, 0, ioringEnterGetevents, 0, 0)
 }
 
 func (r *ioRing) close() {

@@ -45,6 +45,10 @@
 #   --out DIR            output directory (default /var/tmp/wbc-bench-DATE)
 #   --iops N / --bps B   emulated HDD limits (default 200 / 170M)
 #   --keep               keep the work directory (images, logs)
+#   --fuse-uring MODE    wbcache's FUSE transport: on (default: FUSE over
+#                        io_uring, turning on the fuse module's enable_uring
+#                        parameter), auto or off (/dev/fuse); "" passes
+#                        no flag
 # Environment: WBCACHE / WBCHECK = prebuilt binaries, WBC_TMP = parent of
 # the work directory (the "SSD"; default /var/tmp), FUSECEILING_SRC =
 # fuseceiling source directory (default REPO/../shared/bench/fuseceiling).
@@ -58,6 +62,7 @@ usage() {
 	exit "${1:-2}"
 }
 
+WBC_FUSE_URING=${WBC_FUSE_URING-on}
 quick=0 runtime= sustain= hdd_size= csize= targets_opt= jobs_re=. out= iops=200 bps=170M
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -72,6 +77,7 @@ while [ $# -gt 0 ]; do
 	--iops) iops=$2; shift 2 ;;
 	--bps) bps=$2; shift 2 ;;
 	--keep) WBC_KEEP=1; shift ;;
+	--fuse-uring) WBC_FUSE_URING=$2; shift 2 ;;
 	-h | --help) usage 0 ;;
 	*) echo "unknown option: $1" >&2; usage ;;
 	esac
@@ -318,7 +324,7 @@ check_throttle() {
 }
 
 # ------------------------------------------------------------ run
-log "bench: targets ${TARGETS[*]}; ${#JOBFILES[@]} jobs of ${runtime}s; results in $out"
+log "bench: targets ${TARGETS[*]}; ${#JOBFILES[@]} jobs of ${runtime}s; results in $out${WBC_FUSE_URING:+; wbcache --fuse-uring $WBC_FUSE_URING}"
 start=$(now_ns)
 for t in "${TARGETS[@]}"; do
 	case $t in

@@ -17,6 +17,10 @@
 #   --region SIZE      fio region at offset 0 (default 128M)
 #   --qd N             iodepth (default 32)
 #   --format-args ARGS extra `wbcache format` arguments (e.g. "--journal 8M")
+#   --fuse-uring MODE  wbcache's FUSE transport: on (default: FUSE over
+#                      io_uring, turning on the fuse module's enable_uring
+#                      parameter), auto or off (/dev/fuse); "" passes no
+#                      flag (for NAME=BINARY wrapper scripts that choose)
 # Without NAME=BINARY arguments it builds this tree's wbcache ("head").
 # Environment: FUSECEILING_SRC (default REPO/../shared/bench/fuseceiling),
 # WBC_TMP (default /var/tmp).
@@ -30,6 +34,7 @@ usage() {
 	exit "${1:-2}"
 }
 
+WBC_FUSE_URING=${WBC_FUSE_URING-on}
 rounds=5 runtime=6 csize=512M region=128M qd=32 fargs='' builds=()
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -39,6 +44,7 @@ while [ $# -gt 0 ]; do
 	--region) region=$2; shift 2 ;;
 	--qd) qd=$2; shift 2 ;;
 	--format-args) fargs=$2; shift 2 ;;
+	--fuse-uring) WBC_FUSE_URING=$2; shift 2 ;;
 	-h | --help) usage 0 ;;
 	-*) echo "unknown option: $1" >&2; usage ;;
 	*=*) builds+=("$1"); shift ;;
@@ -81,7 +87,7 @@ declare -A res=()
 names=(ceiling)
 failed=0
 for b in "${builds[@]}"; do names+=("${b%%=*}"); done
-log "ceiling-ab: $rounds rounds, randwrite 4k QD$qd over $region for ${runtime}s; cache $csize ${fargs:+($fargs)}"
+log "ceiling-ab: $rounds rounds, randwrite 4k QD$qd over $region for ${runtime}s; cache $csize ${fargs:+($fargs)}${WBC_FUSE_URING:+; --fuse-uring $WBC_FUSE_URING}"
 for ((r = 1; r <= rounds; r++)); do
 	v=$(run_fio "$WORK/ceil/disk")
 	[ -n "$v" ] || { warn "fio against the ceiling failed"; failed=1; }

@@ -265,6 +265,7 @@ declare -A WBC_WRAP=() WBC_RCF=() WBC_DMNT=()
 # runs inside that blkio cgroup from its first instruction. A wrapper
 # subshell (whose output goes to LOG) waits for the daemon and records its
 # exit status, so that bash's "Killed" job notices land in LOG too.
+# WBC_FUSE_URING (auto, on or off), when set, is passed as --fuse-uring.
 wbc_start() {
 	local mnt=$1 cache=$2 backing=$3 logf=$4 cg=${WBC_DAEMON_CGROUP:-} pidf rcf i
 	shift 4
@@ -275,7 +276,7 @@ wbc_start() {
 	WBC_DSTART=$(now_ns)
 	(
 		[ -n "$cg" ] && echo "$BASHPID" >"$cg/cgroup.procs"
-		"$WBCACHE" mount --cache "$cache" --backing "$backing" "$@" "$mnt" &
+		"$WBCACHE" mount --cache "$cache" --backing "$backing" ${WBC_FUSE_URING:+--fuse-uring "$WBC_FUSE_URING"} "$@" "$mnt" &
 		echo $! >"$pidf.tmp"
 		mv "$pidf.tmp" "$pidf"
 		rc=0
