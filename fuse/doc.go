@@ -76,11 +76,41 @@
 //     is reported as is; otherwise mount(2) is tried and fusermount is the
 //     fallback.
 //
+// # Transports
+//
+// Requests reach the daemon one of two ways, chosen by Options.IOUring:
+//
+//   - /dev/fuse: go-fuse's readers read requests and write replies, one
+//     read(2) and one writev(2) per request, each request answered on the
+//     goroutine that read it.
+//   - FUSE over io_uring (Linux 6.14+, the fuse module's enable_uring
+//     parameter): after INIT, ring threads register buffers for every
+//     queue (one per possible CPU; 2 threads of 16 entries each per
+//     queue), and the kernel hands a request to an entry of the queue of
+//     the submitting CPU. A thread answers and fetches the next request
+//     with one COMMIT_AND_FETCH, many per io_uring_enter(2), and polls its
+//     ring for 20µs before it sleeps. Reads and writes the Backend says may
+//     wait for a slow device ([Waiter]) are answered on their own
+//     goroutines; everything else on the ring thread. go-fuse still
+//     mounts, answers INIT, and serves FORGET and INTERRUPT, which the
+//     kernel keeps sending through /dev/fuse. Once the kernel has agreed
+//     to io_uring at INIT it holds every request until all queues have
+//     entries, so Mount asks for it only after creating a test ring, and a
+//     failed setup withdraws (a REGISTER for a queue that does not exist
+//     makes the kernel fall back to /dev/fuse). Each ring entry needs a
+//     MaxWrite (1 MiB) payload buffer: 32 MiB of address space per CPU,
+//     resident only as far as requests have touched it. A daemon killed
+//     while serving through io_uring leaves its mount answering
+//     ECONNABORTED rather than ENOTCONN (ECANCELED for a request that
+//     raced the teardown); [CleanupStale] takes all three as dead.
+//
+// Debug (go-fuse's request trace) implies /dev/fuse in IOUringAuto mode.
+//
 // # Lifecycle
 //
-// [Mount] returns once the kernel has initialised the connection. Handlers
-// run concurrently, one goroutine per request, with no lock held across
-// Backend calls. [Server.Unmount] unmounts; if the mount is busy (open
+// [Mount] returns once the kernel has initialised the connection (and,
+// with io_uring, once the ring entries are registered). Handlers run
+// concurrently, with no lock held across Backend calls. [Server.Unmount] unmounts; if the mount is busy (open
 // files, a loop device on it) it is detached lazily instead: it disappears
 // from the namespace at once and the connection ends when the last user
 // goes away. [Server.Wait] returns when the connection has ended, whoever

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -132,23 +133,28 @@ func possibleCPUs() (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	return parseCPUList(string(b))
+}
+
+// parseCPUList counts the CPUs in a kernel CPU list such as "0-3,8".
+func parseCPUList(list string) (int, error) {
 	n := 0
-	for _, part := range strings.Split(strings.TrimSpace(string(b)), ",") {
+	for _, part := range strings.Split(strings.TrimSpace(list), ",") {
 		lo, hi, isRange := strings.Cut(part, "-")
 		a, err := strconv.Atoi(lo)
 		if err != nil {
-			return 0, fmt.Errorf("parsing possible CPUs %q: %w", b, err)
+			return 0, fmt.Errorf("parsing CPU list %q: %w", list, err)
 		}
 		c := a
 		if isRange {
 			if c, err = strconv.Atoi(hi); err != nil {
-				return 0, fmt.Errorf("parsing possible CPUs %q: %w", b, err)
+				return 0, fmt.Errorf("parsing CPU list %q: %w", list, err)
 			}
 		}
+		if c < a {
+			return 0, fmt.Errorf("parsing CPU list %q: range %s goes down", list, part)
+		}
 		n += c - a + 1
-	}
-	if n <= 0 {
-		return 0, fmt.Errorf("no possible CPUs in %q", b)
 	}
 	return n, nil
 }
@@ -500,9 +506,9 @@ func (e *uringEnt) load() *gofuse.InHeader {
 // answer runs the request loaded in e and writes the reply header and
 // payload size into e's header buffer.
 func (s *uringServer) answer(e *uringEnt, h *gofuse.InHeader) {
-	unique := h.Unique
+	unique, op := h.Unique, h.Opcode
 	inLen := int(getU32(e.hdr, uringOffPayloadSz))
-	st, outLen := s.dispatch(h, e.payload, inLen)
+	st, outLen := s.dispatchSafe(h, e.payload, inLen, op)
 	if st != gofuse.OK {
 		outLen = 0
 	}
@@ -511,6 +517,18 @@ func (s *uringServer) answer(e *uringEnt, h *gofuse.InHeader) {
 	putU64(e.hdr, 8, unique)
 	clear(e.hdr[256:uringHdrSize])
 	putU32(e.hdr, uringOffPayloadSz, uint32(outLen))
+}
+
+// dispatchSafe is dispatch with a panic turned into EIO (as go-fuse does
+// for its handlers): one bad request must not take the daemon down.
+func (s *uringServer) dispatchSafe(h *gofuse.InHeader, p []byte, inLen int, op uint32) (st gofuse.Status, n int) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.logger.Error("wbcache/fuse: panic answering a request", "opcode", op, "panic", r, "stack", string(debug.Stack()))
+			st, n = gofuse.EIO, 0
+		}
+	}()
+	return s.dispatch(h, p, inLen)
 }
 
 func reqAs[T any](h *gofuse.InHeader) *T { return (*T)(unsafe.Pointer(h)) }

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # scripts/ci-smoke.sh: a short run of every harness, for CI (a few minutes):
-#   crashtest.sh --quick -n 5 --variant all   (each kill -9 variant once)
-#   crashtest-ext4.sh --quick -n 2
+#   crashtest.sh --quick -n 5 --variant all   (each kill -9 variant once,
+#                                             FUSE over io_uring where the
+#                                             kernel has it; then -n 2 over
+#                                             /dev/fuse)
+#   crashtest-ext4.sh --quick -n 2            (io_uring where available)
 #   powercut.sh --quick                       (2 rounds x 6 seeds x 300 cycles)
 #   bench.sh --quick                          (every target and job, 1 s each)
 #   ceiling-ab.sh -n 1 --runtime 1            (one alternating round)
@@ -45,9 +48,17 @@ step() { # NAME CMD...
 	return 0
 }
 
+# The crash loops run over both FUSE transports: io_uring where the kernel
+# has it (Linux 6.14+ with CONFIG_FUSE_IO_URING), and /dev/fuse.
+ring=on
+if [ ! -e /sys/module/fuse/parameters/enable_uring ]; then
+	warn "this kernel has no FUSE over io_uring: the crash loops run over /dev/fuse only"
+	ring=off
+fi
 if [ "$full" = 1 ]; then
-	step crashtest scripts/crashtest.sh --quick -n 5 --variant all -s "$seed" --failures "$WORK/crash-failures"
-	step crashtest-ext4 scripts/crashtest-ext4.sh --quick -n 2 -s "$seed" --failures "$WORK/ext4-failures"
+	step crashtest-$ring env WBC_FUSE_URING=$ring scripts/crashtest.sh --quick -n 5 --variant all -s "$seed" --failures "$WORK/crash-failures"
+	step crashtest-off env WBC_FUSE_URING=off scripts/crashtest.sh --quick -n 2 --variant all -s "$((seed + 1))" --failures "$WORK/crash-failures-off"
+	step crashtest-ext4-$ring env WBC_FUSE_URING=$ring scripts/crashtest-ext4.sh --quick -n 2 -s "$seed" --failures "$WORK/ext4-failures"
 fi
 step powercut scripts/powercut.sh --quick -s "$((seed * 10))"
 if [ "$full" = 1 ]; then

@@ -129,6 +129,7 @@ func TestMountIO(t *testing.T) {
 	require.Equal(t, "writeback", s.Mode)
 	require.Equal(t, int64(size), s.SizeBytes)
 	require.Equal(t, r.mnt, s.Mountpoint)
+	require.Contains(t, []string{"io_uring", "/dev/fuse"}, s.FuseTransport)
 	require.Greater(t, s.Writes, uint64(0))
 	require.Greater(t, s.Dirty, 0)
 	require.Equal(t, int64(s.Dirty)*4096, s.DirtyBytes)

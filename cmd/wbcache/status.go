@@ -24,6 +24,7 @@ type Status struct {
 	ControlSocket string  `json:"control_socket"`
 	MetricsAddr   string  `json:"metrics_address,omitempty"`
 	UptimeSeconds float64 `json:"uptime_seconds"`
+	FuseTransport string  `json:"fuse_transport"`
 
 	blockcache.Stats
 
@@ -62,6 +63,9 @@ func (d *daemon) status() Status {
 	if d.ctl != nil {
 		s.ControlSocket = d.ctl.path
 	}
+	if d.srv != nil {
+		s.FuseTransport = d.transport()
+	}
 	if d.metrics != nil {
 		s.MetricsAddr = d.metrics.addr
 	}
@@ -92,6 +96,9 @@ func printStatus(w io.Writer, s *Status) {
 	fmt.Fprintf(w, "  disk:       %s, %s, mode %s\n", s.Disk, formatSize(s.SizeBytes), s.Mode)
 	fmt.Fprintf(w, "  cache:      %s (%d slots of 4 KiB = %s)\n", s.Cache, s.Slots, formatSize(int64(s.Slots)*blockcache.BlockSize))
 	fmt.Fprintf(w, "  backing:    %s\n", s.Backing)
+	if s.FuseTransport != "" {
+		fmt.Fprintf(w, "  fuse:       requests through %s\n", s.FuseTransport)
+	}
 	fmt.Fprintf(w, "  slots:      used %s: dirty %s, clean %s; free %s\n", pct(s.Used), pct(s.Dirty), pct(s.Clean), pct(s.Free))
 	oldest := "none"
 	if s.Dirty > 0 {
