@@ -114,6 +114,12 @@ func uringEnabled() bool {
 	return err == nil && strings.TrimSpace(string(b)) == "Y"
 }
 
+// uringBuiltIn reports whether the kernel has FUSE over io_uring at all.
+func uringBuiltIn() bool {
+	_, err := os.Stat(uringEnablePath)
+	return err == nil
+}
+
 // EnableIOUring turns on the fuse module's enable_uring parameter (root
 // only). It is a system-wide switch that lets FUSE daemons ask for the
 // io_uring transport; daemons that do not ask are not affected.
