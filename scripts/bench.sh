@@ -152,7 +152,13 @@ for t in "${ALL_TARGETS[@]}"; do
 	TARGETS+=("$t")
 done
 : >"$RAW/targets.txt"
-for t in "${TARGETS[@]}"; do printf '%s\t%s\n' "$t" "${TDESC[$t]}" >>"$RAW/targets.txt"; done
+fuse_note=""
+[ -n "${WBC_FUSE_URING:-}" ] && fuse_note=" [wbcache --fuse-uring $WBC_FUSE_URING]"
+for t in "${TARGETS[@]}"; do
+	d=${TDESC[$t]}
+	case $t in none | write*) d+=$fuse_note ;; esac
+	printf '%s\t%s\n' "$t" "$d" >>"$RAW/targets.txt"
+done
 
 JOBFILES=()
 : >"$RAW/workloads.txt"
