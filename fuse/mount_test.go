@@ -778,3 +778,50 @@ func TestAllowOtherAndDebug(t *testing.T) {
 		t.Fatalf("Debug set but no request trace logged:\n%.2000s", out)
 	}
 }
+
+// TestRingFallback: when registering ring entries fails after the kernel
+// agreed to io_uring at INIT (here: buffers too small), the mount must not
+// hang: in auto mode it serves through /dev/fuse, with on it is refused.
+func TestRingFallback(t *testing.T) {
+	requireRing(t)
+	defer func(p int) { ringPayload = p }(ringPayload)
+	ringPayload = 4096
+
+	if !uringEnabled() {
+		t.Fatal("requireRing left enable_uring off")
+	}
+	b := newMemBackend(1 << 20)
+	s, err := Mount(t.TempDir(), b, Options{IOUring: IOUringAuto, Logger: testLogger(), SelfAccess: true})
+	if err != nil {
+		t.Fatalf("Mount in auto mode: %v", err)
+	}
+	t.Cleanup(func() { unmountAndWait(t, s) })
+	disk := filepath.Join(s.Mountpoint(), diskName)
+	if s.IOUring() {
+		t.Fatal("serving through io_uring with buffers the kernel must refuse")
+	}
+	f := openDisk(t, disk, os.O_RDWR)
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.WriteAt([]byte("after the fallback"), 4096)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("write after the fallback: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a write after the failed ring setup hangs")
+	}
+	if got := string(b.data[4096 : 4096+18]); got != "after the fallback" {
+		t.Fatalf("backend holds %q", got)
+	}
+
+	mp := t.TempDir()
+	if _, err := Mount(mp, newMemBackend(1<<20), Options{IOUring: IOUringOn, Logger: testLogger(), SelfAccess: true}); err == nil {
+		t.Fatal("Mount with IOUringOn succeeded although the ring cannot be registered")
+	} else {
+		t.Logf("Mount with IOUringOn: %v", err)
+	}
+}

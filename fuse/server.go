@@ -253,7 +253,7 @@ func Mount(mountpoint string, b Backend, opts Options) (*Server, error) {
 		err := s.startRing(fs, devFd)
 		close(ringReady)
 		if err != nil {
-			if opts.IOUring == IOUringOn {
+			if opts.IOUring == IOUringOn || errors.Is(err, errRingStuck) {
 				_ = s.Unmount()
 				s.Wait()
 				return nil, fmt.Errorf("wbcache/fuse: mount %s: FUSE over io_uring: %w", mp, err)
@@ -304,22 +304,32 @@ func newServer(fs *rawFS, mp string, mo *gofuse.MountOptions) (*gofuse.Server, i
 	return srv, fd, nil
 }
 
-// startRing waits for INIT and registers the io_uring entries.
+// errRingStuck: the kernel agreed to io_uring at INIT but no ring entries
+// can be registered, nor the agreement withdrawn (that takes a command on
+// the /dev/fuse descriptor); the kernel would hold every request.
+var errRingStuck = errors.New("the ring can neither be set up nor withdrawn, and the kernel holds requests until it is (mount with --fuse-uring off)")
+
+// ringPayload is the payload buffer per ring entry; the kernel wants room
+// for a MaxWrite request. (Tests shrink it to make registration fail.)
+var ringPayload = maxWrite
+
+// startRing waits for INIT and registers the io_uring entries. An error
+// other than errRingStuck leaves the connection serving through /dev/fuse.
 func (s *Server) startRing(fs *rawFS, devFd int) error {
 	select {
 	case <-fs.initDone:
 	case <-s.done:
 		return errors.New("the connection ended before INIT")
 	case <-time.After(30 * time.Second):
-		return errors.New("no INIT from the kernel within 30s")
+		return fmt.Errorf("no INIT from the kernel within 30s: %w", errRingStuck)
 	}
 	if s.srv.KernelSettings().Flags64()&gofuse.CAP_OVER_IO_URING == 0 {
 		return errors.New("the kernel did not offer it at INIT")
 	}
 	if devFd < 0 {
-		return errors.New("cannot find the /dev/fuse descriptor")
+		return fmt.Errorf("cannot tell which /dev/fuse descriptor is this mount's: %w", errRingStuck)
 	}
-	r, err := startURing(fs, devFd, maxWrite, s.logger)
+	r, err := startURing(fs, devFd, ringPayload, s.logger)
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,6 @@
 package fuse
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -235,7 +234,10 @@ func startURing(fs *rawFS, devFd int, payload int, logger *slog.Logger) (*uringS
 	if len(errs) > 0 {
 		s.abandon()
 		s.Stop()
-		return nil, errors.Join(errs...)
+		if len(errs) > 1 {
+			return nil, fmt.Errorf("%w (and %d more ring threads failed)", errs[0], len(errs)-1)
+		}
+		return nil, errs[0]
 	}
 	return s, nil
 }
