@@ -814,7 +814,10 @@ func TestRingFallback(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("a write after the failed ring setup hangs")
 	}
-	if got := string(b.data[4096 : 4096+18]); got != "after the fallback" {
+	b.mu.RLock()
+	got := string(b.data[4096 : 4096+18])
+	b.mu.RUnlock()
+	if got != "after the fallback" {
 		t.Fatalf("backend holds %q", got)
 	}
 
