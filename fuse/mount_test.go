@@ -79,7 +79,7 @@ var testTransport = IOUringOff
 
 // eachTransport runs f as two subtests: requests through /dev/fuse, and
 // through FUSE over io_uring (which turns on the fuse module's enable_uring
-// parameter; TestMain puts it back).
+// parameter, as `wbcache mount` does by default).
 func eachTransport(t *testing.T, f func(t *testing.T)) {
 	for _, tr := range []IOUringMode{IOUringOff, IOUringOn} {
 		name := "devfuse"

@@ -25,13 +25,7 @@ func TestMain(m *testing.M) {
 		runChild(mp)
 		return
 	}
-	ringWas := uringEnabled()
-	code := m.Run()
-	if !ringWas && uringEnabled() {
-		// Tests that ran over io_uring turned the parameter on.
-		_ = os.WriteFile(uringEnablePath, []byte("N"), 0)
-	}
-	os.Exit(code)
+	os.Exit(m.Run())
 }
 
 // runChild mounts a small memBackend at mp, reports readiness on stdout and

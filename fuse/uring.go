@@ -113,11 +113,15 @@ func uringEnabled() bool {
 	return err == nil && strings.TrimSpace(string(b)) == "Y"
 }
 
-// uringBuiltIn reports whether the kernel has FUSE over io_uring at all.
-func uringBuiltIn() bool {
+// IOUringBuiltIn reports whether the kernel has FUSE over io_uring at all
+// (on or off).
+func IOUringBuiltIn() bool {
 	_, err := os.Stat(uringEnablePath)
 	return err == nil
 }
+
+// IOUringEnabled reports whether the kernel offers FUSE over io_uring now.
+func IOUringEnabled() bool { return uringEnabled() }
 
 // EnableIOUring turns on the fuse module's enable_uring parameter (root
 // only). It is a system-wide switch that lets FUSE daemons ask for the

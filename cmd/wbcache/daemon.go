@@ -141,6 +141,7 @@ func startDaemon(cfg daemonConfig) (_ *daemon, err error) {
 			return nil, err
 		}
 	}
+	enableRing(cfg.ioUring, d.log)
 	d.srv, err = fuse.Mount(mp, d.cache, fuse.Options{
 		AllowOther: cfg.allowOther,
 		Stats:      d.statsFile,
@@ -163,6 +164,22 @@ func startDaemon(cfg daemonConfig) (_ *daemon, err error) {
 		d.metrics.serve()
 	}
 	return d, nil
+}
+
+// enableRing: in auto mode the daemon serves FUSE over io_uring wherever
+// the kernel has it, so as root it turns on the fuse module's enable_uring
+// parameter when it is off (a system-wide switch that only lets FUSE
+// daemons ask for io_uring; those that do not ask are unaffected). 4 KiB
+// random writes are 1.3-1.4x faster through it (README, Benchmarks).
+func enableRing(mode fuse.IOUringMode, log *slog.Logger) {
+	if mode != fuse.IOUringAuto || os.Geteuid() != 0 || !fuse.IOUringBuiltIn() || fuse.IOUringEnabled() {
+		return
+	}
+	if err := fuse.EnableIOUring(); err != nil {
+		log.Info("cannot turn on FUSE over io_uring; serving through /dev/fuse", "err", err)
+		return
+	}
+	log.Info("turned on FUSE over io_uring (fuse module parameter enable_uring=Y); --fuse-uring off serves through /dev/fuse")
 }
 
 // transport names how FUSE requests reach the daemon.

@@ -45,7 +45,7 @@ func runMount(args []string, out io.Writer) error {
 	allowOther := f.Bool("allow-other", false, "let users other than the mounting one open MOUNTPOINT/disk (mode bits still apply)")
 	metrics := f.String("metrics", "", "serve Prometheus metrics on `ADDR` (host:port; a bare :port or port binds 127.0.0.1)")
 	logLevel := f.String("log-level", "info", "log `LEVEL`: debug, info, warn or error")
-	ioUring := f.String("fuse-uring", "auto", "FUSE request transport `MODE`: auto (io_uring when the kernel's fuse enable_uring parameter is Y), on (set that parameter; fail if io_uring cannot be used) or off (/dev/fuse)")
+	ioUring := f.String("fuse-uring", "auto", "FUSE request transport `MODE`: auto (FUSE over io_uring where the kernel has it, turning on the fuse module's enable_uring parameter as root; /dev/fuse otherwise), on (io_uring or refuse to mount) or off (/dev/fuse)")
 	vals := map[string]*string{}
 	for _, s := range settingKeys {
 		vals[s.key] = f.String(s.key, "", s.help+"; default: the saved setting")

@@ -16,6 +16,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"github.com/wbcache/wbcache/device"
+	"github.com/wbcache/wbcache/fuse"
 	"golang.org/x/sys/unix"
 )
 
@@ -129,7 +130,12 @@ func TestMountIO(t *testing.T) {
 	require.Equal(t, "writeback", s.Mode)
 	require.Equal(t, int64(size), s.SizeBytes)
 	require.Equal(t, r.mnt, s.Mountpoint)
-	require.Contains(t, []string{"io_uring", "/dev/fuse"}, s.FuseTransport)
+	if os.Geteuid() == 0 && fuse.IOUringBuiltIn() {
+		require.Equal(t, "io_uring", s.FuseTransport, "--fuse-uring auto as root on a kernel with FUSE over io_uring")
+		require.True(t, fuse.IOUringEnabled())
+	} else {
+		require.Equal(t, "/dev/fuse", s.FuseTransport)
+	}
 	require.Greater(t, s.Writes, uint64(0))
 	require.Greater(t, s.Dirty, 0)
 	require.Equal(t, int64(s.Dirty)*4096, s.DirtyBytes)
