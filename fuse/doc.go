@@ -85,9 +85,9 @@
 //     goroutine that read it.
 //   - FUSE over io_uring (Linux 6.14+, the fuse module's enable_uring
 //     parameter): after INIT, ring threads register buffers for every
-//     queue (one per possible CPU; 2 threads of 16 entries each per
-//     queue), and the kernel hands a request to an entry of the queue of
-//     the submitting CPU. A thread answers and fetches the next request
+//     queue (one per possible CPU; 2 threads per queue, 64 entries in
+//     all, at least 2 per thread), and the kernel hands a request to an
+//     entry of the queue of the submitting CPU. A thread answers and fetches the next request
 //     with one COMMIT_AND_FETCH, many per io_uring_enter(2), and polls its
 //     ring for 20µs before it sleeps. Reads and writes the Backend says may
 //     wait for a slow device ([Waiter]) are answered on their own
@@ -98,8 +98,9 @@
 //     entries, so Mount asks for it only after creating a test ring, and a
 //     failed setup withdraws (a REGISTER for a queue that does not exist
 //     makes the kernel fall back to /dev/fuse). Each ring entry needs a
-//     MaxWrite (1 MiB) payload buffer: 32 MiB of address space per CPU,
-//     resident only as far as requests have touched it. A daemon killed
+//     MaxWrite (1 MiB) payload buffer: 64 MiB of address space (4 MiB
+//     per CPU beyond 16 CPUs), resident only as far as requests have
+//     touched it. A daemon killed
 //     while serving through io_uring leaves its mount answering
 //     ECONNABORTED rather than ENOTCONN (ECANCELED for a request that
 //     raced the teardown); [CleanupStale] takes all three as dead.

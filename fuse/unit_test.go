@@ -342,3 +342,13 @@ func TestDirentsLen(t *testing.T) {
 		t.Fatalf("direntsLen of an empty list = %d", got)
 	}
 }
+
+// TestEntriesPerThread: the ring's 1 MiB buffers stay within a budget as
+// CPUs grow, and every queue keeps some depth.
+func TestEntriesPerThread(t *testing.T) {
+	for _, c := range []struct{ cpus, want int }{{1, 32}, {2, 16}, {4, 8}, {8, 4}, {16, 2}, {64, 2}} {
+		if got := entriesPerThread(c.cpus); got != c.want {
+			t.Errorf("entriesPerThread(%d) = %d, want %d", c.cpus, got, c.want)
+		}
+	}
+}

@@ -44,15 +44,19 @@ const (
 	inHeaderSize  = int(unsafe.Sizeof(gofuse.InHeader{}))
 	outHeaderSize = 16
 
-	// Threads per queue, and ring entries per thread. A second thread
-	// per queue keeps the queue moving while one waits (a read from the
-	// backing device); entries per thread bound how many requests one
-	// thread can have been handed. On 2 CPUs, 4 KiB random writes at
-	// QD32 (scripts/ceiling-ab.sh, GOMAXPROCS 4): 1 thread × 16 entries
-	// 85% of the ceiling, 1 × 32 81%, 2 × 16 90%, 4 × 8 91%, 4 × 16 88%.
-	// Pinning each queue's threads to its CPU: 66%.
+	// Threads per queue, and ring entries. A second thread per queue
+	// keeps the queue moving while one waits (a read from the backing
+	// device); entries per thread bound how many requests one thread can
+	// have been handed. On 2 CPUs, 4 KiB random writes at QD32
+	// (scripts/ceiling-ab.sh, GOMAXPROCS 4): 1 thread × 16 entries 85% of
+	// the ceiling, 1 × 32 81%, 2 × 16 90%, 4 × 8 91%, 4 × 16 88%. Pinning
+	// each queue's threads to its CPU: 66%. Every entry has a MaxWrite
+	// (1 MiB) payload buffer, so the entries are a budget shared by all
+	// queues (64 in all, as 2 × 16 on 2 CPUs) with at least
+	// uringMinEntries per thread.
 	uringThreadsPerQueue = 2
-	uringEntriesPerThrd  = 16
+	uringEntryBudget     = 64
+	uringMinEntries      = 2
 
 	// wakeUserData marks the completion of the read on a thread's
 	// eventfd: requests handed to goroutines have finished.
@@ -288,14 +292,19 @@ func (s *uringServer) fillCmd(sqe []byte, cmd uint32, qid uint16, commitID uint6
 	putU16(sqe, sqeOffCmd+16, qid)
 }
 
-// thread owns one io_uring and uringEntriesPerThrd entries of queue qid. It
+// entriesPerThread shares the entry budget among nq queues.
+func entriesPerThread(nq int) int {
+	return max(uringMinEntries, uringEntryBudget/(nq*uringThreadsPerQueue))
+}
+
+// thread owns one io_uring and entriesPerThread entries of queue qid. It
 // stays on its OS thread: with DEFER_TASKRUN, the kernel hands requests to
 // the thread that submitted the commands.
 func (s *uringServer) thread(qid uint16, ready chan<- error) {
 	defer s.wg.Done()
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	n := uringEntriesPerThrd
+	n := entriesPerThread(s.queues)
 	r, err := newIoRing(uint32(n + 1)) // + the eventfd read
 	if err != nil {
 		ready <- err
