@@ -64,6 +64,7 @@ const (
 	ioringOpRead = 22
 
 	uringWaitTimeout = 500 * time.Millisecond
+	uringStopGrace   = 2 * time.Second
 
 	// uringSpin is how long a ring thread polls for the next request
 	// after answering some, before it sleeps. Waking a sleeping thread
@@ -302,27 +303,41 @@ func entriesPerThread(nq int) int {
 // the thread that submitted the commands.
 func (s *uringServer) thread(qid uint16, ready chan<- error) {
 	defer s.wg.Done()
+	// Never unlocked: the thread ends with the goroutine, and with it any
+	// task work the kernel still had queued for it.
 	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	n := entriesPerThread(s.queues)
 	r, err := newIoRing(uint32(n + 1)) // + the eventfd read
 	if err != nil {
 		ready <- err
 		return
 	}
-	defer r.close()
 	hdrMem, err := unix.Mmap(-1, 0, n*uringHdrStride, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
+		r.close()
 		ready <- fmt.Errorf("allocating ring headers: %w", err)
 		return
 	}
-	defer unix.Munmap(hdrMem)
 	payMem, err := unix.Mmap(-1, 0, n*s.payload, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
 	if err != nil {
+		r.close()
+		unix.Munmap(hdrMem)
 		ready <- fmt.Errorf("allocating ring buffers: %w", err)
 		return
 	}
-	defer unix.Munmap(payMem)
+	live := 0 // entries the kernel may still hand requests to
+	defer func() {
+		r.close()
+		if live > 0 {
+			// The kernel still knows these buffers' addresses: leave
+			// them mapped rather than let it write into memory that
+			// may be reused.
+			s.logger.Warn("wbcache/fuse: ring thread stopped with entries registered; keeping their buffers", "queue", qid, "entries", live)
+			return
+		}
+		unix.Munmap(payMem)
+		unix.Munmap(hdrMem)
+	}()
 	ents := make([]uringEnt, n)
 	for i := range ents {
 		e := &ents[i]
@@ -342,7 +357,7 @@ func (s *uringServer) thread(qid uint16, ready chan<- error) {
 	// A REGISTER that fails completes at once; one that succeeds completes
 	// only when a request arrives.
 	var regErr error
-	live := n
+	live = n
 	var early []*ioCQE
 	r.reap(func(c *ioCQE) {
 		if c.Res < 0 {
@@ -370,7 +385,17 @@ func (s *uringServer) thread(qid uint16, ready chan<- error) {
 	for _, c := range early {
 		t.complete(c)
 	}
-	for (live > 0 || t.offloaded > 0) && !s.stop.Load() {
+	var stopAt time.Time
+	for live > 0 || t.offloaded > 0 {
+		if s.stop.Load() {
+			// The connection has ended: its teardown completes the
+			// entries still registered. Wait for that a little.
+			if stopAt.IsZero() {
+				stopAt = time.Now()
+			} else if time.Since(stopAt) > uringStopGrace {
+				break
+			}
+		}
 		// Send the answers, then poll a little before sleeping.
 		if err := r.enter(false, 0); err != nil {
 			s.logger.Error("wbcache/fuse: io_uring submit failed; ring thread stopping", "queue", qid, "err", err)
