@@ -240,17 +240,18 @@ func Mount(mountpoint string, b Backend, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("wbcache/fuse: mount %s: %w", mp, err)
 	}
 	s := &Server{srv: srv, mountpoint: mp, logger: logger, done: make(chan struct{})}
-	ringReady := make(chan struct{})
+	ringReady, served := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(s.done)
 		srv.Serve()
+		close(served)
 		<-ringReady
 		if s.ring != nil {
 			s.ring.Stop()
 		}
 	}()
 	if useRing {
-		err := s.startRing(fs, devFd)
+		err := s.startRing(fs, devFd, served)
 		close(ringReady)
 		if err != nil {
 			if opts.IOUring == IOUringOn || errors.Is(err, errRingStuck) {
@@ -315,10 +316,10 @@ var ringPayload = maxWrite
 
 // startRing waits for INIT and registers the io_uring entries. An error
 // other than errRingStuck leaves the connection serving through /dev/fuse.
-func (s *Server) startRing(fs *rawFS, devFd int) error {
+func (s *Server) startRing(fs *rawFS, devFd int, served <-chan struct{}) error {
 	select {
 	case <-fs.initDone:
-	case <-s.done:
+	case <-served:
 		return errors.New("the connection ended before INIT")
 	case <-time.After(30 * time.Second):
 		return fmt.Errorf("no INIT from the kernel within 30s: %w", errRingStuck)
