@@ -27,7 +27,6 @@ const (
 	ioringEnterGetevents      = 1 << 0
 	ioringEnterExtArg         = 1 << 3
 	ioringOffSQRing           = 0
-	ioringOffCQRing           = 0x8000000
 	ioringOffSQEs             = 0x10000000
 	ioringOpURingCmd          = 46
 	sqe128Size                = 128

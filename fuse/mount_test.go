@@ -787,7 +787,7 @@ func TestRingFallback(t *testing.T) {
 	defer func(p int) { ringPayload = p }(ringPayload)
 	ringPayload = 4096
 
-	if !uringEnabled() {
+	if !IOUringEnabled() {
 		t.Fatal("requireRing left enable_uring off")
 	}
 	b := newMemBackend(1 << 20)

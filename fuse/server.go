@@ -207,7 +207,7 @@ func Mount(mountpoint string, b Backend, opts Options) (*Server, error) {
 		useRing = true
 	case IOUringAuto:
 		// Debug traces requests in go-fuse, which only sees /dev/fuse.
-		useRing = root && uringEnabled() && !opts.Debug
+		useRing = root && IOUringEnabled() && !opts.Debug
 		if !useRing && root && !opts.Debug && IOUringBuiltIn() {
 			logger.Info("wbcache/fuse: serving through /dev/fuse; this kernel can serve FUSE over io_uring, which is faster for small I/O: " +
 				"mount with --fuse-uring on, or echo Y > " + uringEnablePath)

@@ -1,6 +1,7 @@
 package fuse
 
 import (
+	"bytes"
 	"fmt"
 	"log/slog"
 	"os"
@@ -112,12 +113,6 @@ const (
 	fuseDirentHdr = 24
 )
 
-// uringEnabled reports whether the kernel offers FUSE over io_uring now.
-func uringEnabled() bool {
-	b, err := os.ReadFile(uringEnablePath)
-	return err == nil && strings.TrimSpace(string(b)) == "Y"
-}
-
 // IOUringBuiltIn reports whether the kernel has FUSE over io_uring at all
 // (on or off).
 func IOUringBuiltIn() bool {
@@ -126,13 +121,16 @@ func IOUringBuiltIn() bool {
 }
 
 // IOUringEnabled reports whether the kernel offers FUSE over io_uring now.
-func IOUringEnabled() bool { return uringEnabled() }
+func IOUringEnabled() bool {
+	b, err := os.ReadFile(uringEnablePath)
+	return err == nil && strings.TrimSpace(string(b)) == "Y"
+}
 
 // EnableIOUring turns on the fuse module's enable_uring parameter (root
 // only). It is a system-wide switch that lets FUSE daemons ask for the
 // io_uring transport; daemons that do not ask are not affected.
 func EnableIOUring() error {
-	if uringEnabled() {
+	if IOUringEnabled() {
 		return nil
 	}
 	if err := os.WriteFile(uringEnablePath, []byte("Y"), 0); err != nil {
@@ -215,9 +213,10 @@ type uringEnt struct {
 	scratch  [40]uint64 // the request header and op struct, contiguous
 }
 
-// startURing registers ring entries for every queue. On error nothing was
-// left registered in a way that would stall the connection: a queue
-// without entries makes the kernel fall back to /dev/fuse (see abandon).
+// startURing registers ring entries for every queue. If any thread
+// fails, the kernel would hold requests forever waiting for the queues
+// left without entries, so abandon withdraws the connection from io_uring
+// (it then serves through /dev/fuse) before the error is returned.
 func startURing(fs *rawFS, devFd int, payload int, logger *slog.Logger) (*uringServer, error) {
 	nq, err := possibleCPUs()
 	if err != nil {
@@ -371,7 +370,8 @@ func (s *uringServer) thread(qid uint16, ready chan<- error) {
 		early = append(early, &cp)
 	})
 	if regErr != nil {
-		// Entries that did register are torn down with the connection.
+		// Entries that did register stay known to the kernel until the
+		// connection ends: the deferred cleanup keeps their buffers.
 		ready <- regErr
 		return
 	}
@@ -480,10 +480,11 @@ func (t *uringThread) complete(c *ioCQE) {
 	e := &t.ents[c.UserData]
 	h := e.load()
 	if t.s.mayWait(h) {
-		// A read miss waits for the backing device: answer it from a
-		// goroutine so that the requests this thread is handed
-		// meanwhile are not held up behind it, and the device sees
-		// the application's queue depth.
+		// A read miss or a write around the cache waits for the
+		// backing device: answer it from a goroutine so that the
+		// requests this thread is handed meanwhile are not held up
+		// behind it, and the device sees the application's queue
+		// depth.
 		t.offloaded++
 		t.wg.Add(1)
 		go func() {
@@ -552,9 +553,9 @@ func (e *uringEnt) load() *gofuse.InHeader {
 // answer runs the request loaded in e and writes the reply header and
 // payload size into e's header buffer.
 func (s *uringServer) answer(e *uringEnt, h *gofuse.InHeader) {
-	unique, op := h.Unique, h.Opcode
+	unique := h.Unique
 	inLen := int(getU32(e.hdr, uringOffPayloadSz))
-	st, outLen := s.dispatchSafe(h, e.payload, inLen, op)
+	st, outLen := s.dispatchSafe(h, e.payload, inLen)
 	if st != gofuse.OK {
 		outLen = 0
 	}
@@ -567,10 +568,10 @@ func (s *uringServer) answer(e *uringEnt, h *gofuse.InHeader) {
 
 // dispatchSafe is dispatch with a panic turned into EIO (as go-fuse does
 // for its handlers): one bad request must not take the daemon down.
-func (s *uringServer) dispatchSafe(h *gofuse.InHeader, p []byte, inLen int, op uint32) (st gofuse.Status, n int) {
+func (s *uringServer) dispatchSafe(h *gofuse.InHeader, p []byte, inLen int) (st gofuse.Status, n int) {
 	defer func() {
 		if r := recover(); r != nil {
-			s.logger.Error("wbcache/fuse: panic answering a request", "opcode", op, "panic", r, "stack", string(debug.Stack()))
+			s.logger.Error("wbcache/fuse: panic answering a request", "opcode", h.Opcode, "panic", r, "stack", string(debug.Stack()))
 			st, n = gofuse.EIO, 0
 		}
 	}()
@@ -602,7 +603,7 @@ func (s *uringServer) dispatch(h *gofuse.InHeader, p []byte, inLen int) (gofuse.
 	switch h.Opcode {
 	case opLookup:
 		name := p[:inLen]
-		if i := indexByte(name, 0); i >= 0 {
+		if i := bytes.IndexByte(name, 0); i >= 0 {
 			name = name[:i]
 		}
 		if h.NodeId == rootIno && string(name) == pollHackName {
@@ -713,13 +714,4 @@ func direntsLen(p []byte) int {
 		off += (fuseDirentHdr + nameLen + 7) &^ 7
 	}
 	return min(off, len(p))
-}
-
-func indexByte(b []byte, c byte) int {
-	for i, x := range b {
-		if x == c {
-			return i
-		}
-	}
-	return -1
 }
