@@ -345,8 +345,9 @@ func setServingProcs(ring bool) {
 // 54% with 16.
 //
 // Through io_uring, nothing sleeps in read(2) and the ring threads answer
-// many requests per system call, so extra processors only add contention:
-// 100% of the ceiling with 2 processors, 94% with 3 and with 4.
+// many requests per system call, so extra processors only add contention.
+// Two ceiling-ab runs: 2 processors 104% of the ceiling against 94% with 4;
+// 2 processors 100% against 94% with 3.
 func servingProcs(env string, base int, ring bool) int {
 	if env != "" || ring {
 		return base
