@@ -23,7 +23,7 @@ func (c *Cache) DirtyBlocks(dst []DirtyBlock) []DirtyBlock {
 	c.mu.Lock()
 	t := &c.mu.t
 	for s, f := range t.flags {
-		if f&(fValid|fDirty|fPinned) == fValid|fDirty {
+		if f&(fValid|fDirty|fPinned|fLost) == fValid|fDirty {
 			dst = append(dst, DirtyBlock{LBA: t.lba[s], Slot: uint32(s), CRC: t.crc[s], Since: t.since[s]})
 		}
 	}
@@ -83,7 +83,7 @@ func (c *Cache) PinWait(blocks []DirtyBlock, wait func(durable func() bool)) (pi
 	out := blocks[:0]
 	for _, b := range blocks {
 		s, ok := t.lookup(b.LBA)
-		if !ok || t.flags[s]&(fValid|fDirty|fPinned|fWriting) != fValid|fDirty {
+		if !ok || t.flags[s]&(fValid|fDirty|fPinned|fWriting|fLost) != fValid|fDirty {
 			continue
 		}
 		if c.mu.inflight[b.LBA] > 0 || c.discardingLocked(b.LBA) {
@@ -120,18 +120,36 @@ func (c *Cache) PinWait(blocks []DirtyBlock, wait func(durable func() bool)) (pi
 	return out, newer, nil
 }
 
+// LostBlocksError is what ReadSlots returns when some pinned blocks' slots
+// fail their checksum: those blocks are lost (see corrupt.go) and must not
+// be written back; every other block of buf was read and verified.
+type LostBlocksError struct {
+	Lost []int // indexes into the blocks passed to ReadSlots
+}
+
+func (e *LostBlocksError) Error() string {
+	return fmt.Sprintf("%v: %d dirty blocks lost (their cache slots fail their checksums)", ErrCorruptData, len(e.Lost))
+}
+
+func (e *LostBlocksError) Unwrap() error { return ErrCorruptData }
+
 // ReadSlots reads the data of pinned blocks into buf (4 KiB each, in
-// order), verifying each checksum.
+// order), verifying each checksum. Blocks that fail it are marked lost and
+// reported in a *LostBlocksError; Complete never marks them clean.
 func (c *Cache) ReadSlots(blocks []DirtyBlock, buf []byte) error {
+	var lost []int
 	for i, b := range blocks {
 		p := buf[i*BlockSize : (i+1)*BlockSize]
 		if _, err := c.ssd.ReadAt(p, c.g.SlotOffset(uint64(b.Slot))); err != nil {
 			return c.ssdReadError(b.Slot, err)
 		}
 		if layout.DataCRC(p) != b.CRC {
-			c.stats.cacheErrors.Add(1)
-			return fmt.Errorf("%w: cache slot %d (block %d) fails its checksum", ErrCorruptData, b.Slot, b.LBA)
+			c.markLost(b)
+			lost = append(lost, i)
 		}
+	}
+	if lost != nil {
+		return &LostBlocksError{Lost: lost}
 	}
 	return nil
 }
@@ -175,7 +193,7 @@ func (c *Cache) completeLocked(blocks []DirtyBlock, written bool) {
 	for _, b := range blocks {
 		s := b.Slot
 		f := t.flags[s]
-		if written && f&fValid != 0 && t.lba[s] == b.LBA && t.crc[s] == b.CRC {
+		if written && f&(fValid|fLost) == fValid && t.lba[s] == b.LBA && t.crc[s] == b.CRC {
 			c.j.append(layout.Record{Type: layout.RecClean, Slot: s, LBA: b.LBA, CRC: b.CRC, Epoch: c.epoch.Load()})
 			t.setClean(s)
 		}

@@ -55,6 +55,14 @@ func (c *Cache) readRun(lba uint64, want int, dst []byte, inBlock int, seq bool)
 	b := getBlock()
 	defer putBlock(b)
 	hit, gen, err := c.readCached(lba, *b)
+	for bad, ok := err.(*badSlot); ok; bad, ok = err.(*badSlot) {
+		// Heal a clean block (then look again: it reads as a miss), or
+		// report a lost dirty one.
+		if err := c.corruptSlot(lba, bad.slot, bad.crc); err != nil {
+			return 0, err
+		}
+		hit, gen, err = c.readCached(lba, *b)
+	}
 	if err != nil {
 		return 0, err
 	}
@@ -118,10 +126,18 @@ func (c *Cache) readCached(lba uint64, dst []byte) (bool, uint64, error) {
 		return false, 0, c.ssdReadError(s, err)
 	}
 	if layout.DataCRC(dst) != crc {
-		c.stats.cacheErrors.Add(1)
-		return false, 0, fmt.Errorf("%w: cache slot %d (block %d) fails its checksum: the SSD returned bad data", ErrCorruptData, s, lba)
+		return false, 0, &badSlot{slot: s, crc: crc}
 	}
 	return true, 0, nil
+}
+
+// badSlot: a cached block's slot fails its checksum (see corrupt.go).
+type badSlot struct {
+	slot, crc uint32
+}
+
+func (e *badSlot) Error() string {
+	return fmt.Sprintf("%v: cache slot %d fails its checksum", ErrCorruptData, e.slot)
 }
 
 func (c *Cache) ssdReadError(s uint32, err error) error {
@@ -253,17 +269,9 @@ func (c *Cache) writeBlock(lba uint64, inBlock int, data []byte, mode Mode, bypa
 	}
 	if len(data) < BlockSize {
 		// Read-modify-write under the block's lock.
-		if cached {
-			if _, err := c.ssd.ReadAt(blk, c.g.SlotOffset(uint64(old))); err != nil {
-				return 0, c.ssdReadError(old, err)
-			}
-			if layout.DataCRC(blk) != oldCRC {
-				c.stats.cacheErrors.Add(1)
-				return 0, fmt.Errorf("%w: cache slot %d (block %d) fails its checksum", ErrCorruptData, old, lba)
-			}
-		} else if _, err := c.hdd.ReadAt(blk, int64(lba)*BlockSize); err != nil {
-			c.stats.backingErrors.Add(1)
-			return 0, fmt.Errorf("reading backing device at block %d: %w", lba, err)
+		var err error
+		if cached, err = c.readForUpdate(lba, old, oldCRC, cached, blk); err != nil {
+			return 0, err
 		}
 		copy(blk[inBlock:], data)
 	} else if &blk[0] != &data[0] {
@@ -294,6 +302,30 @@ func (c *Cache) writeBlock(lba uint64, inBlock int, data []byte, mode Mode, bypa
 		return 0, err
 	}
 	return 0, nil
+}
+
+// readForUpdate reads the current version of lba into blk for a partial
+// write: from slot s (crc) if cached, else from the backing device. A
+// clean cached copy that fails its checksum is dropped and the backing
+// device read instead; it reports whether lba is still cached. Caller
+// holds the stripe lock.
+func (c *Cache) readForUpdate(lba uint64, s, crc uint32, cached bool, blk []byte) (bool, error) {
+	if cached {
+		if _, err := c.ssd.ReadAt(blk, c.g.SlotOffset(uint64(s))); err != nil {
+			return true, c.ssdReadError(s, err)
+		}
+		if layout.DataCRC(blk) == crc {
+			return true, nil
+		}
+		if err := c.corruptSlotLocked(lba, s, crc); err != nil {
+			return true, err
+		}
+	}
+	if _, err := c.hdd.ReadAt(blk, int64(lba)*BlockSize); err != nil {
+		c.stats.backingErrors.Add(1)
+		return false, fmt.Errorf("reading backing device at block %d: %w", lba, err)
+	}
+	return false, nil
 }
 
 // writeBacking writes one block in place on the backing device. Caller
@@ -392,7 +424,7 @@ func (c *Cache) rewriteInPlace(lba uint64, s uint32, blk []byte) (uint64, bool, 
 	crc := layout.DataCRC(blk)
 	c.mu.Lock()
 	t := &c.mu.t
-	if t.lba[s] != lba || t.flags[s]&(fValid|fDirty|fPinned|fFresh|fWriting) != fValid|fDirty|fFresh {
+	if t.lba[s] != lba || t.flags[s]&(fValid|fDirty|fPinned|fFresh|fWriting|fLost) != fValid|fDirty|fFresh {
 		c.mu.Unlock()
 		c.j.release(1)
 		return 0, false, nil

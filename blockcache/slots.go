@@ -8,7 +8,7 @@ const (
 	fDirty                     // the backing device does not hold this version
 	fPinned                    // a destage of this slot is in flight
 	fRef                       // CLOCK reference bit
-	fFreeing                   // unmapped; free once its record is durable and it is unpinned
+	fLost                      // dirty, and its data fails its checksum: reads fail, write-back skips it (see corrupt.go)
 	fFreeOK                    // its unmapping record is durable; free when unpinned
 	fFresh                     // mapped since the last journal sync began (see slotTable.fresh)
 	fWriting                   // being rewritten in place: neither destaged nor cleaned
@@ -28,6 +28,7 @@ type slotTable struct {
 	free  freeSet
 	dirty int
 	valid int
+	lost  int // valid slots marked fLost
 	hand  int // CLOCK hand
 
 	// fresh lists the slots marked fFresh: dirty slots whose MAP record
@@ -88,8 +89,7 @@ func (t *slotTable) mapSlot(s uint32, lba uint64, crc uint32, dirty bool, tick u
 	t.index.put(lba, s, t.lba)
 }
 
-// unmap removes s from the index; the slot keeps its pin and is marked
-// freeing.
+// unmap removes s from the index; the slot keeps its pin.
 func (t *slotTable) unmap(s uint32) {
 	f := t.flags[s]
 	if f&fValid == 0 {
@@ -99,8 +99,11 @@ func (t *slotTable) unmap(s uint32) {
 	if f&fDirty != 0 {
 		t.dirty--
 	}
+	if f&fLost != 0 {
+		t.lost--
+	}
 	t.valid--
-	t.flags[s] = f&fPinned | fFreeing
+	t.flags[s] = f & fPinned
 }
 
 func (t *slotTable) setClean(s uint32) {

@@ -14,6 +14,7 @@ type counters struct {
 	destagedBlocks, destageRuns      atomic.Uint64
 	checkpoints, replayed            atomic.Uint64
 	cacheErrors, backingErrors       atomic.Uint64
+	healed                           atomic.Uint64
 	recoveryNanos                    atomic.Int64
 }
 
@@ -46,18 +47,25 @@ type Stats struct {
 	DestageRuns    uint64 `json:"destage_runs"`
 	// DestageNewer counts blocks pinned for destaging at a version newer
 	// than their snapshot's (rewritten in between).
-	DestageNewer   uint64  `json:"destage_newer_versions"`
-	Checkpoints    uint64  `json:"checkpoints"`
-	JournalRecords uint64  `json:"journal_records"`
-	JournalSyncs   uint64  `json:"journal_syncs"`
-	JournalBlocks  uint64  `json:"journal_blocks_written"`
-	JournalUsed    uint64  `json:"journal_blocks_used"`
-	JournalSize    uint64  `json:"journal_blocks"`
-	CacheErrors    uint64  `json:"cache_errors"`
-	BackingErrors  uint64  `json:"backing_errors"`
-	Replayed       uint64  `json:"recovery_replayed_records"`
-	RecoverySecs   float64 `json:"recovery_seconds"`
-	Failed         string  `json:"failed,omitempty"`
+	DestageNewer   uint64 `json:"destage_newer_versions"`
+	Checkpoints    uint64 `json:"checkpoints"`
+	JournalRecords uint64 `json:"journal_records"`
+	JournalSyncs   uint64 `json:"journal_syncs"`
+	JournalBlocks  uint64 `json:"journal_blocks_written"`
+	JournalUsed    uint64 `json:"journal_blocks_used"`
+	JournalSize    uint64 `json:"journal_blocks"`
+	CacheErrors    uint64 `json:"cache_errors"`
+	// HealedBlocks counts clean blocks whose cache slot failed its
+	// checksum and that were read from the backing device instead.
+	HealedBlocks uint64 `json:"healed_blocks"`
+	// LostBlocks is how many dirty blocks are known to be lost (their
+	// slot fails its checksum): they read as errors until rewritten or
+	// discarded. LostBlocks() lists them.
+	LostBlocks    int     `json:"lost_blocks"`
+	BackingErrors uint64  `json:"backing_errors"`
+	Replayed      uint64  `json:"recovery_replayed_records"`
+	RecoverySecs  float64 `json:"recovery_seconds"`
+	Failed        string  `json:"failed,omitempty"`
 }
 
 // Stats returns a snapshot. It scans dirty slots for the oldest one, so it
@@ -67,7 +75,7 @@ func (c *Cache) Stats() Stats {
 	now := c.tick()
 	c.mu.Lock()
 	t := &c.mu.t
-	s.Used, s.Dirty, s.Free = t.valid, t.dirty, t.free.len()
+	s.Used, s.Dirty, s.Free, s.LostBlocks = t.valid, t.dirty, t.free.len(), t.lost
 	oldest := now
 	for i, f := range t.flags {
 		if f&(fValid|fDirty) == fValid|fDirty && t.since[i] < oldest {
@@ -88,7 +96,7 @@ func (c *Cache) Stats() Stats {
 	s.DestagedBlocks, s.DestageRuns = st.destagedBlocks.Load(), st.destageRuns.Load()
 	s.DestageNewer = st.pinnedNewer.Load()
 	s.Checkpoints, s.Replayed = st.checkpoints.Load(), st.replayed.Load()
-	s.CacheErrors, s.BackingErrors = st.cacheErrors.Load(), st.backingErrors.Load()
+	s.CacheErrors, s.BackingErrors, s.HealedBlocks = st.cacheErrors.Load(), st.backingErrors.Load(), st.healed.Load()
 	s.RecoverySecs = time.Duration(st.recoveryNanos.Load()).Seconds()
 	s.JournalRecords, _, s.JournalSyncs, s.JournalBlocks, s.JournalUsed = c.j.stats()
 	s.JournalSize = c.g.JournalBlocks

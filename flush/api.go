@@ -171,8 +171,8 @@ func (d *Destager) FlushAll(ctx context.Context, progress func(Progress)) error 
 	tick := d.o.after(progressEvery)
 	for {
 		ev := d.changed()
-		if d.c.DirtyCount() == 0 {
-			return nil
+		if d.c.Destageable() == 0 {
+			return d.lostError()
 		}
 		select {
 		case <-ctx.Done():
@@ -185,8 +185,8 @@ func (d *Destager) FlushAll(ctx context.Context, progress func(Progress)) error 
 			}
 			return err
 		case <-l.done:
-			if d.c.DirtyCount() == 0 {
-				return nil
+			if d.c.Destageable() == 0 {
+				return d.lostError()
 			}
 			if l.fatal != nil {
 				return l.fatal
@@ -200,6 +200,22 @@ func (d *Destager) FlushAll(ctx context.Context, progress func(Progress)) error 
 			tick = d.o.after(progressEvery)
 		}
 	}
+}
+
+// ErrLostBlocks: FlushAll wrote back every block it could, but some dirty
+// blocks are lost (their cache slots fail their checksums); the backing
+// device holds older versions of them.
+var ErrLostBlocks = errors.New("dirty blocks lost")
+
+// lostError reports the lost dirty blocks left once every other one is
+// written back, or nil.
+func (d *Destager) lostError() error {
+	lost := d.c.LostBlocks()
+	if len(lost) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %d blocks could not be written back, their cache slots fail their checksums: %s; "+
+		"they read as errors until rewritten or discarded", ErrLostBlocks, len(lost), blockcache.FormatLBAs(lost, 20))
 }
 
 // Stats returns the current progress counters.

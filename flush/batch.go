@@ -1,6 +1,7 @@
 package flush
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/wbcache/wbcache/blockcache"
@@ -127,7 +128,12 @@ func (l *loop) worker() {
 		b := buf[:n]
 		first, last := r.blocks[0].LBA, r.blocks[len(r.blocks)-1].LBA
 		err := l.c.ReadSlots(r.blocks, b)
-		if err != nil {
+		var lost *blockcache.LostBlocksError
+		if errors.As(err, &lost) {
+			// The lost blocks stay dirty (Complete never cleans them);
+			// their neighbours are written around them.
+			err = nil
+		} else if err != nil {
 			err = fmt.Errorf("reading blocks %d-%d from the cache device: %w", first, last, err)
 		}
 		<-r.prev
@@ -137,9 +143,8 @@ func (l *loop) worker() {
 		case l.quitting():
 			// Stopping: runs not yet on the disk stay dirty.
 		default:
-			if _, err := l.c.Backing().WriteAt(b, int64(first)*blockSize); err != nil {
-				r.err = fmt.Errorf("writing blocks %d-%d to the backing device: %w", first, last, err)
-			} else {
+			r.err = l.writeRun(r.blocks, b, lost)
+			if r.err == nil {
 				r.written = true
 				if h := l.d.o.afterWrite; h != nil {
 					h(r.blocks)
@@ -148,4 +153,30 @@ func (l *loop) worker() {
 		}
 		close(r.done)
 	}
+}
+
+// writeRun writes a run read into b to the backing device: in one I/O, or,
+// when some of its blocks are lost, as the pieces between them.
+func (l *loop) writeRun(blocks []blockcache.DirtyBlock, b []byte, lost *blockcache.LostBlocksError) error {
+	skip := make(map[int]bool)
+	if lost != nil {
+		for _, i := range lost.Lost {
+			skip[i] = true
+		}
+	}
+	for i := 0; i < len(blocks); {
+		if skip[i] {
+			i++
+			continue
+		}
+		j := i + 1
+		for j < len(blocks) && !skip[j] {
+			j++
+		}
+		if _, err := l.c.Backing().WriteAt(b[i*blockSize:j*blockSize], int64(blocks[i].LBA)*blockSize); err != nil {
+			return fmt.Errorf("writing blocks %d-%d to the backing device: %w", blocks[i].LBA, blocks[j-1].LBA, err)
+		}
+		i = j
+	}
+	return nil
 }

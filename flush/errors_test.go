@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/wbcache/wbcache/blockcache"
 	"github.com/wbcache/wbcache/device"
 )
 
@@ -197,4 +198,45 @@ func TestFlushAllRetriesUntilCancelled(t *testing.T) {
 			fe.close()
 		})
 	}
+}
+
+// TestLostBlockInRun: one dirty block whose cache slot fails its checksum,
+// in the middle of a run, is lost; its neighbours still reach the backing
+// device, FlushAll ends naming the lost block instead of retrying forever,
+// and the lost block stays dirty.
+func TestLostBlockInRun(t *testing.T) {
+	e := newEnv(t, envConfig{hddBlocks: 32, slots: 16})
+	for lba := uint64(4); lba < 10; lba++ {
+		e.write(lba)
+	}
+	require.NoError(t, e.c.Sync())
+	slot := -1
+	for _, b := range e.c.DirtyBlocks(nil) {
+		if b.LBA == 6 {
+			slot = int(b.Slot)
+		}
+	}
+	require.GreaterOrEqual(t, slot, 0)
+	_, err := e.ssdMem.WriteAt(make([]byte, bs), e.c.Geometry().SlotOffset(uint64(slot)))
+	require.NoError(t, err)
+
+	d := newTestDestager(t, e.c, Policy{MaxRun: 16 * bs}, options{})
+	err = d.FlushAll(context.Background(), nil)
+	require.ErrorIs(t, err, ErrLostBlocks)
+	require.Contains(t, err.Error(), ": 6;")
+	require.Equal(t, []uint64{6}, e.c.LostBlocks())
+	require.Equal(t, 1, e.c.DirtyCount())
+	buf := make([]byte, bs)
+	for lba := uint64(4); lba < 10; lba++ {
+		_, err := e.hddMem.ReadAt(buf, int64(lba)*bs)
+		require.NoError(t, err)
+		if lba == 6 {
+			require.Equal(t, make([]byte, bs), buf, "the lost block's older version stays on the backing device")
+			continue
+		}
+		require.Equal(t, e.m.want(lba), buf, "block %d", lba)
+	}
+	_, err = e.c.ReadAt(buf, 6*bs)
+	require.ErrorIs(t, err, blockcache.ErrCorruptData)
+	require.Zero(t, e.ver.bad.Load())
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -78,6 +79,10 @@ func runDetach(args []string, out io.Writer) error {
 	left := c.DirtyCount()
 	if cerr := c.Close(); cerr != nil && ferr == nil {
 		ferr = fmt.Errorf("closing the cache: %w", cerr)
+	}
+	if errors.Is(ferr, flush.ErrLostBlocks) {
+		return fmt.Errorf("detach wrote back every block it could, but the cache is still attached: %w. "+
+			"To finish, mount the cache, rewrite or discard (fallocate --punch-hole) those blocks, stop it and run detach again", ferr)
 	}
 	if ferr != nil {
 		return fmt.Errorf("detach stopped with %d dirty blocks still in the cache (it is intact; mount it or run detach again): %w", left, ferr)
