@@ -116,6 +116,8 @@ func formatMetrics(s *Status) []byte {
 	metric("wbcache_checkpoints_total", "counter", "Checkpoints written.", u(s.Checkpoints))
 	metric("wbcache_errors_total", "counter", "I/O errors by device.",
 		lbl("device", "cache", u(s.CacheErrors)), lbl("device", "backing", u(s.BackingErrors)))
+	metric("wbcache_healed_blocks_total", "counter", "Clean blocks whose cache slot failed its checksum, read from the backing device instead.", u(s.HealedBlocks))
+	metric("wbcache_lost_blocks", "gauge", "Dirty blocks whose cache slot fails its checksum: they read as errors until rewritten or discarded.", i(int64(s.LostBlocks)))
 	metric("wbcache_recovery_seconds", "gauge", "Time the last open spent recovering.", f(s.RecoverySecs))
 	metric("wbcache_recovery_replayed_records", "gauge", "Journal records replayed by the last open.", u(s.Replayed))
 	failed := int64(0)

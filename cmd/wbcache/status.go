@@ -116,7 +116,10 @@ func printStatus(w io.Writer, s *Status) {
 	}
 	fmt.Fprintf(w, "  journal:    %d of %d blocks in use (%.1f%%), %d records, %d commits; %d checkpoints\n",
 		s.JournalUsed, s.JournalSize, s.JournalUsedPercent, s.JournalRecords, s.JournalSyncs, s.Checkpoints)
-	fmt.Fprintf(w, "  errors:     cache device %d, backing device %d\n", s.CacheErrors, s.BackingErrors)
+	fmt.Fprintf(w, "  errors:     cache device %d, backing device %d; clean blocks healed %d\n", s.CacheErrors, s.BackingErrors, s.HealedBlocks)
+	if s.LostBlocks > 0 {
+		fmt.Fprintf(w, "  LOST:       %d dirty blocks fail their checksum and read as errors (see the log; rewrite or discard them)\n", s.LostBlocks)
+	}
 	fmt.Fprintf(w, "  recovery:   %.3fs at open, %d journal records replayed\n", s.RecoverySecs, s.Replayed)
 	fmt.Fprintf(w, "  policy:     %s\n", s.Policy)
 	if s.ControlSocket != "" {
