@@ -52,8 +52,7 @@ func (c *Cache) corruptSlotLocked(lba uint64, s uint32, crc uint32) error {
 	f := t.flags[s]
 	if f&fDirty == 0 && f&fPinned == 0 {
 		seq := c.j.append(layout.Record{Type: layout.RecFree, Slot: s, LBA: lba, Epoch: c.epoch.Load()})
-		t.unmap(s)
-		c.mu.pending = append(c.mu.pending, pendingFree{s, seq})
+		c.unmapLocked(s, seq, true)
 		c.mu.Unlock()
 		c.bumpGen(lba)
 		c.stats.healed.Add(1)

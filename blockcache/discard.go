@@ -131,11 +131,7 @@ func (c *Cache) freeMapped(lo, hi uint64, dirty bool) error {
 				continue
 			}
 			last = c.j.append(layout.Record{Type: layout.RecFree, Slot: s, LBA: t.lba[s], Epoch: c.epoch.Load()})
-			t.unmap(s)
-			c.mu.pending = append(c.mu.pending, pendingFree{s, last})
-			if f&fDirty == 0 {
-				c.cleanUnmapSeq.Store(last)
-			}
+			c.unmapLocked(s, last, f&fDirty == 0)
 		}
 		c.mu.Unlock()
 		c.j.release(n)

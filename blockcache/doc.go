@@ -33,7 +33,11 @@
 //  1. A slot is reused only after the record that unmapped it (a
 //     superseding MAP, or FREE) is durable, and only when no destage has it
 //     pinned. Otherwise a power cut could bring back a mapping to a slot
-//     that now holds other data.
+//     that now holds other data. Every path that takes a slot from its
+//     block (a newer version elsewhere, eviction, discard, a dropped clean
+//     copy, a corrupt clean slot) goes through unmapLocked, which puts it
+//     on the pending list; only releaseDurable and Complete return
+//     pending slots to the free set.
 //  2. A dirty slot is rewritten in place only while no sync has started
 //     since the MAP record that mapped it (so no durable record names its
 //     content), and no sync starts while such a rewrite is in flight. The

@@ -490,8 +490,7 @@ func (c *Cache) fillSlot(s uint32, lba uint64, blk []byte, dirty bool) (uint64, 
 	t := &c.mu.t
 	seq, gen := c.j.appendGen(layout.Record{Type: layout.RecMap, Flags: fl, Slot: s, LBA: lba, CRC: crc, Epoch: c.epoch.Load()})
 	if old, ok := t.lookup(lba); ok {
-		t.unmap(old)
-		c.mu.pending = append(c.mu.pending, pendingFree{old, seq})
+		c.unmapLocked(old, seq, false)
 	}
 	t.mapSlot(s, lba, crc, dirty, c.tick())
 	if dirty {
@@ -510,9 +509,7 @@ func (c *Cache) unmapClean(lba uint64, s uint32) error {
 	}
 	c.mu.Lock()
 	seq := c.j.append(layout.Record{Type: layout.RecFree, Slot: s, LBA: lba, Epoch: c.epoch.Load()})
-	c.mu.t.unmap(s)
-	c.mu.pending = append(c.mu.pending, pendingFree{s, seq})
-	c.cleanUnmapSeq.Store(seq)
+	c.unmapLocked(s, seq, true)
 	c.mu.Unlock()
 	c.j.release(1)
 	c.bumpGen(lba)
@@ -668,6 +665,23 @@ func (c *Cache) cleanThrough(blocks []DirtyBlock) error {
 		blocks = blocks[n:]
 	}
 	return nil
+}
+
+// unmapLocked unmaps slot s, right after the caller appended the record
+// seq that unmaps it (a superseding MAP or a FREE), under Cache.mu. This is
+// the one place a slot leaves its block: it goes back to the free set only
+// once seq is durable and no destage has it pinned (releaseDurable,
+// Complete), so no durable mapping can ever name a slot that holds other
+// data (invariant 1). With clean (the slot held a clean copy), the
+// backing device must not be written in place under that block until seq
+// is durable, or recovery could bring back a copy that differs from it
+// (invariant 3; writeBackingAt waits).
+func (c *Cache) unmapLocked(s uint32, seq uint64, clean bool) {
+	c.mu.t.unmap(s)
+	c.mu.pending = append(c.mu.pending, pendingFree{s, seq})
+	if clean {
+		c.cleanUnmapSeq.Store(seq)
+	}
 }
 
 // syncJournal makes all records and completed data writes durable and

@@ -145,9 +145,7 @@ func (c *Cache) evictSlot(s uint32) bool {
 		return false
 	}
 	seq := c.j.append(layout.Record{Type: layout.RecFree, Slot: s, LBA: lba, Epoch: c.epoch.Load()})
-	t.unmap(s)
-	c.mu.pending = append(c.mu.pending, pendingFree{s, seq})
-	c.cleanUnmapSeq.Store(seq)
+	c.unmapLocked(s, seq, true)
 	c.bumpGen(lba)
 	c.stats.evictions.Add(1)
 	return true
