@@ -170,7 +170,7 @@ func (mr *modelRun) trace(lba int) {
 var traceMu sync.Mutex
 
 const (
-	modelBlocks   = 48
+	modelBlocks   = 80 // four times the slots: eviction and slot reuse in every cycle
 	modelSlots    = 20
 	modelJournal  = 16
 	modelCacheBlk = 2 + 2*2 + modelJournal + modelSlots
