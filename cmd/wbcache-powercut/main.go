@@ -1,6 +1,7 @@
 // Command wbcache-powercut pulls power cuts under a real wbcache daemon.
 //
 //	wbcache-powercut fs [--seed N] [--keep-prob P] [--cut-window N] [--lying-fsync] DIR MOUNTPOINT
+//	wbcache-powercut run --wbcache PATH [options]
 //
 // "fs" serves the regular files of DIR at MOUNTPOINT through FUSE, with the
 // kernel page cache above it, and holds every write that no fsync of its
@@ -13,6 +14,12 @@
 // and exits; without a cut before, that is a clean shutdown and the
 // unsynced writes are applied first. A new "fs" on DIR serves exactly what
 // survived.
+//
+// "run" formats a cache and a backing file on such a filesystem, then
+// repeats rounds of: start the filesystem and `wbcache mount` on its files,
+// check every block of the disk against what was written and synced
+// before, write with several O_DIRECT writers that fsync now and then,
+// kill -9 the daemon, cut the power. See "wbcache-powercut run --help".
 package main
 
 import (
@@ -36,6 +43,8 @@ func main() {
 	switch os.Args[1] {
 	case "fs":
 		err = fsMain(os.Args[2:])
+	case "run":
+		err = runMain(os.Args[2:])
 	case "-h", "--help", "help":
 		usage()
 	default:
@@ -59,6 +68,7 @@ func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) 
 func usage() {
 	fmt.Fprint(os.Stderr, `usage:
   wbcache-powercut fs [--seed N] [--keep-prob P] [--cut-window N] [--lying-fsync] DIR MOUNTPOINT
+  wbcache-powercut run --wbcache PATH [options]   (run --help lists them)
 `)
 	os.Exit(2)
 }
