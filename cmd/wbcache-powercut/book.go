@@ -143,6 +143,13 @@ func (b *book) beginCut() {
 	b.cutting = true
 }
 
+// isCutting reports whether the power cut was asked for this round.
+func (b *book) isCutting() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.cutting
+}
+
 // endRound raises the floors by what this round's completed fsyncs made
 // durable. Call it when no writer runs.
 func (b *book) endRound() (raised int) {
@@ -187,9 +194,14 @@ type violation struct {
 	kind                 string // eio, lost, stale, unwritten, resurrected, foreign, content, torn, garbage
 	got                  string // what was read
 	floor, acked, issued uint32
+	online               bool // read while the writers ran: acked and issued were moving
 }
 
 func (v violation) String() string {
+	if v.online {
+		return fmt.Sprintf("lba %d (offset %#x): %s: read %s; floor v%d (newest durable at the start of the round)",
+			v.lba, v.lba*blockSize, v.kind, v.got, v.floor)
+	}
 	return fmt.Sprintf("lba %d (offset %#x): %s: read %s; floor v%d (newest durable), newest acknowledged v%d, highest issued v%d",
 		v.lba, v.lba*blockSize, v.kind, v.got, v.floor, v.acked, v.issued)
 }

@@ -67,6 +67,7 @@ type config struct {
 	seed          uint64
 	threads       int
 	readers       int
+	randReaders   int
 	syncEvery     int
 	minRun        time.Duration
 	maxRun        time.Duration
@@ -137,6 +138,7 @@ func parseRunFlags(args []string) (config, error) {
 	seed := fl.Uint64("seed", 0, "seed of every random choice (0: time based; printed)")
 	fl.IntVar(&cfg.threads, "threads", 8, "writer threads")
 	fl.IntVar(&cfg.readers, "readers", 4, "reader threads of the check")
+	fl.IntVar(&cfg.randReaders, "random-readers", 2, "threads reading random runs of blocks during the write phase (read misses copy clean blocks into the cache, which then evicts them); a read error before the cut is a violation")
 	fl.IntVar(&cfg.syncEvery, "sync-every", 8, "a writer fsyncs after about one write in this many")
 	fl.DurationVar(&cfg.minRun, "min-run", time.Second, "shortest write phase before the kill")
 	fl.DurationVar(&cfg.maxRun, "max-run", 3*time.Second, "longest write phase before the kill")
@@ -173,8 +175,8 @@ func parseRunFlags(args []string) (config, error) {
 		return bad("--wbcache PATH is required")
 	case cfg.rounds < 1:
 		return bad("-n must be at least 1")
-	case cfg.threads < 1 || cfg.readers < 1 || cfg.syncEvery < 1:
-		return bad("--threads, --readers and --sync-every must be at least 1")
+	case cfg.threads < 1 || cfg.readers < 1 || cfg.syncEvery < 1 || cfg.randReaders < 0:
+		return bad("--threads, --readers and --sync-every must be at least 1, --random-readers at least 0")
 	case cfg.minRun <= 0 || cfg.maxRun < cfg.minRun:
 		return bad("want 0 < --min-run <= --max-run")
 	case cfg.backingSize%blockSize != 0 || cfg.cacheSize%blockSize != 0:
@@ -613,9 +615,9 @@ func (r *runner) round(round int) error {
 
 	r.logf("round %d/%d: checked %d blocks in %.1fs: %d violations (%d written: %d newest acknowledged, %d older [unsynced, lost], %d newer [in flight], %d back to zeros)",
 		round, r.cfg.rounds, vs.blocks, vdur.Seconds(), len(viols), vs.written, vs.newest, vs.lostUnsync, vs.inflight, vs.lostToZeros)
-	r.logf("  ready in %.2fs (recovery %.3fs, %.0f records replayed); wrote %d times (%d blocks), %d fsyncs, %s after %.2fs (writers stopped by: %s); before the kill %.0f dirty / %.0f used slots, %.0f evictions, %.0f blocks written back, %.0f journal syncs; %s; %d floors raised; %.1fs",
+	r.logf("  ready in %.2fs (recovery %.3fs, %.0f records replayed); wrote %d times (%d blocks), %d fsyncs, %d random reads, %s after %.2fs (writers stopped by: %s); before the kill %.0f dirty / %.0f used slots, %.0f evictions, %.0f blocks written back, %.0f journal syncs; %s; %d floors raised; %.1fs",
 		ready.Seconds(), num(st, "recovery_seconds"), num(st, "recovery_replayed_records"),
-		ws.writes, ws.blocks, ws.fsyncs, orderNames[order], runFor.Seconds(), ws.stopReason(),
+		ws.writes, ws.blocks, ws.fsyncs, ws.reads, orderNames[order], runFor.Seconds(), ws.stopReason(),
 		num(ws.status, "slots_dirty"), num(ws.status, "slots_used"), num(ws.status, "evictions"), num(ws.status, "destaged_blocks"), num(ws.status, "journal_syncs"),
 		strings.TrimPrefix(cutLine, "wbcache-powercut: "), raised, time.Since(t0).Seconds())
 	return nil
@@ -734,9 +736,17 @@ func (r *runner) verify(round int) (verifyStats, []violation, time.Duration, err
 	if err := <-errs; err != nil {
 		return total, nil, 0, err
 	}
+	r.report(round, viols)
+	return total, viols, time.Since(t0), nil
+}
+
+// report counts violations and prints examples of every kind: up to
+// maxReport in all, shared out among the kinds.
+func (r *runner) report(round int, viols []violation) {
+	if len(viols) == 0 {
+		return
+	}
 	sort.Slice(viols, func(i, j int) bool { return viols[i].lba < viols[j].lba })
-	// Print examples of every kind: up to maxReport in all, shared out
-	// among the kinds.
 	byKind := map[string][]violation{}
 	for _, v := range viols {
 		r.violations++
@@ -744,31 +754,29 @@ func (r *runner) verify(round int) (verifyStats, []violation, time.Duration, err
 		r.badBlocks[v.lba] = true
 		byKind[v.kind] = append(byKind[v.kind], v)
 	}
-	if len(viols) > 0 {
-		r.failed.Store(true)
-		kinds := make([]string, 0, len(byKind))
-		for k := range byKind {
-			kinds = append(kinds, k)
-		}
-		sort.Strings(kinds)
-		per := max(3, r.cfg.maxReport/len(kinds))
-		for _, k := range kinds {
-			for i, v := range byKind[k] {
-				if i == per {
-					r.logf("VIOLATION round %d: ... and %d more %s", round, len(byKind[k])-per, k)
-					break
-				}
-				r.logf("VIOLATION round %d: %s", round, v)
+	r.failed.Store(true)
+	kinds := make([]string, 0, len(byKind))
+	for k := range byKind {
+		kinds = append(kinds, k)
+	}
+	sort.Strings(kinds)
+	per := max(3, r.cfg.maxReport/len(kinds))
+	for _, k := range kinds {
+		for i, v := range byKind[k] {
+			if i == per {
+				r.logf("VIOLATION round %d: ... and %d more %s", round, len(byKind[k])-per, k)
+				break
 			}
+			r.logf("VIOLATION round %d: %s", round, v)
 		}
 	}
-	return total, viols, time.Since(t0), nil
 }
 
 // ---------------------------------------------------------------- writes
 
 type writeStats struct {
 	writes, blocks, fsyncs int64
+	reads, readErrs        int64          // random reads during the phase; errors before the cut
 	stops                  map[string]int // why writers stopped
 	status                 map[string]any // daemon status just before the kill
 }
@@ -838,6 +846,18 @@ func (r *runner) writePhase(round int, runFor time.Duration, seeds []uint64, ord
 			mu.Unlock()
 		})
 	}
+	var rwg sync.WaitGroup
+	var rviols []violation
+	for i := range r.cfg.randReaders {
+		rwg.Go(func() {
+			n, v := r.randomReader(rand.New(rand.NewPCG(seeds[i%len(seeds)], uint64(1000+i))), &stop)
+			mu.Lock()
+			total.reads += n
+			total.readErrs += int64(len(v))
+			rviols = append(rviols, v...)
+			mu.Unlock()
+		})
+	}
 	time.Sleep(runFor)
 	total.status = r.status()
 	var cutLine string
@@ -861,6 +881,7 @@ func (r *runner) writePhase(round int, runFor time.Duration, seeds []uint64, ord
 	done := make(chan struct{})
 	go func() {
 		wg.Wait()
+		rwg.Wait()
 		close(done)
 	}()
 	select {
@@ -873,7 +894,43 @@ func (r *runner) writePhase(round int, runFor time.Duration, seeds []uint64, ord
 	if order == "kill-first" {
 		cutLine, cutErr = r.cut()
 	}
+	r.report(round, rviols)
 	return total, cutLine, cutErr
+}
+
+// randomReader reads random runs of 1-16 blocks anywhere on the disk
+// until stop is set or the daemon goes. A read error while the power is
+// on is a violation (the blocks are then read one by one to name them).
+func (r *runner) randomReader(rng *rand.Rand, stop *atomic.Bool) (int64, []violation) {
+	fd, err := unix.Open(r.disk(), unix.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, nil
+	}
+	defer unix.Close(fd)
+	const maxRun = 16
+	buf := alignedBuffer(maxRun * blockSize)
+	var reads int64
+	var viols []violation
+	for !stop.Load() {
+		n := int64(1 + rng.IntN(maxRun))
+		start := rng.Int64N(r.bk.nblocks - n + 1)
+		err := preadFull(fd, buf[:n*blockSize], start*blockSize)
+		if err == nil {
+			reads++
+			continue
+		}
+		if stop.Load() || r.bk.isCutting() || !errors.Is(err, unix.EIO) {
+			break // the daemon is going or gone
+		}
+		for j := range n {
+			lba := start + j
+			if err := preadFull(fd, buf[:blockSize], lba*blockSize); err != nil && errors.Is(err, unix.EIO) && !r.bk.isCutting() {
+				viols = append(viols, violation{lba: lba, kind: "eio", got: "a read error while the daemon ran: " + err.Error(),
+					floor: r.bk.floor[lba], online: true})
+			}
+		}
+	}
+	return reads, viols
 }
 
 // writer writes runs of blocks in its range until the daemon dies or stop
