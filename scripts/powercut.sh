@@ -1,37 +1,65 @@
 #!/usr/bin/env bash
-# scripts/powercut.sh: the power-cut harness (DESIGN.md §2.2, §2.3, §2.4).
+# scripts/powercut.sh: the power-cut harnesses (DESIGN.md §2.2, §2.3, §2.4).
 #
-# A real power cut cannot be pulled from a script, so this drives the
-# engine's randomized model test, blockcache TestModelCrashRecovery, for
-# many seeds and cycles. It runs the real engine (journal, checkpoints,
-# destager steps, discards, mode switches) on the in-memory crash device
-# of device/, which tracks synced vs. unsynced writes. Each cycle arms a
-# crash at a random later device operation (in the middle of writes,
-# syncs, discards, checkpoints, destages), then half the time simulates a
-# power cut (every unsynced 4 KiB write of the SSD and HDD images is
-# randomly kept, dropped or torn at 512 B) and half the time a process
-# crash (unsynced writes survive, as in the page cache), reopens the cache
-# (recovery) and checks every block against a model: it must read as its
-# newest durable version or a newer acknowledged one, never older, never
-# torn across versions (except blocks written in place on the backing
-# device, which a power cut may tear as it would the bare disk), never
-# another block's data; clean cached blocks must equal the backing device.
+# Two modes:
 #
-# Each round is one run of the test binary with WBC_MODEL_SEED=BASE+4*r
-# (the test runs seeds BASE+4r+1 .. BASE+4r+4 in parallel) and
-# WBC_MODEL_CYCLES=CYCLES per seed.
+# Model mode (the default) drives the engine's randomized model test,
+# blockcache TestModelCrashRecovery, for many seeds and cycles. It runs the
+# real engine (journal, checkpoints, destager steps, discards, mode
+# switches) on the in-memory crash device of device/, which tracks synced
+# vs. unsynced writes. Each cycle arms a crash at a random later device
+# operation (in the middle of writes, syncs, discards, checkpoints,
+# destages), then half the time simulates a power cut (every unsynced 4 KiB
+# write of the SSD and HDD images is randomly kept, dropped or torn at
+# 512 B) and half the time a process crash (unsynced writes survive, as in
+# the page cache), reopens the cache (recovery) and checks every block
+# against a model: it must read as its newest durable version or a newer
+# acknowledged one, never older, never torn across versions (except blocks
+# written in place on the backing device, which a power cut may tear as it
+# would the bare disk), never another block's data; clean cached blocks
+# must equal the backing device. Each round is one run of the test binary
+# with WBC_MODEL_SEED=BASE+4*r (the test runs seeds BASE+4r+1 .. BASE+4r+4
+# in parallel) and WBC_MODEL_CYCLES=CYCLES per seed.
+#
+# Real mode (--real) pulls power cuts under the real daemon on real kernel
+# paths, with cmd/wbcache-powercut: its FUSE filesystem serves the cache
+# and backing files with the kernel page cache above it (wbcache's shared
+# mapping of the journal, O_DIRECT on the backing file) and holds every
+# write that no fsync of its file covered in memory, per 512-byte sector.
+# Each round starts that filesystem and `wbcache mount` on its files
+# (recovery), reads every block of the disk and checks it against the
+# writers' exact bookkeeping, writes with 8 O_DIRECT writers that fsync now
+# and then, then kills the daemon with kill -9 and cuts the power (each
+# unsynced sector kept or dropped at random; the page cache above is lost),
+# in either order. After the last round: a restart, a check, a clean stop
+# and `wbcache check`. Needs root and /dev/fuse.
 #
 # Usage: scripts/powercut.sh [options]
-#   -n ROUNDS      rounds (default 10; --quick 2)
-#   -c CYCLES      crash cycles per seed (default 2500; --quick 300)
+#   -n ROUNDS      rounds (default 10; --quick 2; real mode 20, --quick 6)
 #   -s SEED        base seed (default: time based, printed)
+#   --quick        a short run (CI smoke): model 2 rounds of 300 cycles; real
+#                  6 rounds, 256M disk, 32M cache, write phases of 0.5-1.5 s
+# Model mode only:
+#   -c CYCLES      crash cycles per seed (default 2500; --quick 300)
 #   --race         build the test binary with -race (slower, ~10x)
-#   --quick        2 rounds of 300 cycles (CI smoke)
 #   --run REGEX    tests to run (default ^TestModelCrashRecovery(Hot)?$: both the
 #                  spread-out and the hot, rewrite-in-place mix)
 #   --timeout DUR  per round (default 30m)
-# Reproduce a failure: WBC_MODEL_SEED=<base> WBC_MODEL_CYCLES=<cycles> \
+# Real mode:
+#   --real               run the real daemon (see above)
+#   --backing-size SIZE  the disk (default 512M)
+#   --cache-size SIZE    the cache (default 128M: a quarter of the disk, so
+#                        that it fills, evicts and reuses slots; give more
+#                        than the disk, e.g. 640M, for a cache that never
+#                        evicts)
+#   --keep               keep the work directory when the run fails
+#   --stop-on-failure    stop after the first round that fails
+#   -- ARGS...           more options for `wbcache-powercut run` (see its --help)
+#   WBC_TMP is the parent of the work directory, WBC_FUSE_URING is passed to
+#   wbcache mount as --fuse-uring, WBCACHE names a prebuilt wbcache.
+# Reproduce a model failure: WBC_MODEL_SEED=<base> WBC_MODEL_CYCLES=<cycles> \
 #   go test ./blockcache -run '^TestModelCrashRecovery(Hot)?$' -v
+# Reproduce a real-mode run: the same -s SEED and sizes (up to timing).
 # Exit status: 0 when every round passed, 1 otherwise.
 set -uo pipefail
 # shellcheck source=scripts/lib.sh
@@ -43,6 +71,8 @@ usage() {
 }
 
 rounds= cycles= seed= race=0 quick=0 run='^TestModelCrashRecovery(Hot)?$' tmo=30m
+real=0 bsize= csize= keep=0 stopfail=0
+declare -a extra=()
 while [ $# -gt 0 ]; do
 	case $1 in
 	-n) rounds=$2; shift 2 ;;
@@ -52,10 +82,57 @@ while [ $# -gt 0 ]; do
 	--quick) quick=1; shift ;;
 	--run) run=$2; shift 2 ;;
 	--timeout) tmo=$2; shift 2 ;;
+	--real) real=1; shift ;;
+	--backing-size) bsize=$2; shift 2 ;;
+	--cache-size) csize=$2; shift 2 ;;
+	--keep) keep=1; shift ;;
+	--stop-on-failure) stopfail=1; shift ;;
+	--) shift; extra=("$@"); break ;;
 	-h | --help) usage 0 ;;
 	*) echo "unknown option: $1" >&2; usage ;;
 	esac
 done
+
+# real_mode: build wbcache and wbcache-powercut, run the rounds.
+real_mode() {
+	need_root
+	need_tools go
+	wbc_install_traps
+	mk_workdir wbc-powercut-real
+	local bin=$WORK/bin args=()
+	mkdir -p "$bin"
+	if [ -z "${WBCACHE:-}" ]; then
+		(cd "$WBC_REPO" && go build -o "$bin/wbcache" ./cmd/wbcache) || die "go build ./cmd/wbcache failed"
+		WBCACHE=$bin/wbcache
+	fi
+	(cd "$WBC_REPO" && go build -o "$bin/wbcache-powercut" ./cmd/wbcache-powercut) || die "go build ./cmd/wbcache-powercut failed"
+	[ -n "$seed" ] || seed=$(($(date +%s) % 1000000))
+	if [ "$quick" = 1 ]; then
+		args+=(-n "${rounds:-6}" --backing-size "${bsize:-256M}" --cache-size "${csize:-32M}" --min-run 500ms --max-run 1500ms)
+	else
+		args+=(-n "${rounds:-20}" --backing-size "${bsize:-512M}" --cache-size "${csize:-128M}")
+	fi
+	args+=(--seed "$seed" --wbcache "$WBCACHE" --workdir "${WBC_TMP:-/var/tmp}")
+	if [ "$keep" = 1 ] || [ "$WBC_KEEP" = 1 ]; then
+		args+=(--keep)
+	fi
+	if [ "$stopfail" = 1 ]; then
+		args+=(--stop-on-failure)
+	fi
+	if [ -n "${WBC_FUSE_URING:-}" ]; then
+		args+=(--fuse-uring "$WBC_FUSE_URING")
+	fi
+	log "powercut --real: seed $seed"
+	"$bin/wbcache-powercut" run "${args[@]}" "${extra[@]}"
+}
+if [ "$real" = 1 ]; then
+	real_mode
+	exit $?
+fi
+if [ -n "$bsize$csize" ] || [ "$keep" = 1 ] || [ "$stopfail" = 1 ] || [ ${#extra[@]} -gt 0 ]; then
+	echo "--backing-size, --cache-size, --keep, --stop-on-failure and -- ARGS need --real" >&2
+	usage
+fi
 if [ "$quick" = 1 ]; then
 	rounds=${rounds:-2} cycles=${cycles:-300}
 else
