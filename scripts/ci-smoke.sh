@@ -6,11 +6,13 @@
 #                                             /dev/fuse)
 #   crashtest-ext4.sh --quick -n 2            (io_uring where available)
 #   powercut.sh --quick                       (2 rounds x 6 seeds x 300 cycles)
+#   powercut.sh --real --quick                (6 power cuts under the real
+#                                             daemon, 256M disk, 32M cache)
 #   bench.sh --quick                          (every target and job, 1 s each)
 #   ceiling-ab.sh -n 1 --runtime 1            (one alternating round)
 # Exits non-zero if any of them fails. Needs root, /dev/fuse, fio, losetup,
 # mkfs.ext4 and the cgroup v1 blkio controller; without root or /dev/fuse
-# it runs only the power-cut harness (which needs neither) and says so.
+# it runs only the model power-cut harness (which needs neither) and says so.
 #
 # Environment: WBC_SMOKE_SEED (default: time based, printed) seeds every
 # harness; WBC_SMOKE_OUT keeps the bench report there (default: a temporary
@@ -28,7 +30,7 @@ start=$(now_ns)
 
 full=1
 if [ "$(id -u)" != 0 ] || [ ! -e /dev/fuse ]; then
-	warn "not root or no /dev/fuse: SKIPPING the FUSE harnesses (crashtest, crashtest-ext4, bench)"
+	warn "not root or no /dev/fuse: SKIPPING the FUSE harnesses (crashtest, crashtest-ext4, powercut --real, bench)"
 	full=0
 fi
 if [ "$full" = 1 ]; then
@@ -62,6 +64,7 @@ if [ "$full" = 1 ]; then
 fi
 step powercut scripts/powercut.sh --quick -s "$((seed * 10))"
 if [ "$full" = 1 ]; then
+	step powercut-real scripts/powercut.sh --real --quick -s "$seed"
 	if [ -d "${WBC_CGROOT}" ]; then
 		step bench scripts/bench.sh --quick --out "${WBC_SMOKE_OUT:-$WORK/bench}"
 	else
