@@ -226,6 +226,7 @@ type runner struct {
 	writes     int64
 	blocksW    int64
 	fsyncs     int64
+	roundsDone int // power cuts survived and checked
 }
 
 func (r *runner) logf(format string, a ...any) {
@@ -294,7 +295,11 @@ func runMain(args []string) error {
 	sort.Strings(kinds)
 	r.finish()
 	fmt.Println()
-	fmt.Printf("powercut-real: %d rounds, %d writes (%d blocks), %d fsyncs, %d violations", cfg.rounds, r.writes, r.blocksW, r.fsyncs, r.violations)
+	rounds := fmt.Sprintf("%d rounds", cfg.rounds)
+	if r.roundsDone < cfg.rounds {
+		rounds = fmt.Sprintf("%d of %d rounds", r.roundsDone, cfg.rounds)
+	}
+	fmt.Printf("powercut-real: %s, %d writes (%d blocks), %d fsyncs, %d violations", rounds, r.writes, r.blocksW, r.fsyncs, r.violations)
 	if len(kinds) > 0 {
 		fmt.Printf(" (%s; %d distinct blocks)", strings.Join(kinds, ", "), len(r.badBlocks))
 	}
@@ -346,6 +351,7 @@ func (r *runner) runAll() {
 			r.fail("round %d: %v", round, err)
 			return
 		}
+		r.roundsDone = round
 		if r.cfg.stopOnFailure && r.failed.Load() {
 			r.logf("stopping after round %d (--stop-on-failure)", round)
 			return
