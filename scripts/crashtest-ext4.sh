@@ -2,7 +2,7 @@
 # scripts/crashtest-ext4.sh: ext4 on a loop device on MOUNTPOINT/disk,
 # files written and fsync'd, kill -9 of the daemon, and after the restart
 # fsck must be clean and every file recorded as durable must be intact
-# (DESIGN.md §2.1 through a real file system: every write acknowledged
+# (docs/design.md §2.1 through a real file system: every write acknowledged
 # before a completed fsync must survive a process crash).
 #
 # Once: format a cache, start `wbcache mount`, losetup --direct-io=on on

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/crashtest.sh: kill -9 loop with fio verify state (DESIGN.md §2.1,
+# scripts/crashtest.sh: kill -9 loop with fio verify state (docs/design.md §2.1,
 # §2.3). Each iteration:
 #
 #   1. (re)start `wbcache mount` on a sparse cache file and backing file;
@@ -15,7 +15,7 @@
 #                 a random delay while writes are in flight (fio saves the
 #                 state of completed writes when its jobs fail);
 #      (libaio at QD > 1 with an external kill is not used: fio 3.33 then
-#      counts failed in-flight writes as completed, see DESIGN.md §4)
+#      counts failed in-flight writes as completed, see docs/design.md §4)
 #   3. variant recovery: kill -9 the daemon again while it starts up,
 #      before its ready line, 1-3 times;
 #   4. restart (the daemon must clean up the dead mount itself), read

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/powercut.sh: the power-cut harnesses (DESIGN.md §2.2, §2.3, §2.4).
+# scripts/powercut.sh: the power-cut harnesses (docs/design.md §2.2, §2.3, §2.4).
 #
 # Two modes:
 #
