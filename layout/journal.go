@@ -127,23 +127,12 @@ func EncodeJournalBlock(b []byte, uuid [16]byte, h JournalHeader, recs []Record)
 // marks the end of the log.
 func DecodeJournalBlock(b []byte, uuid [16]byte, recs []Record) (JournalHeader, []Record, error) {
 	checkLen(b)
+	h, err := DecodeJournalHeader(b, uuid)
+	if err != nil {
+		return JournalHeader{}, recs, err
+	}
 	le := binary.LittleEndian
-	if le.Uint32(b[0:]) != journMagic {
-		return JournalHeader{}, recs, fmt.Errorf("journal block: bad magic: %w", ErrCorrupt)
-	}
-	hb := b[:journalHeaderSize]
-	c := seededCRC(uuid, hb, 4)
-	if got := le.Uint32(hb[4:]); got != c {
-		return JournalHeader{}, recs, fmt.Errorf("journal block: header checksum %08x, want %08x: %w", got, c, ErrCorrupt)
-	}
-	h := JournalHeader{
-		LSN:         le.Uint64(hb[8:]),
-		Incarnation: le.Uint64(hb[16:]),
-		PrevCount:   int(le.Uint16(hb[24:])),
-	}
-	if h.PrevCount > RecordsPerBlock || !allZero(hb[26:]) {
-		return JournalHeader{}, recs, fmt.Errorf("journal block %d: bad header fields: %w", h.LSN, ErrCorrupt)
-	}
+	c := le.Uint32(b[4:])
 	n := len(recs)
 	for i := 0; i < RecordsPerBlock; i++ {
 		o := b[RecordOffset(i):RecordOffset(i+1)]
@@ -168,6 +157,34 @@ func DecodeJournalBlock(b []byte, uuid [16]byte, recs []Record) (JournalHeader, 
 	}
 	h.Count = len(recs) - n
 	return h, recs, nil
+}
+
+// DecodeJournalHeader verifies and decodes only the 32-byte header of a
+// journal block (Count is left zero): the header is written whole, with
+// the block's first record, so a valid one proves that the block was
+// started, whatever became of its records.
+func DecodeJournalHeader(b []byte, uuid [16]byte) (JournalHeader, error) {
+	if len(b) < journalHeaderSize {
+		panic("layout: journal header buffer too short")
+	}
+	le := binary.LittleEndian
+	if le.Uint32(b[0:]) != journMagic {
+		return JournalHeader{}, fmt.Errorf("journal block: bad magic: %w", ErrCorrupt)
+	}
+	hb := b[:journalHeaderSize]
+	c := seededCRC(uuid, hb, 4)
+	if got := le.Uint32(hb[4:]); got != c {
+		return JournalHeader{}, fmt.Errorf("journal block: header checksum %08x, want %08x: %w", got, c, ErrCorrupt)
+	}
+	h := JournalHeader{
+		LSN:         le.Uint64(hb[8:]),
+		Incarnation: le.Uint64(hb[16:]),
+		PrevCount:   int(le.Uint16(hb[24:])),
+	}
+	if h.PrevCount > RecordsPerBlock || !allZero(hb[26:]) {
+		return JournalHeader{}, fmt.Errorf("journal block %d: bad header fields: %w", h.LSN, ErrCorrupt)
+	}
+	return h, nil
 }
 
 func allZero(b []byte) bool {
