@@ -21,7 +21,13 @@ type CheckReport struct {
 	Replayed    int // journal records that recovery would replay
 	Dropped     int // unsynced journal records recovery would drop
 	DataChecked int // slots whose data checksum was verified
-	Problems    []string
+	// JournalDamaged: the journal is damaged in its middle, at block
+	// JournalDamageLSN, where a completed sync had covered it (not a torn
+	// tail). Open refuses such a cache; Replayed then counts the valid
+	// records before the damage, and the slot counts are not known.
+	JournalDamaged   bool
+	JournalDamageLSN uint64
+	Problems         []string
 }
 
 // OK reports whether the check found no problem.
@@ -29,9 +35,14 @@ func (r *CheckReport) OK() bool { return len(r.Problems) == 0 }
 
 func (r *CheckReport) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "cache %x: %d slots, %d in use, %d dirty; last stop clean: %v\n", r.UUID, r.Slots, r.Valid, r.Dirty, r.Clean)
-	fmt.Fprintf(&b, "journal: %d records to replay, %d unsynced records to drop\n", r.Replayed, r.Dropped)
-	fmt.Fprintf(&b, "data: %d slot checksums verified\n", r.DataChecked)
+	if r.JournalDamaged {
+		fmt.Fprintf(&b, "cache %x: %d slots; last stop clean: %v\n", r.UUID, r.Slots, r.Clean)
+		fmt.Fprintf(&b, "journal: damaged at block %d, after %d valid records: recovery cannot go past it, so mount refuses the cache\n", r.JournalDamageLSN, r.Replayed)
+	} else {
+		fmt.Fprintf(&b, "cache %x: %d slots, %d in use, %d dirty; last stop clean: %v\n", r.UUID, r.Slots, r.Valid, r.Dirty, r.Clean)
+		fmt.Fprintf(&b, "journal: %d records to replay, %d unsynced records to drop\n", r.Replayed, r.Dropped)
+		fmt.Fprintf(&b, "data: %d slot checksums verified\n", r.DataChecked)
+	}
 	if r.OK() {
 		b.WriteString("consistent\n")
 	}
@@ -76,6 +87,14 @@ func Check(ssd, hdd device.Device) (*CheckReport, error) {
 	}
 	rec, err := c.recover()
 	if err != nil {
+		var jd *journalDamageError
+		if errors.As(err, &jd) {
+			r.JournalDamaged, r.JournalDamageLSN, r.Replayed = true, jd.lsn, jd.records
+			r.Problems = append(r.Problems, jd.describe()+"; 'wbcache mount' and 'wbcache detach' refuse this cache, so none of its blocks are served; "+
+				"the writes journaled from that block on cannot be recovered from it: restore them from a backup, "+
+				"or give the cache up with 'wbcache format --force', which loses every dirty block it holds (the backing device keeps the versions already written back)")
+			return r, nil
+		}
 		if errors.Is(err, layout.ErrCorrupt) {
 			r.Problems = append(r.Problems, err.Error())
 			return r, nil

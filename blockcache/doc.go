@@ -70,7 +70,10 @@
 // replayed log is the longest prefix in which every MAP record still live
 // at its end has data matching its CRC: such a record can only fail if no
 // sync followed its data write, and then nothing after it was ever
-// promised. Open then writes a fresh checkpoint in a new journal
+// promised. Damage that later journal blocks prove a completed sync
+// covered is no torn tail: Open refuses the cache (layout.ErrCorrupt)
+// rather than serve it without the records after the damage (recovery.go).
+// Open then writes a fresh checkpoint in a new journal
 // incarnation, so stale blocks past the end of the log can never be read
 // as part of it.
 //

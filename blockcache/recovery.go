@@ -2,6 +2,7 @@ package blockcache
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -28,9 +29,11 @@ type recoveryResult struct {
 // recover rebuilds the slot table from the checkpoint and the journal.
 //
 // The journal is the longest prefix of valid blocks after the checkpoint's
-// replay LSN, cut further at the first MAP record that is still live at the
-// end (its slot still holds its block) but whose data does not match its
-// CRC. Such a record was written without any sync after its data write, so
+// replay LSN, provided what ends it may be a torn tail: damage that later
+// blocks prove a completed sync covered is refused instead, with an error
+// wrapping layout.ErrCorrupt (see midLogDamage). The prefix is cut further
+// at the first MAP record that is still live at the end (its slot still
+// holds its block) but whose data does not match its CRC. Such a record was written without any sync after its data write, so
 // neither it nor any later record was ever promised; dropping them leaves
 // the previous versions, whose slots cannot have been reused (reuse waits
 // for a sync). A MAP that later records supersede is not checked: its slot
@@ -159,7 +162,9 @@ func (c *Cache) loadCheckpoint() error {
 
 // readJournal reads valid blocks from the replay LSN on. It returns the
 // records, the LSN after the last valid block, how many records that block
-// held, and the highest incarnation seen.
+// held, and the highest incarnation seen. Where it stops at damage that a
+// completed sync covered (see midLogDamage), it returns a
+// *journalDamageError wrapping layout.ErrCorrupt instead.
 func (c *Cache) readJournal() ([]layout.Record, uint64, int, uint64, error) {
 	sb := &c.sb
 	const chunk = 256
@@ -182,6 +187,9 @@ func (c *Cache) readJournal() ([]layout.Record, uint64, int, uint64, error) {
 				if f := traceJournalEnd.Load(); f != nil {
 					(*f)(lsn, h, err, inc)
 				}
+				if derr := c.midLogDamage(lsn, h, err, inc, prev, len(recs)); derr != nil {
+					return nil, 0, 0, 0, derr
+				}
 				return recs, lsn, max(prev, 0), inc, nil
 			}
 			for _, r := range more[len(recs):] {
@@ -194,6 +202,125 @@ func (c *Cache) readJournal() ([]layout.Record, uint64, int, uint64, error) {
 		}
 	}
 	return recs, lsn, max(prev, 0), inc, nil
+}
+
+// A torn tail and damage in the middle of the log both stop replay, but
+// only a torn tail may be replayed up to the tear: anything else serves
+// blocks older than what a completed sync promised. The two are told
+// apart by what the journal proves about syncs, from how it is written
+// (journal.go):
+//
+//   - A block is ended (sealed) either when full, leaving its successor's
+//     header with a previous count of RecordsPerBlock, or when a sync
+//     starts, leaving fewer (a sync ends at most the one open block).
+//     So a valid header of block X+1 whose previous count is below
+//     RecordsPerBlock proves that a sync started after every record of
+//     block X and of the blocks before it had been written.
+//   - Syncs run one at a time, and none starts after one has failed. So
+//     when blocks A < B were both ended by syncs, the sync that ended B
+//     started after the one that ended A had completed: every block up to
+//     A was then durable, and sealed, so never written again.
+//
+// Hence damage at block D (a bad header, a stale block where D should be,
+// or fewer valid records than the next block's header says D held) is in
+// the middle of the log when two blocks A < B at or after D were ended by
+// syncs, as valid headers of blocks A+1 and B+1 of the checkpoint's
+// incarnation show. A torn tail never shows that: if S is the last sync
+// that completed, a torn or missing block was still open or not started
+// when S started, and only the one sync after S (started, not completed)
+// can have ended a block from it on. The evidence is sound only for
+// blocks of one incarnation written in order from a start no later than
+// D: the checkpoint's incarnation started writing at or before the
+// replay LSN (its first checkpoint named the LSN it started at), every
+// block of it was started once, in LSN order, and a later incarnation
+// never writes a block before its own checkpoint is in the superblock.
+// A block's LSN is absolute, so a block left from an earlier pass of the
+// ring never counts. Nothing is promised about damage that fewer than
+// two syncs have ended blocks after: it is treated as a torn tail.
+//
+// After a clean stop nothing was written after the replay LSN, so no
+// evidence can exist and the ring is not scanned; otherwise midLogDamage
+// reads the headers of the rest of the ring, until it has the evidence.
+
+// journalDamageError is damage in the middle of the journal: replay
+// cannot go past it, and stopping there would serve stale blocks.
+type journalDamageError struct {
+	lsn     uint64    // the damaged block
+	pos     uint64    // its position in the ring
+	off     int64     // its byte offset on the cache device
+	reason  string    // what is wrong with it
+	records int       // valid records before the damage, from the replay LSN on
+	synced  [2]uint64 // blocks at or after it, each ended by a sync, the first sync completed before the second began
+}
+
+// describe says what is damaged and why it is not a torn tail.
+func (e *journalDamageError) describe() string {
+	return fmt.Sprintf("journal block %d (ring position %d, cache device byte offset %d) is damaged: %s; "+
+		"a completed sync had covered it (journal blocks %d and %d were each ended by a sync, the second begun only after the first had completed), "+
+		"so it is not a torn tail, and replaying only the %d records before the damage would serve stale blocks",
+		e.lsn, e.pos, e.off, e.reason, e.synced[0], e.synced[1], e.records)
+}
+
+func (e *journalDamageError) Error() string {
+	return e.describe() + "; the cache is not opened and none of its blocks are served: run 'wbcache check' for a report: " + layout.ErrCorrupt.Error()
+}
+
+func (e *journalDamageError) Unwrap() error { return layout.ErrCorrupt }
+
+// midLogDamage decides whether the reason replay stopped at block stop
+// is damage in the middle of the log (see journalDamageError): h, err and
+// inc are what stopped it, prev the records found in block stop-1 (-1 if
+// stop is the replay LSN), records how many valid records came before.
+// It returns nil for what may be a torn tail, a *journalDamageError for
+// damage, or a read error.
+func (c *Cache) midLogDamage(stop uint64, h layout.JournalHeader, err error, inc uint64, prev, records int) error {
+	sb := &c.sb
+	if sb.Clean() {
+		return nil
+	}
+	d := stop
+	var reason string
+	switch {
+	case err != nil:
+		reason = fmt.Sprintf("it does not decode (%s)", strings.TrimSuffix(err.Error(), ": "+layout.ErrCorrupt.Error()))
+	case h.LSN != stop && h.LSN%c.g.JournalBlocks == stop%c.g.JournalBlocks:
+		reason = fmt.Sprintf("it holds journal block %d instead, from another pass of the ring", h.LSN)
+	case h.LSN != stop:
+		reason = fmt.Sprintf("it holds journal block %d instead, which belongs at ring position %d", h.LSN, h.LSN%c.g.JournalBlocks)
+	case h.Incarnation < inc:
+		reason = fmt.Sprintf("it holds a block of incarnation %d, older than the log's %d", h.Incarnation, inc)
+	default:
+		d = stop - 1 // block stop-1 holds fewer records than stop's header says
+		if prev < h.PrevCount {
+			reason = fmt.Sprintf("its record %d fails its checksum (block %d was begun when it held %d records)", prev, stop, h.PrevCount)
+		} else {
+			reason = fmt.Sprintf("it holds %d valid records, but block %d was begun when it held %d", prev, stop, h.PrevCount)
+		}
+	}
+	const chunk = 256
+	buf := device.AlignedBuffer(chunk * BlockSize)
+	end := sb.ReplayLSN + c.g.JournalBlocks
+	var synced []uint64
+	for lsn := d + 1; lsn < end && len(synced) < 2; {
+		pos := lsn % c.g.JournalBlocks
+		nb := min(chunk, c.g.JournalBlocks-pos, end-lsn)
+		b := buf[:nb*BlockSize]
+		if _, err := c.ssd.ReadAt(b, c.g.JournalOffset(lsn)); err != nil {
+			return fmt.Errorf("reading journal: %w", err)
+		}
+		for k := uint64(0); k < nb && len(synced) < 2; k++ {
+			h, err := layout.DecodeJournalHeader(b[k*BlockSize:], c.uuid)
+			if err == nil && h.LSN == lsn+k && h.Incarnation == sb.CheckpointIncarnation && h.PrevCount < layout.RecordsPerBlock {
+				synced = append(synced, lsn+k-1)
+			}
+		}
+		lsn += nb
+	}
+	if len(synced) < 2 {
+		return nil
+	}
+	return &journalDamageError{lsn: d, pos: d % c.g.JournalBlocks, off: c.g.JournalOffset(d), reason: reason,
+		records: records, synced: [2]uint64{synced[0], synced[1]}}
 }
 
 // validPrefix returns how many records form the recoverable log, and the

@@ -106,6 +106,21 @@
 // what follows must not be applied over the hole). The engine (package
 // blockcache) defines how records apply.
 //
+// A torn tail is replayed up to the tear; damage in the middle of the log
+// is refused. The block D where the log ends is the one replay stopped at
+// or, when the previous count disagrees, the one before it. A block is
+// ended either when full or when a sync starts (which ends the open
+// block, if it has records), so a previous count below RecordsPerBlock
+// says that a sync ended the block before. Syncs run one at a time: when
+// two blocks at or after D were ended by syncs (valid headers of the
+// blocks after them, of the checkpoint's incarnation, with such counts),
+// the first of those syncs had completed before the second started, so D
+// was durable and never written again. Then D is damaged, not torn, and
+// the cache is refused rather than served without the records after D.
+// A torn tail cannot show this: since the last completed sync, at most
+// one more can have started, and only it can have ended a block from the
+// first torn one on. DecodeJournalHeader reads a header alone, for this.
+//
 // The constants below are part of the format and must never change without
 // bumping FormatVersion.
 package layout
