@@ -13,6 +13,12 @@ superblocks, the current checkpoint, the journal, the checksum of every
 cached block and, with --backing, that the backing device is the one the
 cache was formatted for. Refuses while a daemon has the cache open.
 
+Journal damage that later journal blocks prove a completed sync covered
+is reported naming the block (its LSN, ring position and byte offset):
+mount refuses such a cache rather than serve stale blocks. What was
+written since the last sync before a crash may be torn; that is not a
+problem, and recovery keeps everything before the tear.
+
 Exit status: 0 consistent, 3 problems found (listed), 1 the check could not
 run (e.g. a read error).`
 
