@@ -1,6 +1,7 @@
 package device
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"runtime/debug"
@@ -15,7 +16,8 @@ import (
 // is a memory copy into the file's page cache: it survives the process
 // being killed the moment the copy is done, costs no system call, and the
 // device's Sync makes it durable like any write. On every other device
-// (O_DIRECT files, test doubles) an Update is a WriteAt of the block.
+// (O_DIRECT files, test doubles), and on a file its filesystem will not
+// map, an Update is a WriteAt of the block. Mapped tells which.
 type Region interface {
 	// Update makes b the content of the device at off, where only bytes
 	// [from, to) of b may differ from what the last Update of the same
@@ -26,20 +28,75 @@ type Region interface {
 }
 
 // NewRegion opens the region [off, off+n) of d for Updates.
+//
+// A buffered, writable File is mapped shared. If its filesystem refuses
+// the mapping (see unmappable: a FUSE filesystem serving the file with
+// direct I/O answers ENODEV), the region writes with WriteAt instead;
+// Mapped reports why.
 func NewRegion(d Device, off, n int64) (Region, error) {
 	if err := checkRange("map", off, n, d.Size()); err != nil {
 		return nil, err
 	}
-	if f, ok := d.(*File); ok && !f.direct && !f.readOnly && n > 0 {
-		return f.mapRegion(off, n)
+	w := &writeRegion{d: d, off: off, n: n}
+	f, ok := d.(*File)
+	switch {
+	case !ok || n == 0:
+	case f.direct:
+		w.why = fmt.Errorf("device: %s is open with O_DIRECT", f.path)
+	case f.readOnly:
+		w.why = fmt.Errorf("device: %s is open read-only", f.path)
+	default:
+		r, err := f.mapRegion(off, n)
+		if err == nil {
+			return r, nil
+		}
+		if !unmappable(err) {
+			return nil, err
+		}
+		w.why = err
 	}
-	return &writeRegion{d: d, off: off, n: n}, nil
+	return w, nil
+}
+
+// unmappable reports whether an mmap error means that this file cannot be
+// mapped shared and writable, so that writing it with pwrite is the way,
+// rather than that the process is short of something (ENOMEM: address
+// space or the map count limit; EAGAIN, ENFILE), which is reported:
+//   - ENODEV, EOPNOTSUPP: the filesystem has no shared mappings for the
+//     file (FUSE with direct I/O, network and special filesystems);
+//   - EINVAL: the filesystem rejects this mapping of the file (our
+//     arguments are valid for any mappable file);
+//   - EACCES, EPERM: writable shared mappings of the file are refused
+//     (an append-only or sealed file, a security module) while writes
+//     may still be allowed; if they are not, the first write says so.
+func unmappable(err error) bool {
+	for _, e := range []error{unix.ENODEV, unix.EOPNOTSUPP, unix.EINVAL, unix.EACCES, unix.EPERM} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// Mapped reports whether the Updates of r are copies into a shared memory
+// mapping. When they are WriteAt calls instead, why is what kept a File's
+// region from being mapped (the mmap error, or the File's mode); it is nil
+// for devices that are never mapped.
+func Mapped(r Region) (mapped bool, why error) {
+	switch r := r.(type) {
+	case *mapRegion:
+		return true, nil
+	case *writeRegion:
+		return false, r.why
+	}
+	return false, nil
 }
 
 // writeRegion updates through WriteAt.
 type writeRegion struct {
 	d      Device
 	off, n int64
+	why    error // why a File's region is not mapped
 }
 
 func (r *writeRegion) Update(b []byte, off int64, from, to int) error {
@@ -60,6 +117,9 @@ type mapRegion struct {
 	mem    []byte
 }
 
+// mmap is unix.Mmap; tests replace it to make mappings fail.
+var mmap = unix.Mmap
+
 func (f *File) mapRegion(off, n int64) (Region, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
@@ -68,7 +128,7 @@ func (f *File) mapRegion(off, n int64) (Region, error) {
 	}
 	page := int64(os.Getpagesize())
 	base := off - off%page
-	mem, err := unix.Mmap(f.fd, base, int(off+n-base), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	mem, err := mmap(f.fd, base, int(off+n-base), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return nil, &os.PathError{Op: "mmap", Path: f.path, Err: err}
 	}
