@@ -324,6 +324,14 @@ func Open(ssd, hdd device.Device, opts Options) (*Cache, error) {
 	if err != nil {
 		return nil, err
 	}
+	switch mapped, why := device.Mapped(c.j.reg); {
+	case mapped:
+		c.log.Info("journal writes: shared mapping")
+	case why != nil:
+		c.log.Info(fmt.Sprintf("journal writes: pwrite (the cache file cannot be mapped: %v)", why))
+	default:
+		c.log.Info("journal writes: pwrite")
+	}
 	// A fresh checkpoint makes the replayed state the new base, in the new
 	// incarnation, and marks the cache in use (not clean).
 	if err := c.checkpoint(false); err != nil {
@@ -337,6 +345,17 @@ func Open(ssd, hdd device.Device, opts Options) (*Cache, error) {
 	go c.checkpointer()
 	go c.reclaimer()
 	return c, nil
+}
+
+// JournalWrites says how journal records reach the cache device: "mmap"
+// (copied into a shared mapping of the journal ring) or "pwrite" (a write
+// of the journal block per record, where the cache device cannot be
+// mapped).
+func (c *Cache) JournalWrites() string {
+	if mapped, _ := device.Mapped(c.j.reg); mapped {
+		return "mmap"
+	}
+	return "pwrite"
 }
 
 // fail marks the cache dead after an unrecoverable device error.
