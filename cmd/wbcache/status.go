@@ -25,6 +25,7 @@ type Status struct {
 	MetricsAddr   string  `json:"metrics_address,omitempty"`
 	UptimeSeconds float64 `json:"uptime_seconds"`
 	FuseTransport string  `json:"fuse_transport"`
+	JournalWrites string  `json:"journal_writes"`
 
 	blockcache.Stats
 
@@ -59,6 +60,7 @@ func (d *daemon) status() Status {
 		DestageErrors:    ds.Errors,
 		DestageLastError: ds.LastError,
 		Policy:           makePolicyView(d.cache.Mode(), d.dest.Policy(), d.cache.Settings(), d.promote),
+		JournalWrites:    d.cache.JournalWrites(),
 	}
 	if d.ctl != nil {
 		s.ControlSocket = d.ctl.path
@@ -116,6 +118,9 @@ func printStatus(w io.Writer, s *Status) {
 	}
 	fmt.Fprintf(w, "  journal:    %d of %d blocks in use (%.1f%%), %d records, %d commits; %d checkpoints\n",
 		s.JournalUsed, s.JournalSize, s.JournalUsedPercent, s.JournalRecords, s.JournalSyncs, s.Checkpoints)
+	if s.JournalWrites == "pwrite" {
+		fmt.Fprintf(w, "              records written with pwrite: the cache file cannot be mapped\n")
+	}
 	fmt.Fprintf(w, "  errors:     cache device %d, backing device %d; clean blocks healed %d\n", s.CacheErrors, s.BackingErrors, s.HealedBlocks)
 	if s.LostBlocks > 0 {
 		fmt.Fprintf(w, "  LOST:       %d dirty blocks fail their checksum and read as errors (see the log; rewrite or discard them)\n", s.LostBlocks)
