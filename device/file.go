@@ -200,26 +200,26 @@ func Create(path string, size int64) error {
 	return nil
 }
 
-// CreateAllocated is Create with the file's blocks reserved
-// (fallocate): a cache file must never hit ENOSPC in the middle of a
+// CreateAllocated is Create with the file's blocks reserved (see
+// Reserve): a cache file must never hit ENOSPC in the middle of a
 // write-back, and writes into reserved blocks are cheaper than into holes.
-// Where the filesystem cannot reserve, it falls back to a sparse file.
+// Where the filesystem cannot reserve, it falls back to a sparse file. If
+// the filesystem lacks the space, the file is removed and the error is a
+// *NoSpaceError.
 func CreateAllocated(path string, size int64) error {
 	if err := Create(path, size); err != nil {
 		return err
 	}
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	err = unix.Fallocate(int(f.Fd()), 0, 0, size)
-	if err == unix.EOPNOTSUPP || err == unix.ENOSYS {
-		return nil
+	f, err := Open(path, Options{})
+	if err == nil {
+		_, err = f.Reserve()
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
 	}
 	if err != nil {
 		os.Remove(path)
-		return fmt.Errorf("device: reserving %d bytes for %s: %w", size, path, err)
+		return err
 	}
 	return nil
 }
@@ -343,7 +343,7 @@ func checkRange(op string, off, n, size int64) error {
 }
 
 func (f *File) ioError(op string, off int64, n int, err error) error {
-	return fmt.Errorf("device: %s %s: %d bytes at offset %d: %w", op, f.path, n, off, err)
+	return fmt.Errorf("device: %s %s: %d bytes at offset %d: %w", op, f.path, n, off, f.explainNoSpace(err))
 }
 
 // retryEINTR calls fn until it returns something other than EINTR.

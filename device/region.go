@@ -147,7 +147,7 @@ func (r *mapRegion) Update(b []byte, off int64, from, to int) (err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if p := recover(); p != nil {
-			err = &os.PathError{Op: "write (mapped)", Path: r.f.path, Err: fmt.Errorf("memory fault at file offset %d: %v", off+int64(from), p)}
+			err = &os.PathError{Op: "write (mapped)", Path: r.f.path, Err: r.f.faultError(off+int64(from), p)}
 		}
 	}()
 	copy(r.mem[off-r.base+int64(from):], b[from:to])
@@ -164,4 +164,20 @@ func (r *mapRegion) Close() error {
 		return &os.PathError{Op: "munmap", Path: r.f.path, Err: err}
 	}
 	return nil
+}
+
+// faultError explains a memory fault at file offset off of a mapping of f.
+// The page may be a hole that the filesystem, being full, could not
+// allocate: then the error wraps ENOSPC and says so.
+func (f *File) faultError(off int64, fault any) error {
+	err := fmt.Errorf("memory fault at file offset %d: %v", off, fault)
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.closed || f.kind != kindRegular {
+		return err
+	}
+	if free, known := freeBytes(f.fd); known && free < int64(os.Getpagesize()) {
+		return fmt.Errorf("%w: %w", err, &NoSpaceError{Path: f.path, Err: unix.ENOSPC})
+	}
+	return err
 }
