@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/wbcache/wbcache/device"
@@ -179,6 +180,9 @@ func Format(ssd, hdd device.Device, opts FormatOptions) error {
 			return fmt.Errorf("format: %w", err)
 		}
 	}
+	if err := reserveCache(ssd, nil); err != nil {
+		return err
+	}
 	var uuid [16]byte
 	if _, err := rand.Read(uuid[:]); err != nil {
 		return err
@@ -296,6 +300,11 @@ func Open(ssd, hdd device.Device, opts Options) (*Cache, error) {
 	if id := hdd.Identity(); id != sb.BackingIdentity {
 		return nil, fmt.Errorf("%w: backing identity %x, the cache was formatted with %x (a copied or different device): give the right --backing, or detach/reformat the cache", ErrWrongBacking, id, sb.BackingIdentity)
 	}
+	// Before anything is written: a cache file with holes on a full
+	// filesystem would fail its first writes, or fault in the journal.
+	if err := reserveCache(ssd, opts.Logger); err != nil {
+		return nil, err
+	}
 	if opts.ReserveFree == 0 {
 		opts.ReserveFree = max(8, int(sb.Geometry.SlotCount/64))
 	}
@@ -356,6 +365,36 @@ func (c *Cache) JournalWrites() string {
 		return "mmap"
 	}
 	return "pwrite"
+}
+
+// reserver is a cache device that can allocate its blocks ahead
+// (device.File).
+type reserver interface {
+	Reserve() (unallocated int64, err error)
+}
+
+// reserveCache allocates the holes of a cache file, so that its filesystem
+// filling up can fail neither a slot write nor a store into the journal's
+// mapping. Without the space it fails, saying so, having changed nothing.
+// Where the filesystem cannot allocate ahead, it logs a warning on log
+// (if not nil) and leaves the file as it is.
+func reserveCache(ssd device.Device, log *slog.Logger) error {
+	r, ok := ssd.(reserver)
+	if !ok {
+		return nil
+	}
+	left, err := r.Reserve()
+	if err != nil {
+		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+			return fmt.Errorf("no space left on the cache device: %w", err)
+		}
+		return fmt.Errorf("allocating the cache file: %w", err)
+	}
+	if left > 0 && log != nil {
+		log.Warn("the filesystem of the cache file cannot allocate it ahead: if that filesystem fills up, writes fail with ENOSPC (no space left on the cache device)",
+			"unallocated_bytes", left)
+	}
+	return nil
 }
 
 // fail marks the cache dead after an unrecoverable device error.
