@@ -10,10 +10,12 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/wbcache/wbcache/blockcache"
+	"github.com/wbcache/wbcache/device"
 	"github.com/wbcache/wbcache/flush"
 	"github.com/wbcache/wbcache/fuse"
 	"github.com/wbcache/wbcache/layout"
@@ -142,7 +144,8 @@ func startDaemon(cfg daemonConfig) (_ *daemon, err error) {
 		}
 	}
 	enableRing(cfg.ioUring, d.log)
-	d.srv, err = fuse.Mount(mp, d.cache, fuse.Options{
+	backend := &spaceWatch{Cache: d.cache, log: d.log, cache: d.devs.ssd.Path(), backing: d.devs.hdd.Path()}
+	d.srv, err = fuse.Mount(mp, backend, fuse.Options{
 		AllowOther: cfg.allowOther,
 		Stats:      d.statsFile,
 		Logger:     d.log,
@@ -182,6 +185,51 @@ func enableRing(mode fuse.IOUringMode, log *slog.Logger) {
 	log.Info("turned on FUSE over io_uring (fuse module parameter enable_uring=Y); --fuse-uring off serves through /dev/fuse")
 }
 
+// spaceWatch is the cache as the FUSE server sees it. A request that fails
+// because the filesystem holding the cache file (or the backing file) is
+// full fails with ENOSPC; spaceWatch also says so in the log, at most once
+// every 10 seconds, since the server logs only errors that become EIO.
+type spaceWatch struct {
+	*blockcache.Cache
+	log            *slog.Logger
+	cache, backing string       // the devices' paths
+	last           atomic.Int64 // UnixNano of the last record
+}
+
+func (w *spaceWatch) ReadAt(p []byte, off int64) (int, error) {
+	n, err := w.Cache.ReadAt(p, off)
+	return n, w.note(err)
+}
+
+func (w *spaceWatch) WriteAt(p []byte, off int64) (int, error) {
+	n, err := w.Cache.WriteAt(p, off)
+	return n, w.note(err)
+}
+
+func (w *spaceWatch) Sync() error { return w.note(w.Cache.Sync()) }
+
+func (w *spaceWatch) Discard(off, n int64) error { return w.note(w.Cache.Discard(off, n)) }
+
+// note logs err if it says that a device's filesystem is full; it returns
+// err.
+func (w *spaceWatch) note(err error) error {
+	var nse *device.NoSpaceError
+	if err == nil || !errors.As(err, &nse) {
+		return err
+	}
+	role := "cache"
+	if nse.Path == w.backing && nse.Path != w.cache {
+		role = "backing"
+	}
+	now, last := time.Now().UnixNano(), w.last.Load()
+	if (last != 0 && now-last < int64(10*time.Second)) || !w.last.CompareAndSwap(last, now) {
+		return err
+	}
+	w.log.Warn(fmt.Sprintf("no space left on the %s device: writes that need space on it fail with ENOSPC until space is freed on the filesystem holding %s", role, nse.Path),
+		"err", err)
+	return err
+}
+
 // transport names how FUSE requests reach the daemon.
 func (d *daemon) transport() string {
 	if d.srv.IOUring() {
@@ -199,6 +247,8 @@ func openCacheError(cachePath string, err error) error {
 		return fmt.Errorf("cache %s: %w", cachePath, err)
 	case errors.Is(err, layout.ErrCorrupt), errors.Is(err, layout.ErrVersion), errors.Is(err, layout.ErrGeometry):
 		return fmt.Errorf("cache %s cannot be opened: %w (run 'wbcache check --cache %s' for details)", cachePath, err, cachePath)
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return fmt.Errorf("cache %s cannot be used: %w.\n  Free space on the filesystem holding it, then run this again", cachePath, err)
 	}
 	return fmt.Errorf("opening cache %s: %w", cachePath, err)
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"syscall"
 
 	"github.com/wbcache/wbcache/blockcache"
 	"github.com/wbcache/wbcache/device"
@@ -17,7 +18,10 @@ device) for the given backing device. The backing device is only read: its
 size and identity are recorded, its contents are kept and show through.
 
 If the cache file does not exist and --cache-size is given, it is created
-(sparse, mode 0600). If it exists, --cache-size must match its size.
+(mode 0600). If it exists, --cache-size must match its size. Either way
+its blocks are allocated (fallocate), so that the cache never runs out
+of space when its filesystem fills up; format refuses, changing nothing,
+when that filesystem has too little free space.
 A device that already holds a wbcache cache is refused unless --force is
 given: --force discards the old cache, including dirty blocks that were
 never written back (run 'wbcache detach' first to keep them).`
@@ -57,6 +61,9 @@ func runFormat(args []string, out io.Writer) error {
 			return fmt.Errorf("cache device %s does not exist: give --cache-size to create it as a file", *cachePath)
 		}
 		if err := device.CreateAllocated(*cachePath, cacheSize.n); err != nil {
+			if noSpace(err) {
+				return fmt.Errorf("creating cache file: no space left on the cache device: %w.\n  %s", err, noSpaceAdvice)
+			}
 			return fmt.Errorf("creating cache file: %w", err)
 		}
 		created = true
@@ -90,6 +97,8 @@ func runFormat(args []string, out io.Writer) error {
 			return fail(fmt.Errorf("backing device %s: %w", *backingPath, err))
 		case errors.Is(err, layout.ErrGeometry):
 			return fail(fmt.Errorf("cache device %s: %w: give a larger cache or a smaller --journal", *cachePath, err))
+		case noSpace(err):
+			return fail(fmt.Errorf("cache device %s: %w.\n  %s", *cachePath, err, noSpaceAdvice))
 		}
 		return fail(fmt.Errorf("format: %w", err))
 	}
@@ -113,4 +122,12 @@ func runFormat(args []string, out io.Writer) error {
 	fmt.Fprintf(out, "  checkpoint: 2 copies of %s\n", formatSize(int64(g.CheckpointBlocks)*layout.BlockSize))
 	fmt.Fprintf(out, "  uuid:       %x\n", sb.UUID)
 	return nil
+}
+
+// noSpaceAdvice follows a format refused for want of space.
+const noSpaceAdvice = "Free space on the filesystem holding the cache file, or give a smaller cache (a new file with a smaller --cache-size)"
+
+// noSpace: err says that a filesystem or quota has no room.
+func noSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
 }
