@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -21,6 +22,10 @@ type CheckReport struct {
 	Replayed    int // journal records that recovery would replay
 	Dropped     int // unsynced journal records recovery would drop
 	DataChecked int // slots whose data checksum was verified
+	// Lost: dirty blocks whose slot fails its checksum (each also a
+	// problem). Healable: clean blocks whose slot fails it, which the
+	// backing device holds (read from there, not a problem).
+	Lost, Healable []uint64
 	// JournalDamaged: the journal is damaged in its middle, at block
 	// JournalDamageLSN, where a completed sync had covered it (not a torn
 	// tail). Open refuses such a cache; Replayed then counts the valid
@@ -42,6 +47,13 @@ func (r *CheckReport) String() string {
 		fmt.Fprintf(&b, "cache %x: %d slots, %d in use, %d dirty; last stop clean: %v\n", r.UUID, r.Slots, r.Valid, r.Dirty, r.Clean)
 		fmt.Fprintf(&b, "journal: %d records to replay, %d unsynced records to drop\n", r.Replayed, r.Dropped)
 		fmt.Fprintf(&b, "data: %d slot checksums verified\n", r.DataChecked)
+		if len(r.Healable) > 0 {
+			fmt.Fprintf(&b, "note: %d clean blocks fail their slot checksum; the backing device holds them and they are read from there: %s\n",
+				len(r.Healable), FormatLBAs(r.Healable, 20))
+		}
+		if len(r.Lost) > 0 {
+			fmt.Fprintf(&b, "lost dirty blocks: %s\n", FormatLBAs(r.Lost, 20))
+		}
 	}
 	if r.OK() {
 		b.WriteString("consistent\n")
@@ -118,12 +130,18 @@ func Check(ssd, hdd device.Device) (*CheckReport, error) {
 		}
 		r.DataChecked++
 		if got := layout.DataCRC(buf); got != t.crc[s] {
-			state := "clean"
-			if f&fDirty != 0 {
-				state = "dirty"
+			if f&fDirty == 0 {
+				// The backing device holds this version: the slot is
+				// dropped at the next read (corrupt.go).
+				r.Healable = append(r.Healable, t.lba[s])
+				continue
 			}
-			r.Problems = append(r.Problems, fmt.Sprintf("slot %d (%s block %d): data checksum %08x, want %08x", s, state, t.lba[s], got, t.crc[s]))
+			r.Lost = append(r.Lost, t.lba[s])
+			r.Problems = append(r.Problems, fmt.Sprintf("block %d is lost: it is dirty in slot %d, whose data checksum is %08x, want %08x; "+
+				"the backing device holds an older version; it reads as an error until rewritten or discarded", t.lba[s], s, got, t.crc[s]))
 		}
 	}
+	slices.Sort(r.Lost)
+	slices.Sort(r.Healable)
 	return r, nil
 }

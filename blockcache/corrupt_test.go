@@ -162,3 +162,28 @@ func TestFormatLBAs(t *testing.T) {
 	require.Equal(t, "1-3, 7, 9-10", FormatLBAs([]uint64{1, 2, 3, 7, 9, 10}, 3))
 	require.Equal(t, "1, 3, and 2 more blocks", FormatLBAs([]uint64{1, 3, 5, 6}, 2))
 }
+
+// TestCheckListsLostBlocks: check names a dirty block whose slot fails its
+// checksum as lost (a problem) and a clean one as healable (not one).
+func TestCheckListsLostBlocks(t *testing.T) {
+	ssd, hdd, c := memCache(t)
+	_, err := hdd.WriteAt(pattern(3), 3*BlockSize)
+	require.NoError(t, err)
+	buf := make([]byte, BlockSize)
+	_, err = c.ReadAt(buf, 3*BlockSize) // a clean copy
+	require.NoError(t, err)
+	_, err = c.WriteAt(pattern(8), 8*BlockSize) // a dirty block
+	require.NoError(t, err)
+	require.NoError(t, c.Sync())
+	spoil(t, ssd, c, slotOf(t, c, 3))
+	spoil(t, ssd, c, slotOf(t, c, 8))
+	require.NoError(t, c.Close())
+
+	r, err := Check(ssd, hdd)
+	require.NoError(t, err)
+	require.Equal(t, []uint64{8}, r.Lost)
+	require.Equal(t, []uint64{3}, r.Healable)
+	require.Len(t, r.Problems, 1)
+	require.Contains(t, r.Problems[0], "block 8 is lost")
+	require.Contains(t, r.String(), "lost dirty blocks: 8\n")
+}
