@@ -583,15 +583,7 @@ func (r *runner) round(round int) error {
 		order = r.cfg.order
 	}
 
-	if err := r.startFS(round, fsSeed); err != nil {
-		return err
-	}
-	ready, err := r.startWbcache(round)
-	if err != nil {
-		return err
-	}
-	st := r.status()
-	vs, viols, vdur, err := r.verify(round)
+	ready, st, vs, viols, vdur, err := r.restartAndVerify(round, fsSeed)
 	if err != nil {
 		return err
 	}
@@ -632,15 +624,7 @@ func (r *runner) round(round int) error {
 // final restarts once more, checks, stops the daemon cleanly and runs
 // wbcache check.
 func (r *runner) final(round int) error {
-	if err := r.startFS(round, r.rng.Uint64()); err != nil {
-		return err
-	}
-	ready, err := r.startWbcache(round)
-	if err != nil {
-		return err
-	}
-	st := r.status()
-	vs, viols, vdur, err := r.verify(round)
+	ready, st, vs, viols, vdur, err := r.restartAndVerify(round, r.rng.Uint64())
 	if err != nil {
 		return err
 	}
@@ -679,6 +663,20 @@ func lastLine(s string) string {
 }
 
 // ---------------------------------------------------------------- verify
+
+// restartAndVerify starts the power-cut filesystem on what survived and
+// the daemon on it (recovery), then checks every block.
+func (r *runner) restartAndVerify(round int, fsSeed uint64) (ready time.Duration, st map[string]any, vs verifyStats, viols []violation, vdur time.Duration, err error) {
+	if err = r.startFS(round, fsSeed); err != nil {
+		return
+	}
+	if ready, err = r.startWbcache(round); err != nil {
+		return
+	}
+	st = r.status()
+	vs, viols, vdur, err = r.verify(round)
+	return
+}
 
 // verify reads every block of the disk with O_DIRECT and checks it.
 func (r *runner) verify(round int) (verifyStats, []violation, time.Duration, error) {
