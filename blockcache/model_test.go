@@ -415,7 +415,7 @@ func modelCycles(t *testing.T) int {
 		require.NoError(t, err)
 		return n
 	}
-	if testing.Short() {
+	if testing.Short() || raceDetector {
 		return 500
 	}
 	return 2500
@@ -425,14 +425,15 @@ func modelCycles(t *testing.T) int {
 // (process crash or power cut) at random device operations, including in
 // the middle of writes, syncs, discards, checkpoints and destages. After
 // every recovery each block must read as a version the contract allows
-// (§2.1-2.3). Four seeds × 2500 cycles by default.
+// (docs/design.md §2.1-2.3). Four seeds × 2500 cycles by default (500
+// with -short or under the race detector).
 func TestModelCrashRecovery(t *testing.T) {
 	modelCrashRecovery(t, 0, 4)
 }
 
 // TestModelCrashRecoveryHot is TestModelCrashRecovery with most I/O on
 // three blocks: rewrites in place, crashed at every step of them. Two
-// seeds × 2500 longer cycles by default.
+// seeds × 2500 longer cycles by default (500 with -short or -race).
 func TestModelCrashRecoveryHot(t *testing.T) {
 	modelCrashRecovery(t, 3, 2)
 }
