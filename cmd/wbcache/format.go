@@ -24,7 +24,15 @@ of space when its filesystem fills up; format refuses, changing nothing,
 when that filesystem has too little free space.
 A device that already holds a wbcache cache is refused unless --force is
 given: --force discards the old cache, including dirty blocks that were
-never written back (run 'wbcache detach' first to keep them).`
+never written back (run 'wbcache detach' first to keep them).
+
+An existing cache device that holds a filesystem (ext2/3/4, XFS, btrfs,
+FAT, NTFS, exFAT, squashfs, ISO 9660), a partition table (MBR, GPT), a
+swap area, a LUKS or an LVM2 header is refused too, unless --force is
+given: it is most likely --cache and --backing swapped. Only these
+signatures at the start of the device are looked for; a device holding
+zeros or data of no known format is formatted without --force.
+A cache larger than the backing device is formatted with a warning.`
 
 func runFormat(args []string, out io.Writer) error {
 	f := newFlags("format", "wbcache format --cache PATH --backing PATH [--cache-size SIZE] [--journal SIZE] [--force]", formatAbout, out)
@@ -33,7 +41,7 @@ func runFormat(args []string, out io.Writer) error {
 	var cacheSize, journal sizeFlag
 	f.Var(&cacheSize, "cache-size", "create the cache file with this `SIZE` if it does not exist")
 	f.Var(&journal, "journal", "metadata journal `SIZE` (default: 1/256 of the cache, or 1/64 up to 8M when more; 1M to 128M)")
-	force := f.Bool("force", false, "overwrite an existing cache, losing its contents")
+	force := f.Bool("force", false, "overwrite an existing cache, filesystem or partition table on the cache device, losing its contents")
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
@@ -86,6 +94,11 @@ func runFormat(args []string, out io.Writer) error {
 		return fmt.Errorf("cache device %s has %s (%d bytes), not the --cache-size %s given: drop --cache-size to use it as it is, or give its real size",
 			*cachePath, formatSize(devs.ssd.Size()), devs.ssd.Size(), formatSizeExact(cacheSize.n))
 	}
+	if !*force && !created {
+		if err := refuseForeign(devs, *cachePath); err != nil {
+			return err
+		}
+	}
 	err = blockcache.Format(devs.ssd, devs.hdd, blockcache.FormatOptions{JournalBlocks: journalBlocks, Force: *force})
 	if err != nil {
 		switch {
@@ -121,7 +134,36 @@ func runFormat(args []string, out io.Writer) error {
 	fmt.Fprintf(out, "  journal:    %s (%d blocks)\n", formatSize(int64(g.JournalBlocks)*layout.BlockSize), g.JournalBlocks)
 	fmt.Fprintf(out, "  checkpoint: 2 copies of %s\n", formatSize(int64(g.CheckpointBlocks)*layout.BlockSize))
 	fmt.Fprintf(out, "  uuid:       %x\n", sb.UUID)
+	if data := int64(g.SlotCount) * layout.BlockSize; data > int64(sb.BackingSize) {
+		fmt.Fprintf(os.Stderr, "wbcache: warning: the cache data (%s) is larger than the backing device %s (%s): "+
+			"it never holds more than %s of distinct blocks;\n"+
+			"  the rest only serves as room for rewritten blocks until their old copies are freed\n",
+			formatSize(data), *backingPath, formatSize(int64(sb.BackingSize)), formatSize(int64(sb.BackingSize)))
+	}
 	return nil
+}
+
+// refuseForeign refuses a cache device that holds a filesystem, partition
+// table or volume header (see probeSignature): formatting it would
+// destroy it, and the likely cause is --cache and --backing swapped. A
+// wbcache cache is left to blockcache.Format, which has its own refusal;
+// a device holding zeros or data of no known format is accepted.
+func refuseForeign(devs *devices, cachePath string) error {
+	if _, err := blockcache.ReadSuperblock(devs.ssd); !errors.Is(err, layout.ErrNotFormatted) {
+		return nil
+	}
+	n := min(devs.ssd.Size(), probeSize)
+	buf := device.AlignedBuffer(int((n + layout.BlockSize - 1) / layout.BlockSize * layout.BlockSize))[:n]
+	if _, err := devs.ssd.ReadAt(buf, 0); err != nil {
+		return fmt.Errorf("cache device %s: reading its first %d bytes: %w", cachePath, n, err)
+	}
+	sig, ok := probeSignature(buf)
+	if !ok {
+		return nil
+	}
+	return fmt.Errorf("%s holds %s: formatting it as a cache would destroy it.\n"+
+		"  Check that --cache and --backing are not swapped (--cache is the SSD side, --backing the disk whose data is kept),\n"+
+		"  or pass --force to overwrite it", cachePath, sig)
 }
 
 // noSpaceAdvice follows a format refused for want of space.
