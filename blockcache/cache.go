@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -30,8 +31,9 @@ var (
 	ErrWrongBacking = errors.New("backing device does not match the cache")
 	// ErrFormatted: Format refused to overwrite an existing cache.
 	ErrFormatted = errors.New("cache device already holds a wbcache cache")
-	// ErrInvalid: an argument is out of range (maps to EINVAL).
-	ErrInvalid = errors.New("invalid argument")
+	// ErrInvalid: an argument is out of range. It wraps fs.ErrInvalid, which
+	// the FUSE server answers with EINVAL.
+	ErrInvalid = fmt.Errorf("%w", fs.ErrInvalid)
 	// ErrCorruptData: a cache slot's data does not match its checksum.
 	ErrCorruptData = errors.New("cache data corrupt")
 	// ErrBadBacking: the backing device cannot be used (size not a

@@ -3,6 +3,7 @@ package blockcache
 import (
 	"bytes"
 	"errors"
+	"io/fs"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -186,4 +187,14 @@ func TestCheckListsLostBlocks(t *testing.T) {
 	require.Len(t, r.Problems, 1)
 	require.Contains(t, r.Problems[0], "block 8 is lost")
 	require.Contains(t, r.String(), "lost dirty blocks: 8\n")
+}
+
+// TestErrInvalidIsEINVAL: the FUSE server answers fs.ErrInvalid with
+// EINVAL, so the engine's ErrInvalid must be one.
+func TestErrInvalidIsEINVAL(t *testing.T) {
+	_, _, c := memCache(t)
+	defer c.Close()
+	_, err := c.WriteAt(make([]byte, BlockSize), c.Size())
+	require.ErrorIs(t, err, ErrInvalid)
+	require.ErrorIs(t, err, fs.ErrInvalid)
 }

@@ -156,7 +156,7 @@ func (c *Cache) probe(lba uint64) (uint64, bool) {
 	return c.stripeGen(lba), ok
 }
 
-// stripeGens counts mapping changes per stripe; written under the stripe's
+// gens counts mapping changes per stripe; written under the stripe's
 // write lock, read under either lock.
 func (c *Cache) stripeGen(lba uint64) uint64 { return c.gens[hashLBA(lba)%nStripes] }
 func (c *Cache) bumpGen(lba uint64)          { c.gens[hashLBA(lba)%nStripes]++ }

@@ -319,7 +319,7 @@ func (j *journal) close() {
 	<-j.done
 }
 
-// fail makes the journal dead; every waiter gets err.
+// failLocked makes the journal dead; every waiter gets err.
 func (j *journal) failLocked(err error) {
 	if j.err == nil {
 		j.err = err

@@ -69,9 +69,8 @@
 //     READDIRPLUS are off (nothing to serve).
 //   - go-fuse's splice reply path is off: replies are in-memory buffers, and
 //     splice would only add a pipe round trip (and, for 1 MiB replies, log a
-//     trySplice error on every read when /proc/sys/fs/pipe-max-size is 1 MiB).
-//     As root, Mount still raises pipe-max-size to at least 1 MiB + 4 KiB if
-//     it is lower, for other splice users in the system.
+//     trySplice error on every read when /proc/sys/fs/pipe-max-size is 1 MiB),
+//     so Mount leaves that system-wide setting alone.
 //   - As root the filesystem is mounted with mount(2) directly and a failure
 //     is reported as is; otherwise mount(2) is tried and fusermount is the
 //     fallback.

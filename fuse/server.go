@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -118,10 +117,6 @@ const (
 	maxWrite      = 1 << 20
 	maxReadAhead  = 1 << 20
 	maxBackground = 128
-	// pipeMaxSizeMin is the smallest pipe-max-size that lets go-fuse splice
-	// a 1 MiB reply (payload + header + one page).
-	pipeMaxSizeMin  = 1<<20 + 4096
-	pipeMaxSizePath = "/proc/sys/fs/pipe-max-size"
 )
 
 // Server is a mounted wbcache disk.
@@ -164,9 +159,6 @@ func Mount(mountpoint string, b Backend, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("wbcache/fuse: mount %s: a dead FUSE mount is in the way (%v; did its daemon die?): remove it with CleanupStale or `umount -l %s`", mp, err, mp)
 	}
 	root := os.Geteuid() == 0
-	if root {
-		raisePipeMaxSize(logger)
-	}
 
 	// go-fuse logs through a *log.Logger: route it into slog. Its debug
 	// trace is wanted when Debug is set, so it must not be filtered out.
@@ -408,23 +400,4 @@ func lazyUnmount(mp string) error {
 		return nil
 	}
 	return fmt.Errorf("no fusermount helper found: %w", lastErr)
-}
-
-// raisePipeMaxSize raises the pipe-max-size sysctl to pipeMaxSizeMin if it
-// is lower. Failures only matter to splice users and are logged at debug.
-func raisePipeMaxSize(logger *slog.Logger) {
-	b, err := os.ReadFile(pipeMaxSizePath)
-	if err != nil {
-		logger.Debug("wbcache/fuse: reading pipe-max-size", "err", err)
-		return
-	}
-	cur, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || cur >= pipeMaxSizeMin {
-		return
-	}
-	if err := os.WriteFile(pipeMaxSizePath, []byte(strconv.Itoa(pipeMaxSizeMin)), 0); err != nil {
-		logger.Debug("wbcache/fuse: raising pipe-max-size", "from", cur, "to", pipeMaxSizeMin, "err", err)
-		return
-	}
-	logger.Debug("wbcache/fuse: raised pipe-max-size", "from", cur, "to", pipeMaxSizeMin)
 }
