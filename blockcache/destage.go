@@ -172,7 +172,7 @@ func (c *Cache) Complete(blocks []DirtyBlock, written bool) error {
 				}
 			}
 		}
-		c.completeLocked(blocks[i:i+n], written)
+		c.completeBatch(blocks[i:i+n], written)
 		if written {
 			c.j.release(n)
 		}
@@ -186,7 +186,9 @@ func (c *Cache) Complete(blocks []DirtyBlock, written bool) error {
 	return err
 }
 
-func (c *Cache) completeLocked(blocks []DirtyBlock, written bool) {
+// completeBatch completes one batch of at most RecordsPerBlock blocks under
+// Cache.mu (the caller reserved journal room for its CLEAN records).
+func (c *Cache) completeBatch(blocks []DirtyBlock, written bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	t := &c.mu.t
