@@ -363,12 +363,6 @@ func (c *Cache) writeBackingAt(lba uint64, blk []byte) error {
 // clean cached copy that the backing device lacks. Caller holds the
 // stripe lock.
 func (c *Cache) writeThrough(lba uint64, blk []byte, cached bool) (uint64, error) {
-	// An older version's destage in flight must land first.
-	c.mu.Lock()
-	for c.mu.inflight[lba] > 0 && c.usable() == nil {
-		c.mu.freed.Wait()
-	}
-	c.mu.Unlock()
 	seq, err := c.cacheBlock(lba, blk, true)
 	if err != nil {
 		return 0, err
@@ -379,6 +373,19 @@ func (c *Cache) writeThrough(lba uint64, blk []byte, cached bool) (uint64, error
 		if err := c.syncJournal(); err != nil {
 			return 0, err
 		}
+	}
+	// A destage of an older version still in flight must land before this
+	// version's backing write, or it would put the older version over it
+	// after the backing sync that marks this one clean. Waiting only after
+	// the new version is mapped closes the window: from then on Pin takes
+	// this version, never an older one.
+	c.mu.Lock()
+	for c.mu.inflight[lba] > 0 && c.usable() == nil {
+		c.mu.freed.Wait()
+	}
+	c.mu.Unlock()
+	if err := c.usable(); err != nil {
+		return 0, err
 	}
 	if err := c.writeBacking(lba, blk); err != nil {
 		return 0, err

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -265,4 +266,90 @@ func TestMayWait(t *testing.T) {
 	require.False(t, c.MayWait(false, 3*BlockSize, BlockSize), "writethrough cached read")
 	require.NoError(t, c.SetMode(ModeNone))
 	require.True(t, c.MayWait(false, 3*BlockSize, BlockSize), "mode none")
+}
+
+// notifyDev reports each write at off on wrote.
+type notifyDev struct {
+	*device.Mem
+	off   int64
+	wrote chan []byte
+}
+
+func (d *notifyDev) WriteAt(p []byte, off int64) (int, error) {
+	n, err := d.Mem.WriteAt(p, off)
+	if off == d.off {
+		d.wrote <- bytes.Clone(p)
+	}
+	return n, err
+}
+
+// slotGate holds the next write at or past from (a data slot), once armed,
+// until released.
+type slotGate struct {
+	*device.Mem
+	from    int64
+	armed   atomic.Bool
+	arrived chan struct{}
+	release chan struct{}
+}
+
+func (g *slotGate) WriteAt(p []byte, off int64) (int, error) {
+	if off >= g.from && g.armed.CompareAndSwap(true, false) {
+		close(g.arrived)
+		<-g.release
+	}
+	return g.Mem.WriteAt(p, off)
+}
+
+// TestWriteThroughWaitsForOlderDestage: a write-through of a block whose
+// older version a destage pins just before the new version is mapped
+// writes the backing device only after that destage has landed. Otherwise
+// the older version could land over it after the backing sync that marks
+// the new one clean, and the block, once evicted, would read stale.
+func TestWriteThroughWaitsForOlderDestage(t *testing.T) {
+	ssd := &slotGate{Mem: device.NewMem(int64(2+2*2+32+32)*BlockSize, [16]byte{1}), arrived: make(chan struct{}), release: make(chan struct{})}
+	mem := device.NewMem(64*BlockSize, [16]byte{2})
+	hdd := &notifyDev{Mem: mem, off: 5 * BlockSize, wrote: make(chan []byte, 8)}
+	require.NoError(t, Format(ssd, hdd, FormatOptions{JournalBlocks: 32}))
+	c, err := Open(ssd, hdd, Options{CheckpointInterval: -1, NoBackgroundBackingSync: true})
+	require.NoError(t, err)
+	defer c.Close()
+	ssd.from = c.g.SlotOffset(0)
+	require.NoError(t, c.SetMode(ModeWritethrough))
+	v1, v2 := pattern(1), pattern(2)
+	_, err = c.WriteAt(v1, 5*BlockSize)
+	require.NoError(t, err)
+	require.Equal(t, v1, <-hdd.wrote)
+
+	// Version 2's write-through stops at its slot write, before it is
+	// mapped; then a destage pins version 1 (a write-through block stays
+	// dirty until a backing sync) and has not written it yet.
+	ssd.armed.Store(true)
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.WriteAt(v2, 5*BlockSize)
+		done <- err
+	}()
+	<-ssd.arrived
+	pinned, err := c.Pin(c.DirtyBlocks(nil))
+	require.NoError(t, err)
+	require.Len(t, pinned, 1)
+	close(ssd.release)
+	select {
+	case <-hdd.wrote:
+		t.Fatal("the write-through wrote the backing device while version 1's destage was in flight")
+	case err := <-done:
+		t.Fatalf("the write-through returned (%v) while version 1's destage was in flight", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	// The destage lands, then the write-through.
+	_, err = mem.WriteAt(v1, 5*BlockSize)
+	require.NoError(t, err)
+	require.NoError(t, mem.Sync())
+	require.NoError(t, c.Complete(pinned, true))
+	require.NoError(t, <-done)
+	require.Equal(t, v2, <-hdd.wrote)
+	require.NoError(t, c.Sync())
+	require.Zero(t, c.DirtyCount(), "the backing sync marked version 2 clean")
+	require.Equal(t, v2, hddBlock(t, mem, 5))
 }
