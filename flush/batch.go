@@ -158,7 +158,7 @@ func (l *loop) worker() {
 // writeRun writes a run read into b to the backing device: in one I/O, or,
 // when some of its blocks are lost, as the pieces between them.
 func (l *loop) writeRun(blocks []blockcache.DirtyBlock, b []byte, lost *blockcache.LostBlocksError) error {
-	skip := make(map[int]bool)
+	skip := make([]bool, len(blocks))
 	if lost != nil {
 		for _, i := range lost.Lost {
 			skip[i] = true
