@@ -75,6 +75,8 @@ type Cache struct {
 	log      *slog.Logger
 	start    time.Time
 
+	// Locks, in the order they are taken: ckptMu, stripes, journal room
+	// (j.reserve), mu, j.mu. What each guards: doc.go, "Concurrency".
 	stripes [nStripes]sync.RWMutex // per-LBA locks, by LBA hash
 	gens    [nStripes]uint64       // mapping changes per stripe (see stripeGen)
 

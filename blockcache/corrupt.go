@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-
-	"github.com/wbcache/wbcache/layout"
 )
 
 // A cache slot whose data fails its checksum (the SSD returned bad data)
@@ -37,23 +35,21 @@ func (c *Cache) corruptSlot(lba uint64, s uint32, crc uint32) error {
 // corruptSlotLocked is corruptSlot for a caller holding lba's stripe lock.
 func (c *Cache) corruptSlotLocked(lba uint64, s uint32, crc uint32) error {
 	c.stats.cacheErrors.Add(1)
-	if err := c.j.reserve(1); err != nil {
+	m, err := c.beginChange(1)
+	if err != nil {
 		return c.fail(err)
 	}
-	defer c.j.release(1)
-	c.mu.Lock()
 	t := &c.mu.t
 	cur, ok := t.lookup(lba)
 	if !ok || cur != s || t.crc[s] != crc {
 		// Rewritten or dropped meanwhile: the caller looks again.
-		c.mu.Unlock()
+		m.end()
 		return nil
 	}
 	f := t.flags[s]
 	if f&fDirty == 0 && f&fPinned == 0 {
-		seq := c.j.append(layout.Record{Type: layout.RecFree, Slot: s, LBA: lba, Epoch: c.epoch.Load()})
-		c.unmapLocked(s, seq, true)
-		c.mu.Unlock()
+		m.free(s, lba, true)
+		m.end()
 		c.bumpGen(lba)
 		c.stats.healed.Add(1)
 		c.log.Warn("cache slot failed its checksum: dropped it and read the block from the backing device, which holds it",
@@ -61,7 +57,7 @@ func (c *Cache) corruptSlotLocked(lba uint64, s uint32, crc uint32) error {
 		return nil
 	}
 	first := t.markLost(s)
-	c.mu.Unlock()
+	m.end()
 	if first {
 		c.logLost(lba, s)
 	}

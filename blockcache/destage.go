@@ -162,8 +162,9 @@ func (c *Cache) Complete(blocks []DirtyBlock, written bool) error {
 	var err error
 	for i := 0; i < len(blocks); {
 		n := min(len(blocks)-i, layout.RecordsPerBlock)
+		m := metaChange{c: c}
 		if written {
-			if err = c.j.reserve(n); err != nil {
+			if m, err = c.beginChange(n); err != nil {
 				// Unpin the rest as still dirty: a lost CLEAN only means a
 				// harmless second destage. A closing cache is not a failed one.
 				written = false
@@ -172,10 +173,12 @@ func (c *Cache) Complete(blocks []DirtyBlock, written bool) error {
 				}
 			}
 		}
-		c.completeBatch(blocks[i:i+n], written)
-		if written {
-			c.j.release(n)
+		if !written {
+			c.mu.Lock()
+			m = metaChange{c: c} // n = 0: nothing reserved
 		}
+		c.completeBatch(&m, blocks[i:i+n], written)
+		m.end()
 		i += n
 	}
 	if written {
@@ -186,18 +189,15 @@ func (c *Cache) Complete(blocks []DirtyBlock, written bool) error {
 	return err
 }
 
-// completeBatch completes one batch of at most RecordsPerBlock blocks under
-// Cache.mu (the caller reserved journal room for its CLEAN records).
-func (c *Cache) completeBatch(blocks []DirtyBlock, written bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+// completeBatch completes one batch of at most RecordsPerBlock blocks in
+// change m (with written, m has room for their CLEAN records).
+func (c *Cache) completeBatch(m *metaChange, blocks []DirtyBlock, written bool) {
 	t := &c.mu.t
 	for _, b := range blocks {
 		s := b.Slot
 		f := t.flags[s]
 		if written && f&(fValid|fLost) == fValid && t.lba[s] == b.LBA && t.crc[s] == b.CRC {
-			c.j.append(layout.Record{Type: layout.RecClean, Slot: s, LBA: b.LBA, CRC: b.CRC, Epoch: c.epoch.Load()})
-			t.setClean(s)
+			m.clean(b)
 		}
 		t.flags[s] &^= fPinned
 		if t.flags[s]&fFreeOK != 0 {

@@ -3,8 +3,6 @@ package blockcache
 import (
 	"fmt"
 	"slices"
-
-	"github.com/wbcache/wbcache/layout"
 )
 
 // discardChunk bounds how many blocks one step of Discard locks and zeroes.
@@ -120,21 +118,19 @@ func (c *Cache) freeMapped(lo, hi uint64, dirty bool) error {
 	var last uint64
 	for len(slots) > 0 {
 		n := min(len(slots), 64)
-		if err := c.j.reserve(n); err != nil {
+		m, err := c.beginChange(n)
+		if err != nil {
 			return c.fail(err)
 		}
-		c.mu.Lock()
 		t := &c.mu.t
 		for _, s := range slots[:n] {
 			f := t.flags[s]
 			if f&fValid == 0 || t.lba[s] < lo || t.lba[s] >= hi || (f&fDirty != 0 && !dirty) {
 				continue
 			}
-			last = c.j.append(layout.Record{Type: layout.RecFree, Slot: s, LBA: t.lba[s], Epoch: c.epoch.Load()})
-			c.unmapLocked(s, last, f&fDirty == 0)
+			last = m.free(s, t.lba[s], f&fDirty == 0)
 		}
-		c.mu.Unlock()
-		c.j.release(n)
+		m.end()
 		slots = slots[n:]
 	}
 	if last > 0 {

@@ -79,13 +79,31 @@
 //
 // # Concurrency
 //
-// Cache.mu guards the slot table and index and is never held across I/O.
-// Per-LBA stripe locks (RWMutex) serialise writers of a block and keep a
-// slot's content stable while it is read. Records are appended in place by
-// the goroutine making the change, under Cache.mu; one goroutine starts the
-// syncs of the cache device, one at a time. Background goroutines: journal
-// syncer, checkpointer, reclaimer (evicts clean blocks
-// in CLOCK order and frees slots); Close stops them all.
+// Locks, in the order they are taken (a lock is never taken while one
+// below it is held):
+//
+//  1. Cache.ckptMu: one checkpoint or superblock write at a time.
+//  2. Cache.stripes: per-LBA RWMutexes, by LBA hash. A writer of a block
+//     holds its stripe exclusively from lookup to mapping change; readers
+//     hold it shared while they read a slot, so its content stays put.
+//     Several are taken in ascending index order (lockStripes).
+//  3. journal room (journal.reserve): may wait for a checkpoint to free
+//     ring space, so it is never waited for under Cache.mu, nor by a
+//     claimed in-place rewrite (a checkpoint's sync waits for those).
+//  4. Cache.mu: the slot table, index, pending and free lists, in-flight
+//     destages; never held across I/O.
+//  5. journal.mu: the open journal block and sync state; held for a
+//     memory copy per record.
+//
+// Every change to the slot table that journals goes through metaChange
+// (change.go): reserve, lock Cache.mu, append each record where its effect
+// is applied (so the journal's order is the order of the changes),
+// unlock, release. One goroutine starts the syncs of the cache device,
+// one at a time. Background goroutines: journal syncer, checkpointer,
+// reclaimer (evicts clean blocks in CLOCK order and frees slots); Close
+// stops them all.
+//
+// BenchmarkConcurrentWrite measures the waiting on these locks per write.
 //
 // # Memory
 //

@@ -425,29 +425,27 @@ func (c *Cache) cacheBlock(lba uint64, blk []byte, dirty bool) (uint64, error) {
 func (c *Cache) rewriteInPlace(lba uint64, s uint32, blk []byte) (uint64, bool, error) {
 	// Reserve journal room first: waiting for room can wait for a
 	// checkpoint's sync, which waits for in-place rewrites to end.
-	if err := c.j.reserve(1); err != nil {
+	crc := layout.DataCRC(blk)
+	m, err := c.beginChange(1)
+	if err != nil {
 		return 0, false, c.fail(err)
 	}
-	crc := layout.DataCRC(blk)
-	c.mu.Lock()
 	t := &c.mu.t
 	if t.lba[s] != lba || t.flags[s]&(fValid|fDirty|fPinned|fFresh|fWriting|fLost) != fValid|fDirty|fFresh {
-		c.mu.Unlock()
-		c.j.release(1)
+		m.end()
 		return 0, false, nil
 	}
 	// The table takes the new CRC with the record, so a checkpoint that
 	// copies this slot before its replay point has passed the record
 	// names the new version (its sync waits for the data write).
-	seq, claimed, err := c.j.appendInPlace(t.freshGen, layout.Record{Type: layout.RecMap, Flags: layout.RecordDirty | layout.RecordInPlace, Slot: s, LBA: lba, CRC: crc, Epoch: c.epoch.Load()})
+	seq, claimed, err := m.inPlace(t.freshGen, layout.Record{Type: layout.RecMap, Flags: layout.RecordDirty | layout.RecordInPlace, Slot: s, LBA: lba, CRC: crc})
 	if !claimed {
-		c.mu.Unlock()
-		c.j.release(1)
+		m.end()
 		return 0, false, nil
 	}
 	t.crc[s] = crc
 	t.flags[s] |= fWriting
-	c.mu.Unlock()
+	m.handOff()
 	if err == nil {
 		if _, werr := c.ssd.WriteAt(blk, c.g.SlotOffset(uint64(s))); werr != nil {
 			// The slot may hold a torn mix now: no version in it can be
@@ -484,26 +482,25 @@ func (c *Cache) fillSlot(s uint32, lba uint64, blk []byte, dirty bool) (uint64, 
 		c.stats.cacheErrors.Add(1)
 		return 0, fmt.Errorf("writing cache slot %d: %w", s, err)
 	}
-	if err := c.j.reserve(1); err != nil {
+	m, err := c.beginChange(1)
+	if err != nil {
 		c.putFree(s)
 		return 0, c.fail(err)
 	}
-	defer c.j.release(1)
 	var fl uint8
 	if dirty {
 		fl = layout.RecordDirty
 	}
-	c.mu.Lock()
 	t := &c.mu.t
-	seq, gen := c.j.appendGen(layout.Record{Type: layout.RecMap, Flags: fl, Slot: s, LBA: lba, CRC: crc, Epoch: c.epoch.Load()})
+	seq := m.record(layout.Record{Type: layout.RecMap, Flags: fl, Slot: s, LBA: lba, CRC: crc})
 	if old, ok := t.lookup(lba); ok {
 		c.unmapLocked(old, seq, false)
 	}
 	t.mapSlot(s, lba, crc, dirty, c.tick())
 	if dirty {
-		t.markFresh(s, gen)
+		t.markFresh(s, m.gen)
 	}
-	c.mu.Unlock()
+	m.end()
 	c.bumpGen(lba)
 	return seq, nil
 }
@@ -511,19 +508,14 @@ func (c *Cache) fillSlot(s uint32, lba uint64, blk []byte, dirty bool) (uint64, 
 // unmapClean drops a clean cached copy of lba (slot s) with a FREE record
 // written before it returns. Caller holds the stripe lock.
 func (c *Cache) unmapClean(lba uint64, s uint32) error {
-	if err := c.j.reserve(1); err != nil {
+	m, err := c.beginChange(1)
+	if err != nil {
 		return c.fail(err)
 	}
-	c.mu.Lock()
-	seq := c.j.append(layout.Record{Type: layout.RecFree, Slot: s, LBA: lba, Epoch: c.epoch.Load()})
-	c.unmapLocked(s, seq, true)
-	c.mu.Unlock()
-	c.j.release(1)
+	m.free(s, lba, true)
+	m.end()
 	c.bumpGen(lba)
-	if err := c.syncJournal(); err != nil {
-		return err
-	}
-	return nil
+	return c.syncJournal()
 }
 
 // maybePromote copies a block just read from the backing device into the
@@ -652,23 +644,21 @@ func (c *Cache) syncBacking() error {
 func (c *Cache) cleanThrough(blocks []DirtyBlock) error {
 	for len(blocks) > 0 {
 		n := min(len(blocks), 64)
-		if err := c.j.reserve(n); err != nil {
+		m, err := c.beginChange(n)
+		if err != nil {
 			return c.fail(err)
 		}
-		c.mu.Lock()
 		t := &c.mu.t
 		for _, b := range blocks[:n] {
 			s := b.Slot
 			// A Discard zeroing the block on the backing device has
 			// overwritten the version the sync covered.
 			if t.flags[s]&(fValid|fDirty|fPinned|fWriting) == fValid|fDirty && t.lba[s] == b.LBA && t.crc[s] == b.CRC && !c.discardingLocked(b.LBA) {
-				c.j.append(layout.Record{Type: layout.RecClean, Slot: s, LBA: b.LBA, CRC: b.CRC, Epoch: c.epoch.Load()})
-				t.setClean(s)
+				m.clean(b)
 			}
 		}
 		c.mu.freed.Broadcast()
-		c.mu.Unlock()
-		c.j.release(n)
+		m.end()
 		blocks = blocks[n:]
 	}
 	return nil

@@ -100,8 +100,9 @@ func batchBlocks(n int) uint64 {
 }
 
 // reserve waits until a batch of n records is sure to fit in the ring and
-// reserves room for it. Every reserve is followed by one append of at most
-// n records under a single Cache.mu critical section, then release(n).
+// reserves room for it. Every reserve is followed by at most n records
+// appended under a single Cache.mu critical section, then release(n)
+// (metaChange is that sequence).
 func (j *journal) reserve(n int) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -135,23 +136,16 @@ func (j *journal) release(n int) {
 	j.mu.Unlock()
 }
 
-// appendGen is append that also returns the sync generation the record
-// was appended in: the number of syncs started before it, none of which
-// covers it.
+// appendGen writes a record into the journal region and returns its
+// sequence number and the sync generation it was appended in: the number
+// of syncs started before it, none of which covers it. It never blocks on
+// I/O; the caller holds Cache.mu (metaChange) so that the order of records
+// equals the order in which their effects were applied in memory. A
+// failure makes the journal dead: appended reports it.
 func (j *journal) appendGen(r layout.Record) (uint64, uint64) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	return j.appendLocked(r), j.syncStart
-}
-
-// append writes a record into the journal region and returns its sequence
-// number. It never blocks on I/O; the caller holds Cache.mu so that the
-// order of records equals the order in which their effects were applied
-// in memory. A failure makes the journal dead: appended reports it.
-func (j *journal) append(r layout.Record) uint64 {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return j.appendLocked(r)
 }
 
 func (j *journal) appendLocked(r layout.Record) uint64 {

@@ -3,8 +3,6 @@ package blockcache
 import (
 	"errors"
 	"time"
-
-	"github.com/wbcache/wbcache/layout"
 )
 
 var errNoSlot = errors.New("no free cache slot")
@@ -133,19 +131,17 @@ func (c *Cache) evictSlot(s uint32) bool {
 		return false
 	}
 	defer st.Unlock()
-	if c.j.reserve(1) != nil {
+	m, err := c.beginChange(1)
+	if err != nil {
 		return false
 	}
-	defer c.j.release(1)
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	defer m.end()
 	t := &c.mu.t
 	f := t.flags[s]
 	if f&fValid == 0 || f&(fDirty|fPinned) != 0 || t.lba[s] != lba {
 		return false
 	}
-	seq := c.j.append(layout.Record{Type: layout.RecFree, Slot: s, LBA: lba, Epoch: c.epoch.Load()})
-	c.unmapLocked(s, seq, true)
+	m.free(s, lba, true)
 	c.bumpGen(lba)
 	c.stats.evictions.Add(1)
 	return true

@@ -1,0 +1,71 @@
+package blockcache
+
+import "github.com/wbcache/wbcache/layout"
+
+// metaChange is one change to the slot table together with its journal
+// records, and the only way records are appended. beginChange reserves
+// journal room for n records first (waiting for room can wait for a
+// checkpoint, which takes Cache.mu, so it must happen before the lock),
+// then takes Cache.mu; each record is appended where its effect on the
+// table is applied, so the journal's order is the order of the changes;
+// end releases the lock and the reservation.
+//
+// A slot leaves its block only through free or through a superseding MAP
+// followed by unmapLocked: both queue the slot until that record is
+// durable (invariant 1).
+type metaChange struct {
+	c    *Cache
+	n    int
+	last uint64 // sequence number of the newest record appended
+	gen  uint64 // sync generation of that record (journal.appendGen)
+}
+
+// beginChange reserves room for n records and takes Cache.mu. An error
+// is the journal's (dead, closed or stopping): nothing was taken.
+func (c *Cache) beginChange(n int) (metaChange, error) {
+	if err := c.j.reserve(n); err != nil {
+		return metaChange{}, err
+	}
+	c.mu.Lock()
+	return metaChange{c: c, n: n}, nil
+}
+
+// record appends r, stamped with the current flush epoch, and returns
+// its sequence number.
+func (m *metaChange) record(r layout.Record) uint64 {
+	r.Epoch = m.c.epoch.Load()
+	m.last, m.gen = m.c.j.appendGen(r)
+	return m.last
+}
+
+// free journals a FREE record for slot s, which holds lba, and unmaps the
+// slot (clean: it held a clean copy; see unmapLocked).
+func (m *metaChange) free(s uint32, lba uint64, clean bool) uint64 {
+	seq := m.record(layout.Record{Type: layout.RecFree, Slot: s, LBA: lba})
+	m.c.unmapLocked(s, seq, clean)
+	return seq
+}
+
+// clean journals a CLEAN record for b and marks its slot clean.
+func (m *metaChange) clean(b DirtyBlock) {
+	m.record(layout.Record{Type: layout.RecClean, Slot: b.Slot, LBA: b.LBA, CRC: b.CRC})
+	m.c.mu.t.setClean(b.Slot)
+}
+
+// inPlace appends the MAP record of an in-place rewrite of slot s, mapped
+// by a record of sync generation gen (journal.appendInPlace). When the
+// rewrite is claimed, the reservation passes to it: the caller ends the
+// change with handOff and, once the data is written, journal.endInPlace.
+func (m *metaChange) inPlace(gen uint64, r layout.Record) (seq uint64, claimed bool, err error) {
+	r.Epoch = m.c.epoch.Load()
+	return m.c.j.appendInPlace(gen, r)
+}
+
+// handOff releases Cache.mu but keeps the reservation (see inPlace).
+func (m *metaChange) handOff() { m.c.mu.Unlock() }
+
+// end releases Cache.mu and the reservation.
+func (m *metaChange) end() {
+	m.c.mu.Unlock()
+	m.c.j.release(m.n)
+}
