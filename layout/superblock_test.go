@@ -17,9 +17,9 @@ import (
 
 func TestSuperblockRoundTrip(t *testing.T) {
 	maxSettings := layout.Settings{
-		Mode: math.MaxUint8, PromoteAfter: math.MaxUint8, LowWatermark: math.MaxUint8, HighWatermark: math.MaxUint8,
+		Mode: layout.ModeNone, PromoteAfter: math.MaxUint8, LowWatermark: math.MaxUint8, HighWatermark: math.MaxUint8,
 		Workers: math.MaxUint16, MaxDirtyAge: math.MaxUint32, SeqCutoff: math.MaxUint64,
-		IdleRate: math.MaxUint32, SetMask: math.MaxUint32,
+		IdleRate: math.MaxUint32, SetMask: layout.SetKnown,
 	}
 	ones := [16]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
 	cases := map[string]layout.Superblock{
@@ -45,7 +45,7 @@ func TestSuperblockRoundTrip(t *testing.T) {
 			Generation: 1,
 			UUID:       testUUID,
 			Geometry:   mustGeometry(t, 64<<20, 0),
-			Settings:   layout.Settings{Mode: 1, SetMask: 1},
+			Settings:   layout.Settings{Mode: layout.ModeWritethrough, SetMask: layout.SetPromoteAfter},
 		},
 	}
 	for name, s := range cases {
