@@ -166,6 +166,9 @@ func Format(ssd, hdd device.Device, opts FormatOptions) error {
 	if err := checkBacking(hdd); err != nil {
 		return err
 	}
+	if err := checkSettings(opts.Settings); err != nil {
+		return err
+	}
 	g, err := layout.ComputeGeometry(ssd.Size(), opts.JournalBlocks)
 	if err != nil {
 		return err

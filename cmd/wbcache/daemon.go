@@ -108,7 +108,7 @@ func startDaemon(cfg daemonConfig) (_ *daemon, err error) {
 	if err != nil {
 		return nil, &usageError{cmd: "mount", err: err}
 	}
-	d.promote = promoteAfter(want)
+	d.promote = blockcache.PromoteAfter(want)
 
 	d.cache, err = blockcache.Open(d.devs.ssd, d.devs.hdd, blockcache.Options{Logger: d.log, PromoteAfter: d.promote})
 	if err != nil {
