@@ -73,12 +73,8 @@ func DecodeSuperblock(b []byte) (Superblock, error) {
 		return Superblock{}, ErrNotFormatted
 	}
 	if v := le.Uint32(b[8:]); v != FormatVersion {
-		if v > FormatVersion {
-			return Superblock{}, fmt.Errorf("format version %d, this wbcache reads %d (use a newer wbcache): %w", v, FormatVersion, ErrVersion)
-		}
 		if v > 0 {
-			return Superblock{}, fmt.Errorf("format version %d was written by an older wbcache, this one reads %d "+
-				"(write the dirty blocks back with 'wbcache detach' of the wbcache that formatted it, then format again): %w", v, FormatVersion, ErrVersion)
+			return Superblock{}, &VersionError{Found: v}
 		}
 		return Superblock{}, fmt.Errorf("format version %d: %w", v, ErrCorrupt)
 	}
@@ -122,6 +118,23 @@ func DecodeSuperblock(b []byte) (Superblock, error) {
 	}
 	return s, nil
 }
+
+// VersionError is a superblock of another FormatVersion than this one
+// reads: newer, or older and incompatible. It wraps ErrVersion.
+type VersionError struct{ Found uint32 }
+
+// Newer reports whether a newer format than this one wrote the superblock.
+func (e *VersionError) Newer() bool { return e.Found > FormatVersion }
+
+func (e *VersionError) Error() string {
+	age := "older"
+	if e.Newer() {
+		age = "newer"
+	}
+	return fmt.Sprintf("format version %d is %s than version %d read here: %v", e.Found, age, FormatVersion, ErrVersion)
+}
+
+func (e *VersionError) Unwrap() error { return ErrVersion }
 
 // PickSuperblock chooses between the two decoded copies (either may carry
 // an error): the valid one with the higher generation. When neither is

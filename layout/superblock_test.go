@@ -165,18 +165,26 @@ func TestSuperblockVersion(t *testing.T) {
 		_, err := layout.DecodeSuperblock(b)
 		require.ErrorIs(t, err, layout.ErrVersion, "version %d", v)
 		assert.NotErrorIs(t, err, layout.ErrCorrupt)
-		assert.Contains(t, err.Error(), "newer", "the message must tell the user to upgrade")
+		var ve *layout.VersionError
+		require.ErrorAs(t, err, &ve)
+		assert.Equal(t, v, ve.Found)
+		assert.True(t, ve.Newer())
+		assert.Contains(t, err.Error(), "newer")
 	}
 
-	// An older version is refused with a message saying how to move on.
+	// An older version is refused too; the error says which it is, so that
+	// the command can say how to move on.
 	for v := uint32(1); v < layout.FormatVersion; v++ {
 		b := bytes.Clone(good)
 		le.PutUint32(b[8:], v)
 		resealSuperblock(b)
 		_, err := layout.DecodeSuperblock(b)
 		require.ErrorIs(t, err, layout.ErrVersion, "version %d", v)
+		var ve *layout.VersionError
+		require.ErrorAs(t, err, &ve)
+		assert.False(t, ve.Newer(), "version %d", v)
 		assert.Contains(t, err.Error(), "older", "version %d", v)
-		assert.Contains(t, err.Error(), "detach", "version %d", v)
+		assert.NotContains(t, err.Error(), "wbcache ", "no command advice in the format's errors")
 	}
 
 	// Version 0 was never written: it is damage.
