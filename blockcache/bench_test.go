@@ -28,7 +28,7 @@ func benchCache(b *testing.B) *Cache {
 	c, err := Open(ssd, hdd, Options{})
 	require.NoError(b, err)
 	// Benchmarks fill regions sequentially: keep those writes in the cache.
-	require.NoError(b, c.SetSettings(layout.Settings{SetMask: SetSeqCutoff}))
+	require.NoError(b, c.SetSettings(layout.Settings{SetMask: layout.SetSeqCutoff}))
 	b.Cleanup(func() {
 		c.Close()
 		ssd.Close()

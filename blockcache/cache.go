@@ -168,6 +168,9 @@ func Format(ssd, hdd device.Device, opts FormatOptions) error {
 	if err := checkBacking(hdd); err != nil {
 		return err
 	}
+	if err := checkSettings(opts.Settings); err != nil {
+		return err
+	}
 	g, err := layout.ComputeGeometry(ssd.Size(), opts.JournalBlocks)
 	if err != nil {
 		return err
@@ -175,10 +178,10 @@ func Format(ssd, hdd device.Device, opts FormatOptions) error {
 	if !opts.Force {
 		sb, err := readSuperblock(ssd)
 		if err == nil {
-			return fmt.Errorf("%w (UUID %x, %d slots, clean=%v): pass --force to overwrite it and lose its contents", ErrFormatted, sb.UUID, sb.Geometry.SlotCount, sb.Clean())
+			return fmt.Errorf("%w (UUID %x, %d slots, clean=%v)", ErrFormatted, sb.UUID, sb.Geometry.SlotCount, sb.Clean())
 		}
 		if errors.Is(err, layout.ErrCorrupt) || errors.Is(err, layout.ErrVersion) || errors.Is(err, layout.ErrGeometry) {
-			return fmt.Errorf("%w: it holds a damaged wbcache superblock (%v): pass --force to overwrite it", ErrFormatted, err)
+			return fmt.Errorf("%w: it holds a damaged wbcache superblock: %w", ErrFormatted, err)
 		}
 		if !errors.Is(err, layout.ErrNotFormatted) {
 			return fmt.Errorf("format: %w", err)
@@ -287,9 +290,6 @@ func Open(ssd, hdd device.Device, opts Options) (*Cache, error) {
 	}
 	sb, err := readSuperblock(ssd)
 	if err != nil {
-		if errors.Is(err, layout.ErrNotFormatted) {
-			return nil, fmt.Errorf("%w: run 'wbcache format' first", err)
-		}
 		return nil, err
 	}
 	if err := sb.Geometry.Validate(ssd.Size()); err != nil {
@@ -299,10 +299,10 @@ func Open(ssd, hdd device.Device, opts Options) (*Cache, error) {
 		return nil, err
 	}
 	if uint64(hdd.Size()) != sb.BackingSize {
-		return nil, fmt.Errorf("%w: the cache was formatted for a backing device of %d bytes, this one has %d: give the right --backing", ErrWrongBacking, sb.BackingSize, hdd.Size())
+		return nil, fmt.Errorf("%w: the cache was formatted for a backing device of %d bytes, this one has %d", ErrWrongBacking, sb.BackingSize, hdd.Size())
 	}
 	if id := hdd.Identity(); id != sb.BackingIdentity {
-		return nil, fmt.Errorf("%w: backing identity %x, the cache was formatted with %x (a copied or different device): give the right --backing, or detach/reformat the cache", ErrWrongBacking, id, sb.BackingIdentity)
+		return nil, fmt.Errorf("%w: backing identity %x, the cache was formatted with %x (a copied or different device)", ErrWrongBacking, id, sb.BackingIdentity)
 	}
 	// Before anything is written: a cache file with holes on a full
 	// filesystem would fail its first writes, or fault in the journal.

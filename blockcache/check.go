@@ -42,7 +42,7 @@ func (r *CheckReport) String() string {
 	var b strings.Builder
 	if r.JournalDamaged {
 		fmt.Fprintf(&b, "cache %x: %d slots; last stop clean: %v\n", r.UUID, r.Slots, r.Clean)
-		fmt.Fprintf(&b, "journal: damaged at block %d, after %d valid records: recovery cannot go past it, so mount refuses the cache\n", r.JournalDamageLSN, r.Replayed)
+		fmt.Fprintf(&b, "journal: damaged at block %d, after %d valid records: recovery cannot go past it, so the cache cannot be opened\n", r.JournalDamageLSN, r.Replayed)
 	} else {
 		fmt.Fprintf(&b, "cache %x: %d slots, %d in use, %d dirty; last stop clean: %v\n", r.UUID, r.Slots, r.Valid, r.Dirty, r.Clean)
 		fmt.Fprintf(&b, "journal: %d records to replay, %d unsynced records to drop\n", r.Replayed, r.Dropped)
@@ -102,9 +102,8 @@ func Check(ssd, hdd device.Device) (*CheckReport, error) {
 		var jd *journalDamageError
 		if errors.As(err, &jd) {
 			r.JournalDamaged, r.JournalDamageLSN, r.Replayed = true, jd.lsn, jd.records
-			r.Problems = append(r.Problems, jd.describe()+"; 'wbcache mount' and 'wbcache detach' refuse this cache, so none of its blocks are served; "+
-				"the writes journaled from that block on cannot be recovered from it: restore them from a backup, "+
-				"or give the cache up with 'wbcache format --force', which loses every dirty block it holds (the backing device keeps the versions already written back)")
+			r.Problems = append(r.Problems, jd.describe()+"; the cache cannot be opened, so none of its blocks are served, "+
+				"and the writes journaled from that block on cannot be recovered from it")
 			return r, nil
 		}
 		if errors.Is(err, layout.ErrCorrupt) {

@@ -10,19 +10,19 @@ import (
 // Mode is how writes and reads use the cache.
 type Mode uint32
 
-// Cache modes (the values are stored in the superblock).
+// Cache modes. Their values are the superblock's (layout.Settings.Mode).
 const (
 	// ModeWriteback: writes go to the cache and are destaged later.
-	ModeWriteback Mode = iota
+	ModeWriteback = Mode(layout.ModeWriteback)
 	// ModeWritethrough: writes go to the backing device and a clean copy
 	// to the cache; nothing is dirty.
-	ModeWritethrough
+	ModeWritethrough = Mode(layout.ModeWritethrough)
 	// ModeWritearound: writes go to the backing device only (a cached copy
 	// is dropped); reads are still cached.
-	ModeWritearound
+	ModeWritearound = Mode(layout.ModeWritearound)
 	// ModeNone: pass-through; cached copies are used and dropped as written,
 	// nothing new enters the cache.
-	ModeNone
+	ModeNone = Mode(layout.ModeNone)
 )
 
 var modeNames = []string{"writeback", "writethrough", "writearound", "none"}
@@ -78,8 +78,8 @@ func (c *Cache) SetSettings(s layout.Settings) error {
 	if err := c.usable(); err != nil {
 		return err
 	}
-	if s.Mode > uint8(ModeNone) {
-		return fmt.Errorf("%w: mode %d", ErrInvalid, s.Mode)
+	if err := checkSettings(s); err != nil {
+		return err
 	}
 	c.ckptMu.Lock()
 	defer c.ckptMu.Unlock()
@@ -94,28 +94,42 @@ func (c *Cache) SetSettings(s layout.Settings) error {
 	return nil
 }
 
+// checkSettings refuses settings the superblock format cannot hold (an
+// unknown mode, a reserved set-mask bit): written, they would make the
+// superblock corrupt.
+func checkSettings(s layout.Settings) error {
+	if err := s.Validate(); err != nil {
+		return fmt.Errorf("%w: mode %d, set mask %#x (defined bits %#x)", ErrInvalid, s.Mode, s.SetMask, layout.SetKnown)
+	}
+	return nil
+}
+
 func (c *Cache) applySettings(s layout.Settings) {
 	c.mode.Store(uint32(s.Mode))
-	cut := int64(DefaultSeqCutoff)
-	if s.SetMask&SetSeqCutoff != 0 {
-		cut = int64(s.SeqCutoff)
-	}
-	c.seqCutoff.Store(cut)
-	if s.SetMask&SetPromoteAfter != 0 {
+	c.seqCutoff.Store(SeqCutoff(s))
+	if s.Has(layout.SetPromoteAfter) {
 		c.promoteAfter.Store(int32(s.PromoteAfter))
 	}
 }
 
-// Settings.SetMask bits: a field whose bit is clear takes its default.
-const (
-	SetPromoteAfter uint32 = 1 << iota
-	SetLowWatermark
-	SetHighWatermark
-	SetWorkers
-	SetMaxDirtyAge
-	SetSeqCutoff
-	SetIdleRate
-)
+// SeqCutoff is the sequential cutoff settings select: DefaultSeqCutoff
+// unless set explicitly (0 then never bypasses the cache).
+func SeqCutoff(s layout.Settings) int64 {
+	if s.Has(layout.SetSeqCutoff) {
+		return int64(s.SeqCutoff)
+	}
+	return DefaultSeqCutoff
+}
+
+// PromoteAfter is the promotion threshold settings select, as
+// Options.PromoteAfter takes it: promotion on the first miss unless set
+// explicitly.
+func PromoteAfter(s layout.Settings) int {
+	if s.Has(layout.SetPromoteAfter) {
+		return int(s.PromoteAfter)
+	}
+	return 1
+}
 
 // seqTracker spots sequential streams: a request that starts where a recent
 // one ended extends that stream.

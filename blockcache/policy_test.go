@@ -38,7 +38,7 @@ func hddBlock(t *testing.T, hdd device.Device, lba int64) []byte {
 func TestSequentialCutoff(t *testing.T) {
 	for _, cutoff := range []uint64{64 << 10, 0} {
 		c, _, hdd := openSmall(t, 128, 512, Options{})
-		require.NoError(t, c.SetSettings(layout.Settings{SeqCutoff: cutoff, SetMask: SetSeqCutoff}))
+		require.NoError(t, c.SetSettings(layout.Settings{SeqCutoff: cutoff, SetMask: layout.SetSeqCutoff}))
 		data := make([]byte, 256<<10)
 		fill(rand.New(rand.NewPCG(1, 1)), data, 7)
 		for off := 0; off < len(data); off += 16 << 10 {

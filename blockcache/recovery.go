@@ -124,7 +124,7 @@ func (c *Cache) loadCheckpoint() error {
 			page := b[k*BlockSize : (k+1)*BlockSize]
 			if i < c.g.MapPages {
 				if err := layout.CheckPage(page, layout.MapPage, c.uuid, sb.CheckpointGeneration, uint32(i)); err != nil {
-					return fmt.Errorf("checkpoint copy %d: %w: the cache metadata is damaged; run 'wbcache check'", cp, err)
+					return fmt.Errorf("checkpoint copy %d is damaged: %w", cp, err)
 				}
 				base := i * layout.EntriesPerMapPage
 				for e := 0; e < layout.EntriesPerMapPage && base+uint64(e) < c.g.SlotCount; e++ {
@@ -143,7 +143,7 @@ func (c *Cache) loadCheckpoint() error {
 			}
 			bi := i - c.g.MapPages
 			if err := layout.CheckPage(page, layout.BitmapPage, c.uuid, sb.CheckpointGeneration, uint32(bi)); err != nil {
-				return fmt.Errorf("checkpoint copy %d: %w: the cache metadata is damaged; run 'wbcache check'", cp, err)
+				return fmt.Errorf("checkpoint copy %d is damaged: %w", cp, err)
 			}
 			bits := layout.BitmapPayload(page)
 			base := bi * layout.BitsPerBitmapPage
@@ -262,7 +262,7 @@ func (e *journalDamageError) describe() string {
 }
 
 func (e *journalDamageError) Error() string {
-	return e.describe() + "; the cache is not opened and none of its blocks are served: run 'wbcache check' for a report: " + layout.ErrCorrupt.Error()
+	return e.describe() + "; the cache is not opened and none of its blocks are served: " + layout.ErrCorrupt.Error()
 }
 
 func (e *journalDamageError) Unwrap() error { return layout.ErrCorrupt }

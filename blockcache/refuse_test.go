@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"hash/crc32"
 	"math/rand/v2"
+	"regexp"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -21,8 +22,18 @@ func TestOpenRefusesUnformatted(t *testing.T) {
 	ssd, hdd := device.NewMem(64*BlockSize, [16]byte{1}), device.NewMem(32*BlockSize, [16]byte{2})
 	_, err := Open(ssd, hdd, Options{})
 	require.ErrorIs(t, err, layout.ErrNotFormatted)
-	require.Contains(t, err.Error(), "wbcache format")
+	requireNoCommandAdvice(t, err)
 }
+
+// requireNoCommandAdvice: the engine's errors say what is wrong; what to
+// type about it is the command's to say.
+func requireNoCommandAdvice(t *testing.T, err error) {
+	t.Helper()
+	require.NotRegexp(t, commandAdvice, err.Error())
+}
+
+// commandAdvice matches a subcommand or a flag named in a message.
+var commandAdvice = regexp.MustCompile(`wbcache (format|mount|check|detach|status|flush|mode|set)\b|--[a-z]`)
 
 func TestOpenRefusesForeign(t *testing.T) {
 	ssd, hdd := device.NewMem(64*BlockSize, [16]byte{1}), device.NewMem(32*BlockSize, [16]byte{2})
@@ -60,16 +71,41 @@ func TestOpenRefusesWrongBacking(t *testing.T) {
 	_, err := Open(ssd, device.NewMem(32*BlockSize, [16]byte{3}), Options{})
 	require.ErrorIs(t, err, ErrWrongBacking)
 	require.Contains(t, err.Error(), "identity")
+	requireNoCommandAdvice(t, err)
 	_, err = Open(ssd, device.NewMem(40*BlockSize, [16]byte{2}), Options{})
 	require.ErrorIs(t, err, ErrWrongBacking)
 	require.Contains(t, err.Error(), "bytes")
+	requireNoCommandAdvice(t, err)
 }
 
 func TestFormatRefusesFormatted(t *testing.T) {
 	ssd, hdd := formatted(t)
 	err := Format(ssd, hdd, FormatOptions{JournalBlocks: 16})
 	require.ErrorIs(t, err, ErrFormatted)
-	require.Contains(t, err.Error(), "--force")
+	require.NotErrorIs(t, err, layout.ErrCorrupt)
+	require.Contains(t, err.Error(), "UUID")
+	requireNoCommandAdvice(t, err)
+	require.NoError(t, Format(ssd, hdd, FormatOptions{JournalBlocks: 16, Force: true}))
+}
+
+// TestFormatRefusesDamagedCache: a device whose superblocks carry the
+// magic but fail their checks is refused as a cache too, and the error
+// also says why the superblock is damaged (errors.Is layout.ErrCorrupt).
+func TestFormatRefusesDamagedCache(t *testing.T) {
+	ssd, hdd := formatted(t)
+	for copyNo := range 2 {
+		b := make([]byte, 1)
+		off := layout.SuperblockOffset(copyNo) + 100
+		_, err := ssd.ReadAt(b, off)
+		require.NoError(t, err)
+		b[0] ^= 0xff
+		_, err = ssd.WriteAt(b, off)
+		require.NoError(t, err)
+	}
+	err := Format(ssd, hdd, FormatOptions{JournalBlocks: 16})
+	require.ErrorIs(t, err, ErrFormatted)
+	require.ErrorIs(t, err, layout.ErrCorrupt)
+	requireNoCommandAdvice(t, err)
 	require.NoError(t, Format(ssd, hdd, FormatOptions{JournalBlocks: 16, Force: true}))
 }
 

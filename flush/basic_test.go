@@ -196,9 +196,9 @@ func TestPolicySettingsRoundTrip(t *testing.T) {
 	s = p.Settings(base)
 	assert.Equal(t, base.Mode, s.Mode)
 	assert.Equal(t, base.SeqCutoff, s.SeqCutoff)
-	assert.NotZero(t, s.SetMask&blockcache.SetSeqCutoff, "other bits kept")
+	assert.NotZero(t, s.SetMask&layout.SetSeqCutoff, "other bits kept")
 	assert.EqualValues(t, 0, s.LowWatermark)
-	assert.NotZero(t, s.SetMask&blockcache.SetLowWatermark, "explicit zero is marked set")
+	assert.NotZero(t, s.SetMask&layout.SetLowWatermark, "explicit zero is marked set")
 	assert.EqualValues(t, 80, s.HighWatermark)
 	assert.EqualValues(t, 90, s.MaxDirtyAge)
 	assert.EqualValues(t, 3, s.Workers)
@@ -207,11 +207,11 @@ func TestPolicySettingsRoundTrip(t *testing.T) {
 	assert.Equal(t, s, PolicyFromSettings(s).Settings(s))
 	// Explicit zero age: destage everything below the low watermark at once.
 	s = Policy{MaxDirtyAge: -1}.Settings(base)
-	assert.NotZero(t, s.SetMask&blockcache.SetMaxDirtyAge)
+	assert.NotZero(t, s.SetMask&layout.SetMaxDirtyAge)
 	assert.Equal(t, time.Duration(0), PolicyFromSettings(s).normalize().MaxDirtyAge)
 }
 
 func blockcacheSettings() layout.Settings {
 	return layout.Settings{Mode: 1, PromoteAfter: 2, SeqCutoff: 1 << 20,
-		SetMask: blockcache.SetSeqCutoff | blockcache.SetPromoteAfter}
+		SetMask: layout.SetSeqCutoff | layout.SetPromoteAfter}
 }

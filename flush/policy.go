@@ -79,10 +79,11 @@ func DefaultPolicy() Policy {
 // PolicyFromSettings(s).WithDefaults().
 func (p Policy) WithDefaults() Policy { return p.normalize() }
 
-// normalize fills in defaults, turns explicit zeros (negative values) into
-// zeros and clamps everything into range. The result has no zero-means-
-// default fields left, except IdleRate where 0 means no cap.
-func (p Policy) normalize() Policy {
+// Watermarks returns the low and high watermarks p selects, defaults
+// filled in, explicit zeros made zero and values clamped to 0-100, but
+// before the high watermark is raised to the low one: what a caller checks
+// an order against.
+func (p Policy) Watermarks() (low, high int) {
 	pct := func(v, def int) int {
 		switch {
 		case v == 0:
@@ -94,8 +95,14 @@ func (p Policy) normalize() Policy {
 		}
 		return v
 	}
-	p.LowWatermark = pct(p.LowWatermark, DefaultLowWatermark)
-	p.HighWatermark = pct(p.HighWatermark, DefaultHighWatermark)
+	return pct(p.LowWatermark, DefaultLowWatermark), pct(p.HighWatermark, DefaultHighWatermark)
+}
+
+// normalize fills in defaults, turns explicit zeros (negative values) into
+// zeros and clamps everything into range. The result has no zero-means-
+// default fields left, except IdleRate where 0 means no cap.
+func (p Policy) normalize() Policy {
+	p.LowWatermark, p.HighWatermark = p.Watermarks()
 	if p.HighWatermark < p.LowWatermark {
 		p.HighWatermark = p.LowWatermark
 	}
@@ -132,39 +139,45 @@ func durationToSeconds(d time.Duration) uint32 {
 	return uint32(min(int64(s), math.MaxUint32))
 }
 
-// PolicyFromSettings returns the destage policy persisted in a superblock's
-// settings. A field whose SetMask bit is clear stays zero (the default); a
-// field set explicitly to zero becomes negative (explicit zero) where zero
-// would mean the default. Defaults are not filled in, so
-// PolicyFromSettings(s).Settings(s) == s for the destager's fields.
+// PolicyFromSettings is the one translation of persisted settings into a
+// destage policy. A field whose SetMask bit is clear stays zero (the
+// default); a field set explicitly to zero becomes negative (explicit
+// zero) where zero would mean the default. Defaults are not filled in, so
+// PolicyFromSettings(s).Settings(s) == s for the destager's fields; the
+// policy a destager runs with is PolicyFromSettings(s).WithDefaults().
 func PolicyFromSettings(s layout.Settings) Policy {
-	var p Policy
 	explicit := func(bit uint32, v int) int {
-		if s.SetMask&bit == 0 {
+		switch {
+		case !s.Has(bit):
 			return 0
-		}
-		if v == 0 {
+		case v == 0:
 			return -1
 		}
 		return v
 	}
-	p.LowWatermark = explicit(blockcache.SetLowWatermark, int(s.LowWatermark))
-	p.HighWatermark = explicit(blockcache.SetHighWatermark, int(s.HighWatermark))
-	if s.SetMask&blockcache.SetMaxDirtyAge != 0 {
-		if s.MaxDirtyAge == 0 {
-			p.MaxDirtyAge = -1
-		} else {
+	p := Policy{
+		LowWatermark:  explicit(layout.SetLowWatermark, int(s.LowWatermark)),
+		HighWatermark: explicit(layout.SetHighWatermark, int(s.HighWatermark)),
+	}
+	if s.Has(layout.SetMaxDirtyAge) {
+		p.MaxDirtyAge = -1
+		if s.MaxDirtyAge > 0 {
 			p.MaxDirtyAge = time.Duration(s.MaxDirtyAge) * time.Second
 		}
 	}
-	if s.SetMask&blockcache.SetWorkers != 0 {
+	if s.Has(layout.SetWorkers) {
 		p.Workers = int(s.Workers)
 	}
-	if s.SetMask&blockcache.SetIdleRate != 0 {
+	if s.Has(layout.SetIdleRate) {
 		p.IdleRate = int(s.IdleRate)
 	}
 	return p
 }
+
+// destagerBits are the settings PolicyFromSettings reads and
+// Policy.Settings writes.
+const destagerBits = layout.SetLowWatermark | layout.SetHighWatermark |
+	layout.SetWorkers | layout.SetMaxDirtyAge | layout.SetIdleRate
 
 // Settings returns base with the destager's fields (watermarks, workers,
 // max dirty age, idle rate) replaced by p's and their SetMask bits set for
@@ -173,30 +186,28 @@ func PolicyFromSettings(s layout.Settings) Policy {
 // to the settings' ranges; MaxDirtyAge is rounded up to whole seconds.
 func (p Policy) Settings(base layout.Settings) layout.Settings {
 	s := base
-	const destagerBits = blockcache.SetLowWatermark | blockcache.SetHighWatermark |
-		blockcache.SetWorkers | blockcache.SetMaxDirtyAge | blockcache.SetIdleRate
 	s.SetMask &^= destagerBits
 	s.LowWatermark, s.HighWatermark, s.Workers, s.MaxDirtyAge, s.IdleRate = 0, 0, 0, 0, 0
 	pct := func(v int) uint8 { return uint8(min(max(v, 0), 100)) }
 	if p.LowWatermark != 0 {
 		s.LowWatermark = pct(p.LowWatermark)
-		s.SetMask |= blockcache.SetLowWatermark
+		s.SetMask |= layout.SetLowWatermark
 	}
 	if p.HighWatermark != 0 {
 		s.HighWatermark = pct(p.HighWatermark)
-		s.SetMask |= blockcache.SetHighWatermark
+		s.SetMask |= layout.SetHighWatermark
 	}
 	if p.Workers > 0 {
 		s.Workers = uint16(min(p.Workers, math.MaxUint16))
-		s.SetMask |= blockcache.SetWorkers
+		s.SetMask |= layout.SetWorkers
 	}
 	if p.MaxDirtyAge != 0 {
 		s.MaxDirtyAge = durationToSeconds(p.MaxDirtyAge)
-		s.SetMask |= blockcache.SetMaxDirtyAge
+		s.SetMask |= layout.SetMaxDirtyAge
 	}
 	if p.IdleRate > 0 {
 		s.IdleRate = uint32(min(int64(p.IdleRate), math.MaxUint32))
-		s.SetMask |= blockcache.SetIdleRate
+		s.SetMask |= layout.SetIdleRate
 	}
 	return s
 }

@@ -278,3 +278,22 @@ func TestSplitRunsAndSweep(t *testing.T) {
 	b := sw.next(nil, all, batchLimits{runs: 10, bytes: 2 * bs, maxRunBlocks: 256})
 	assert.Len(t, b, 3, "the run in progress is finished")
 }
+
+// TestPolicyWatermarks: Watermarks fills in defaults and explicit zeros
+// but keeps the order as given, which normalize then repairs.
+func TestPolicyWatermarks(t *testing.T) {
+	for _, tc := range []struct {
+		p         Policy
+		low, high int
+	}{
+		{Policy{}, DefaultLowWatermark, DefaultHighWatermark},
+		{Policy{LowWatermark: -1, HighWatermark: 200}, 0, 100},
+		{Policy{LowWatermark: 70, HighWatermark: 40}, 70, 40},
+		{Policy{LowWatermark: 60}, 60, DefaultHighWatermark},
+	} {
+		low, high := tc.p.Watermarks()
+		require.Equal(t, [2]int{tc.low, tc.high}, [2]int{low, high}, "%+v", tc.p)
+		n := tc.p.WithDefaults()
+		require.Equal(t, [2]int{low, max(low, high)}, [2]int{n.LowWatermark, n.HighWatermark}, "%+v", tc.p)
+	}
+}

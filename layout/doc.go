@@ -43,10 +43,33 @@
 //	184    64 settings (Settings: mode and destage policy, persisted across mounts)
 //	248  3848 zero
 //
-// A superblock is valid when its magic, version and CRC check. Open reads
+// A superblock is valid when its magic, version and CRC check, and its
+// flags, checkpoint copy and settings hold only values defined here. Open reads
 // both copies and uses the valid one with the higher generation; an update
 // writes the other copy and syncs, so a torn superblock write leaves the
 // previous one standing (bbolt's meta pages).
+//
+// # Settings (superblock bytes 184-247)
+//
+//	off size field                      set-mask bit
+//	  0    1 mode: 0 writeback, 1 writethrough, 2 writearound, 3 none  (none)
+//	  1    1 promote after (read misses)     bit 0 SetPromoteAfter
+//	  2    1 low watermark (percent)         bit 1 SetLowWatermark
+//	  3    1 high watermark (percent)        bit 2 SetHighWatermark
+//	  4    2 destager workers                bit 3 SetWorkers
+//	  6    2 reserved (zero)
+//	  8    4 max dirty age (seconds)         bit 4 SetMaxDirtyAge
+//	 12    4 reserved (zero)
+//	 16    8 sequential cutoff (bytes)       bit 5 SetSeqCutoff
+//	 24    4 idle rate (MiB/s)               bit 6 SetIdleRate
+//	 28    4 set mask
+//	 32   32 reserved (zero)
+//
+// A field whose set-mask bit is clear takes its default, whatever it
+// holds, so that zero can be a value chosen on purpose. Set-mask bits 7-31
+// are reserved: written as zero, and a superblock that has one set (or a
+// mode above 3) is corrupt, as one with an unknown flag is. A new setting
+// takes a new bit together with a new FormatVersion.
 //
 // # Checkpoint pages
 //

@@ -52,7 +52,8 @@ func FuzzDecodeSuperblock(f *testing.F) {
 		for _, edit := range []struct {
 			off int
 			v   uint32
-		}{{8, layout.FormatVersion + 1}, {8, 0}, {40, 512}, {44, 2}, {144, 2}, {48, 0}} {
+		}{{8, layout.FormatVersion + 1}, {8, 0}, {40, 512}, {44, 2}, {144, 2}, {48, 0},
+			{settingsOff + setMaskOff, layout.SetKnown + 1}, {settingsOff + setModeOff, uint32(layout.ModeNone) + 1}} {
 			v := bytes.Clone(b)
 			le.PutUint32(v[edit.off:], edit.v)
 			resealSuperblock(v)
@@ -82,6 +83,7 @@ func FuzzDecodeSuperblock(f *testing.F) {
 		// What decodes is sane.
 		require.LessOrEqual(t, s.CheckpointCopy, uint32(1))
 		require.Zero(t, s.Flags&^layout.FlagClean)
+		require.NoError(t, s.Settings.Validate())
 		require.NoError(t, s.Geometry.Validate(int64(s.Geometry.DeviceSize)))
 		s2, err := layout.DecodeSuperblock(out)
 		require.NoError(t, err)

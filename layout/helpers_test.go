@@ -99,7 +99,7 @@ func sampleSettings() layout.Settings {
 		MaxDirtyAge:   0xdeadbeef,
 		SeqCutoff:     0x0123456789abcdef,
 		IdleRate:      0xcafef00d,
-		SetMask:       0x800001ff,
+		SetMask:       layout.SetKnown,
 	}
 }
 

@@ -9,40 +9,6 @@ import (
 // FlagClean marks a superblock written by a clean shutdown.
 const FlagClean = 1 << 0
 
-// Settings are the mode and destage policy persisted in the superblock so a
-// remount keeps what the administrator chose. Zero values mean "default".
-type Settings struct {
-	Mode          uint8  // 0 writeback, 1 writethrough, 2 writearound, 3 none
-	PromoteAfter  uint8  // read misses before a block is promoted (0 = on first miss)
-	LowWatermark  uint8  // percent of slots dirty where destaging idles
-	HighWatermark uint8  // percent of slots dirty where destaging runs flat out
-	Workers       uint16 // destager workers
-	MaxDirtyAge   uint32 // seconds a block may stay dirty
-	SeqCutoff     uint64 // bytes of sequential stream before bypassing the cache
-	IdleRate      uint32 // destage MiB/s while foreground I/O is busy below the high watermark
-	SetMask       uint32 // bit i set when field i was set explicitly (lets 0 be a real value)
-}
-
-func (s Settings) encode(b []byte) {
-	b[0], b[1], b[2], b[3] = s.Mode, s.PromoteAfter, s.LowWatermark, s.HighWatermark
-	binary.LittleEndian.PutUint16(b[4:], s.Workers)
-	binary.LittleEndian.PutUint32(b[8:], s.MaxDirtyAge)
-	binary.LittleEndian.PutUint64(b[16:], s.SeqCutoff)
-	binary.LittleEndian.PutUint32(b[24:], s.IdleRate)
-	binary.LittleEndian.PutUint32(b[28:], s.SetMask)
-}
-
-func decodeSettings(b []byte) Settings {
-	return Settings{
-		Mode: b[0], PromoteAfter: b[1], LowWatermark: b[2], HighWatermark: b[3],
-		Workers:     binary.LittleEndian.Uint16(b[4:]),
-		MaxDirtyAge: binary.LittleEndian.Uint32(b[8:]),
-		SeqCutoff:   binary.LittleEndian.Uint64(b[16:]),
-		IdleRate:    binary.LittleEndian.Uint32(b[24:]),
-		SetMask:     binary.LittleEndian.Uint32(b[28:]),
-	}
-}
-
 // Superblock is the root of a cache device's metadata.
 type Superblock struct {
 	Generation uint64
@@ -107,12 +73,8 @@ func DecodeSuperblock(b []byte) (Superblock, error) {
 		return Superblock{}, ErrNotFormatted
 	}
 	if v := le.Uint32(b[8:]); v != FormatVersion {
-		if v > FormatVersion {
-			return Superblock{}, fmt.Errorf("format version %d, this wbcache reads %d (use a newer wbcache): %w", v, FormatVersion, ErrVersion)
-		}
 		if v > 0 {
-			return Superblock{}, fmt.Errorf("format version %d was written by an older wbcache, this one reads %d "+
-				"(write the dirty blocks back with 'wbcache detach' of the wbcache that formatted it, then format again): %w", v, FormatVersion, ErrVersion)
+			return Superblock{}, &VersionError{Found: v}
 		}
 		return Superblock{}, fmt.Errorf("format version %d: %w", v, ErrCorrupt)
 	}
@@ -148,11 +110,31 @@ func DecodeSuperblock(b []byte) (Superblock, error) {
 	if s.CheckpointCopy > 1 || s.Flags&^FlagClean != 0 {
 		return Superblock{}, fmt.Errorf("superblock fields out of range: %w", ErrCorrupt)
 	}
+	if err := s.Settings.Validate(); err != nil {
+		return Superblock{}, err
+	}
 	if err := s.Geometry.Validate(int64(s.Geometry.DeviceSize)); err != nil {
 		return Superblock{}, err
 	}
 	return s, nil
 }
+
+// VersionError is a superblock of another FormatVersion than this one
+// reads: newer, or older and incompatible. It wraps ErrVersion.
+type VersionError struct{ Found uint32 }
+
+// Newer reports whether a newer format than this one wrote the superblock.
+func (e *VersionError) Newer() bool { return e.Found > FormatVersion }
+
+func (e *VersionError) Error() string {
+	age := "older"
+	if e.Newer() {
+		age = "newer"
+	}
+	return fmt.Sprintf("format version %d is %s than version %d read here: %v", e.Found, age, FormatVersion, ErrVersion)
+}
+
+func (e *VersionError) Unwrap() error { return ErrVersion }
 
 // PickSuperblock chooses between the two decoded copies (either may carry
 // an error): the valid one with the higher generation. When neither is

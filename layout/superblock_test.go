@@ -17,9 +17,9 @@ import (
 
 func TestSuperblockRoundTrip(t *testing.T) {
 	maxSettings := layout.Settings{
-		Mode: math.MaxUint8, PromoteAfter: math.MaxUint8, LowWatermark: math.MaxUint8, HighWatermark: math.MaxUint8,
+		Mode: layout.ModeNone, PromoteAfter: math.MaxUint8, LowWatermark: math.MaxUint8, HighWatermark: math.MaxUint8,
 		Workers: math.MaxUint16, MaxDirtyAge: math.MaxUint32, SeqCutoff: math.MaxUint64,
-		IdleRate: math.MaxUint32, SetMask: math.MaxUint32,
+		IdleRate: math.MaxUint32, SetMask: layout.SetKnown,
 	}
 	ones := [16]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
 	cases := map[string]layout.Superblock{
@@ -45,7 +45,7 @@ func TestSuperblockRoundTrip(t *testing.T) {
 			Generation: 1,
 			UUID:       testUUID,
 			Geometry:   mustGeometry(t, 64<<20, 0),
-			Settings:   layout.Settings{Mode: 1, SetMask: 1},
+			Settings:   layout.Settings{Mode: layout.ModeWritethrough, SetMask: layout.SetPromoteAfter},
 		},
 	}
 	for name, s := range cases {
@@ -165,18 +165,26 @@ func TestSuperblockVersion(t *testing.T) {
 		_, err := layout.DecodeSuperblock(b)
 		require.ErrorIs(t, err, layout.ErrVersion, "version %d", v)
 		assert.NotErrorIs(t, err, layout.ErrCorrupt)
-		assert.Contains(t, err.Error(), "newer", "the message must tell the user to upgrade")
+		var ve *layout.VersionError
+		require.ErrorAs(t, err, &ve)
+		assert.Equal(t, v, ve.Found)
+		assert.True(t, ve.Newer())
+		assert.Contains(t, err.Error(), "newer")
 	}
 
-	// An older version is refused with a message saying how to move on.
+	// An older version is refused too; the error says which it is, so that
+	// the command can say how to move on.
 	for v := uint32(1); v < layout.FormatVersion; v++ {
 		b := bytes.Clone(good)
 		le.PutUint32(b[8:], v)
 		resealSuperblock(b)
 		_, err := layout.DecodeSuperblock(b)
 		require.ErrorIs(t, err, layout.ErrVersion, "version %d", v)
+		var ve *layout.VersionError
+		require.ErrorAs(t, err, &ve)
+		assert.False(t, ve.Newer(), "version %d", v)
 		assert.Contains(t, err.Error(), "older", "version %d", v)
-		assert.Contains(t, err.Error(), "detach", "version %d", v)
+		assert.NotContains(t, err.Error(), "wbcache ", "no command advice in the format's errors")
 	}
 
 	// Version 0 was never written: it is damage.

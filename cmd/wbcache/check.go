@@ -52,7 +52,11 @@ func runCheck(args []string, out io.Writer) error {
 	}
 	fmt.Fprint(out, rep.String())
 	if !rep.OK() {
-		return &codeError{code: exitProblems, err: fmt.Errorf("check found %d problem(s) in %s", len(rep.Problems), *cachePath)}
+		err := fmt.Errorf("check found %d problem(s) in %s", len(rep.Problems), *cachePath)
+		if advice := checkAdvice(rep, *cachePath); advice != "" {
+			err = fmt.Errorf("%w.\n  %s", err, advice)
+		}
+		return &codeError{code: exitProblems, err: err}
 	}
 	return nil
 }

@@ -79,6 +79,8 @@ func requireRefused(t *testing.T, cache, backing string, jb journalBlock) {
 	require.Contains(t, r.stdout, "not a torn tail")
 	require.NotContains(t, r.stdout, "consistent")
 	require.Contains(t, r.stderr, "check found 1 problem(s)")
+	require.Contains(t, r.stderr, "'wbcache mount' and 'wbcache detach' refuse this cache")
+	require.Contains(t, r.stderr, "'wbcache format --force --cache "+cache+" --backing BACKING', which loses every dirty block")
 
 	mnt := filepath.Join(t.TempDir(), "mnt")
 	require.NoError(t, os.Mkdir(mnt, 0o755))

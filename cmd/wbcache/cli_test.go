@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/wbcache/wbcache/blockcache"
 	"github.com/wbcache/wbcache/device"
+	"github.com/wbcache/wbcache/flush"
 	"github.com/wbcache/wbcache/layout"
 )
 
@@ -61,19 +62,19 @@ func TestApplySettings(t *testing.T) {
 	require.Equal(t, uint32(2), s.MaxDirtyAge, "rounded up to whole seconds")
 	require.Equal(t, uint16(3), s.Workers)
 	require.Equal(t, uint64(0), s.SeqCutoff)
-	require.Equal(t, int64(0), seqCutoff(s), "explicit 0 disables the cutoff")
-	require.Equal(t, 2, promoteAfter(s))
+	require.Equal(t, int64(0), blockcache.SeqCutoff(s), "explicit 0 disables the cutoff")
+	require.Equal(t, 2, blockcache.PromoteAfter(s))
 	require.Equal(t, uint32(40), s.IdleRate)
-	const all = blockcache.SetLowWatermark | blockcache.SetHighWatermark | blockcache.SetMaxDirtyAge |
-		blockcache.SetWorkers | blockcache.SetSeqCutoff | blockcache.SetPromoteAfter | blockcache.SetIdleRate
+	const all = layout.SetLowWatermark | layout.SetHighWatermark | layout.SetMaxDirtyAge |
+		layout.SetWorkers | layout.SetSeqCutoff | layout.SetPromoteAfter | layout.SetIdleRate
 	require.Equal(t, all, s.SetMask)
-	p := effectivePolicy(s)
+	p := flush.PolicyFromSettings(s).WithDefaults()
 	require.Equal(t, 2*time.Second, p.MaxDirtyAge)
 
 	// Defaults stay defaults.
 	def, err := applySettings(layout.Settings{}, nil)
 	require.NoError(t, err)
-	require.Equal(t, int64(blockcache.DefaultSeqCutoff), seqCutoff(def))
+	require.Equal(t, int64(blockcache.DefaultSeqCutoff), blockcache.SeqCutoff(def))
 
 	for _, bad := range [][]kv{
 		{{"nope", "1"}}, {{"mode", "fast"}}, {{"low-watermark", "101"}}, {{"high-watermark", "0"}},
@@ -86,6 +87,30 @@ func TestApplySettings(t *testing.T) {
 	}
 	_, err = parseKV([]string{"workers"})
 	require.Error(t, err)
+}
+
+// TestSettingMessages: a refused value names the setting and what it takes.
+func TestSettingMessages(t *testing.T) {
+	for _, tc := range []struct {
+		change []kv
+		want   string
+	}{
+		{[]kv{{"workers", "0"}}, `workers "0": want a number from 1 to 64`},
+		{[]kv{{"workers", "3%"}}, `workers "3%": want a number from 1 to 64`},
+		{[]kv{{"promote-after", "256"}}, `promote-after "256": want a number from 0 to 255`},
+		{[]kv{{"high-watermark", "0%"}}, `high-watermark "0%": want a whole percentage from 1 to 100`},
+		{[]kv{{"low-watermark", "x"}}, `low-watermark "x": want a whole percentage from 0 to 99`},
+		{[]kv{{"mode", "fast"}}, `mode "fast": want writeback, writethrough, writearound or none`},
+		{[]kv{{"low-watermark", "60"}}, "low-watermark 60% must be below high-watermark 50%"},
+		{[]kv{{"nope", "1"}}, `unknown setting "nope" (known: mode, low-watermark,`},
+	} {
+		_, err := applySettings(layout.Settings{}, tc.change)
+		require.ErrorContains(t, err, tc.want, "%v", tc.change)
+	}
+	s, err := applySettings(layout.Settings{}, []kv{{"low-watermark", "0%"}, {"high-watermark", "1"}})
+	require.NoError(t, err, "0 is a real low watermark")
+	require.True(t, s.Has(layout.SetLowWatermark))
+	require.Equal(t, 0, flush.PolicyFromSettings(s).WithDefaults().LowWatermark)
 }
 
 func TestUsage(t *testing.T) {

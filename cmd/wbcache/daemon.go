@@ -108,7 +108,7 @@ func startDaemon(cfg daemonConfig) (_ *daemon, err error) {
 	if err != nil {
 		return nil, &usageError{cmd: "mount", err: err}
 	}
-	d.promote = promoteAfter(want)
+	d.promote = blockcache.PromoteAfter(want)
 
 	d.cache, err = blockcache.Open(d.devs.ssd, d.devs.hdd, blockcache.Options{Logger: d.log, PromoteAfter: d.promote})
 	if err != nil {
@@ -236,21 +236,6 @@ func (d *daemon) transport() string {
 		return "io_uring"
 	}
 	return "/dev/fuse"
-}
-
-// openCacheError adds advice to blockcache.Open errors.
-func openCacheError(cachePath string, err error) error {
-	switch {
-	case errors.Is(err, layout.ErrNotFormatted):
-		return fmt.Errorf("%s: %w", cachePath, err)
-	case errors.Is(err, blockcache.ErrWrongBacking):
-		return fmt.Errorf("cache %s: %w", cachePath, err)
-	case errors.Is(err, layout.ErrCorrupt), errors.Is(err, layout.ErrVersion), errors.Is(err, layout.ErrGeometry):
-		return fmt.Errorf("cache %s cannot be opened: %w (run 'wbcache check --cache %s' for details)", cachePath, err, cachePath)
-	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
-		return fmt.Errorf("cache %s cannot be used: %w.\n  Free space on the filesystem holding it, then run this again", cachePath, err)
-	}
-	return fmt.Errorf("opening cache %s: %w", cachePath, err)
 }
 
 // diskPath is MOUNTPOINT/disk.

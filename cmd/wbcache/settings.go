@@ -26,12 +26,16 @@ type setting struct {
 // settingKeys lists the knobs in the order help shows them.
 var settingKeys = []setting{
 	{"mode", "MODE", "cache mode: writeback, writethrough, writearound or none", applyMode},
-	{"low-watermark", "PCT", "percent of slots dirty at or below which only blocks older than max-dirty-age are written back", applyPercent("low-watermark", 0, 99, blockcache.SetLowWatermark, func(s *layout.Settings, v uint8) { s.LowWatermark = v })},
-	{"high-watermark", "PCT", "percent of slots dirty at or above which write-back runs flat out", applyPercent("high-watermark", 1, 100, blockcache.SetHighWatermark, func(s *layout.Settings, v uint8) { s.HighWatermark = v })},
+	{"low-watermark", "PCT", "percent of slots dirty at or below which only blocks older than max-dirty-age are written back",
+		applyNumber("low-watermark", percentRange, 0, 99, layout.SetLowWatermark, func(s *layout.Settings, v int) { s.LowWatermark = uint8(v) })},
+	{"high-watermark", "PCT", "percent of slots dirty at or above which write-back runs flat out",
+		applyNumber("high-watermark", percentRange, 1, 100, layout.SetHighWatermark, func(s *layout.Settings, v int) { s.HighWatermark = uint8(v) })},
 	{"max-dirty-age", "DUR", "longest time a block stays dirty, rounded up to whole seconds (0 = write back at once)", applyMaxDirtyAge},
-	{"workers", "N", "destager workers writing runs to the backing device (1-64)", applyWorkers},
+	{"workers", "N", "destager workers writing runs to the backing device (1-64)",
+		applyNumber("workers", numberRange, 1, 64, layout.SetWorkers, func(s *layout.Settings, v int) { s.Workers = uint16(v) })},
 	{"seq-cutoff", "SIZE", "sequential stream length beyond which writes bypass the cache (0 = never bypass)", applySeqCutoff},
-	{"promote-after", "N", "read misses of a block before it is copied into the cache (0 or 1 = first miss, max 255)", applyPromoteAfter},
+	{"promote-after", "N", "read misses of a block before it is copied into the cache (0 or 1 = first miss, max 255)",
+		applyNumber("promote-after", numberRange, 0, 255, layout.SetPromoteAfter, func(s *layout.Settings, v int) { s.PromoteAfter = uint8(v) })},
 	{"idle-rate", "MIBPS", "cap on write-back MiB/s between the watermarks while foreground I/O is busy (0 = no cap)", applyIdleRate},
 }
 
@@ -94,9 +98,8 @@ func applySettings(s layout.Settings, changes []kv) (layout.Settings, error) {
 			return s, err
 		}
 	}
-	p := effectivePolicy(s)
-	if p.LowWatermark >= p.HighWatermark {
-		return s, fmt.Errorf("low-watermark %d%% must be below high-watermark %d%%", p.LowWatermark, p.HighWatermark)
+	if low, high := flush.PolicyFromSettings(s).Watermarks(); low >= high {
+		return s, fmt.Errorf("low-watermark %d%% must be below high-watermark %d%%", low, high)
 	}
 	return s, nil
 }
@@ -110,13 +113,25 @@ func applyMode(s *layout.Settings, v string) error {
 	return nil
 }
 
-func applyPercent(key string, lo, hi int, bit uint32, set func(*layout.Settings, uint8)) func(*layout.Settings, string) error {
+// How applyNumber reads a value and names its range.
+const (
+	percentRange = "a whole percentage"
+	numberRange  = "a number"
+)
+
+// applyNumber parses a whole number from lo to hi (a percentage may end in
+// %), stores it with set and marks bit.
+func applyNumber(key, kind string, lo, hi int, bit uint32, set func(*layout.Settings, int)) func(*layout.Settings, string) error {
 	return func(s *layout.Settings, v string) error {
-		n, err := strconv.Atoi(strings.TrimSuffix(v, "%"))
-		if err != nil || n < lo || n > hi {
-			return fmt.Errorf("%s %q: want a whole percentage from %d to %d", key, v, lo, hi)
+		num := v
+		if kind == percentRange {
+			num = strings.TrimSuffix(v, "%")
 		}
-		set(s, uint8(n))
+		n, err := strconv.Atoi(num)
+		if err != nil || n < lo || n > hi {
+			return fmt.Errorf("%s %q: want %s from %d to %d", key, v, kind, lo, hi)
+		}
+		set(s, n)
 		s.SetMask |= bit
 		return nil
 	}
@@ -132,17 +147,7 @@ func applyMaxDirtyAge(s *layout.Settings, v string) error {
 		return fmt.Errorf("max-dirty-age %q: too long", v)
 	}
 	s.MaxDirtyAge = uint32(sec)
-	s.SetMask |= blockcache.SetMaxDirtyAge
-	return nil
-}
-
-func applyWorkers(s *layout.Settings, v string) error {
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 || n > 64 {
-		return fmt.Errorf("workers %q: want a number from 1 to 64", v)
-	}
-	s.Workers = uint16(n)
-	s.SetMask |= blockcache.SetWorkers
+	s.SetMask |= layout.SetMaxDirtyAge
 	return nil
 }
 
@@ -152,17 +157,7 @@ func applySeqCutoff(s *layout.Settings, v string) error {
 		return fmt.Errorf("seq-cutoff: %v", err)
 	}
 	s.SeqCutoff = uint64(n)
-	s.SetMask |= blockcache.SetSeqCutoff
-	return nil
-}
-
-func applyPromoteAfter(s *layout.Settings, v string) error {
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 0 || n > 255 {
-		return fmt.Errorf("promote-after %q: want a number from 0 to 255", v)
-	}
-	s.PromoteAfter = uint8(n)
-	s.SetMask |= blockcache.SetPromoteAfter
+	s.SetMask |= layout.SetSeqCutoff
 	return nil
 }
 
@@ -172,47 +167,8 @@ func applyIdleRate(s *layout.Settings, v string) error {
 		return fmt.Errorf("idle-rate %q: want MiB/s as a whole number (0 = no cap)", v)
 	}
 	s.IdleRate = uint32(n)
-	s.SetMask |= blockcache.SetIdleRate
+	s.SetMask |= layout.SetIdleRate
 	return nil
-}
-
-// effectivePolicy is the destager policy the settings select: fields whose
-// SetMask bit is clear take flush.DefaultPolicy's values.
-func effectivePolicy(s layout.Settings) flush.Policy {
-	p := flush.DefaultPolicy()
-	if s.SetMask&blockcache.SetLowWatermark != 0 {
-		p.LowWatermark = int(s.LowWatermark)
-	}
-	if s.SetMask&blockcache.SetHighWatermark != 0 {
-		p.HighWatermark = int(s.HighWatermark)
-	}
-	if s.SetMask&blockcache.SetMaxDirtyAge != 0 {
-		p.MaxDirtyAge = time.Duration(s.MaxDirtyAge) * time.Second
-	}
-	if s.SetMask&blockcache.SetWorkers != 0 {
-		p.Workers = int(s.Workers)
-	}
-	if s.SetMask&blockcache.SetIdleRate != 0 {
-		p.IdleRate = int(s.IdleRate)
-	}
-	return p
-}
-
-// seqCutoff is the sequential cutoff the settings select.
-func seqCutoff(s layout.Settings) int64 {
-	if s.SetMask&blockcache.SetSeqCutoff != 0 {
-		return int64(s.SeqCutoff)
-	}
-	return blockcache.DefaultSeqCutoff
-}
-
-// promoteAfter is the promotion threshold the settings select, as
-// blockcache.Options.PromoteAfter takes it.
-func promoteAfter(s layout.Settings) int {
-	if s.SetMask&blockcache.SetPromoteAfter != 0 {
-		return int(s.PromoteAfter)
-	}
-	return 1
 }
 
 // policyView is the settings in force, as status reports them.
@@ -234,7 +190,7 @@ func makePolicyView(mode blockcache.Mode, p flush.Policy, s layout.Settings, pro
 		HighWatermark:      p.HighWatermark,
 		MaxDirtyAgeSeconds: p.MaxDirtyAge.Seconds(),
 		Workers:            p.Workers,
-		SeqCutoffBytes:     seqCutoff(s),
+		SeqCutoffBytes:     blockcache.SeqCutoff(s),
 		PromoteAfter:       promote,
 		IdleRateMiBps:      p.IdleRate,
 	}
