@@ -98,7 +98,7 @@ func contentionCache(b *testing.B) *Cache {
 	require.NoError(b, Format(ssd, hdd, FormatOptions{}))
 	c, err := Open(ssd, hdd, Options{})
 	require.NoError(b, err)
-	require.NoError(b, c.SetSettings(layout.Settings{SetMask: SetSeqCutoff}))
+	require.NoError(b, c.SetSettings(layout.Settings{SetMask: layout.SetSeqCutoff}))
 	b.Cleanup(func() {
 		c.Close()
 		ssd.Close()
