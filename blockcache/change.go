@@ -64,8 +64,17 @@ func (m *metaChange) inPlace(gen uint64, r layout.Record) (seq uint64, claimed b
 // handOff releases Cache.mu but keeps the reservation (see inPlace).
 func (m *metaChange) handOff() { m.c.mu.Unlock() }
 
-// end releases Cache.mu and the reservation.
+// end releases Cache.mu and the reservation, if any.
 func (m *metaChange) end() {
 	m.c.mu.Unlock()
-	m.c.j.release(m.n)
+	if m.n > 0 {
+		m.c.j.release(m.n)
+	}
+}
+
+// lockedChange takes Cache.mu for a change that journals nothing (no
+// room reserved: record must not be called).
+func (c *Cache) lockedChange() metaChange {
+	c.mu.Lock()
+	return metaChange{c: c}
 }

@@ -162,7 +162,7 @@ func (c *Cache) Complete(blocks []DirtyBlock, written bool) error {
 	var err error
 	for i := 0; i < len(blocks); {
 		n := min(len(blocks)-i, layout.RecordsPerBlock)
-		m := metaChange{c: c}
+		var m metaChange
 		if written {
 			if m, err = c.beginChange(n); err != nil {
 				// Unpin the rest as still dirty: a lost CLEAN only means a
@@ -174,8 +174,7 @@ func (c *Cache) Complete(blocks []DirtyBlock, written bool) error {
 			}
 		}
 		if !written {
-			c.mu.Lock()
-			m = metaChange{c: c} // n = 0: nothing reserved
+			m = c.lockedChange()
 		}
 		c.completeBatch(&m, blocks[i:i+n], written)
 		m.end()

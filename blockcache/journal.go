@@ -131,6 +131,10 @@ func (j *journal) reserve(n int) error {
 
 func (j *journal) release(n int) {
 	j.mu.Lock()
+	if j.reserved < batchBlocks(n) {
+		// An unmatched release would make the ring look full forever.
+		panic(fmt.Sprintf("journal: release of %d records with %d blocks reserved", n, j.reserved))
+	}
 	j.reserved -= batchBlocks(n)
 	j.cond.Broadcast()
 	j.mu.Unlock()

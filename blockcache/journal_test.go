@@ -179,6 +179,10 @@ func TestPinSyncsOncePerSnapshot(t *testing.T) {
 	require.Equal(t, before+1, syncs(), "a later batch of the same snapshot needs no sync")
 	require.NoError(t, c.Complete(p1, false))
 	require.NoError(t, c.Complete(p2, false))
+	c.j.mu.Lock()
+	reserved := c.j.reserved
+	c.j.mu.Unlock()
+	require.Zero(t, reserved, "a completion that journals nothing holds no journal room")
 
 	// A rewrite after the snapshot: the next snapshot holds an unsynced
 	// record, so pinning from it syncs again.
