@@ -133,7 +133,9 @@ func (j *journal) release(n int) {
 	j.mu.Lock()
 	if j.reserved < batchBlocks(n) {
 		// An unmatched release would make the ring look full forever.
-		panic(fmt.Sprintf("journal: release of %d records with %d blocks reserved", n, j.reserved))
+		have := j.reserved
+		j.mu.Unlock()
+		panic(fmt.Sprintf("journal: release of %d records with %d blocks reserved", n, have))
 	}
 	j.reserved -= batchBlocks(n)
 	j.cond.Broadcast()
