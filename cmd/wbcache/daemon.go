@@ -153,7 +153,7 @@ func startDaemon(cfg daemonConfig) (_ *daemon, err error) {
 		IOUring:    cfg.ioUring,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w (is /dev/fuse available and are you root?)", err)
+		return nil, mountError(mp, err)
 	}
 	if d.srv.IOUring() {
 		setServingProcs(true)
@@ -251,6 +251,19 @@ func openCacheError(cachePath string, err error) error {
 		return fmt.Errorf("cache %s cannot be used: %w.\n  Free space on the filesystem holding it, then run this again", cachePath, err)
 	}
 	return fmt.Errorf("opening cache %s: %w", cachePath, err)
+}
+
+// mountError adds advice to fuse.Mount errors.
+func mountError(mp string, err error) error {
+	switch {
+	case errors.Is(err, fuse.ErrRingStuck):
+		return fmt.Errorf("%w.\n  Mount with --fuse-uring off to serve through /dev/fuse", err)
+	case errors.Is(err, fuse.ErrRingUnavailable):
+		return fmt.Errorf("%w.\n  Mount with --fuse-uring auto (io_uring where it works, /dev/fuse otherwise) or off", err)
+	case errors.Is(err, fuse.ErrDeadMount):
+		return fmt.Errorf("%w.\n  Unmount it by hand (umount -l %s) and retry", err, mp)
+	}
+	return fmt.Errorf("%w (is /dev/fuse available and are you root?)", err)
 }
 
 // diskPath is MOUNTPOINT/disk.
