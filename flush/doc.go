@@ -111,7 +111,10 @@
 // # Goroutines
 //
 // Start (or a FlushAll without Start) runs one scheduler goroutine, which
-// starts the workers lazily and owns them. Stop closes the loop: the run
+// starts the workers lazily and owns them. It alternates two steps: choose
+// a batch and pin it (choose.go: the mode, the sweep, the eligible
+// candidates, Pin), then destage it (loop.go: runBatch, its outcome, the
+// pause). Stop closes the loop: the run
 // whose write is in progress finishes, runs not yet written are skipped,
 // the batch is synced and completed, and Stop returns when every goroutine
 // has exited. Stop the destager before closing the cache.

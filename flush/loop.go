@@ -125,122 +125,48 @@ func (l *loop) wait(d time.Duration, events bool) bool {
 	return false
 }
 
-// run is the scheduler: decide, choose a batch in elevator order, pin it,
-// have the workers write it, sync, complete; pace; repeat.
+// run is the scheduler: choose a batch and pin it (choose.go), have the
+// workers write it, sync, complete; pace; repeat.
 func (l *loop) run() {
-	defer func() {
-		close(l.work)
-		l.wg.Wait()
-		l.d.live.Add(-1)
-		close(l.done)
-		l.d.signal()
-	}()
+	defer l.exit()
 	l.foregroundBusy(l.now()) // the baseline for foreground activity
 	for !l.quitting() {
-		st := l.state()
-		if st.mode == modeIdle {
-			l.sw.reset()
-			if l.wait(pollInterval, true) {
-				return
-			}
-			continue
-		}
-		tick := l.c.Tick()
-		if l.sw.exhausted() {
-			if next := l.oldestSince + st.pol.ageTicks(); st.mode == modeAged && l.haveOldest && tick < next {
-				// Nothing can have come of age since the last snapshot
-				// (blocks dirtied later are younger): sleep until something
-				// does, re-checking the dirty level every poll.
-				wait := time.Duration(next-tick) * time.Second
-				if l.wait(min(wait, pollInterval), true) {
-					return
-				}
-				continue
-			}
-			if l.sw.offered > 0 && l.sw.pinned == 0 {
-				// The last rotation could pin nothing: its blocks are
-				// being discarded or destaged by someone else.
-				if l.wait(retryPause, true) {
-					return
-				}
-			}
-			l.sw.refill(l.c, l.cursor)
-		}
-		eligible := func(blockcache.DirtyBlock) bool { return true }
-		if st.mode == modeAged {
-			age := st.pol.ageTicks()
-			eligible = func(b blockcache.DirtyBlock) bool { return tick >= b.Since && tick-b.Since >= age }
-		}
-		l.haveOldest = false
-		if st.mode == modeNormal || st.mode == modeAged {
-			st.busy = l.foregroundBusy(l.now())
-		}
-		lim := batchLimits{runs: l.d.o.syncRuns, bytes: l.d.o.syncBytes, maxRunBlocks: st.pol.maxRunBlocks()}
-		if st.busy {
-			lim.runs = min(lim.runs, busySyncRuns)
-		}
-		fresh := l.sw.fresh
-		cands := l.sw.next(l.cands[:0], eligible, lim)
-		l.cands = cands[:0]
-		if len(cands) == 0 {
-			if fresh {
-				// A whole new snapshot had nothing to offer.
-				if st.mode == modeAged {
-					l.oldestSince, l.haveOldest = l.sw.minSince, true
-				} else if l.wait(pollInterval, true) {
-					return
-				}
-			}
-			continue
-		}
-		l.cursor = cands[len(cands)-1].LBA + 1
-		var wait func(func() bool)
-		if st.busy {
-			wait = l.awaitDurable
-		}
-		pinned, newer, err := l.c.PinWait(cands, wait)
-		if err != nil {
-			l.die(err)
+		b, stop := l.choose()
+		if stop {
 			return
 		}
-		// The pause after a busy batch matches the batch's own time; the
-		// wait for a sync inside PinWait is not disk time of ours.
-		start := l.now()
-		if !fresh && 2*(len(pinned)-newer) < len(cands) {
-			// Most of the snapshot's versions here were rewritten since it
-			// was taken: it is stale, and blocks dirtied since are missing
-			// from it, so its runs are short (one seek each) and pinning
-			// the newer versions costs a sync per batch. Take a fresh
-			// snapshot and sweep this region again after this batch. (A
-			// snapshot that is stale from its first batch on is left to
-			// the rotation's own retry pause: its blocks are being
-			// discarded.)
-			l.sw.reset()
-			l.cursor = cands[0].LBA
-		}
-		if len(pinned) == 0 {
-			continue
-		}
-		l.sw.pinned += len(pinned)
-		res := l.runBatch(pinned, st.pol)
-		l.d.signal()
-		if res.fatal != nil {
-			l.die(res.fatal)
+		if len(b.blocks) > 0 && l.destage(b) {
 			return
-		}
-		if res.err != nil {
-			if l.failed(res.err) {
-				return
-			}
-			continue
-		}
-		l.succeeded()
-		if p := pace(st, res.bytes, l.now().Sub(start)); p > 0 {
-			if l.wait(p, true) {
-				return
-			}
 		}
 	}
+}
+
+// exit ends the scheduler: the workers finish and the loop is marked dead.
+func (l *loop) exit() {
+	close(l.work)
+	l.wg.Wait()
+	l.d.live.Add(-1)
+	close(l.done)
+	l.d.signal()
+}
+
+// destage has the workers write a pinned batch, handles its outcome and
+// paces the next one. It reports whether the loop must stop.
+func (l *loop) destage(b pinnedBatch) bool {
+	res := l.runBatch(b.blocks, b.st.pol)
+	l.d.signal()
+	if res.fatal != nil {
+		l.die(res.fatal)
+		return true
+	}
+	if res.err != nil {
+		return l.failed(res.err)
+	}
+	l.succeeded()
+	if p := pace(b.st, res.bytes, l.now().Sub(b.start)); p > 0 {
+		return l.wait(p, true)
+	}
+	return false
 }
 
 // state decides the mode for the next batch.

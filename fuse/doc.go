@@ -83,12 +83,14 @@
 //     read(2) and one writev(2) per request, each request answered on the
 //     goroutine that read it.
 //   - FUSE over io_uring (Linux 6.14+, the fuse module's enable_uring
-//     parameter): after INIT, ring threads register buffers for every
-//     queue (one per possible CPU; 2 threads per queue, 64 entries in
-//     all, at least 2 per thread), and the kernel hands a request to an
-//     entry of the queue of the submitting CPU. A thread answers and fetches the next request
-//     with one COMMIT_AND_FETCH, many per io_uring_enter(2), and polls its
-//     ring for 20µs before it sleeps. Reads and writes the Backend says may
+//     parameter; package internal/uring, which calls the same rawFS
+//     handlers as go-fuse does): after INIT, ring threads register
+//     buffers for every queue (one per possible CPU; 2 threads per
+//     queue, 64 entries in all, at least 2 per thread), and the kernel
+//     hands a request to an entry of the queue of the submitting CPU. A
+//     thread answers and fetches the next request with one
+//     COMMIT_AND_FETCH, many per io_uring_enter(2), and polls its ring
+//     for 20µs before it sleeps. Reads and writes the Backend says may
 //     wait for a slow device ([Waiter]) are answered on their own
 //     goroutines; everything else on the ring thread. go-fuse still
 //     mounts, answers INIT, and serves FORGET and INTERRUPT, which the
@@ -105,6 +107,18 @@
 //     raced the teardown); [CleanupStale] takes all three as dead.
 //
 // Debug (go-fuse's request trace) implies /dev/fuse in IOUringAuto mode.
+//
+// options.go builds the go-fuse mount options, transport.go chooses the
+// transport and starts the ring, server.go mounts and serves.
+//
+// # Errors
+//
+// Mount's errors say what broke, never which command-line flag to pass
+// (that is the command's to say): they wrap ErrDeadMount (a dead mount is
+// in the way: CleanupStale), ErrRingUnavailable (IOUringOn, and FUSE over
+// io_uring cannot be used) or ErrRingStuck (the kernel agreed to io_uring
+// but the ring can be neither set up nor withdrawn), or the error of the
+// mount itself.
 //
 // # Lifecycle
 //

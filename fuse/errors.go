@@ -81,3 +81,19 @@ func (r *rateLog) Error(msg string, args ...any) bool {
 	r.logger.Error(msg, args...)
 	return true
 }
+
+// Errors Mount wraps: they say what broke; what to do about it is the
+// caller's to say (the command knows its flags).
+var (
+	// ErrDeadMount: a FUSE mount whose daemon is gone sits on the mount
+	// point; CleanupStale removes it.
+	ErrDeadMount = errors.New("a dead FUSE mount is in the way")
+	// ErrRingUnavailable: FUSE over io_uring was required (IOUringOn)
+	// but cannot be used: not root, no kernel support, io_uring disabled,
+	// or its ring entries were refused.
+	ErrRingUnavailable = errors.New("FUSE over io_uring is unavailable")
+	// ErrRingStuck: the kernel agreed to FUSE over io_uring at INIT, but
+	// the ring can neither be set up nor withdrawn; the kernel would hold
+	// every request, so the mount is given up even in IOUringAuto mode.
+	ErrRingStuck = errors.New("FUSE over io_uring can neither be set up nor withdrawn, and the kernel holds every request until it is")
+)

@@ -164,8 +164,8 @@ func TestCleanupStaleDeadMount(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if _, err := Mount(mp, newMemBackend(4096), Options{Logger: testLogger()}); err == nil || !strings.Contains(err.Error(), "CleanupStale") {
-		t.Fatalf("Mount over a dead mount: %v; want an error pointing to CleanupStale", err)
+	if _, err := Mount(mp, newMemBackend(4096), Options{Logger: testLogger()}); !errors.Is(err, ErrDeadMount) {
+		t.Fatalf("Mount over a dead mount: %v; want ErrDeadMount", err)
 	} else {
 		t.Logf("Mount over a dead mount: %v", err)
 	}

@@ -288,28 +288,6 @@ func TestAttrsAndTree(t *testing.T) {
 	}
 }
 
-func TestParseCPUList(t *testing.T) {
-	for _, c := range []struct {
-		in   string
-		want int
-		bad  bool
-	}{
-		{"0-1\n", 2, false}, {"0", 1, false}, {"0-3,8,10-11", 7, false},
-		{"", 0, true}, {"a-b", 0, true}, {"3-1", 0, true},
-	} {
-		got, err := parseCPUList(c.in)
-		if c.bad {
-			if err == nil {
-				t.Errorf("parseCPUList(%q) = %d, want an error", c.in, got)
-			}
-			continue
-		}
-		if err != nil || got != c.want {
-			t.Errorf("parseCPUList(%q) = %d, %v; want %d", c.in, got, err, c.want)
-		}
-	}
-}
-
 func TestParseIOUringMode(t *testing.T) {
 	for _, m := range []IOUringMode{IOUringAuto, IOUringOn, IOUringOff} {
 		got, err := ParseIOUringMode(m.String())
@@ -319,36 +297,5 @@ func TestParseIOUringMode(t *testing.T) {
 	}
 	if _, err := ParseIOUringMode("yes"); err == nil {
 		t.Error("ParseIOUringMode(yes): want an error")
-	}
-}
-
-// TestDirentsLen checks the length of a READDIR reply built by go-fuse's
-// DirEntryList in a zeroed buffer, as the io_uring path measures it.
-func TestDirentsLen(t *testing.T) {
-	buf := make([]byte, 4096)
-	l := gofuse.NewDirEntryList(buf, 0)
-	names := []string{".", "..", "disk", "stats"}
-	want := 0
-	for i, n := range names {
-		if !l.AddDirEntry(gofuse.DirEntry{Name: n, Ino: uint64(i + 1), Mode: 0o100000, Off: uint64(i + 1)}) {
-			t.Fatal("buffer too small")
-		}
-		want += (fuseDirentHdr + len(n) + 7) &^ 7
-	}
-	if got := direntsLen(buf); got != want {
-		t.Fatalf("direntsLen = %d, want %d", got, want)
-	}
-	if got := direntsLen(make([]byte, 64)); got != 0 {
-		t.Fatalf("direntsLen of an empty list = %d", got)
-	}
-}
-
-// TestEntriesPerThread: the ring's 1 MiB buffers stay within a budget as
-// CPUs grow, and every queue keeps some depth.
-func TestEntriesPerThread(t *testing.T) {
-	for _, c := range []struct{ cpus, want int }{{1, 32}, {2, 16}, {4, 8}, {8, 4}, {16, 2}, {64, 2}} {
-		if got := entriesPerThread(c.cpus); got != c.want {
-			t.Errorf("entriesPerThread(%d) = %d, want %d", c.cpus, got, c.want)
-		}
 	}
 }

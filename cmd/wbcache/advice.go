@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/wbcache/wbcache/blockcache"
+	"github.com/wbcache/wbcache/fuse"
 	"github.com/wbcache/wbcache/layout"
 )
 
@@ -43,4 +44,17 @@ func checkAdvice(rep *blockcache.CheckReport, cachePath string) string {
 		"  Restore the writes it lost from a backup, or give the cache up with\n"+
 		"  'wbcache format --force --cache %s --backing BACKING', which loses every dirty block it holds\n"+
 		"  (the backing device keeps the versions already written back)", cachePath)
+}
+
+// mountError adds advice to fuse.Mount errors.
+func mountError(mp string, err error) error {
+	switch {
+	case errors.Is(err, fuse.ErrRingStuck):
+		return fmt.Errorf("%w.\n  Mount with --fuse-uring off to serve through /dev/fuse", err)
+	case errors.Is(err, fuse.ErrRingUnavailable):
+		return fmt.Errorf("%w.\n  Mount with --fuse-uring auto (io_uring where it works, /dev/fuse otherwise) or off", err)
+	case errors.Is(err, fuse.ErrDeadMount):
+		return fmt.Errorf("%w.\n  Unmount it by hand (umount -l %s) and retry", err, mp)
+	}
+	return fmt.Errorf("%w (is /dev/fuse available and are you root?)", err)
 }

@@ -80,17 +80,8 @@ func startDaemon(cfg daemonConfig) (_ *daemon, err error) {
 		}
 	}()
 
-	// A previous daemon killed with -9 leaves a dead mount here.
-	if err := fuse.CleanupStale(mp); err != nil {
-		return nil, fmt.Errorf("%w: unmount it by hand (umount -l %s) and retry", err, mp)
-	}
-	st, err := os.Stat(mp)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("mount point %s does not exist: create it with mkdir", mp)
-	} else if err != nil {
-		return nil, fmt.Errorf("mount point %s: %w", mp, err)
-	} else if !st.IsDir() {
-		return nil, fmt.Errorf("mount point %s is not a directory", mp)
+	if err := checkMountpoint(mp); err != nil {
+		return nil, err
 	}
 
 	d.devs, err = openDevices(cfg.cachePath, cfg.backingPath, openServe,
@@ -143,9 +134,40 @@ func startDaemon(cfg daemonConfig) (_ *daemon, err error) {
 			return nil, err
 		}
 	}
+	if err := d.mountFUSE(); err != nil {
+		return nil, err
+	}
+	d.ctl.serve()
+	if d.metrics != nil {
+		d.metrics.serve()
+	}
+	return d, nil
+}
+
+// checkMountpoint removes a dead mount a previous daemon killed with -9
+// left at mp, and checks that mp is a directory.
+func checkMountpoint(mp string) error {
+	if err := fuse.CleanupStale(mp); err != nil {
+		return fmt.Errorf("%w: unmount it by hand (umount -l %s) and retry", err, mp)
+	}
+	st, err := os.Stat(mp)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("mount point %s does not exist: create it with mkdir", mp)
+	} else if err != nil {
+		return fmt.Errorf("mount point %s: %w", mp, err)
+	} else if !st.IsDir() {
+		return fmt.Errorf("mount point %s is not a directory", mp)
+	}
+	return nil
+}
+
+// mountFUSE serves the cache as MOUNTPOINT/disk; mountGone is closed when
+// the mount goes away.
+func (d *daemon) mountFUSE() (err error) {
+	cfg := d.cfg
 	enableRing(cfg.ioUring, d.log)
 	backend := &spaceWatch{Cache: d.cache, log: d.log, cache: d.devs.ssd.Path(), backing: d.devs.hdd.Path()}
-	d.srv, err = fuse.Mount(mp, backend, fuse.Options{
+	d.srv, err = fuse.Mount(d.mountpoint, backend, fuse.Options{
 		AllowOther: cfg.allowOther,
 		Stats:      d.statsFile,
 		Logger:     d.log,
@@ -153,7 +175,7 @@ func startDaemon(cfg daemonConfig) (_ *daemon, err error) {
 		IOUring:    cfg.ioUring,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w (is /dev/fuse available and are you root?)", err)
+		return mountError(d.mountpoint, err)
 	}
 	if d.srv.IOUring() {
 		setServingProcs(true)
@@ -162,11 +184,7 @@ func startDaemon(cfg daemonConfig) (_ *daemon, err error) {
 		d.srv.Wait()
 		close(d.mountGone)
 	}()
-	d.ctl.serve()
-	if d.metrics != nil {
-		d.metrics.serve()
-	}
-	return d, nil
+	return nil
 }
 
 // enableRing: in auto mode the daemon serves FUSE over io_uring wherever

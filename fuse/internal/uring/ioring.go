@@ -1,4 +1,4 @@
-package fuse
+package uring
 
 import (
 	"errors"
@@ -17,9 +17,6 @@ import (
 // include/uapi/linux/io_uring.h.
 
 const (
-	sysIoUringSetup = 425
-	sysIoUringEnter = 426
-
 	ioringSetupSQE128         = 1 << 10
 	ioringSetupSingleIssuer   = 1 << 12
 	ioringSetupDeferTaskrun   = 1 << 13
@@ -29,6 +26,7 @@ const (
 	ioringOffSQRing           = 0
 	ioringOffSQEs             = 0x10000000
 	ioringOpURingCmd          = 46
+	ioringOpRead              = 22
 	sqe128Size                = 128
 	cqeSize                   = 16
 	ioringSetupFlags          = ioringSetupSQE128 | ioringSetupSingleIssuer | ioringSetupDeferTaskrun
@@ -89,7 +87,7 @@ type ioRing struct {
 func newIoRing(entries uint32) (*ioRing, error) {
 	var p ioUringParams
 	p.Flags = ioringSetupFlags
-	fd, _, errno := syscall.Syscall(sysIoUringSetup, uintptr(entries), uintptr(unsafe.Pointer(&p)), 0)
+	fd, _, errno := syscall.Syscall(unix.SYS_IO_URING_SETUP, uintptr(entries), uintptr(unsafe.Pointer(&p)), 0)
 	if errno != 0 {
 		return nil, fmt.Errorf("io_uring_setup: %w", errno)
 	}
@@ -166,7 +164,7 @@ func (r *ioRing) enter(wait bool, timeoutNs int64) error {
 		argp = unsafe.Pointer(&arg)
 		argSz = unsafe.Sizeof(arg)
 	}
-	n, _, errno := syscall.Syscall6(sysIoUringEnter, uintptr(r.fd), uintptr(r.pending), minComplete, flags, uintptr(argp), argSz)
+	n, _, errno := syscall.Syscall6(unix.SYS_IO_URING_ENTER, uintptr(r.fd), uintptr(r.pending), minComplete, flags, uintptr(argp), argSz)
 	if errno == 0 {
 		r.pending -= uint32(n)
 	}
@@ -198,7 +196,7 @@ func (r *ioRing) ready() uint32 { return atomic.LoadUint32(r.cqTail) - atomic.Lo
 // DEFER_TASKRUN, completions are only posted when the issuing thread
 // enters the kernel asking for them.
 func (r *ioRing) poll() {
-	syscall.Syscall6(sysIoUringEnter, uintptr(r.fd), 0, 0, ioringEnterGetevents, 0, 0)
+	syscall.Syscall6(unix.SYS_IO_URING_ENTER, uintptr(r.fd), 0, 0, ioringEnterGetevents, 0, 0)
 }
 
 func (r *ioRing) close() {

@@ -1,0 +1,35 @@
+package uring
+
+import "testing"
+
+func TestParseCPUList(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want int
+		bad  bool
+	}{
+		{"0-1\n", 2, false}, {"0", 1, false}, {"0-3,8,10-11", 7, false},
+		{"", 0, true}, {"a-b", 0, true}, {"3-1", 0, true},
+	} {
+		got, err := parseCPUList(c.in)
+		if c.bad {
+			if err == nil {
+				t.Errorf("parseCPUList(%q) = %d, want an error", c.in, got)
+			}
+			continue
+		}
+		if err != nil || got != c.want {
+			t.Errorf("parseCPUList(%q) = %d, %v; want %d", c.in, got, err, c.want)
+		}
+	}
+}
+
+// TestEntriesPerThread: the ring's 1 MiB buffers stay within a budget as
+// CPUs grow, and every queue keeps some depth.
+func TestEntriesPerThread(t *testing.T) {
+	for _, c := range []struct{ cpus, want int }{{1, 32}, {2, 16}, {4, 8}, {8, 4}, {16, 2}, {64, 2}} {
+		if got := entriesPerThread(c.cpus); got != c.want {
+			t.Errorf("entriesPerThread(%d) = %d, want %d", c.cpus, got, c.want)
+		}
+	}
+}

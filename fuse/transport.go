@@ -1,0 +1,169 @@
+package fuse
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	gofuse "github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/wbcache/wbcache/fuse/internal/uring"
+)
+
+// The request transport: /dev/fuse (go-fuse's readers) or FUSE over
+// io_uring (internal/uring), chosen before the mount and started after
+// INIT.
+
+const uringEnablePath = "/sys/module/fuse/parameters/enable_uring"
+
+// ringPayload is the payload buffer per ring entry; the kernel wants room
+// for a MaxWrite request. (Tests shrink it to make registration fail.)
+var ringPayload = maxWrite
+
+// IOUringBuiltIn reports whether the kernel has FUSE over io_uring at all
+// (on or off).
+func IOUringBuiltIn() bool {
+	_, err := os.Stat(uringEnablePath)
+	return err == nil
+}
+
+// IOUringEnabled reports whether the kernel offers FUSE over io_uring now.
+func IOUringEnabled() bool {
+	b, err := os.ReadFile(uringEnablePath)
+	return err == nil && strings.TrimSpace(string(b)) == "Y"
+}
+
+// EnableIOUring turns on the fuse module's enable_uring parameter (root
+// only). It is a system-wide switch that lets FUSE daemons ask for the
+// io_uring transport; daemons that do not ask are not affected.
+func EnableIOUring() error {
+	if IOUringEnabled() {
+		return nil
+	}
+	if err := os.WriteFile(uringEnablePath, []byte("Y"), 0); err != nil {
+		return fmt.Errorf("enabling FUSE over io_uring (%s): %w", uringEnablePath, err)
+	}
+	return nil
+}
+
+// chooseRing decides whether to ask the kernel for FUSE over io_uring at
+// INIT. Once it has agreed, the kernel holds every request until all
+// queues have ring entries, so it is asked only if a ring can be created
+// at all. An error (wrapping ErrRingUnavailable) comes only with
+// IOUringOn.
+func chooseRing(opts Options, root bool) (bool, error) {
+	switch opts.IOUring {
+	case IOUringOff:
+		return false, nil
+	case IOUringOn:
+		if !root {
+			return false, fmt.Errorf("%w: it needs root", ErrRingUnavailable)
+		}
+		if err := EnableIOUring(); err != nil {
+			return false, fmt.Errorf("%w: %w", ErrRingUnavailable, err)
+		}
+	default:
+		// Debug traces requests in go-fuse, which only sees /dev/fuse.
+		if !root || opts.Debug || !IOUringEnabled() {
+			if root && !opts.Debug && IOUringBuiltIn() {
+				opts.Logger.Info("wbcache/fuse: serving through /dev/fuse; this kernel can serve FUSE over io_uring, " +
+					"which is faster for small I/O, but the fuse module's parameter " + uringEnablePath + " is off")
+			}
+			return false, nil
+		}
+	}
+	if err := uring.Probe(); err != nil {
+		if opts.IOUring == IOUringOn {
+			return false, fmt.Errorf("%w: %w", ErrRingUnavailable, err)
+		}
+		opts.Logger.Info("wbcache/fuse: io_uring unavailable, serving through /dev/fuse", "err", err)
+		return false, nil
+	}
+	return true, nil
+}
+
+// startRing waits for INIT and registers the io_uring entries. An error
+// that does not wrap ErrRingStuck leaves the connection serving through
+// /dev/fuse.
+func (s *Server) startRing(fs *rawFS, devFd int, served <-chan struct{}) error {
+	select {
+	case <-fs.initDone:
+	case <-served:
+		return errors.New("the connection ended before INIT")
+	case <-time.After(30 * time.Second):
+		return fmt.Errorf("no INIT from the kernel within 30s: %w", ErrRingStuck)
+	}
+	if s.srv.KernelSettings().Flags64()&gofuse.CAP_OVER_IO_URING == 0 {
+		return errors.New("the kernel did not offer it at INIT")
+	}
+	if devFd < 0 {
+		return fmt.Errorf("cannot tell which /dev/fuse descriptor is this mount's: %w", ErrRingStuck)
+	}
+	r, err := uring.Start(uring.Config{FS: fs, DevFd: devFd, Payload: ringPayload, Logger: s.logger, MayWait: fs.ringHint()})
+	if err != nil {
+		return err
+	}
+	s.ring = r
+	s.logger.Debug("wbcache/fuse: serving through FUSE over io_uring", "queues", r.Queues())
+	return nil
+}
+
+// ringHint is the ring's MayWait: the disk's reads and writes that the
+// Backend, if it is a Waiter, says may wait. nil without a Waiter.
+func (r *rawFS) ringHint() func(ino uint64, write bool, off, n int64) bool {
+	w, ok := r.b.(Waiter)
+	if !ok {
+		return nil
+	}
+	return func(ino uint64, write bool, off, n int64) bool {
+		return ino == diskIno && w.MayWait(write, off, n)
+	}
+}
+
+// newServerMu keeps /dev/fuse descriptors opened by concurrent mounts apart.
+var newServerMu sync.Mutex
+
+// newServer mounts through go-fuse and also returns the /dev/fuse
+// descriptor it opened (-1 if it cannot be told), which the io_uring
+// transport submits its commands on.
+func newServer(fs *rawFS, mp string, mo *gofuse.MountOptions) (*gofuse.Server, int, error) {
+	newServerMu.Lock()
+	defer newServerMu.Unlock()
+	before := devFuseFds()
+	srv, err := gofuse.NewServer(fs, mp, mo)
+	if err != nil {
+		return nil, -1, err
+	}
+	fd := -1
+	for f := range devFuseFds() {
+		if !before[f] {
+			if fd >= 0 {
+				return srv, -1, nil
+			}
+			fd = f
+		}
+	}
+	return srv, fd, nil
+}
+
+// devFuseFds lists this process's open /dev/fuse descriptors.
+func devFuseFds() map[int]bool {
+	out := map[int]bool{}
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return out
+	}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if l, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && l == "/dev/fuse" {
+			out[fd] = true
+		}
+	}
+	return out
+}
