@@ -96,38 +96,12 @@ func (s sizeValue) String() string {
 }
 
 func (s sizeValue) Set(v string) error {
-	n, err := parseSize(v)
+	n, err := crashtest.ParseSize(v)
 	if err != nil {
 		return err
 	}
 	*s.n = n
 	return nil
-}
-
-func parseSize(v string) (int64, error) {
-	u := strings.ToUpper(strings.TrimSpace(v))
-	mult := int64(1)
-	u = strings.TrimSuffix(strings.TrimSuffix(u, "IB"), "B")
-	if u != "" {
-		switch u[len(u)-1] {
-		case 'K':
-			mult = 1 << 10
-		case 'M':
-			mult = 1 << 20
-		case 'G':
-			mult = 1 << 30
-		case 'T':
-			mult = 1 << 40
-		}
-		if mult > 1 {
-			u = u[:len(u)-1]
-		}
-	}
-	n, err := strconv.ParseInt(u, 10, 64)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("bad size %q: want a positive number with an optional K, M, G or T suffix", v)
-	}
-	return n * mult, nil
 }
 
 func parseRunFlags(args []string) (config, error) {
