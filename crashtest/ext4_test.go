@@ -72,6 +72,13 @@ func (x *ext4Loop) fail(format string, a ...any) {
 	msg := fmt.Sprintf(format, a...)
 	x.st.fails = append(x.st.fails, fmt.Sprintf("iteration %d: %s", x.it, msg))
 	x.t.Errorf("iteration %d: %s (logs in %s)", x.it, msg, x.logs)
+	if *flagFailures != "" {
+		dst := filepath.Join(*flagFailures, fmt.Sprintf("iter-%d", x.it))
+		_ = os.RemoveAll(dst)
+		if err := os.CopyFS(dst, os.DirFS(x.logs)); err == nil {
+			run("", time.Minute, "cp", x.manifest, filepath.Join(dst, "manifest"))
+		}
+	}
 }
 
 // setup formats a cache, mounts it, attaches a loop device and makes the
