@@ -27,6 +27,9 @@ type Child struct {
 	lines chan string
 	done  chan struct{} // closed when the process was reaped
 	err   error         // its exit, after done
+
+	mu     sync.Mutex
+	stdout strings.Builder // every stdout line
 }
 
 // Procs knows every process, mount and loop device a test made, so that
@@ -83,6 +86,9 @@ func (p *Procs) follow(c *Child, out io.Reader, lf *os.File) {
 	for sc.Scan() {
 		l := sc.Text()
 		fmt.Fprintln(lf, l)
+		c.mu.Lock()
+		c.stdout.WriteString(l + "\n")
+		c.mu.Unlock()
 		select {
 		case c.lines <- l:
 		default: // nobody is waiting for lines now
@@ -124,6 +130,16 @@ func (c *Child) WaitLine(prefix string, timeout time.Duration) (string, error) {
 		}
 	}
 }
+
+// Stdout is what the child printed on stdout so far.
+func (c *Child) Stdout() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stdout.String()
+}
+
+// Done is closed when the child was reaped.
+func (c *Child) Done() <-chan struct{} { return c.done }
 
 // Exited reports whether the child was reaped.
 func (c *Child) Exited() bool {

@@ -60,22 +60,19 @@ need_tools() {
 # ---------------------------------------------------------------- cleanup
 
 track_pid() { WBC_PIDS+=("$1"); }
-untrack_pid() {
+# untrack ARRAY VALUE: remove VALUE from the registry array named ARRAY.
+untrack() {
+	local -n arr=$1
 	local i
-	for i in "${!WBC_PIDS[@]}"; do
-		[ "${WBC_PIDS[i]}" = "$1" ] && unset 'WBC_PIDS[i]'
+	for i in "${!arr[@]}"; do
+		[ "${arr[i]}" = "$2" ] && unset 'arr[i]'
 	done
 	return 0
 }
+untrack_pid() { untrack WBC_PIDS "$1"; }
 track_fuse() { WBC_FUSE_MOUNTS+=("$1"); }
 track_loop() { WBC_LOOPS+=("$1"); }
-untrack_loop() {
-	local i
-	for i in "${!WBC_LOOPS[@]}"; do
-		[ "${WBC_LOOPS[i]}" = "$1" ] && unset 'WBC_LOOPS[i]'
-	done
-	return 0
-}
+untrack_loop() { untrack WBC_LOOPS "$1"; }
 track_cgroup() { WBC_CGROUPS+=("$1"); }
 track_tmpdir() { WBC_TMPDIRS+=("$1"); }
 
