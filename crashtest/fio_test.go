@@ -69,16 +69,10 @@ func fioBytes(path string) (read, written int64) {
 	if i := bytes.IndexByte(data, '{'); i >= 0 {
 		data = data[i:] // fio may print text before the JSON
 	}
-	var out struct {
-		Jobs []struct {
-			Read struct {
-				IOBytes int64 `json:"io_bytes"`
-			} `json:"read"`
-			Write struct {
-				IOBytes int64 `json:"io_bytes"`
-			} `json:"write"`
-		} `json:"jobs"`
+	type side struct {
+		IOBytes int64 `json:"io_bytes"`
 	}
+	var out struct{ Jobs []struct{ Read, Write side } } // fio's "jobs", "read", "write"
 	_ = json.NewDecoder(bytes.NewReader(data)).Decode(&out)
 	for _, j := range out.Jobs {
 		read += j.Read.IOBytes

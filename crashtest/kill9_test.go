@@ -60,7 +60,8 @@ type kill9 struct {
 // §2.6): fio writes with verify state, kill -9 of the daemon, restart,
 // fio verifies every acknowledged write, then a clean stop and `wbcache
 // check`, or flush or detach and the backing file verified alone.
-// Variants: -crash.variant. Smoke run: 2 iterations.
+// Variants: -crash.variant. Smoke run: 1 iteration, of the variant the
+// seed picks.
 func TestKill9Loop(t *testing.T) {
 	needRig(t, "fio", "losetup")
 	v := *flagVariant
@@ -68,7 +69,11 @@ func TestKill9Loop(t *testing.T) {
 		t.Fatalf("-crash.variant %q: want %s or all", v, strings.Join(kill9Variants, ", "))
 	}
 	k := &kill9{t: t, e: newEnv(t, "crash"), st: newKill9Stats()}
-	k.n, k.quick = loopSize(2)
+	k.n, k.quick = loopSize(1)
+	rotation := 0 // where -crash.variant all starts
+	if *flagN == 0 {
+		rotation = int(k.e.seed % uint64(len(kill9Variants)))
+	}
 	k.size = sizeFlag(t, flagSize, "2G", "512M", k.quick)
 	k.cacheSize = sizeFlag(t, flagCache, "256M", "64M", k.quick)
 	k.cache, k.backing, k.mnt = k.e.path("cache.img"), k.e.path("backing.img"), k.e.path("mnt")
@@ -82,7 +87,7 @@ func TestKill9Loop(t *testing.T) {
 	k.truncateBacking()
 	first := v
 	if v == "all" {
-		first = kill9Variants[0]
+		first = kill9Variants[rotation]
 	}
 	k.dir = k.e.path("setup")
 	k.mkdir(k.dir)
@@ -91,7 +96,7 @@ func TestKill9Loop(t *testing.T) {
 	for k.it = 1; k.it <= k.n; k.it++ {
 		variant := v
 		if v == "all" {
-			variant = kill9Variants[(k.it-1)%len(kill9Variants)]
+			variant = kill9Variants[(rotation+k.it-1)%len(kill9Variants)]
 		}
 		k.iteration(bin, variant)
 		if *flagStop && t.Failed() {

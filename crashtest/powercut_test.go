@@ -15,12 +15,12 @@ import (
 // filesystem that holds every unsynced write in memory per 512-byte
 // sector, 8 writers with exact bookkeeping, kill -9 and the power cut in
 // one of three orders, then every block checked; after the last round a
-// clean stop and `wbcache check`. Smoke run: 2 rounds at quick sizes.
+// clean stop and `wbcache check`. Smoke run: 1 round at quick sizes.
 // -crash.powercut-args passes more options (see `wbcache-powercut run
 // --help`).
 func TestPowerCutLoop(t *testing.T) {
 	needRig(t)
-	n, quick := loopSize(2)
+	n, quick := loopSize(1)
 	e := newEnv(t, "powercut")
 	args := []string{binary(t, "wbcache-powercut"), "run", "-n", fmt.Sprint(n), "--seed", fmt.Sprint(e.seed),
 		"--wbcache", binary(t, "wbcache"), "--workdir", e.work}
