@@ -415,7 +415,10 @@ func modelCycles(t *testing.T) int {
 		require.NoError(t, err)
 		return n
 	}
-	if testing.Short() || raceDetector {
+	switch long := os.Getenv("WBC_LONG") != ""; {
+	case testing.Short() || raceDetector && !long:
+		return 200 // WBC_LONG=1 (.ci/run) runs the long counts
+	case raceDetector:
 		return 500
 	}
 	return 2500
@@ -425,15 +428,15 @@ func modelCycles(t *testing.T) int {
 // (process crash or power cut) at random device operations, including in
 // the middle of writes, syncs, discards, checkpoints and destages. After
 // every recovery each block must read as a version the contract allows
-// (docs/design.md §2.1-2.3). Four seeds × 2500 cycles by default (500
-// with -short or under the race detector).
+// (docs/design.md §2.1-2.3). Four seeds × 2500 cycles by default; under
+// the race detector 200, or 500 with WBC_LONG=1; 200 with -short.
 func TestModelCrashRecovery(t *testing.T) {
 	modelCrashRecovery(t, 0, 4)
 }
 
 // TestModelCrashRecoveryHot is TestModelCrashRecovery with most I/O on
 // three blocks: rewrites in place, crashed at every step of them. Two
-// seeds × 2500 longer cycles by default (500 with -short or -race).
+// seeds × as many cycles as TestModelCrashRecovery.
 func TestModelCrashRecoveryHot(t *testing.T) {
 	modelCrashRecovery(t, 3, 2)
 }

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# scripts/ci-smoke.sh: a short run of every harness, for CI (a few minutes):
+# scripts/ci-smoke.sh: a short run of every harness, for CI (a few minutes).
+# The three crash loops are the Go tests of crashtest/ (TestKill9Loop,
+# TestExt4Loop, TestPowerCutLoop), run through their scripts:
 #   crashtest.sh --quick -n 5 --variant all   (each kill -9 variant once,
 #                                             FUSE over io_uring where the
 #                                             kernel has it; then -n 2 over

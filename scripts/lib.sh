@@ -2,8 +2,8 @@
 # scripts/lib.sh: shared functions of the wbcache test and benchmark
 # harnesses. Source it; it does not run anything by itself.
 #
-# Everything a harness creates (processes, FUSE mounts, ext4 mounts, loop
-# devices, blkio cgroups, temporary directories) is registered here and torn
+# Everything a harness creates (processes, FUSE mounts, loop devices, blkio
+# cgroups, temporary directories) is registered here and torn
 # down by wbc_cleanup, which wbc_install_traps runs on exit, on errors and on
 # Ctrl-C / SIGTERM. Processes are only ever killed by the PID we started.
 
@@ -12,7 +12,6 @@ WBC_CGROOT=${WBC_CGROOT:-/sys/fs/cgroup/blkio}
 
 WBC_PIDS=()         # background processes we started
 WBC_FUSE_MOUNTS=()  # FUSE mount points (wbcache, fuseceiling)
-WBC_FS_MOUNTS=()    # ext4 mount points
 WBC_LOOPS=()        # loop devices
 WBC_CGROUPS=()      # blkio cgroup directories
 WBC_TMPDIRS=()      # removed unless WBC_KEEP=1
@@ -30,15 +29,6 @@ now_ns() { date +%s%N; }
 # secs_since NS: seconds (3 decimals) since the now_ns value NS.
 secs_since() { awk -v a="$1" -v b="$(date +%s%N)" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'; }
 
-# rand_between LO HI: a random integer in [LO, HI] from bash's seeded RANDOM.
-rand_between() { echo $(($1 + (RANDOM * 32768 + RANDOM) % ($2 - $1 + 1))); }
-
-# pick WORD...: one of the words, at random.
-pick() {
-	local a=("$@")
-	echo "${a[RANDOM % ${#a[@]}]}"
-}
-
 # size_bytes 64M -> 67108864 (K, M, G, T suffixes in KiB units).
 size_bytes() {
 	local s=${1^^} m=1
@@ -52,14 +42,6 @@ size_bytes() {
 	s=${s%[KMGTB]}
 	[[ $s =~ ^[0-9]+$ ]] || die "bad size '$1'"
 	echo $((s * m))
-}
-
-# percentile P: the P-th percentile (nearest rank) of numbers on stdin.
-percentile() {
-	sort -g | awk -v p="$1" '{ v[NR] = $1 } END {
-		if (NR == 0) { print "n/a"; exit }
-		i = int((p / 100) * NR + 0.999999); if (i < 1) i = 1; if (i > NR) i = NR
-		print v[i] }'
 }
 
 need_root() {
@@ -78,30 +60,19 @@ need_tools() {
 # ---------------------------------------------------------------- cleanup
 
 track_pid() { WBC_PIDS+=("$1"); }
-untrack_pid() {
+# untrack ARRAY VALUE: remove VALUE from the registry array named ARRAY.
+untrack() {
+	local -n arr=$1
 	local i
-	for i in "${!WBC_PIDS[@]}"; do
-		[ "${WBC_PIDS[i]}" = "$1" ] && unset 'WBC_PIDS[i]'
+	for i in "${!arr[@]}"; do
+		[ "${arr[i]}" = "$2" ] && unset 'arr[i]'
 	done
 	return 0
 }
+untrack_pid() { untrack WBC_PIDS "$1"; }
 track_fuse() { WBC_FUSE_MOUNTS+=("$1"); }
-track_fs() { WBC_FS_MOUNTS+=("$1"); }
-untrack_fs() {
-	local i
-	for i in "${!WBC_FS_MOUNTS[@]}"; do
-		[ "${WBC_FS_MOUNTS[i]}" = "$1" ] && unset 'WBC_FS_MOUNTS[i]'
-	done
-	return 0
-}
 track_loop() { WBC_LOOPS+=("$1"); }
-untrack_loop() {
-	local i
-	for i in "${!WBC_LOOPS[@]}"; do
-		[ "${WBC_LOOPS[i]}" = "$1" ] && unset 'WBC_LOOPS[i]'
-	done
-	return 0
-}
+untrack_loop() { untrack WBC_LOOPS "$1"; }
 track_cgroup() { WBC_CGROUPS+=("$1"); }
 track_tmpdir() { WBC_TMPDIRS+=("$1"); }
 
@@ -165,12 +136,6 @@ fuse_unmount() {
 	return 0
 }
 
-fs_unmount() {
-	local m=$1
-	is_mounted "$m" || return 0
-	umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
-}
-
 loop_detach() { losetup -d "$1" 2>/dev/null || true; }
 
 cgroup_remove() {
@@ -191,7 +156,6 @@ wbc_cleanup() {
 	for p in "${WBC_PIDS[@]}"; do
 		[ -n "$p" ] && stop_pid "$p" 5
 	done
-	for m in "${WBC_FS_MOUNTS[@]}"; do fs_unmount "$m"; done
 	for l in "${WBC_LOOPS[@]}"; do loop_detach "$l"; done
 	for m in "${WBC_FUSE_MOUNTS[@]}"; do fuse_unmount "$m"; done
 	for c in "${WBC_CGROUPS[@]}"; do cgroup_remove "$c"; done
@@ -203,7 +167,7 @@ wbc_cleanup() {
 			rm -rf "$d"
 		fi
 	done
-	WBC_PIDS=() WBC_FS_MOUNTS=() WBC_LOOPS=() WBC_FUSE_MOUNTS=() WBC_CGROUPS=() WBC_TMPDIRS=()
+	WBC_PIDS=() WBC_LOOPS=() WBC_FUSE_MOUNTS=() WBC_CGROUPS=() WBC_TMPDIRS=()
 	return 0
 }
 
@@ -242,11 +206,6 @@ wbc_build() {
 		WBCHECK=$dir/wbcheck
 	fi
 	export WBCACHE WBCHECK
-}
-
-# wbc_help_has SUBCOMMAND FLAG: the subcommand's --help lists --FLAG.
-wbc_help_has() {
-	"$WBCACHE" "$1" --help 2>&1 | grep -q -- "--$2\b"
 }
 
 # ---------------------------------------------------------------- daemon
@@ -394,21 +353,49 @@ wbc_stop() {
 	return $rc
 }
 
-# wbc_kill PID: kill -9 and reap. The dead mount is left for the next
-# `wbcache mount` to clean up, as the daemon promises.
-wbc_kill() {
-	kill -KILL "$1" 2>/dev/null
-	wbc_reap "$1"
-	return 0
+# ---------------------------------------------------------------- crash loops
+
+# The crash loops are Go tests of the crashtest package (crashtest/doc.go);
+# crashtest.sh, crashtest-ext4.sh and powercut.sh --real run them.
+
+# crash_args ALLOWED ARGS...: translate the script options the crash loops
+# share into -crash.* test flags in CRASH_ARGS. ALLOWED lists the options
+# the calling script takes (" -n -s --quick ... "); -h/--help and any
+# other option call the script's usage.
+crash_args() {
+	local allowed=$1
+	shift
+	CRASH_ARGS=()
+	while [ $# -gt 0 ]; do
+		if [[ $1 != -h && $1 != --help && $allowed != *" $1 "* ]]; then
+			echo "unknown option: $1" >&2
+			usage
+		fi
+		case $1 in
+		-n) CRASH_ARGS+=("-crash.n=$2"); shift 2 ;;
+		-s) CRASH_ARGS+=("-crash.seed=$2"); shift 2 ;;
+		--size | --backing-size) CRASH_ARGS+=("-crash.size=$2"); shift 2 ;;
+		--cache-size) CRASH_ARGS+=("-crash.cache-size=$2"); shift 2 ;;
+		--variant) CRASH_ARGS+=("-crash.variant=$2"); shift 2 ;;
+		--quick) CRASH_ARGS+=(-crash.quick); shift ;;
+		--stop-on-failure) CRASH_ARGS+=(-crash.stop-on-failure); shift ;;
+		--keep) CRASH_ARGS+=(-crash.keep); shift ;;
+		--failures) CRASH_ARGS+=("-crash.failures=$2"); shift 2 ;;
+		--) shift; CRASH_ARGS+=("-crash.powercut-args=$*"); break ;;
+		-h | --help) usage 0 ;;
+		esac
+	done
 }
 
-# wbc_status_json MNT OUTFILE: `wbcache status --json`.
-wbc_status_json() {
-	"$WBCACHE" status "$1" --json >"$2" 2>"$2.err"
+# crash_loop TEST: run the Go test TEST of the crashtest package with
+# CRASH_ARGS; its exit status is the loop's. WBCACHE, WBCHECK and
+# WBCACHE_POWERCUT name prebuilt binaries, WBC_TMP the parent of the work
+# directory, WBC_FUSE_URING the transport.
+crash_loop() {
+	need_root
+	need_tools go
+	(cd "$WBC_REPO" && go test -count=1 -timeout 0 -v -run "^$1\$" ./crashtest -args "${CRASH_ARGS[@]}")
 }
-
-# jget FILE KEY: a value from a JSON file (empty if missing).
-jget() { "$WBCHECK" json "$1" "$2" 2>/dev/null || true; }
 
 # ---------------------------------------------------------------- emulated HDD
 

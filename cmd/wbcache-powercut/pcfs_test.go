@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"github.com/wbcache/wbcache/crashtest"
 	"golang.org/x/sys/unix"
 )
 
@@ -70,8 +71,8 @@ func needFUSE(t *testing.T) {
 // fs" in a child process.
 type fsRig struct {
 	dir, mnt, log string
-	tr            *tracker
-	c             *child
+	tr            *crashtest.Procs
+	c             *crashtest.Child
 }
 
 const rigFileSize = 1 << 20
@@ -81,13 +82,13 @@ func newFSRig(t *testing.T) *fsRig {
 	needFUSE(t)
 	buildFS(t)
 	base := t.TempDir()
-	r := &fsRig{dir: filepath.Join(base, "dir"), mnt: filepath.Join(base, "mnt"), log: filepath.Join(base, "fs.log"), tr: newTracker()}
+	r := &fsRig{dir: filepath.Join(base, "dir"), mnt: filepath.Join(base, "mnt"), log: filepath.Join(base, "fs.log"), tr: crashtest.NewProcs()}
 	require.NoError(t, os.Mkdir(r.dir, 0o755))
 	require.NoError(t, os.Mkdir(r.mnt, 0o755))
 	require.NoError(t, os.WriteFile(r.under(), nil, 0o600))
 	require.NoError(t, os.Truncate(r.under(), rigFileSize))
 	t.Cleanup(func() {
-		r.tr.cleanup(t.Logf)
+		r.tr.Cleanup(t.Logf)
 		if t.Failed() {
 			log, _ := os.ReadFile(r.log)
 			t.Logf("filesystem log:\n%s", log)
@@ -101,10 +102,10 @@ func newFSRig(t *testing.T) *fsRig {
 // unsynced sector, so that the tests can say exactly what survives.
 func (r *fsRig) start(t *testing.T) {
 	t.Helper()
-	c, err := r.tr.start("fs", r.log, fsBin, "fs", "--seed", "1", "--keep-prob", "0", r.dir, r.mnt)
+	c, err := r.tr.Start("fs", r.log, fsBin, "fs", "--seed", "1", "--keep-prob", "0", r.dir, r.mnt)
 	require.NoError(t, err)
-	r.tr.trackMount(r.mnt)
-	_, err = c.waitLine(fsReadyPrefix, 30*time.Second)
+	r.tr.TrackMount(r.mnt)
+	_, err = c.WaitLine(fsReadyPrefix, 30*time.Second)
 	require.NoError(t, err)
 	r.c = c
 }
@@ -112,20 +113,20 @@ func (r *fsRig) start(t *testing.T) {
 // stop stops the instance with SIGTERM; it must exit 0 and unmount.
 func (r *fsRig) stop(t *testing.T) string {
 	t.Helper()
-	r.c.signal(syscall.SIGTERM)
-	line, err := r.c.waitLine(fsStoppedPrefix, 30*time.Second)
+	r.c.Signal(syscall.SIGTERM)
+	line, err := r.c.WaitLine(fsStoppedPrefix, 30*time.Second)
 	require.NoError(t, err)
-	require.True(t, r.c.wait(30*time.Second), "the filesystem exits after SIGTERM")
-	require.Equal(t, 0, r.c.exitCode())
-	require.False(t, isMounted(r.mnt), "unmounted after SIGTERM")
+	require.True(t, r.c.Wait(30*time.Second), "the filesystem exits after SIGTERM")
+	require.Equal(t, 0, r.c.ExitCode())
+	require.False(t, crashtest.IsMounted(r.mnt), "unmounted after SIGTERM")
 	return line
 }
 
 // cut cuts the power and returns the sectors kept and dropped.
 func (r *fsRig) cut(t *testing.T) (kept, dropped int) {
 	t.Helper()
-	r.c.signal(syscall.SIGUSR1)
-	line, err := r.c.waitLine(fsCutPrefix, 30*time.Second)
+	r.c.Signal(syscall.SIGUSR1)
+	line, err := r.c.WaitLine(fsCutPrefix, 30*time.Second)
 	require.NoError(t, err)
 	var files int
 	_, err = fmt.Sscanf(strings.TrimPrefix(line, fsCutPrefix), "%d files, %d sectors kept, %d dropped", &files, &kept, &dropped)

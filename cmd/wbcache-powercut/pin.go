@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/wbcache/wbcache/crashtest"
 	"golang.org/x/sys/unix"
 )
 
@@ -25,7 +26,7 @@ import (
 var errDevTaken = errors.New("the device number is in use by another mount")
 
 type devPinner struct {
-	tr  *tracker
+	tr  *crashtest.Procs
 	dir string // placeholders are mounted under it
 	n   int
 }
@@ -47,7 +48,7 @@ func (d *devPinner) pin(want uint64) (release func(), err error) {
 			release()
 			return nil, err
 		}
-		d.tr.trackMount(p)
+		d.tr.TrackMount(p)
 		if err := unix.Mount("wbcache-powercut-pin", p, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=4k,nr_inodes=16"); err != nil {
 			os.Remove(p)
 			release()

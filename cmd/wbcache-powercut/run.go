@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -19,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/wbcache/wbcache/crashtest"
 	"golang.org/x/sys/unix"
 )
 
@@ -96,38 +96,12 @@ func (s sizeValue) String() string {
 }
 
 func (s sizeValue) Set(v string) error {
-	n, err := parseSize(v)
+	n, err := crashtest.ParseSize(v)
 	if err != nil {
 		return err
 	}
 	*s.n = n
 	return nil
-}
-
-func parseSize(v string) (int64, error) {
-	u := strings.ToUpper(strings.TrimSpace(v))
-	mult := int64(1)
-	u = strings.TrimSuffix(strings.TrimSuffix(u, "IB"), "B")
-	if u != "" {
-		switch u[len(u)-1] {
-		case 'K':
-			mult = 1 << 10
-		case 'M':
-			mult = 1 << 20
-		case 'G':
-			mult = 1 << 30
-		case 'T':
-			mult = 1 << 40
-		}
-		if mult > 1 {
-			u = u[:len(u)-1]
-		}
-	}
-	n, err := strconv.ParseInt(u, 10, 64)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("bad size %q: want a positive number with an optional K, M, G or T suffix", v)
-	}
-	return n * mult, nil
 }
 
 func parseRunFlags(args []string) (config, error) {
@@ -206,7 +180,7 @@ func parseRunFlags(args []string) (config, error) {
 // runner runs the rounds.
 type runner struct {
 	cfg  config
-	tr   *tracker
+	tr   *crashtest.Procs
 	pin  *devPinner
 	self string
 
@@ -215,8 +189,8 @@ type runner struct {
 
 	rng *rand.Rand
 	bk  *book
-	fs  *child // the power-cut filesystem, while it runs
-	wbc *child // the daemon, while it runs
+	fs  *crashtest.Child  // the power-cut filesystem, while it runs
+	wbc *crashtest.Daemon // the daemon, while it runs
 
 	failed     atomic.Bool
 	violations int64
@@ -255,7 +229,7 @@ func runMain(args []string) error {
 	if err != nil {
 		return err
 	}
-	r := &runner{cfg: cfg, tr: newTracker(), self: self, kinds: map[string]int64{}, badBlocks: map[int64]bool{},
+	r := &runner{cfg: cfg, tr: crashtest.NewProcs(), self: self, kinds: map[string]int64{}, badBlocks: map[int64]bool{},
 		rng: rand.New(rand.NewPCG(cfg.seed, 0x5eed))}
 	if err := os.MkdirAll(cfg.workParent, 0o755); err != nil {
 		return err
@@ -319,7 +293,7 @@ var finishOnce sync.Once
 // directory unless it is to be kept.
 func (r *runner) finish() {
 	finishOnce.Do(func() {
-		r.tr.cleanup(r.logf)
+		r.tr.Cleanup(r.logf)
 		if r.cfg.keep && r.failed.Load() {
 			r.logf("kept %s (images in dir/, logs in logs/; the cache is bound to the filesystem's device number %s)", r.work, devString(r.dev))
 			return
@@ -442,25 +416,25 @@ func (r *runner) startFS(round int, seed uint64) error {
 		if r.cfg.lying && round > 0 {
 			args = append(args, "--lying-fsync")
 		}
-		c, err := r.tr.start("fs", logPath, append(args, r.dir, r.fsmnt)...)
+		c, err := r.tr.Start("fs", logPath, append(args, r.dir, r.fsmnt)...)
 		if err != nil {
 			if release != nil {
 				release()
 			}
 			return err
 		}
-		r.tr.trackMount(r.fsmnt)
-		_, err = c.waitLine(fsReadyPrefix, 30*time.Second)
+		r.tr.TrackMount(r.fsmnt)
+		_, err = c.WaitLine(fsReadyPrefix, 30*time.Second)
 		if release != nil {
 			release()
 		}
 		if err != nil {
-			c.stop(10 * time.Second)
+			c.Stop(10 * time.Second)
 			return fmt.Errorf("%v (log %s)", err, logPath)
 		}
 		var st unix.Stat_t
 		if err := unix.Stat(r.fsmnt, &st); err != nil {
-			c.stop(10 * time.Second)
+			c.Stop(10 * time.Second)
 			return fmt.Errorf("stat %s: %w", r.fsmnt, err)
 		}
 		if r.dev == 0 {
@@ -471,8 +445,8 @@ func (r *runner) startFS(round int, seed uint64) error {
 			return nil
 		}
 		r.logf("the filesystem got device number %s instead of %s (another mount raced it); again", devString(st.Dev), devString(r.dev))
-		c.stop(30 * time.Second)
-		if err := r.tr.unmountFUSE(r.fsmnt); err != nil {
+		c.Stop(30 * time.Second)
+		if err := r.tr.UnmountFUSE(r.fsmnt); err != nil {
 			return err
 		}
 		if time.Now().After(deadline) {
@@ -489,18 +463,18 @@ func (r *runner) stopFS() error {
 	if c == nil {
 		return nil
 	}
-	c.signal(syscall.SIGTERM)
+	c.Signal(syscall.SIGTERM)
 	var errs []string
-	if !c.wait(60 * time.Second) {
-		errs = append(errs, fmt.Sprintf("the filesystem (pid %d) did not stop within 60s of SIGTERM; killed it", c.pid))
-		c.signal(syscall.SIGKILL)
-		c.wait(10 * time.Second)
-	} else if code := c.exitCode(); code != 0 {
+	if !c.Wait(60 * time.Second) {
+		errs = append(errs, fmt.Sprintf("the filesystem (pid %d) did not stop within 60s of SIGTERM; killed it", c.Pid))
+		c.Signal(syscall.SIGKILL)
+		c.Wait(10 * time.Second)
+	} else if code := c.ExitCode(); code != 0 {
 		errs = append(errs, fmt.Sprintf("the filesystem exited with status %d", code))
 	}
-	if isMounted(r.fsmnt) {
+	if crashtest.IsMounted(r.fsmnt) {
 		errs = append(errs, fmt.Sprintf("%s still mounted after the filesystem stopped", r.fsmnt))
-		if err := r.tr.unmountFUSE(r.fsmnt); err != nil {
+		if err := r.tr.UnmountFUSE(r.fsmnt); err != nil {
 			errs = append(errs, err.Error())
 		}
 	}
@@ -513,60 +487,28 @@ func (r *runner) stopFS() error {
 // startWbcache runs wbcache mount on the filesystem's files and waits for
 // its ready line.
 func (r *runner) startWbcache(round int) (time.Duration, error) {
-	logPath := filepath.Join(r.logs, fmt.Sprintf("wbcache-%d.log", round))
-	args := []string{r.cfg.wbcache, "mount", "--cache", r.fsCache(), "--backing", r.fsBacking()}
+	args := append([]string(nil), r.cfg.mountArgs...)
 	if r.cfg.fuseUring != "" {
-		args = append(args, "--fuse-uring", r.cfg.fuseUring)
+		args = append([]string{"--fuse-uring", r.cfg.fuseUring}, args...)
 	}
-	args = append(args, r.cfg.mountArgs...)
-	args = append(args, r.mnt)
-	t0 := time.Now()
-	c, err := r.tr.start("wbcache", logPath, args...)
+	d, err := r.tr.MountDaemon(crashtest.DaemonConfig{Bin: r.cfg.wbcache, Cache: r.fsCache(), Backing: r.fsBacking(),
+		Mnt: r.mnt, Log: filepath.Join(r.logs, fmt.Sprintf("wbcache-%d.log", round)), Args: args}, 2*time.Minute)
 	if err != nil {
 		return 0, err
 	}
-	r.tr.trackMount(r.mnt)
-	if _, err := c.waitLine("wbcache: serving ", 2*time.Minute); err != nil {
-		c.stop(30 * time.Second)
-		return 0, fmt.Errorf("wbcache mount: %v; log %s:\n%s", err, logPath, tail(logPath, 15))
-	}
-	r.wbc = c
-	return time.Since(t0), nil
+	r.wbc = d
+	return d.Ready, nil
 }
 
-func tail(path string, n int) string {
-	data, _ := os.ReadFile(path)
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return "  " + strings.Join(lines, "\n  ")
-}
-
-// status is `wbcache status MNT --json` (nil if it fails).
+// status is the daemon's `wbcache status --json` (nil if it fails).
 func (r *runner) status() map[string]any {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, r.cfg.wbcache, "status", r.mnt, "--json").Output()
-	if err != nil {
-		return nil
-	}
-	var m map[string]any
-	if json.Unmarshal(out, &m) != nil {
-		return nil
-	}
+	m, _ := r.wbc.Status()
 	return m
 }
 
 func num(m map[string]any, key string) float64 {
 	v, _ := m[key].(float64)
 	return v
-}
-
-// panicked reports whether a daemon log holds a Go panic.
-func panicked(logPath string) bool {
-	data, _ := os.ReadFile(logPath)
-	return strings.Contains(string(data), "panic:") || strings.Contains(string(data), "fatal error:")
 }
 
 // round is one start, check, write phase, kill and power cut.
@@ -594,7 +536,7 @@ func (r *runner) round(round int) error {
 	r.blocksW += ws.blocks
 	r.fsyncs += ws.fsyncs
 	if r.wbc != nil {
-		if ec := r.wbc.exitCode(); ec != -1 {
+		if ec := r.wbc.ExitCode(); ec != -1 {
 			r.fail("round %d: the daemon exited with status %d before the kill", round, ec)
 		}
 		r.wbc = nil
@@ -607,7 +549,7 @@ func (r *runner) round(round int) error {
 	if err := r.stopFS(); err != nil {
 		return err
 	}
-	if panicked(filepath.Join(r.logs, fmt.Sprintf("wbcache-%d.log", round))) {
+	if crashtest.Panicked(filepath.Join(r.logs, fmt.Sprintf("wbcache-%d.log", round))) {
 		r.fail("round %d: the daemon panicked (logs/wbcache-%d.log)", round, round)
 	}
 
@@ -633,19 +575,10 @@ func (r *runner) final(round int) error {
 
 	c := r.wbc
 	r.wbc = nil
-	c.signal(syscall.SIGTERM)
-	if !c.wait(2 * time.Minute) {
-		r.fail("final: wbcache did not stop within 2 minutes of SIGTERM:\n%s", stacks(c.pid))
-		c.signal(syscall.SIGKILL)
-		c.wait(15 * time.Second)
-	} else if code := c.exitCode(); code != 0 {
-		r.fail("final: wbcache exited with status %d after SIGTERM (logs/wbcache-%d.log):\n%s", code, round, tail(filepath.Join(r.logs, fmt.Sprintf("wbcache-%d.log", round)), 10))
+	if err := c.Stop(2 * time.Minute); err != nil {
+		r.fail("final: clean stop: %v", err)
 	}
-	if isMounted(r.mnt) {
-		r.fail("final: %s still mounted after wbcache stopped", r.mnt)
-		_ = r.tr.unmountFUSE(r.mnt)
-	}
-	if panicked(filepath.Join(r.logs, fmt.Sprintf("wbcache-%d.log", round))) {
+	if crashtest.Panicked(filepath.Join(r.logs, fmt.Sprintf("wbcache-%d.log", round))) {
 		r.fail("final: the daemon panicked (logs/wbcache-%d.log)", round)
 	}
 	out, err := r.runWbcache(filepath.Join(r.logs, "check.log"), 5*time.Minute, "check", "--cache", r.fsCache(), "--backing", r.fsBacking())
@@ -806,8 +739,8 @@ var (
 // cut asks the filesystem for the power cut and returns its report.
 func (r *runner) cut() (string, error) {
 	r.bk.beginCut()
-	r.fs.signal(syscall.SIGUSR1)
-	return r.fs.waitLine(fsCutPrefix, time.Minute)
+	r.fs.Signal(syscall.SIGUSR1)
+	return r.fs.WaitLine(fsCutPrefix, time.Minute)
 }
 
 // armedCut arms the filesystem's power cut at one of its next write or
@@ -815,16 +748,16 @@ func (r *runner) cut() (string, error) {
 // stop coming).
 func (r *runner) armedCut() (string, error) {
 	r.bk.beginCut()
-	r.fs.signal(syscall.SIGUSR2)
-	if _, err := r.fs.waitLine(fsArmedPrefix, time.Minute); err != nil {
+	r.fs.Signal(syscall.SIGUSR2)
+	if _, err := r.fs.WaitLine(fsArmedPrefix, time.Minute); err != nil {
 		return "", err
 	}
-	if line, err := r.fs.waitLine(fsCutPrefix, 5*time.Second); err == nil {
+	if line, err := r.fs.WaitLine(fsCutPrefix, 5*time.Second); err == nil {
 		return line, nil
 	}
 	r.logf("the armed power cut did not come within 5s; cutting now")
-	r.fs.signal(syscall.SIGUSR1)
-	return r.fs.waitLine(fsCutPrefix, time.Minute)
+	r.fs.Signal(syscall.SIGUSR1)
+	return r.fs.WaitLine(fsCutPrefix, time.Minute)
 }
 
 // writePhase runs the writers for runFor, then kills the daemon with
@@ -872,15 +805,9 @@ func (r *runner) writePhase(round int, runFor time.Duration, seeds []uint64, ord
 	case "armed":
 		cutLine, cutErr = r.armedCut()
 	}
-	c := r.wbc
-	c.signal(syscall.SIGKILL)
 	stop.Store(true)
-	if !c.wait(15 * time.Second) {
-		r.fail("round %d: wbcache (pid %d) still there 15s after SIGKILL; aborting its FUSE connection. Its threads:\n%s", round, c.pid, stacks(c.pid))
-		if err := r.tr.fuseAbort(r.mnt); err != nil {
-			r.logf("aborting %s: %v", r.mnt, err)
-		}
-		c.wait(30 * time.Second)
+	if err := r.wbc.Kill9(); err != nil {
+		r.fail("round %d: %v", round, err)
 	}
 	done := make(chan struct{})
 	go func() {
@@ -892,7 +819,7 @@ func (r *runner) writePhase(round int, runFor time.Duration, seeds []uint64, ord
 	case <-done:
 	case <-time.After(30 * time.Second):
 		r.fail("round %d: writers still blocked 30s after the kill; aborting the FUSE connection of %s", round, r.mnt)
-		_ = r.tr.fuseAbort(r.mnt)
+		_ = r.tr.FUSEAbort(r.mnt)
 		<-done
 	}
 	if order == "kill-first" {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"github.com/wbcache/wbcache/crashtest"
 	"golang.org/x/sys/unix"
 )
 
@@ -24,27 +25,27 @@ func sh(t *testing.T, name string, args ...string) string {
 	return strings.TrimSpace(string(out))
 }
 
-// attachLoop puts a loop device on file and detaches it at cleanup.
-func attachLoop(t *testing.T, file string) string {
+// testProcs is a registry of the loop devices and mounts a test makes,
+// undone at its end.
+func testProcs(t *testing.T) *crashtest.Procs {
+	p := crashtest.NewProcs()
+	t.Cleanup(func() { p.Cleanup(t.Logf) })
+	return p
+}
+
+// attachLoop puts a loop device on file (detached at cleanup).
+func attachLoop(t *testing.T, p *crashtest.Procs, file string) string {
 	t.Helper()
-	dev := sh(t, "losetup", "--find", "--show", "--direct-io=on", file)
-	t.Cleanup(func() {
-		if out, err := exec.Command("losetup", "-d", dev).CombinedOutput(); err != nil && !strings.Contains(string(out), "No such device") {
-			t.Logf("losetup -d %s: %v: %s", dev, err, out)
-		}
-	})
+	dev, err := p.AttachLoop(file)
+	require.NoError(t, err)
 	return dev
 }
 
-// mountFS mounts dev on dir and unmounts it at cleanup.
-func mountFS(t *testing.T, dev, dir string) {
+// mountFS mounts dev on dir (unmounted at cleanup).
+func mountFS(t *testing.T, p *crashtest.Procs, dev, dir string) {
 	t.Helper()
 	sh(t, "mount", dev, dir)
-	t.Cleanup(func() {
-		if isMounted(dir) {
-			_ = unix.Unmount(dir, 0)
-		}
-	})
+	p.TrackMount(dir)
 }
 
 // TestExt4: losetup + mkfs.ext4 + mount on MOUNTPOINT/disk, files written
@@ -58,12 +59,13 @@ func TestExt4(t *testing.T) {
 	}
 	r := newRig(t, 256<<20, 64<<20)
 	d := r.mount(t)
+	p := testProcs(t)
 	fsDir := filepath.Join(r.dir, "fs")
 	require.NoError(t, os.Mkdir(fsDir, 0o755))
 
-	loop := attachLoop(t, r.disk())
+	loop := attachLoop(t, p, r.disk())
 	sh(t, "mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", loop)
-	mountFS(t, loop, fsDir)
+	mountFS(t, p, loop, fsDir)
 
 	rng := rand.New(rand.NewPCG(11, 12))
 	sums := map[string][32]byte{}
@@ -92,16 +94,16 @@ func TestExt4(t *testing.T) {
 	require.Greater(t, s.Syncs, uint64(0))
 
 	require.NoError(t, unix.Unmount(fsDir, 0))
-	sh(t, "losetup", "-d", loop)
+	require.NoError(t, p.DetachLoop(loop))
 	require.Equal(t, 0, d.stop(t), "daemon stop with the loop device gone")
 	require.True(t, r.superblockClean(t))
 
 	// Restart the daemon, fsck, remount, compare.
 	d = r.mount(t)
-	loop = attachLoop(t, r.disk())
+	loop = attachLoop(t, p, r.disk())
 	out, err := exec.Command("fsck.ext4", "-n", "-f", loop).CombinedOutput()
 	require.NoError(t, err, "fsck.ext4 -n -f:\n%s", out)
-	mountFS(t, loop, fsDir)
+	mountFS(t, p, loop, fsDir)
 	for name, want := range sums {
 		got, err := os.ReadFile(name)
 		require.NoError(t, err)
@@ -111,16 +113,16 @@ func TestExt4(t *testing.T) {
 
 	// SIGTERM while the loop device still holds the disk open: the daemon
 	// detaches the mount lazily and waits for the loop device to go.
-	require.NoError(t, d.cmd.Process.Signal(syscall.SIGTERM))
+	d.Signal(syscall.SIGTERM)
 	require.Eventually(t, func() bool { return strings.Contains(d.stderr.String(), "the mount is busy") },
 		20*time.Second, 50*time.Millisecond, "no busy-mount message:\n%s", d.stderr.String())
 	require.False(t, d.exited(), "daemon exited with the loop device still attached:\n%s", d.stderr.String())
-	sh(t, "losetup", "-d", loop)
+	require.NoError(t, p.DetachLoop(loop))
 	select {
-	case <-d.done:
+	case <-d.Done():
 	case <-time.After(20 * time.Second):
 		t.Fatalf("daemon still running after losetup -d:\n%s", d.stderr.String())
 	}
-	require.Equal(t, 0, exitCode(d.err), d.stderr.String())
+	require.Equal(t, 0, d.ExitCode(), d.stderr.String())
 	require.True(t, r.superblockClean(t))
 }

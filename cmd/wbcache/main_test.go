@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -11,15 +10,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 	"github.com/wbcache/wbcache/blockcache"
+	"github.com/wbcache/wbcache/crashtest"
 	"github.com/wbcache/wbcache/device"
-	"golang.org/x/sys/unix"
 )
 
 // wbcacheBin is the command under test, built once by TestMain.
@@ -121,30 +119,20 @@ func newRig(t *testing.T, size, cacheSize int64) *rig {
 
 func (r *rig) disk() string { return filepath.Join(r.mnt, "disk") }
 
-// daemonProc is a running `wbcache mount`.
+// daemonProc is a running `wbcache mount`, on the crash tests' daemon
+// lifecycle (crashtest.Daemon).
 type daemonProc struct {
-	cmd    *exec.Cmd
-	stderr *syncBuffer
-	done   chan struct{}
-	err    error // after done
+	*crashtest.Daemon
+	stderr daemonLog
 	ready  string
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
+// daemonLog is the daemon's log file: its stderr, and its stdout lines.
+type daemonLog string
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+func (l daemonLog) String() string {
+	b, _ := os.ReadFile(string(l))
+	return string(b)
 }
 
 // startMount starts `wbcache mount` and returns once it printed its ready
@@ -152,50 +140,27 @@ func (s *syncBuffer) String() string {
 // (SIGTERM, then SIGKILL) and removes any mount it left.
 func (r *rig) startMount(t *testing.T, args ...string) (*daemonProc, *result) {
 	t.Helper()
-	full := append([]string{"mount", "--cache", r.cache, "--backing", r.backing, "--log-level", "debug"}, args...)
-	full = append(full, r.mnt)
-	cmd := exec.Command(wbcacheBin, full...)
-	stdout, err := cmd.StdoutPipe()
+	procs := crashtest.NewProcs()
+	logPath := filepath.Join(t.TempDir(), "daemon.log")
+	t.Cleanup(func() {
+		procs.Cleanup(t.Logf)
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", daemonLog(logPath))
+		}
+	})
+	cd, err := procs.StartDaemon(crashtest.DaemonConfig{Bin: wbcacheBin, Cache: r.cache, Backing: r.backing, Mnt: r.mnt,
+		Log: logPath, Args: append([]string{"--log-level", "debug"}, args...)})
 	require.NoError(t, err)
-	d := &daemonProc{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
-	cmd.Stderr = d.stderr
-	require.NoError(t, cmd.Start())
-	lines := make(chan string, 16)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-	}()
-	go func() {
-		d.err = cmd.Wait()
-		close(d.done)
-	}()
-	t.Cleanup(func() { d.cleanup(t, r.mnt) })
-	timeout := time.After(30 * time.Second)
-	var out []string
-	for {
-		select {
-		case l, ok := <-lines:
-			if !ok {
-				<-d.done
-				res := &result{stdout: strings.Join(out, "\n"), stderr: d.stderr.String(), code: exitCode(d.err)}
-				return nil, res
-			}
-			out = append(out, l)
-			if strings.HasPrefix(l, "wbcache: serving ") {
-				d.ready = l
-				go func() {
-					for range lines {
-					}
-				}()
-				return d, nil
-			}
-		case <-timeout:
-			t.Fatalf("wbcache mount not ready after 30s; stdout %q, stderr:\n%s", out, d.stderr.String())
-		}
+	d := &daemonProc{Daemon: cd, stderr: daemonLog(logPath)}
+	line, err := cd.WaitLine("wbcache: serving ", 30*time.Second)
+	if err == nil {
+		d.ready = line
+		return d, nil
 	}
+	if !cd.Wait(5 * time.Second) {
+		t.Fatalf("wbcache mount not ready after 30s: %v; log:\n%s", err, d.stderr)
+	}
+	return nil, &result{stdout: cd.Stdout(), stderr: d.stderr.String(), code: cd.ExitCode()}
 }
 
 // mount is startMount that requires success.
@@ -208,83 +173,26 @@ func (r *rig) mount(t *testing.T, args ...string) *daemonProc {
 	return d
 }
 
-func exitCode(err error) int {
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode()
-	}
-	if err != nil {
-		return -1
-	}
-	return 0
-}
-
 // stop sends SIGTERM and waits for the exit code.
 func (d *daemonProc) stop(t *testing.T) int {
 	t.Helper()
-	require.NoError(t, d.cmd.Process.Signal(syscall.SIGTERM))
-	select {
-	case <-d.done:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("wbcache mount did not exit 30s after SIGTERM; stderr:\n%s", d.stderr.String())
+	d.Signal(syscall.SIGTERM)
+	if !d.Wait(30 * time.Second) {
+		t.Fatalf("wbcache mount did not exit 30s after SIGTERM; log:\n%s", d.stderr)
 	}
-	return exitCode(d.err)
+	return d.ExitCode()
 }
 
 // kill9 kills the daemon with SIGKILL and waits for it.
 func (d *daemonProc) kill9(t *testing.T) {
 	t.Helper()
-	require.NoError(t, d.cmd.Process.Kill())
-	<-d.done
+	require.NoError(t, d.Kill9())
 }
 
-func (d *daemonProc) exited() bool {
-	select {
-	case <-d.done:
-		return true
-	default:
-		return false
-	}
-}
+func (d *daemonProc) exited() bool { return d.Exited() }
 
-// cleanup stops the daemon if it still runs and removes a mount left at mnt.
-func (d *daemonProc) cleanup(t *testing.T, mnt string) {
-	if !d.exited() {
-		_ = d.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-d.done:
-		case <-time.After(15 * time.Second):
-			t.Logf("daemon pid %d ignored SIGTERM; killing it", d.cmd.Process.Pid)
-			_ = d.cmd.Process.Kill()
-			<-d.done
-		}
-	}
-	// A dead or lingering mount: detach it.
-	for range 4 {
-		if !isMounted(mnt) {
-			break
-		}
-		_ = unix.Unmount(mnt, unix.MNT_DETACH)
-	}
-	if t.Failed() {
-		t.Logf("daemon stderr:\n%s", d.stderr.String())
-	}
-}
-
-// isMounted reports whether mnt is a mount point in /proc/self/mountinfo.
-func isMounted(mnt string) bool {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return false
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && f[4] == mnt {
-			return true
-		}
-	}
-	return false
-}
+// isMounted reports whether mnt is a mount point.
+func isMounted(mnt string) bool { return crashtest.IsMounted(mnt) }
 
 // status runs `wbcache status --json` and decodes it.
 func (r *rig) status(t *testing.T) Status {

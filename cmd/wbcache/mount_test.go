@@ -177,11 +177,11 @@ func TestExternalUmount(t *testing.T) {
 	writeDisk(t, r.disk(), []byte("hello"), 0)
 	require.NoError(t, unix.Unmount(r.mnt, 0))
 	select {
-	case <-d.done:
+	case <-d.Done():
 	case <-time.After(20 * time.Second):
 		t.Fatalf("daemon still running after umount; stderr:\n%s", d.stderr.String())
 	}
-	require.Equal(t, 0, exitCode(d.err), d.stderr.String())
+	require.Equal(t, 0, d.ExitCode(), d.stderr.String())
 	require.Contains(t, d.stderr.String(), "the mount went away")
 	require.True(t, r.superblockClean(t))
 }
@@ -290,7 +290,7 @@ func TestSecondMountRefused(t *testing.T) {
 	require.NoError(t, os.Mkdir(other, 0o755))
 	res := wantCode(t, 1, "mount", "--cache", r.cache, "--backing", r.backing, other)
 	require.Contains(t, res.stderr, "another wbcache is using "+r.cache)
-	require.Contains(t, res.stderr, fmt.Sprintf("pid %d", d.cmd.Process.Pid))
+	require.Contains(t, res.stderr, fmt.Sprintf("pid %d", d.Pid))
 	require.False(t, isMounted(other))
 
 	// Same mount point, another cache and backing.

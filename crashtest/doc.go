@@ -1,0 +1,32 @@
+// Package crashtest owns the one lifecycle of the processes, mounts and
+// loop devices that the crash tests of wbcache create, and the crash loops
+// themselves (in its tests).
+//
+// The library part (this package) starts a process and follows it
+// (Procs.Start, Child), starts the daemon `wbcache mount` and waits for its
+// ready line (Procs.StartDaemon, Daemon.WaitReady), kills it with SIGKILL
+// and reaps it, releasing a daemon that does not go away by aborting its
+// FUSE connection through /sys/fs/fuse/connections/N/abort (Daemon.Kill9),
+// stops it cleanly (Daemon.Stop: exit 0 and the mount gone), attaches and
+// detaches loop devices (Procs.AttachLoop) and builds the commands once
+// (Build). Everything is registered with a Procs and undone by
+// Procs.Cleanup, in order: processes by the PID we started (wbcache first:
+// it may serve from another process's files), then mounts in reverse
+// order, then loop devices. Nothing is ever killed by name.
+//
+// The tests are the crash loops of docs/design.md §4, run as root with
+// /dev/fuse (they skip loudly otherwise):
+//
+//   - TestKill9Loop: kill -9 of the daemon during fio writes, fio verify
+//     state after the restart, `wbcache check`, flush or detach and then
+//     the backing file verified alone (§2.1, §2.3, §2.4, §2.6);
+//   - TestExt4Loop: ext4 on a loop device over the disk, fsync'd files,
+//     kill -9, fsck.ext4 -n -f clean and every committed file intact;
+//   - TestPowerCutLoop: power cuts under the real daemon with
+//     `wbcache-powercut run` (§2.2, §2.3).
+//
+// Without flags each runs a short smoke run; -crash.n, -crash.seed,
+// -crash.variant, -crash.quick and the other -crash.* flags (flags_test.go)
+// make them long. scripts/crashtest.sh, crashtest-ext4.sh and powercut.sh
+// --real are thin wrappers around them.
+package crashtest
