@@ -62,11 +62,24 @@ func (c *Cache) recover() (recoveryResult, error) {
 	}
 	res.dropped = len(recs) - n + len(void)
 	res.records = n - len(void)
-	t := &c.mu.t
 	if f := traceRecovery.Load(); f != nil {
 		(*f)(c, recs, n)
 	}
-	for i, r := range recs[:n] {
+	c.applyReplay(recs[:n], void, &res)
+	if res.dropped > 0 {
+		c.log.Warn("recovery dropped journal records whose data never reached the cache device (they were never synced)", "dropped", res.dropped)
+	}
+	res.endLSN, res.endCount = endLSN, endCount
+	res.incarnation = max(maxInc, sb.CheckpointIncarnation) + 1
+	c.stats.replayed.Store(uint64(n))
+	return res, nil
+}
+
+// applyReplay applies recs, but for the void ones, to the slot table
+// loaded from the checkpoint, and rebuilds the free set and counts.
+func (c *Cache) applyReplay(recs []layout.Record, void map[int]bool, res *recoveryResult) {
+	t := &c.mu.t
+	for i, r := range recs {
 		if !void[i] {
 			applyRecord(t, r)
 		}
@@ -94,14 +107,7 @@ func (c *Cache) recover() (recoveryResult, error) {
 			t.valid++
 		}
 	}
-	if res.dropped > 0 {
-		c.log.Warn("recovery dropped journal records whose data never reached the cache device (they were never synced)", "dropped", res.dropped)
-	}
 	res.valid, res.dirty = t.valid, t.dirty
-	res.endLSN, res.endCount = endLSN, endCount
-	res.incarnation = max(maxInc, sb.CheckpointIncarnation) + 1
-	c.stats.replayed.Store(uint64(n))
-	return res, nil
 }
 
 // loadCheckpoint reads the slot map and dirty bitmap named by the
