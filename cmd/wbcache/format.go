@@ -24,7 +24,13 @@ of space when its filesystem fills up; format refuses, changing nothing,
 when that filesystem has too little free space.
 A device that already holds a wbcache cache is refused unless --force is
 given: --force discards the old cache, including dirty blocks that were
-never written back (run 'wbcache detach' first to keep them).
+never written back (run 'wbcache detach' first to keep them). So is one
+whose superblocks are gone but whose checkpoint remains: run 'wbcache
+rescue' first to write its dirty blocks back.
+
+The backing device's identity is recorded (a loop device by the file
+behind it) with its name, so that mount, check and detach refuse another
+device and say which one the cache was made for.
 
 An existing cache device that holds a filesystem (ext2/3/4, XFS, btrfs,
 FAT, NTFS, exFAT, squashfs, ISO 9660), a partition table (MBR, GPT), a
@@ -102,10 +108,14 @@ func runFormat(args []string, out io.Writer) error {
 	err = blockcache.Format(devs.ssd, devs.hdd, blockcache.FormatOptions{JournalBlocks: journalBlocks, Force: *force})
 	if err != nil {
 		switch {
+		case errors.Is(err, blockcache.ErrSuperblocksLost):
+			return fmt.Errorf("%s has lost its superblocks but still holds a wbcache cache's checkpoint and journal; refusing to overwrite it.\n"+
+				"  It may hold dirty blocks: write back every one that verifies with\n"+
+				"  'wbcache rescue --cache %s --backing BACKING' (see what it would do with --dry-run first).\n  (%v)", *cachePath, *cachePath, err)
 		case errors.Is(err, blockcache.ErrFormatted):
 			return fmt.Errorf("%s already holds a wbcache cache; refusing to overwrite it.\n"+
 				"  To keep its data, mount it, or write it back with 'wbcache detach --cache %s --backing BACKING'.\n"+
-				"  To discard it, run format again with --force.\n  (%v)", *cachePath, *cachePath, err)
+				"  Only once it is detached, or if its dirty blocks are not wanted, run format again with --force.\n  (%v)", *cachePath, *cachePath, err)
 		case errors.Is(err, blockcache.ErrBadBacking):
 			return fail(fmt.Errorf("backing device %s: %w", *backingPath, err))
 		case errors.Is(err, layout.ErrGeometry):
