@@ -83,9 +83,13 @@ func superblocksLost(ssd device.Device, err error) error {
 	if !ok || h.Kind != layout.MapPage || h.Index != 0 {
 		return err
 	}
-	return fmt.Errorf("%w (superblocks: %w; block 2 holds checkpoint page 0 of generation %d): it may hold dirty blocks. "+
+	reason := "neither superblock copy holds a superblock"
+	if !errors.Is(err, layout.ErrNotFormatted) {
+		reason = err.Error()
+	}
+	return fmt.Errorf("%w (%s; block 2 holds checkpoint page 0 of generation %d): it may hold dirty blocks. "+
 		"Write every block that can be verified back to the backing device with 'wbcache rescue --cache CACHE --backing BACKING' "+
-		"(try --dry-run first); do not format it before that", ErrSuperblocksLost, err, h.Generation)
+		"(try --dry-run first); do not format it before that", ErrSuperblocksLost, reason, h.Generation)
 }
 
 // degraded lists what redundancy sb's cache has lost (see the top of this

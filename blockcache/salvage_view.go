@@ -105,6 +105,9 @@ func combineCheckpoints(ssd device.Device, sb *layout.Superblock, rep *RescueRep
 		o.pages[g.MapPageOffset(0, uint64(i))] = page
 	}
 	rep.Checkpoint = fmt.Sprintf("the newest valid version of each page from either copy (generations %d to %d)", gens[0], gens[1])
+	if gens[0] == gens[1] {
+		rep.Checkpoint = fmt.Sprintf("the newest valid version of each page from either copy (all of generation %d)", gens[1])
+	}
 	if len(missing) > 0 {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("%d checkpoint pages are damaged in both copies (page numbers %s): "+
 			"the slots they cover are known only from the journal", len(missing), FormatLBAs(missing, 10)))
