@@ -48,11 +48,7 @@ type recoveryResult struct {
 func (c *Cache) recover() (recoveryResult, error) {
 	sb := &c.sb
 	var res recoveryResult
-	c.mu.t = newSlotTable(c.g.SlotCount)
-	if err := c.loadCheckpoint(); err != nil {
-		return res, err
-	}
-	recs, endLSN, endCount, maxInc, err := c.readJournal()
+	recs, endLSN, endCount, maxInc, err := c.loadState()
 	if err != nil {
 		return res, err
 	}
@@ -73,6 +69,16 @@ func (c *Cache) recover() (recoveryResult, error) {
 	res.incarnation = max(maxInc, sb.CheckpointIncarnation) + 1
 	c.stats.replayed.Store(uint64(n))
 	return res, nil
+}
+
+// loadState loads the checkpoint into a new slot table and reads the
+// journal after it (see readJournal for the results).
+func (c *Cache) loadState() ([]layout.Record, uint64, int, uint64, error) {
+	c.mu.t = newSlotTable(c.g.SlotCount)
+	if err := c.loadCheckpoint(); err != nil {
+		return nil, 0, 0, 0, err
+	}
+	return c.readJournal()
 }
 
 // applyReplay applies recs, but for the void ones, to the slot table

@@ -101,11 +101,7 @@ func Rescue(ssd, hdd device.Device, opts RescueOptions) (*RescueReport, error) {
 // rep.Unverifiable.
 func (c *Cache) rescueReplay(rep *RescueReport) (recoveryResult, error) {
 	var res recoveryResult
-	c.mu.t = newSlotTable(c.g.SlotCount)
-	if err := c.loadCheckpoint(); err != nil {
-		return res, err
-	}
-	recs, endLSN, _, _, err := c.readJournal()
+	recs, endLSN, _, _, err := c.loadState()
 	if err != nil {
 		return res, err
 	}

@@ -61,12 +61,9 @@ func runFormat(args []string, out io.Writer) error {
 	if f.given("cache-size") && (cacheSize.n <= 0 || cacheSize.n%layout.BlockSize != 0) {
 		return usagef("format", "--cache-size %d: want a positive multiple of 4K", cacheSize.n)
 	}
-	var journalBlocks uint64
-	if f.given("journal") {
-		if journal.n%layout.BlockSize != 0 || journal.n/layout.BlockSize < layout.MinJournalBlocks {
-			return usagef("format", "--journal %d: want a multiple of 4K of at least %dK", journal.n, layout.MinJournalBlocks*4)
-		}
-		journalBlocks = uint64(journal.n / layout.BlockSize)
+	journalBlocks, err := journalFlag("format", f, journal)
+	if err != nil {
+		return err
 	}
 
 	created := false
@@ -174,6 +171,18 @@ func refuseForeign(devs *devices, cachePath string) error {
 	return fmt.Errorf("%s holds %s: formatting it as a cache would destroy it.\n"+
 		"  Check that --cache and --backing are not swapped (--cache is the SSD side, --backing the disk whose data is kept),\n"+
 		"  or pass --force to overwrite it", cachePath, sig)
+}
+
+// journalFlag is the --journal option in blocks (0 when not given), or a
+// usage error of command cmd.
+func journalFlag(cmd string, f *cmdFlags, journal sizeFlag) (uint64, error) {
+	if !f.given("journal") {
+		return 0, nil
+	}
+	if journal.n%layout.BlockSize != 0 || journal.n/layout.BlockSize < layout.MinJournalBlocks {
+		return 0, usagef(cmd, "--journal %d: want a multiple of 4K of at least %dK", journal.n, layout.MinJournalBlocks*4)
+	}
+	return uint64(journal.n / layout.BlockSize), nil
 }
 
 // noSpaceAdvice follows a format refused for want of space.

@@ -7,7 +7,6 @@ import (
 
 	"github.com/wbcache/wbcache/blockcache"
 	"github.com/wbcache/wbcache/device"
-	"github.com/wbcache/wbcache/layout"
 )
 
 const rescueAbout = `
@@ -50,11 +49,8 @@ func runRescue(args []string, out io.Writer) error {
 		return usagef("rescue", "--cache and --backing are required")
 	}
 	opts := blockcache.RescueOptions{DryRun: *dryRun, UnverifiedBacking: *unverified}
-	if f.given("journal") {
-		if journal.n%layout.BlockSize != 0 || journal.n/layout.BlockSize < layout.MinJournalBlocks {
-			return usagef("rescue", "--journal %d: want a multiple of 4K of at least %dK", journal.n, layout.MinJournalBlocks*4)
-		}
-		opts.JournalBlocks = uint64(journal.n / layout.BlockSize)
+	if opts.JournalBlocks, err = journalFlag("rescue", f, journal); err != nil {
+		return err
 	}
 	ssd, hdd, err := openRescue(*cachePath, *backingPath, *dryRun)
 	if err != nil {
