@@ -83,14 +83,27 @@ func superblocksLost(ssd device.Device, err error) error {
 	if !ok || h.Kind != layout.MapPage || h.Index != 0 {
 		return err
 	}
-	reason := "neither superblock copy holds a superblock"
-	if !errors.Is(err, layout.ErrNotFormatted) {
-		reason = err.Error()
-	}
-	return fmt.Errorf("%w (%s; block 2 holds checkpoint page 0 of generation %d): it may hold dirty blocks. "+
-		"Write every block that can be verified back to the backing device with 'wbcache rescue --cache CACHE --backing BACKING' "+
-		"(try --dry-run first); do not format it before that", ErrSuperblocksLost, reason, h.Generation)
+	return &superblocksLostError{cause: err, gen: h.Generation}
 }
+
+// superblocksLostError is ErrSuperblocksLost, and what was wrong with the superblock
+// copies (cause).
+type superblocksLostError struct {
+	cause error
+	gen   uint64 // of the checkpoint page at block 2
+}
+
+func (e *superblocksLostError) Error() string {
+	reason := "neither superblock copy holds a superblock"
+	if !errors.Is(e.cause, layout.ErrNotFormatted) {
+		reason = e.cause.Error()
+	}
+	return fmt.Sprintf("%v (%s; block 2 holds checkpoint page 0 of generation %d): it may hold dirty blocks. "+
+		"Write every block that can be verified back to the backing device with 'wbcache rescue --cache CACHE --backing BACKING' "+
+		"(try --dry-run first); do not format it before that", ErrSuperblocksLost, reason, e.gen)
+}
+
+func (e *superblocksLostError) Unwrap() []error { return []error{ErrSuperblocksLost, e.cause} }
 
 // degraded lists what redundancy sb's cache has lost (see the top of this
 // file), given what was wrong with each superblock copy.
