@@ -280,30 +280,7 @@ func Open(ssd, hdd device.Device, opts Options) (*Cache, error) {
 	if opts.CheckpointInterval == 0 {
 		opts.CheckpointInterval = 30 * time.Second
 	}
-	sb, copyErrs, err := superblockCopies(ssd)
-	if err != nil {
-		if lost := superblocksLost(ssd, err); lost != err {
-			return nil, lost
-		}
-		if errors.Is(err, layout.ErrNotFormatted) {
-			return nil, fmt.Errorf("%w: if it is meant to be a cache, run 'wbcache format'", err)
-		}
-		return nil, err
-	}
-	if err := sb.Geometry.Validate(ssd.Size()); err != nil {
-		return nil, err
-	}
-	if err := checkBacking(hdd); err != nil {
-		return nil, err
-	}
-	note, err := matchBacking(&sb, hdd)
-	if err != nil {
-		return nil, err
-	}
-	if note != "" {
-		opts.Logger.Warn(note)
-	}
-	lost, err := degraded(ssd, &sb, copyErrs)
+	sb, lost, err := openSuperblock(ssd, hdd, opts.Logger)
 	if err != nil {
 		return nil, err
 	}
@@ -364,6 +341,37 @@ func Open(ssd, hdd device.Device, opts Options) (*Cache, error) {
 	go c.checkpointer()
 	go c.reclaimer()
 	return c, nil
+}
+
+// openSuperblock reads the superblock for Open and checks it against both
+// devices. It also returns what redundancy is degraded (see
+// redundancy.go), which Open's post-recovery checkpoint repairs.
+func openSuperblock(ssd, hdd device.Device, log *slog.Logger) (layout.Superblock, []string, error) {
+	sb, copyErrs, err := superblockCopies(ssd)
+	if err != nil {
+		if lost := superblocksLost(ssd, err); lost != err {
+			return sb, nil, lost
+		}
+		if errors.Is(err, layout.ErrNotFormatted) {
+			return sb, nil, fmt.Errorf("%w: if it is meant to be a cache, run 'wbcache format'", err)
+		}
+		return sb, nil, err
+	}
+	if err := sb.Geometry.Validate(ssd.Size()); err != nil {
+		return sb, nil, err
+	}
+	if err := checkBacking(hdd); err != nil {
+		return sb, nil, err
+	}
+	note, err := matchBacking(&sb, hdd)
+	if err != nil {
+		return sb, nil, err
+	}
+	if note != "" {
+		log.Warn(note)
+	}
+	lost, err := degraded(ssd, &sb, copyErrs)
+	return sb, lost, err
 }
 
 // JournalWrites says how journal records reach the cache device: "mmap"
