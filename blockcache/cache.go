@@ -186,6 +186,9 @@ func Format(ssd, hdd device.Device, opts FormatOptions) error {
 		if !errors.Is(err, layout.ErrNotFormatted) {
 			return fmt.Errorf("format: %w", err)
 		}
+		if err := superblocksLost(ssd, err); errors.Is(err, ErrSuperblocksLost) {
+			return fmt.Errorf("%w: %w", ErrFormatted, err)
+		}
 	}
 	if err := reserveCache(ssd, nil); err != nil {
 		return err
@@ -202,6 +205,8 @@ func Format(ssd, hdd device.Device, opts FormatOptions) error {
 		BackingSize:     uint64(hdd.Size()),
 		BackingIdentity: hdd.Identity(),
 		Settings:        opts.Settings,
+		// Checked before anything is written: a long one is cut.
+		BackingDescription: layout.TruncateDescription(device.Description(hdd)),
 	}
 	// An empty checkpoint in copy 0, generation 1.
 	sb.CheckpointGeneration = 1
@@ -229,6 +234,12 @@ func Format(ssd, hdd device.Device, opts FormatOptions) error {
 	if err := writeSuperblock(ssd, &sb); err != nil {
 		return fmt.Errorf("format: %w", err)
 	}
+	// And the same into copy 0, so that both copies are valid from the
+	// start (a copy that does not decode is degraded redundancy).
+	sb.Generation++
+	if err := writeSuperblock(ssd, &sb); err != nil {
+		return fmt.Errorf("format: %w", err)
+	}
 	return nil
 }
 
@@ -241,22 +252,8 @@ func checkBacking(hdd device.Device) error {
 
 // readSuperblock reads both copies and returns the valid newest one.
 func readSuperblock(ssd device.Device) (layout.Superblock, error) {
-	if ssd.Size() < 2*BlockSize {
-		return layout.Superblock{}, layout.ErrNotFormatted
-	}
-	buf := device.AlignedBuffer(2 * BlockSize)
-	if _, err := ssd.ReadAt(buf, 0); err != nil {
-		return layout.Superblock{}, fmt.Errorf("reading superblock: %w", err)
-	}
-	a, errA := layout.DecodeSuperblock(buf[:BlockSize])
-	b, errB := layout.DecodeSuperblock(buf[BlockSize:])
-	if errA == nil && a.Copy() != 0 {
-		errA = fmt.Errorf("superblock copy 0 holds generation %d: %w", a.Generation, layout.ErrCorrupt)
-	}
-	if errB == nil && b.Copy() != 1 {
-		errB = fmt.Errorf("superblock copy 1 holds generation %d: %w", b.Generation, layout.ErrCorrupt)
-	}
-	return layout.PickSuperblock(a, errA, b, errB)
+	sb, _, err := superblockCopies(ssd)
+	return sb, err
 }
 
 // writeSuperblock writes sb (its generation picks the copy) and syncs.
@@ -288,21 +285,9 @@ func Open(ssd, hdd device.Device, opts Options) (*Cache, error) {
 	if opts.CheckpointInterval == 0 {
 		opts.CheckpointInterval = 30 * time.Second
 	}
-	sb, err := readSuperblock(ssd)
+	sb, lost, err := openSuperblock(ssd, hdd, opts.Logger)
 	if err != nil {
 		return nil, err
-	}
-	if err := sb.Geometry.Validate(ssd.Size()); err != nil {
-		return nil, err
-	}
-	if err := checkBacking(hdd); err != nil {
-		return nil, err
-	}
-	if uint64(hdd.Size()) != sb.BackingSize {
-		return nil, fmt.Errorf("%w: the cache was formatted for a backing device of %d bytes, this one has %d", ErrWrongBacking, sb.BackingSize, hdd.Size())
-	}
-	if id := hdd.Identity(); id != sb.BackingIdentity {
-		return nil, fmt.Errorf("%w: backing identity %x, the cache was formatted with %x (a copied or different device)", ErrWrongBacking, id, sb.BackingIdentity)
 	}
 	// Before anything is written: a cache file with holes on a full
 	// filesystem would fail its first writes, or fault in the journal.
@@ -351,6 +336,9 @@ func Open(ssd, hdd device.Device, opts Options) (*Cache, error) {
 		c.j.close()
 		return nil, fmt.Errorf("writing the post-recovery checkpoint: %w", err)
 	}
+	for _, what := range lost {
+		c.log.Warn("degraded redundancy, repaired by the post-recovery checkpoint: " + what)
+	}
 	c.log.Info("cache opened", "slots", c.g.SlotCount, "valid", rec.valid, "dirty", rec.dirty,
 		"replayed_records", rec.records, "dropped_records", rec.dropped, "was_clean", sb.Clean(),
 		"recovery", time.Duration(c.stats.recoveryNanos.Load()))
@@ -358,6 +346,34 @@ func Open(ssd, hdd device.Device, opts Options) (*Cache, error) {
 	go c.checkpointer()
 	go c.reclaimer()
 	return c, nil
+}
+
+// openSuperblock reads the superblock for Open and checks it against both
+// devices. It also returns what redundancy is degraded (see
+// redundancy.go), which Open's post-recovery checkpoint repairs.
+func openSuperblock(ssd, hdd device.Device, log *slog.Logger) (layout.Superblock, []string, error) {
+	sb, copyErrs, err := superblockCopies(ssd)
+	if err != nil {
+		if lost := superblocksLost(ssd, err); lost != err {
+			return sb, nil, lost
+		}
+		return sb, nil, err
+	}
+	if err := sb.Geometry.Validate(ssd.Size()); err != nil {
+		return sb, nil, err
+	}
+	if err := checkBacking(hdd); err != nil {
+		return sb, nil, err
+	}
+	note, err := matchBacking(&sb, hdd)
+	if err != nil {
+		return sb, nil, err
+	}
+	if note != "" {
+		log.Warn(note)
+	}
+	lost, err := degraded(ssd, &sb, copyErrs)
+	return sb, lost, err
 }
 
 // JournalWrites says how journal records reach the cache device: "mmap"

@@ -32,7 +32,15 @@ type CheckReport struct {
 	// records before the damage, and the slot counts are not known.
 	JournalDamaged   bool
 	JournalDamageLSN uint64
-	Problems         []string
+	// NoSuperblock: neither superblock copy is valid; nothing else was
+	// checked (the Problems say whether Rescue may save blocks).
+	NoSuperblock bool
+	// Degraded: redundancy lost (a superblock or checkpoint copy bad)
+	// while the cache is otherwise usable; mount repairs it.
+	Degraded []string
+	// Notes: things to know that are not problems.
+	Notes    []string
+	Problems []string
 }
 
 // OK reports whether the check found no problem.
@@ -40,7 +48,9 @@ func (r *CheckReport) OK() bool { return len(r.Problems) == 0 }
 
 func (r *CheckReport) String() string {
 	var b strings.Builder
-	if r.JournalDamaged {
+	if r.NoSuperblock {
+		b.WriteString("cache: no valid superblock: nothing else is known about it\n")
+	} else if r.JournalDamaged {
 		fmt.Fprintf(&b, "cache %x: %d slots; last stop clean: %v\n", r.UUID, r.Slots, r.Clean)
 		fmt.Fprintf(&b, "journal: damaged at block %d, after %d valid records: recovery cannot go past it, so the cache cannot be opened\n", r.JournalDamageLSN, r.Replayed)
 	} else {
@@ -55,7 +65,16 @@ func (r *CheckReport) String() string {
 			fmt.Fprintf(&b, "lost dirty blocks: %s\n", FormatLBAs(r.Lost, 20))
 		}
 	}
-	if r.OK() {
+	for _, n := range r.Notes {
+		fmt.Fprintf(&b, "note: %s\n", n)
+	}
+	for _, d := range r.Degraded {
+		fmt.Fprintf(&b, "WARNING: degraded redundancy: %s\n", d)
+	}
+	switch {
+	case r.OK() && len(r.Degraded) > 0:
+		b.WriteString("consistent, but with degraded redundancy: the next mount repairs it\n")
+	case r.OK():
 		b.WriteString("consistent\n")
 	}
 	for _, p := range r.Problems {
@@ -71,10 +90,11 @@ func (r *CheckReport) String() string {
 // what it finds wrong goes into Problems.
 func Check(ssd, hdd device.Device) (*CheckReport, error) {
 	r := &CheckReport{}
-	sb, err := readSuperblock(ssd)
+	sb, copyErrs, err := superblockCopies(ssd)
 	if err != nil {
 		if errors.Is(err, layout.ErrNotFormatted) || errors.Is(err, layout.ErrCorrupt) || errors.Is(err, layout.ErrVersion) || errors.Is(err, layout.ErrGeometry) {
-			r.Problems = append(r.Problems, fmt.Sprintf("superblock: %v", err))
+			r.NoSuperblock = true
+			r.Problems = append(r.Problems, fmt.Sprintf("superblock: %v", superblocksLost(ssd, err)))
 			return r, nil
 		}
 		return nil, err
@@ -86,11 +106,15 @@ func Check(ssd, hdd device.Device) (*CheckReport, error) {
 	}
 	size := int64(sb.BackingSize)
 	if hdd != nil {
-		if hdd.Size() != size {
-			r.Problems = append(r.Problems, fmt.Sprintf("backing device has %d bytes, the cache was formatted for %d", hdd.Size(), size))
-		} else if hdd.Identity() != sb.BackingIdentity {
-			r.Problems = append(r.Problems, fmt.Sprintf("backing device identity %x differs from the formatted %x", hdd.Identity(), sb.BackingIdentity))
+		note, err := matchBacking(&sb, hdd)
+		if err != nil {
+			r.Problems = append(r.Problems, err.Error())
+		} else if note != "" {
+			r.Notes = append(r.Notes, note)
 		}
+	}
+	if r.Degraded, err = degraded(ssd, &sb, copyErrs); err != nil {
+		return nil, err
 	}
 	c := &Cache{
 		ssd: ssd, hdd: hdd, g: sb.Geometry, uuid: sb.UUID, sb: sb,

@@ -48,11 +48,7 @@ type recoveryResult struct {
 func (c *Cache) recover() (recoveryResult, error) {
 	sb := &c.sb
 	var res recoveryResult
-	c.mu.t = newSlotTable(c.g.SlotCount)
-	if err := c.loadCheckpoint(); err != nil {
-		return res, err
-	}
-	recs, endLSN, endCount, maxInc, err := c.readJournal()
+	recs, endLSN, endCount, maxInc, err := c.loadState()
 	if err != nil {
 		return res, err
 	}
@@ -62,11 +58,34 @@ func (c *Cache) recover() (recoveryResult, error) {
 	}
 	res.dropped = len(recs) - n + len(void)
 	res.records = n - len(void)
-	t := &c.mu.t
 	if f := traceRecovery.Load(); f != nil {
 		(*f)(c, recs, n)
 	}
-	for i, r := range recs[:n] {
+	c.applyReplay(recs[:n], void, &res)
+	if res.dropped > 0 {
+		c.log.Warn("recovery dropped journal records whose data never reached the cache device (they were never synced)", "dropped", res.dropped)
+	}
+	res.endLSN, res.endCount = endLSN, endCount
+	res.incarnation = max(maxInc, sb.CheckpointIncarnation) + 1
+	c.stats.replayed.Store(uint64(n))
+	return res, nil
+}
+
+// loadState loads the checkpoint into a new slot table and reads the
+// journal after it (see readJournal for the results).
+func (c *Cache) loadState() ([]layout.Record, uint64, int, uint64, error) {
+	c.mu.t = newSlotTable(c.g.SlotCount)
+	if err := c.loadCheckpoint(); err != nil {
+		return nil, 0, 0, 0, err
+	}
+	return c.readJournal()
+}
+
+// applyReplay applies recs, but for the void ones, to the slot table
+// loaded from the checkpoint, and rebuilds the free set and counts.
+func (c *Cache) applyReplay(recs []layout.Record, void map[int]bool, res *recoveryResult) {
+	t := &c.mu.t
+	for i, r := range recs {
 		if !void[i] {
 			applyRecord(t, r)
 		}
@@ -94,14 +113,7 @@ func (c *Cache) recover() (recoveryResult, error) {
 			t.valid++
 		}
 	}
-	if res.dropped > 0 {
-		c.log.Warn("recovery dropped journal records whose data never reached the cache device (they were never synced)", "dropped", res.dropped)
-	}
 	res.valid, res.dirty = t.valid, t.dirty
-	res.endLSN, res.endCount = endLSN, endCount
-	res.incarnation = max(maxInc, sb.CheckpointIncarnation) + 1
-	c.stats.replayed.Store(uint64(n))
-	return res, nil
 }
 
 // loadCheckpoint reads the slot map and dirty bitmap named by the

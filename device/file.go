@@ -65,10 +65,12 @@ var _ Device = (*File)(nil)
 //     from sysfs (/sys/dev/block/MAJ:MIN/wwid, device/serial, device/wwid or
 //     dm/uuid, whichever exists first; for a partition, the parent disk's
 //     identifier plus the partition number and start sector), falling back
-//     to "rdev" and the device number when sysfs has none, and finally the
-//     size. A disk with a serial keeps its identity across reboots and
-//     re-enumeration; a loop device (no serial) is only as stable as its
-//     device number.
+//     to what a stacked device stacks on (a loop device: the filesystem ID
+//     and inode of its backing file, its offset and size limit; a
+//     device-mapper device without a UUID: its name), then to "rdev" and
+//     the device number, and finally the size (see identity.go). A disk
+//     with a serial keeps its identity across reboots and re-enumeration;
+//     a loop device keeps it as long as it is attached to the same file.
 func Open(path string, opts Options) (*File, error) {
 	// Stat first so a directory, FIFO, ... gets a clear error rather than
 	// EISDIR from open or, for a FIFO opened read-only, a hang.

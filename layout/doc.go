@@ -41,7 +41,10 @@
 //	168     8 journal incarnation of the checkpoint
 //	176     8 flush epoch at the checkpoint
 //	184    64 settings (Settings: mode and destage policy, persisted across mounts)
-//	248  3848 zero
+//	248   256 backing description: the backing device in words (UTF-8, padded
+//	          with zero bytes; all zero when formatted by a wbcache before it
+//	          was recorded), for messages only: matching uses the identity
+//	504  3592 zero
 //
 // A superblock is valid when its magic, version and CRC check, and its
 // flags, checkpoint copy and settings hold only values defined here. Open reads

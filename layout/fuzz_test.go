@@ -43,7 +43,7 @@ func FuzzDecodeSuperblock(f *testing.F) {
 	}
 	for i, s := range sbs {
 		b := encodeSuperblock(s)
-		addMutations(f, b, 248) // everything past 248 is zero
+		addMutations(f, b, 504) // everything past 504 is zero
 		if i == 0 {
 			f.Add(b) // full length
 			f.Add(append(bytes.Clone(b), 1, 2, 3))
@@ -57,7 +57,7 @@ func FuzzDecodeSuperblock(f *testing.F) {
 			v := bytes.Clone(b)
 			le.PutUint32(v[edit.off:], edit.v)
 			resealSuperblock(v)
-			f.Add(v[:248])
+			f.Add(v[:504])
 		}
 	}
 	f.Add([]byte{})

@@ -118,6 +118,7 @@ func sampleSuperblock(t testing.TB) layout.Superblock {
 		CheckpointIncarnation: 0x3132333435363738,
 		FlushEpoch:            0x4142434445464748,
 		Settings:              sampleSettings(),
+		BackingDescription:    "/dev/loop7 (loop device on /srv/hdd.img)",
 	}
 }
 

@@ -4,10 +4,32 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
+	"unicode/utf8"
 )
 
 // FlagClean marks a superblock written by a clean shutdown.
 const FlagClean = 1 << 0
+
+// DescriptionSize is the room for the backing device's description in the
+// superblock, at byte descriptionOff.
+const (
+	DescriptionSize = 256
+	descriptionOff  = 248
+)
+
+// TruncateDescription cuts d to at most DescriptionSize bytes, at a
+// character boundary, as Encode stores it.
+func TruncateDescription(d string) string {
+	if len(d) <= DescriptionSize {
+		return d
+	}
+	cut := DescriptionSize
+	for cut > 0 && !utf8.RuneStart(d[cut]) {
+		cut--
+	}
+	return d[:cut]
+}
 
 // Superblock is the root of a cache device's metadata.
 type Superblock struct {
@@ -18,6 +40,11 @@ type Superblock struct {
 
 	BackingSize     uint64
 	BackingIdentity [16]byte
+	// BackingDescription names the backing device in words, as format saw
+	// it (its path and, for a loop device, the file behind it), for
+	// messages. Empty: formatted by a wbcache that did not record it.
+	// Encode truncates it to DescriptionSize bytes.
+	BackingDescription string
 
 	CheckpointCopy        uint32 // 0 or 1
 	CheckpointGeneration  uint64 // 0 = no checkpoint written yet
@@ -62,6 +89,7 @@ func (s *Superblock) Encode(b []byte) {
 	le.PutUint64(b[168:], s.CheckpointIncarnation)
 	le.PutUint64(b[176:], s.FlushEpoch)
 	s.Settings.encode(b[184 : 184+SettingsSize])
+	copy(b[descriptionOff:descriptionOff+DescriptionSize], TruncateDescription(s.BackingDescription))
 	le.PutUint32(b[12:], seededCRC([16]byte{}, b, 12))
 }
 
@@ -107,6 +135,7 @@ func DecodeSuperblock(b []byte) (Superblock, error) {
 	s.CheckpointIncarnation = le.Uint64(b[168:])
 	s.FlushEpoch = le.Uint64(b[176:])
 	s.Settings = decodeSettings(b[184 : 184+SettingsSize])
+	s.BackingDescription = strings.TrimRight(string(b[descriptionOff:descriptionOff+DescriptionSize]), "\x00")
 	if s.CheckpointCopy > 1 || s.Flags&^FlagClean != 0 {
 		return Superblock{}, fmt.Errorf("superblock fields out of range: %w", ErrCorrupt)
 	}

@@ -7,7 +7,9 @@ import (
 	"hash/crc32"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -40,6 +42,7 @@ func TestSuperblockRoundTrip(t *testing.T) {
 			CheckpointIncarnation: math.MaxUint64,
 			FlushEpoch:            math.MaxUint64,
 			Settings:              maxSettings,
+			BackingDescription:    strings.Repeat("é", layout.DescriptionSize/2),
 		},
 		"settings only": {
 			Generation: 1,
@@ -94,7 +97,8 @@ func TestSuperblockDocLayout(t *testing.T) {
 	assert.Equal(t, s.ReplayLSN, le.Uint64(b[160:]))
 	assert.Equal(t, s.CheckpointIncarnation, le.Uint64(b[168:]))
 	assert.Equal(t, s.FlushEpoch, le.Uint64(b[176:]))
-	assert.Equal(t, make([]byte, layout.BlockSize-248), b[248:], "tail must be zero")
+	assert.Equal(t, s.BackingDescription, strings.TrimRight(string(b[248:248+layout.DescriptionSize]), "\x00"))
+	assert.Equal(t, make([]byte, layout.BlockSize-504), b[504:], "tail must be zero")
 
 	// Settings live in the 64 bytes at 184 and nowhere else: changing only
 	// the settings changes only that window (and the CRC).
@@ -401,4 +405,22 @@ func TestDataCRC(t *testing.T) {
 	assert.Equal(t, uint32(0), layout.DataCRC(nil))
 	b := bytes.Repeat([]byte{0x42}, layout.BlockSize)
 	assert.Equal(t, crc32.Checksum(b, castagnoli), layout.DataCRC(b), "the data CRC is plain, unseeded CRC32C")
+}
+
+// An old superblock has zeros where the description goes: it decodes with
+// an empty description. A long one is cut at a character boundary.
+func TestSuperblockDescription(t *testing.T) {
+	s := sampleSuperblock(t)
+	s.BackingDescription = ""
+	got, err := layout.DecodeSuperblock(encodeSuperblock(s))
+	require.NoError(t, err)
+	assert.Empty(t, got.BackingDescription)
+
+	s.BackingDescription = "/dev/loop0 (loop device on /srv/" + strings.Repeat("ü", 200) + ".img)"
+	got, err = layout.DecodeSuperblock(encodeSuperblock(s))
+	require.NoError(t, err)
+	assert.LessOrEqual(t, len(got.BackingDescription), layout.DescriptionSize)
+	assert.True(t, strings.HasPrefix(s.BackingDescription, got.BackingDescription))
+	assert.True(t, utf8.ValidString(got.BackingDescription), "cut inside a character: %q", got.BackingDescription[len(got.BackingDescription)-4:])
+	assert.Equal(t, got.BackingDescription, layout.TruncateDescription(s.BackingDescription))
 }

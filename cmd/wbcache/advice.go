@@ -16,6 +16,9 @@ import (
 func openCacheError(cachePath string, err error) error {
 	var ve *layout.VersionError
 	switch {
+	case errors.Is(err, blockcache.ErrSuperblocksLost):
+		return fmt.Errorf("cache %s: %w.\n  Write every block that can be verified back to the backing device with\n"+
+			"  'wbcache rescue --cache %s --backing BACKING' (try --dry-run first); do not format it before that", cachePath, err, cachePath)
 	case errors.Is(err, layout.ErrNotFormatted):
 		return fmt.Errorf("%s: %w.\n  Format it first: wbcache format --cache %s --backing BACKING", cachePath, err, cachePath)
 	case errors.Is(err, blockcache.ErrWrongBacking):
@@ -37,12 +40,18 @@ func openCacheError(cachePath string, err error) error {
 // checkAdvice says what to do about the problems a check report lists
 // ("" when the report has no advice to go with them).
 func checkAdvice(rep *blockcache.CheckReport, cachePath string) string {
+	if rep.NoSuperblock {
+		return fmt.Sprintf("Write every block that can be verified back to the backing device with\n"+
+			"  'wbcache rescue --cache %s --backing BACKING' (try --dry-run first); do not format it before that", cachePath)
+	}
 	if !rep.JournalDamaged {
 		return ""
 	}
 	return fmt.Sprintf("'wbcache mount' and 'wbcache detach' refuse this cache, so none of its blocks are served.\n"+
+		"  'wbcache rescue --cache %[1]s --backing BACKING' writes back every block the checkpoint and the journal\n"+
+		"  before the damage name whose checksum verifies, and lists those it cannot save.\n"+
 		"  Restore the writes it lost from a backup, or give the cache up with\n"+
-		"  'wbcache format --force --cache %s --backing BACKING', which loses every dirty block it holds\n"+
+		"  'wbcache format --force --cache %[1]s --backing BACKING', which loses every dirty block it holds\n"+
 		"  (the backing device keeps the versions already written back)", cachePath)
 }
 

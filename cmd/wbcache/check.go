@@ -19,8 +19,19 @@ mount refuses such a cache rather than serve stale blocks. What was
 written since the last sync before a crash may be torn; that is not a
 problem, and recovery keeps everything before the tear.
 
-Exit status: 0 consistent, 3 problems found (listed), 1 the check could not
-run (e.g. a read error).`
+With --backing it also checks that the backing device is the one the
+cache was formatted for: by its identity (a loop device by the file
+behind it), naming both devices when they differ.
+
+Degraded redundancy is a warning, not a problem: one superblock copy, or
+the previous checkpoint copy that a torn superblock write falls back on,
+is damaged. The cache is usable; the next mount repairs it.
+
+A device whose superblocks are both gone but whose checkpoint remains is
+reported as such: 'wbcache rescue' can still write its blocks back.
+
+Exit status: 0 consistent, 3 problems found (listed), 4 consistent but
+with degraded redundancy, 1 the check could not run (e.g. a read error).`
 
 func runCheck(args []string, out io.Writer) error {
 	f := newFlags("check", "wbcache check --cache PATH [--backing PATH]", checkAbout, out)
@@ -57,6 +68,9 @@ func runCheck(args []string, out io.Writer) error {
 			err = fmt.Errorf("%w.\n  %s", err, advice)
 		}
 		return &codeError{code: exitProblems, err: err}
+	}
+	if len(rep.Degraded) > 0 {
+		return &codeError{code: exitDegraded, err: fmt.Errorf("%s is consistent, but its redundancy is degraded (%d warning(s)): mount it to repair", *cachePath, len(rep.Degraded))}
 	}
 	return nil
 }

@@ -101,13 +101,12 @@ func runDetach(args []string, out io.Writer) error {
 }
 
 // eraseSuperblocks zeroes both superblock copies, so the device no longer
-// opens as a cache.
+// opens as a cache, and the first checkpoint page (block 2), so it is not
+// taken for a cache that lost its superblocks (which mount and format
+// refuse, pointing to rescue).
 func eraseSuperblocks(ssd device.Device) error {
-	zero := device.AlignedBuffer(2 * layout.BlockSize)
-	if _, err := ssd.WriteAt(zero[:layout.BlockSize], layout.SuperblockOffset(0)); err != nil {
-		return err
-	}
-	if _, err := ssd.WriteAt(zero[layout.BlockSize:], layout.SuperblockOffset(1)); err != nil {
+	zero := device.AlignedBuffer(3 * layout.BlockSize)
+	if _, err := ssd.WriteAt(zero, 0); err != nil {
 		return err
 	}
 	return ssd.Sync()

@@ -24,7 +24,13 @@ of space when its filesystem fills up; format refuses, changing nothing,
 when that filesystem has too little free space.
 A device that already holds a wbcache cache is refused unless --force is
 given: --force discards the old cache, including dirty blocks that were
-never written back (run 'wbcache detach' first to keep them).
+never written back (run 'wbcache detach' first to keep them). So is one
+whose superblocks are gone but whose checkpoint remains: run 'wbcache
+rescue' first to write its dirty blocks back.
+
+The backing device's identity is recorded (a loop device by the file
+behind it) with its name, so that mount, check and detach refuse another
+device and say which one the cache was made for.
 
 An existing cache device that holds a filesystem (ext2/3/4, XFS, btrfs,
 FAT, NTFS, exFAT, squashfs, ISO 9660), a partition table (MBR, GPT), a
@@ -55,12 +61,9 @@ func runFormat(args []string, out io.Writer) error {
 	if f.given("cache-size") && (cacheSize.n <= 0 || cacheSize.n%layout.BlockSize != 0) {
 		return usagef("format", "--cache-size %d: want a positive multiple of 4K", cacheSize.n)
 	}
-	var journalBlocks uint64
-	if f.given("journal") {
-		if journal.n%layout.BlockSize != 0 || journal.n/layout.BlockSize < layout.MinJournalBlocks {
-			return usagef("format", "--journal %d: want a multiple of 4K of at least %dK", journal.n, layout.MinJournalBlocks*4)
-		}
-		journalBlocks = uint64(journal.n / layout.BlockSize)
+	journalBlocks, err := journalFlag("format", f, journal)
+	if err != nil {
+		return err
 	}
 
 	created := false
@@ -101,25 +104,20 @@ func runFormat(args []string, out io.Writer) error {
 	}
 	err = blockcache.Format(devs.ssd, devs.hdd, blockcache.FormatOptions{JournalBlocks: journalBlocks, Force: *force})
 	if err != nil {
-		switch {
-		case errors.Is(err, blockcache.ErrFormatted):
-			return fmt.Errorf("%s already holds a wbcache cache; refusing to overwrite it.\n"+
-				"  To keep its data, mount it, or write it back with 'wbcache detach --cache %s --backing BACKING'.\n"+
-				"  To discard it, run format again with --force.\n  (%v)", *cachePath, *cachePath, err)
-		case errors.Is(err, blockcache.ErrBadBacking):
-			return fail(fmt.Errorf("backing device %s: %w", *backingPath, err))
-		case errors.Is(err, layout.ErrGeometry):
-			return fail(fmt.Errorf("cache device %s: %w: give a larger cache or a smaller --journal", *cachePath, err))
-		case noSpace(err):
-			return fail(fmt.Errorf("cache device %s: %w.\n  %s", *cachePath, err, noSpaceAdvice))
-		}
-		return fail(fmt.Errorf("format: %w", err))
+		// A refusal never meets a file created here: it holds no cache.
+		return fail(formatError(*cachePath, *backingPath, err))
 	}
 	if err := devs.close(); err != nil {
 		return err
 	}
+	return printFormatted(out, *cachePath, *backingPath)
+}
+
+// printFormatted reads the new superblock back and prints what format
+// wrote.
+func printFormatted(out io.Writer, cachePath, backingPath string) error {
 	// Read the result back to print what was written.
-	ssd, err := device.Open(*cachePath, device.Options{ReadOnly: true})
+	ssd, err := device.Open(cachePath, device.Options{ReadOnly: true})
 	if err != nil {
 		return err
 	}
@@ -129,7 +127,7 @@ func runFormat(args []string, out io.Writer) error {
 		return fmt.Errorf("reading back the new superblock: %w", err)
 	}
 	g := sb.Geometry
-	fmt.Fprintf(out, "formatted %s as a cache for %s (%s)\n", *cachePath, *backingPath, formatSize(int64(sb.BackingSize)))
+	fmt.Fprintf(out, "formatted %s as a cache for %s (%s)\n", cachePath, backingPath, formatSize(int64(sb.BackingSize)))
 	fmt.Fprintf(out, "  slots:      %d of 4 KiB (cache data %s)\n", g.SlotCount, formatSize(int64(g.SlotCount)*layout.BlockSize))
 	fmt.Fprintf(out, "  journal:    %s (%d blocks)\n", formatSize(int64(g.JournalBlocks)*layout.BlockSize), g.JournalBlocks)
 	fmt.Fprintf(out, "  checkpoint: 2 copies of %s\n", formatSize(int64(g.CheckpointBlocks)*layout.BlockSize))
@@ -138,9 +136,30 @@ func runFormat(args []string, out io.Writer) error {
 		fmt.Fprintf(os.Stderr, "wbcache: warning: the cache data (%s) is larger than the backing device %s (%s): "+
 			"it never holds more than %s of distinct blocks;\n"+
 			"  the rest only serves as room for rewritten blocks until their old copies are freed\n",
-			formatSize(data), *backingPath, formatSize(int64(sb.BackingSize)), formatSize(int64(sb.BackingSize)))
+			formatSize(data), backingPath, formatSize(int64(sb.BackingSize)), formatSize(int64(sb.BackingSize)))
 	}
 	return nil
+}
+
+// formatError adds advice to a blockcache.Format error.
+func formatError(cachePath, backingPath string, err error) error {
+	switch {
+	case errors.Is(err, blockcache.ErrSuperblocksLost):
+		return fmt.Errorf("%s has lost its superblocks but still holds a wbcache cache's checkpoint and journal; refusing to overwrite it.\n"+
+			"  It may hold dirty blocks: write back every one that verifies with\n"+
+			"  'wbcache rescue --cache %s --backing BACKING' (see what it would do with --dry-run first).\n  (%v)", cachePath, cachePath, err)
+	case errors.Is(err, blockcache.ErrFormatted):
+		return fmt.Errorf("%s already holds a wbcache cache; refusing to overwrite it.\n"+
+			"  To keep its data, mount it, or write it back with 'wbcache detach --cache %s --backing BACKING'.\n"+
+			"  Only once it is detached, or if its dirty blocks are not wanted, run format again with --force.\n  (%v)", cachePath, cachePath, err)
+	case errors.Is(err, blockcache.ErrBadBacking):
+		return fmt.Errorf("backing device %s: %w", backingPath, err)
+	case errors.Is(err, layout.ErrGeometry):
+		return fmt.Errorf("cache device %s: %w: give a larger cache or a smaller --journal", cachePath, err)
+	case noSpace(err):
+		return fmt.Errorf("cache device %s: %w.\n  %s", cachePath, err, noSpaceAdvice)
+	}
+	return fmt.Errorf("format: %w", err)
 }
 
 // refuseForeign refuses a cache device that holds a filesystem, partition
@@ -164,6 +183,18 @@ func refuseForeign(devs *devices, cachePath string) error {
 	return fmt.Errorf("%s holds %s: formatting it as a cache would destroy it.\n"+
 		"  Check that --cache and --backing are not swapped (--cache is the SSD side, --backing the disk whose data is kept),\n"+
 		"  or pass --force to overwrite it", cachePath, sig)
+}
+
+// journalFlag is the --journal option in blocks (0 when not given), or a
+// usage error of command cmd.
+func journalFlag(cmd string, f *cmdFlags, journal sizeFlag) (uint64, error) {
+	if !f.given("journal") {
+		return 0, nil
+	}
+	if journal.n%layout.BlockSize != 0 || journal.n/layout.BlockSize < layout.MinJournalBlocks {
+		return 0, usagef(cmd, "--journal %d: want a multiple of 4K of at least %dK", journal.n, layout.MinJournalBlocks*4)
+	}
+	return uint64(journal.n / layout.BlockSize), nil
 }
 
 // noSpaceAdvice follows a format refused for want of space.

@@ -12,9 +12,11 @@
 //	set      change policy knobs of a mounted cache
 //	check    check an unmounted cache device offline
 //	detach   write every dirty block back offline and release the backing device
+//	rescue   write back every verifiable dirty block of a damaged cache
 //	demo     run a self-checking demonstration in a temporary directory
 //
-// Exit codes: 0 ok, 1 runtime error, 2 usage error, 3 check found problems.
+// Exit codes: 0 ok, 1 runtime error, 2 usage error, 3 check found problems
+// (rescue: blocks it could not save), 4 check found degraded redundancy only.
 package main
 
 import (
@@ -31,6 +33,7 @@ const (
 	exitError    = 1
 	exitUsage    = 2
 	exitProblems = 3
+	exitDegraded = 4
 )
 
 // command is one subcommand.
@@ -52,6 +55,7 @@ func init() {
 		{"set", "change policy settings of a mounted cache", runSet},
 		{"check", "check an unmounted cache offline", runCheck},
 		{"detach", "write back everything offline and release the backing device", runDetach},
+		{"rescue", "write back every verifiable dirty block of a damaged cache", runRescue},
 		{"demo", "run a self-checking demo (needs root and /dev/fuse)", runDemo},
 		{"help", "show help for wbcache or a subcommand", runHelp},
 	}
@@ -163,7 +167,8 @@ Typical use:
 
 Sizes take K, M, G or T suffixes (KiB units) or plain bytes; durations use
 Go syntax (30s, 2m, 1h30m).
-Exit codes: 0 ok, 1 runtime error, 2 usage error, 3 check found problems.
+Exit codes: 0 ok, 1 runtime error, 2 usage error, 3 check found problems,
+4 check found degraded redundancy (a superblock or checkpoint copy bad).
 Run 'wbcache COMMAND --help' for a command's options.
 `)
 }
