@@ -114,8 +114,8 @@ type Cache struct {
 	epoch  atomic.Uint32 // flush epoch: bumped by every Sync
 	failed atomic.Pointer[error]
 	closed atomic.Bool
-	// Foreground writes to the backing device, and how many of them the
-	// last backing sync covered.
+	// Foreground writes to the backing device (counted as each ends), and
+	// how many of them the last backing sync covered.
 	hddWritten, hddSynced atomic.Uint64
 	backingSyncErr        atomic.Pointer[error] // sticky: a backing sync failed
 	// Sequence number of the newest record that dropped a clean copy

@@ -349,8 +349,12 @@ func (c *Cache) writeBackingAt(lba uint64, blk []byte) error {
 			return err
 		}
 	}
+	_, err := c.hdd.WriteAt(blk, int64(lba)*BlockSize)
+	// Counted once it has ended (even failed: it may have changed some
+	// sectors), never before: a backing sync counts the writes it covers
+	// before it starts, and one still on its way is not covered.
 	c.hddWritten.Add(1)
-	if _, err := c.hdd.WriteAt(blk, int64(lba)*BlockSize); err != nil {
+	if err != nil {
 		c.stats.backingErrors.Add(1)
 		return fmt.Errorf("writing backing device at block %d: %w", lba, err)
 	}
