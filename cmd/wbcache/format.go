@@ -40,7 +40,7 @@ func runFormat(args []string, out io.Writer) error {
 	backingPath := f.String("backing", "", "backing device `PATH` (HDD file or block device)")
 	var cacheSize, journal sizeFlag
 	f.Var(&cacheSize, "cache-size", "create the cache file with this `SIZE` if it does not exist")
-	f.Var(&journal, "journal", "metadata journal `SIZE` (default: 1/256 of the cache, or 1/64 up to 8M when more; 1M to 128M)")
+	f.Var(&journal, "journal", journalUsage)
 	force := f.Bool("force", false, "overwrite an existing cache, filesystem or partition table on the cache device, losing its contents")
 	pos, err := f.parse(args)
 	if err != nil {
@@ -57,16 +57,18 @@ func runFormat(args []string, out io.Writer) error {
 	}
 	var journalBlocks uint64
 	if f.given("journal") {
-		if journal.n%layout.BlockSize != 0 || journal.n/layout.BlockSize < layout.MinJournalBlocks {
-			return usagef("format", "--journal %d: want a multiple of 4K of at least %dK", journal.n, layout.MinJournalBlocks*4)
+		if journalBlocks, err = checkJournal(journal.n); err != nil {
+			return err
 		}
-		journalBlocks = uint64(journal.n / layout.BlockSize)
 	}
 
 	created := false
 	if _, err := os.Stat(*cachePath); errors.Is(err, os.ErrNotExist) {
 		if !f.given("cache-size") {
 			return fmt.Errorf("cache device %s does not exist: give --cache-size to create it as a file", *cachePath)
+		}
+		if err := checkDataArea(cacheSize.n, journalBlocks, true); err != nil {
+			return fmt.Errorf("cache device %s: %w", *cachePath, err)
 		}
 		if err := device.CreateAllocated(*cachePath, cacheSize.n); err != nil {
 			if noSpace(err) {
@@ -94,6 +96,9 @@ func runFormat(args []string, out io.Writer) error {
 		return fmt.Errorf("cache device %s has %s (%d bytes), not the --cache-size %s given: drop --cache-size to use it as it is, or give its real size",
 			*cachePath, formatSize(devs.ssd.Size()), devs.ssd.Size(), formatSizeExact(cacheSize.n))
 	}
+	if err := checkDataArea(devs.ssd.Size(), journalBlocks, false); err != nil {
+		return fail(fmt.Errorf("cache device %s: %w", *cachePath, err))
+	}
 	if !*force && !created {
 		if err := refuseForeign(devs, *cachePath); err != nil {
 			return err
@@ -109,7 +114,7 @@ func runFormat(args []string, out io.Writer) error {
 		case errors.Is(err, blockcache.ErrBadBacking):
 			return fail(fmt.Errorf("backing device %s: %w", *backingPath, err))
 		case errors.Is(err, layout.ErrGeometry):
-			return fail(fmt.Errorf("cache device %s: %w: give a larger cache or a smaller --journal", *cachePath, err))
+			return fail(fmt.Errorf("cache device %s: %w", *cachePath, err))
 		case noSpace(err):
 			return fail(fmt.Errorf("cache device %s: %w.\n  %s", *cachePath, err, noSpaceAdvice))
 		}
@@ -134,6 +139,9 @@ func runFormat(args []string, out io.Writer) error {
 	fmt.Fprintf(out, "  journal:    %s (%d blocks)\n", formatSize(int64(g.JournalBlocks)*layout.BlockSize), g.JournalBlocks)
 	fmt.Fprintf(out, "  checkpoint: 2 copies of %s\n", formatSize(int64(g.CheckpointBlocks)*layout.BlockSize))
 	fmt.Fprintf(out, "  uuid:       %x\n", sb.UUID)
+	if space := allocation(*cachePath); space != "" {
+		fmt.Fprintf(out, "  space:      %s\n", space)
+	}
 	if data := int64(g.SlotCount) * layout.BlockSize; data > int64(sb.BackingSize) {
 		fmt.Fprintf(os.Stderr, "wbcache: warning: the cache data (%s) is larger than the backing device %s (%s): "+
 			"it never holds more than %s of distinct blocks;\n"+
@@ -164,6 +172,21 @@ func refuseForeign(devs *devices, cachePath string) error {
 	return fmt.Errorf("%s holds %s: formatting it as a cache would destroy it.\n"+
 		"  Check that --cache and --backing are not swapped (--cache is the SSD side, --backing the disk whose data is kept),\n"+
 		"  or pass --force to overwrite it", cachePath, sig)
+}
+
+// allocation says whether the cache file's blocks are allocated ("" for a
+// block device). format allocates them on purpose (device.File.Reserve):
+// a cache file must not meet a full filesystem in the middle of a write.
+func allocation(path string) string {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil || st.Mode&syscall.S_IFMT != syscall.S_IFREG {
+		return ""
+	}
+	if st.Blocks*512 >= st.Size {
+		return "allocated (fallocate): the cache never needs more space on its filesystem"
+	}
+	return fmt.Sprintf("sparse, %s not allocated: its filesystem cannot allocate ahead, so a write can fail with ENOSPC if it fills up",
+		formatSize(st.Size-st.Blocks*512))
 }
 
 // noSpaceAdvice follows a format refused for want of space.
