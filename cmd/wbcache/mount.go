@@ -115,7 +115,7 @@ func runMount(args []string, out io.Writer) error {
 	if err := d.stop(force); err != nil {
 		return err
 	}
-	log.Info("stopped cleanly")
+	log.Info(stoppedMessage(d.stopDirty))
 	return nil
 }
 
