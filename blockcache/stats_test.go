@@ -28,16 +28,21 @@ func (c *fakeClock) advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
+// clockedDevices formats a small cache device for hdd and returns open
+// options with a fake clock.
+func clockedDevices(t *testing.T, hdd device.Device) (*fakeClock, *device.Mem, device.Device, Options) {
+	t.Helper()
+	clk := &fakeClock{now: time.Unix(1_800_000_000, 0)}
+	ssd := device.NewMem(int64(2+2*2+32+64)*BlockSize, [16]byte{1})
+	require.NoError(t, Format(ssd, hdd, FormatOptions{JournalBlocks: 32}))
+	return clk, ssd, hdd, Options{Now: clk.Now, CheckpointInterval: -1, NoBackgroundBackingSync: true}
+}
+
 // TestOldestDirtyAgeSurvivesReopen: the age of the oldest dirty block
 // goes on counting across a close and an open (the superblock carries
 // when it became dirty), and the destager's ticks see it as that old.
 func TestOldestDirtyAgeSurvivesReopen(t *testing.T) {
-	clk := &fakeClock{now: time.Unix(1_800_000_000, 0)}
-	ssd := device.NewMem(int64(2+2*2+32+64)*BlockSize, [16]byte{1})
-	hdd := device.NewMem(256*BlockSize, [16]byte{2})
-	require.NoError(t, Format(ssd, hdd, FormatOptions{JournalBlocks: 32}))
-	opts := Options{Now: clk.Now, CheckpointInterval: -1, NoBackgroundBackingSync: true}
-
+	clk, ssd, hdd, opts := clockedDevices(t, device.NewMem(256*BlockSize, [16]byte{2}))
 	c, err := Open(ssd, hdd, opts)
 	require.NoError(t, err)
 	_, err = c.WriteAt(make([]byte, BlockSize), 0)
@@ -73,11 +78,7 @@ func TestOldestDirtyAgeSurvivesReopen(t *testing.T) {
 // TestOldestDirtyUnrecorded: a superblock without the time (written by an
 // earlier wbcache) gives an age counted from the open, flagged as such.
 func TestOldestDirtyUnrecorded(t *testing.T) {
-	clk := &fakeClock{now: time.Unix(1_800_000_000, 0)}
-	ssd := device.NewMem(int64(2+2*2+32+64)*BlockSize, [16]byte{1})
-	hdd := device.NewMem(256*BlockSize, [16]byte{2})
-	require.NoError(t, Format(ssd, hdd, FormatOptions{JournalBlocks: 32}))
-	opts := Options{Now: clk.Now, CheckpointInterval: -1, NoBackgroundBackingSync: true}
+	clk, ssd, hdd, opts := clockedDevices(t, device.NewMem(256*BlockSize, [16]byte{2}))
 	c, err := Open(ssd, hdd, opts)
 	require.NoError(t, err)
 	_, err = c.WriteAt(make([]byte, BlockSize), 0)
@@ -110,11 +111,8 @@ func TestOldestDirtyUnrecorded(t *testing.T) {
 // TestBackingSyncFailureInStats: a failed backing sync is sticky and shows
 // in Stats with its time until the cache is reopened.
 func TestBackingSyncFailureInStats(t *testing.T) {
-	clk := &fakeClock{now: time.Unix(1_800_000_000, 0)}
-	ssd := device.NewMem(int64(2+2*2+32+64)*BlockSize, [16]byte{1})
 	hdd := device.NewFaulty(device.NewMem(256*BlockSize, [16]byte{2}))
-	require.NoError(t, Format(ssd, hdd, FormatOptions{JournalBlocks: 32}))
-	opts := Options{Now: clk.Now, CheckpointInterval: -1, NoBackgroundBackingSync: true}
+	clk, ssd, _, opts := clockedDevices(t, hdd)
 	c, err := Open(ssd, hdd, opts)
 	require.NoError(t, err)
 	require.NoError(t, c.SetMode(ModeWritethrough))
