@@ -133,7 +133,6 @@ func startDaemon(cfg daemonConfig) (_ *daemon, err error) {
 
 	d.dest = flush.New(d.cache, flush.PolicyFromSettings(want), d.log)
 	d.dest.Start()
-	d.resumeDrain()
 
 	// Both servers are listening but answer only once the daemon fields
 	// they read are set.

@@ -62,23 +62,9 @@ func runFormat(args []string, out io.Writer) error {
 		}
 	}
 
-	created := false
-	if _, err := os.Stat(*cachePath); errors.Is(err, os.ErrNotExist) {
-		if !f.given("cache-size") {
-			return fmt.Errorf("cache device %s does not exist: give --cache-size to create it as a file", *cachePath)
-		}
-		if err := checkDataArea(cacheSize.n, journalBlocks, true); err != nil {
-			return fmt.Errorf("cache device %s: %w", *cachePath, err)
-		}
-		if err := device.CreateAllocated(*cachePath, cacheSize.n); err != nil {
-			if noSpace(err) {
-				return fmt.Errorf("creating cache file: no space left on the cache device: %w.\n  %s", err, noSpaceAdvice)
-			}
-			return fmt.Errorf("creating cache file: %w", err)
-		}
-		created = true
-	} else if err != nil {
-		return fmt.Errorf("cache device: %w", err)
+	created, err := createCacheFile(*cachePath, cacheSize.n, f.given("cache-size"), journalBlocks)
+	if err != nil {
+		return err
 	}
 	fail := func(err error) error {
 		if created {
@@ -123,8 +109,39 @@ func runFormat(args []string, out io.Writer) error {
 	if err := devs.close(); err != nil {
 		return err
 	}
+	return printFormatted(out, *cachePath, *backingPath)
+}
+
+// createCacheFile creates the cache file, allocated, if it does not exist
+// and --cache-size gave its size; it reports whether it did.
+func createCacheFile(path string, size int64, sizeGiven bool, journalBlocks uint64) (bool, error) {
+	_, err := os.Stat(path)
+	if err == nil {
+		return false, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return false, fmt.Errorf("cache device: %w", err)
+	}
+	if !sizeGiven {
+		return false, fmt.Errorf("cache device %s does not exist: give --cache-size to create it as a file", path)
+	}
+	if err := checkDataArea(size, journalBlocks, true); err != nil {
+		return false, fmt.Errorf("cache device %s: %w", path, err)
+	}
+	if err := device.CreateAllocated(path, size); err != nil {
+		if noSpace(err) {
+			return false, fmt.Errorf("creating cache file: no space left on the cache device: %w.\n  %s", err, noSpaceAdvice)
+		}
+		return false, fmt.Errorf("creating cache file: %w", err)
+	}
+	return true, nil
+}
+
+// printFormatted reads the new cache's superblock back and prints what was
+// written.
+func printFormatted(out io.Writer, cachePath, backingPath string) error {
 	// Read the result back to print what was written.
-	ssd, err := device.Open(*cachePath, device.Options{ReadOnly: true})
+	ssd, err := device.Open(cachePath, device.Options{ReadOnly: true})
 	if err != nil {
 		return err
 	}
@@ -134,19 +151,19 @@ func runFormat(args []string, out io.Writer) error {
 		return fmt.Errorf("reading back the new superblock: %w", err)
 	}
 	g := sb.Geometry
-	fmt.Fprintf(out, "formatted %s as a cache for %s (%s)\n", *cachePath, *backingPath, formatSize(int64(sb.BackingSize)))
+	fmt.Fprintf(out, "formatted %s as a cache for %s (%s)\n", cachePath, backingPath, formatSize(int64(sb.BackingSize)))
 	fmt.Fprintf(out, "  slots:      %d of 4 KiB (cache data %s)\n", g.SlotCount, formatSize(int64(g.SlotCount)*layout.BlockSize))
 	fmt.Fprintf(out, "  journal:    %s (%d blocks)\n", formatSize(int64(g.JournalBlocks)*layout.BlockSize), g.JournalBlocks)
 	fmt.Fprintf(out, "  checkpoint: 2 copies of %s\n", formatSize(int64(g.CheckpointBlocks)*layout.BlockSize))
 	fmt.Fprintf(out, "  uuid:       %x\n", sb.UUID)
-	if space := allocation(*cachePath); space != "" {
+	if space := allocation(cachePath); space != "" {
 		fmt.Fprintf(out, "  space:      %s\n", space)
 	}
 	if data := int64(g.SlotCount) * layout.BlockSize; data > int64(sb.BackingSize) {
 		fmt.Fprintf(os.Stderr, "wbcache: warning: the cache data (%s) is larger than the backing device %s (%s): "+
 			"it never holds more than %s of distinct blocks;\n"+
 			"  the rest only serves as room for rewritten blocks until their old copies are freed\n",
-			formatSize(data), *backingPath, formatSize(int64(sb.BackingSize)), formatSize(int64(sb.BackingSize)))
+			formatSize(data), backingPath, formatSize(int64(sb.BackingSize)), formatSize(int64(sb.BackingSize)))
 	}
 	return nil
 }
