@@ -305,6 +305,7 @@ func Open(ssd, hdd device.Device, opts Options) (*Cache, error) {
 		ckptReq: make(chan struct{}, 1), reclaimReq: make(chan struct{}, 1), pressure: make(chan struct{}, 1),
 		stop: make(chan struct{}),
 	}
+	c.carryDirtyAge(opts.Now())
 	c.ssdAligned = device.NeedsAlignment(ssd)
 	c.mu.freed = sync.NewCond(&c.mu.Mutex)
 	c.promoteAfter.Store(int32(opts.PromoteAfter))
@@ -464,5 +465,6 @@ func (c *Cache) Close() error {
 	return err
 }
 
-// tick is the age clock for dirty blocks: seconds since Open.
+// tick is the age clock for dirty blocks: seconds since c.start, which
+// Open sets back by the age of the blocks it finds dirty (carryDirtyAge).
 func (c *Cache) tick() uint32 { return uint32(c.opts.Now().Sub(c.start) / time.Second) }

@@ -2,6 +2,7 @@ package blockcache
 
 import (
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/wbcache/wbcache/device"
@@ -31,10 +32,11 @@ func (c *Cache) checkpoint(clean bool) error {
 	gen := sb.CheckpointGeneration + 1
 	const chunk = 64
 	buf := device.AlignedBuffer(chunk * BlockSize)
+	oldest := uint32(math.MaxUint32)
 	for first := uint64(0); first < c.g.CheckpointBlocks; first += chunk {
 		nb := min(chunk, c.g.CheckpointBlocks-first)
 		for k := uint64(0); k < nb; k++ {
-			c.encodePage(buf[k*BlockSize:(k+1)*BlockSize], first+k, gen)
+			oldest = min(oldest, c.encodePage(buf[k*BlockSize:(k+1)*BlockSize], first+k, gen))
 		}
 		if _, err := c.ssd.WriteAt(buf[:nb*BlockSize], c.g.MapPageOffset(cp, first)); err != nil {
 			c.stats.cacheErrors.Add(1)
@@ -50,6 +52,7 @@ func (c *Cache) checkpoint(clean bool) error {
 	sb.ReplayLSN = replay
 	sb.CheckpointIncarnation = c.j.inc
 	sb.FlushEpoch = uint64(c.epoch.Load())
+	sb.OldestDirty = c.oldestDirtyUnix(oldest)
 	sb.Flags = 0
 	if clean {
 		sb.Flags = layout.FlagClean
@@ -67,8 +70,10 @@ func (c *Cache) checkpoint(clean bool) error {
 }
 
 // encodePage fills checkpoint page i (slot map pages first, then bitmap
-// pages) from the live slot table.
-func (c *Cache) encodePage(page []byte, i, gen uint64) {
+// pages) from the live slot table. For a bitmap page it returns the
+// smallest age tick of the dirty blocks it marks (math.MaxUint32 for none,
+// and for map pages).
+func (c *Cache) encodePage(page []byte, i, gen uint64) uint32 {
 	clear(page)
 	c.mu.Lock()
 	t := &c.mu.t
@@ -82,18 +87,21 @@ func (c *Cache) encodePage(page []byte, i, gen uint64) {
 		}
 		c.mu.Unlock()
 		layout.SealPage(page, layout.MapPage, c.uuid, gen, uint32(i))
-		return
+		return math.MaxUint32
 	}
 	bi := i - c.g.MapPages
 	bits := layout.BitmapPayload(page)
 	base := bi * layout.BitsPerBitmapPage
+	oldest := uint32(math.MaxUint32)
 	for b := uint64(0); b < layout.BitsPerBitmapPage && base+b < c.g.SlotCount; b++ {
 		if t.flags[base+b]&(fValid|fDirty) == fValid|fDirty {
 			bits[b/8] |= 1 << (b % 8)
+			oldest = min(oldest, t.since[base+b])
 		}
 	}
 	c.mu.Unlock()
 	layout.SealPage(page, layout.BitmapPage, c.uuid, gen, uint32(bi))
+	return oldest
 }
 
 // Checkpoint writes a checkpoint now (bounding replay time).

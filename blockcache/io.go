@@ -631,7 +631,9 @@ func (c *Cache) syncBacking() error {
 		// are written again by the destager.
 		c.stats.backingErrors.Add(1)
 		err = fmt.Errorf("syncing backing device failed; data written around the cache since the last good sync may be lost: %w", err)
-		c.backingSyncErr.CompareAndSwap(nil, &err)
+		if c.backingSyncErr.CompareAndSwap(nil, &err) {
+			c.noteBackingSyncFailure(err)
+		}
 		return err
 	}
 	for {

@@ -47,7 +47,8 @@ func (c *Cache) reclaimer() {
 		if c.opts.NoBackgroundBackingSync {
 			continue
 		}
-		if err := c.syncBacking(); err != nil {
+		// A failed backing sync is sticky and logged once when it happens.
+		if err := c.syncBacking(); err != nil && c.backingSyncErr.Load() == nil {
 			c.log.Error("background sync of the backing device failed", "err", err)
 		}
 	}

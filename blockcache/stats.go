@@ -1,6 +1,7 @@
 package blockcache
 
 import (
+	"math"
 	"sync/atomic"
 	"time"
 )
@@ -16,6 +17,13 @@ type counters struct {
 	cacheErrors, backingErrors       atomic.Uint64
 	healed                           atomic.Uint64
 	recoveryNanos                    atomic.Int64
+	// backingSyncFailedAt is when Cache.backingSyncErr was set (UnixNano).
+	backingSyncFailedAt atomic.Int64
+	// ageCarried: Open found the time at which the blocks dirty before it
+	// became dirty (see carryDirtyAge); carry is by how much it set the
+	// age clock back.
+	ageCarried atomic.Bool
+	carry      atomic.Int64 // seconds
 }
 
 // Stats is a snapshot of the cache's state and counters.
@@ -28,7 +36,13 @@ type Stats struct {
 	Clean     int    `json:"slots_clean"`
 	Free      int    `json:"slots_free"`
 	// OldestDirtySeconds is the age of the oldest dirty block (0 if none).
+	// Blocks dirty since before the cache was opened count from when the
+	// oldest of them became dirty, as the last checkpoint recorded it.
 	OldestDirtySeconds float64 `json:"oldest_dirty_seconds"`
+	// OldestDirtySinceOpen: the oldest dirty block was dirty before the
+	// cache was opened, at a time no checkpoint recorded, so
+	// OldestDirtySeconds counts only from the open (a lower bound).
+	OldestDirtySinceOpen bool `json:"oldest_dirty_since_open,omitempty"`
 
 	Reads          uint64 `json:"reads"`
 	Writes         uint64 `json:"writes"`
@@ -66,6 +80,11 @@ type Stats struct {
 	Replayed      uint64  `json:"recovery_replayed_records"`
 	RecoverySecs  float64 `json:"recovery_seconds"`
 	Failed        string  `json:"failed,omitempty"`
+	// BackingSyncFailed is set once a sync of the backing device has
+	// failed; BackingSyncFailedAt says when (RFC 3339). Every later Sync
+	// fails with it until the cache is reopened: see BackingSyncFailure.
+	BackingSyncFailed   string `json:"backing_sync_failed,omitempty"`
+	BackingSyncFailedAt string `json:"backing_sync_failed_at,omitempty"`
 }
 
 // Stats returns a snapshot. It scans dirty slots for the oldest one, so it
@@ -86,6 +105,10 @@ func (c *Cache) Stats() Stats {
 	s.Clean = s.Used - s.Dirty
 	if s.Dirty > 0 {
 		s.OldestDirtySeconds = float64(now - oldest)
+		if oldest == 0 && !c.stats.ageCarried.Load() {
+			s.OldestDirtySeconds -= float64(c.stats.carry.Load())
+			s.OldestDirtySinceOpen = true
+		}
 	}
 	st := &c.stats
 	s.Reads, s.Writes, s.Syncs, s.Discards = st.reads.Load(), st.writes.Load(), st.syncs.Load(), st.discards.Load()
@@ -103,7 +126,69 @@ func (c *Cache) Stats() Stats {
 	if p := c.failed.Load(); p != nil {
 		s.Failed = (*p).Error()
 	}
+	if err, at := c.BackingSyncFailure(); err != nil {
+		s.BackingSyncFailed, s.BackingSyncFailedAt = err.Error(), at.UTC().Format(time.RFC3339)
+	}
 	return s
+}
+
+// BackingSyncFailure returns the error of the first failed sync of the
+// backing device and when it failed, or nil. It is sticky (fsyncgate):
+// data written to the backing device before it may have been dropped by
+// the device or the kernel while the sync reported the failure, and a
+// later sync that succeeds would not bring it back, so every later Sync
+// fails with it until the cache is reopened. Blocks still dirty in the
+// cache (write-through copies included) are written back anyway; what may
+// be lost is data written around the cache since the last good sync.
+func (c *Cache) BackingSyncFailure() (error, time.Time) {
+	p := c.backingSyncErr.Load()
+	if p == nil {
+		return nil, time.Time{}
+	}
+	return *p, time.Unix(0, c.stats.backingSyncFailedAt.Load())
+}
+
+// noteBackingSyncFailure records when the sticky backing sync error err
+// was set and says once in the log what it means.
+func (c *Cache) noteBackingSyncFailure(err error) {
+	c.stats.backingSyncFailedAt.Store(c.opts.Now().UnixNano())
+	c.log.Error("sync of the backing device failed: every later fsync fails until the daemon is restarted, "+
+		"since data written to the backing device before it may be lost; check the backing device, then restart", "err", err)
+}
+
+// maxCarry bounds how far Open sets the age clock back: a clock that was
+// far off when a checkpoint was written must not wrap the ticks.
+const maxCarry = 10 * 365 * 24 * time.Hour
+
+// carryDirtyAge sets the age clock (c.start) for an Open at now so that the
+// blocks found dirty, whose ticks are 0, are as old as the oldest block
+// dirty at the last checkpoint (c.sb.OldestDirty). It sets the clock back
+// at least a second, so that tick 0 means "dirty since before the open".
+// Without a recorded time (or one in the future) the age counts from the
+// open and Stats says so.
+func (c *Cache) carryDirtyAge(now time.Time) {
+	carry := time.Second
+	if t := int64(c.sb.OldestDirty); t > 0 && t <= now.Unix() {
+		carry = max(carry, min(now.Sub(time.Unix(t, 0)), maxCarry))
+		c.stats.ageCarried.Store(true)
+	}
+	carry = carry.Truncate(time.Second)
+	c.stats.carry.Store(int64(carry / time.Second))
+	c.start = now.Add(-carry)
+}
+
+// oldestDirtyUnix converts the smallest tick of the dirty blocks a
+// checkpoint wrote (math.MaxUint32 when none) to the superblock's
+// OldestDirty: Unix seconds, 0 for none or unknown.
+func (c *Cache) oldestDirtyUnix(oldest uint32) uint32 {
+	if oldest == math.MaxUint32 || (oldest == 0 && !c.stats.ageCarried.Load()) {
+		return 0
+	}
+	t := c.start.Add(time.Duration(oldest) * time.Second).Unix()
+	if t <= 0 || t > math.MaxUint32 {
+		return 0
+	}
+	return uint32(t)
 }
 
 // ForegroundOps counts reads and writes served so far; cheap enough to poll

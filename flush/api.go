@@ -22,8 +22,9 @@ type Progress struct {
 	Dirty          int     // dirty blocks now
 	DestagedBlocks uint64  // blocks written back since New
 	Runs           uint64  // runs written since New
-	BytesPerSec    float64 // destage rate over the last 10 s
+	BytesPerSec    float64 // destage rate over the last 10 s (a current rate, not an average)
 	Errors         uint64  // backing (and cache read) errors since New
+	BackingErrors  uint64  // the part of Errors from the backing device (writes and syncs)
 	LastError      string  // the last such error, "" if none yet
 	// Backoff is the current error back-off delay: non-zero while the last
 	// destage attempt failed and the destager waits to retry.
@@ -225,6 +226,7 @@ func (d *Destager) Stats() Progress {
 		DestagedBlocks: d.stats.blocks.Load(),
 		Runs:           d.stats.runs.Load(),
 		Errors:         d.stats.errors.Load(),
+		BackingErrors:  d.stats.backingErrors.Load(),
 	}
 	now := d.o.now()
 	d.stats.mu.Lock()

@@ -17,6 +17,7 @@ type run struct {
 	// Set by the worker before done is closed.
 	written bool
 	err     error
+	backing bool // err came from the backing device (else the cache device)
 }
 
 // batchResult is what runBatch reports to the scheduler.
@@ -52,7 +53,7 @@ func (l *loop) runBatch(pinned []blockcache.DirtyBlock, pol Policy) batchResult 
 	anyWritten := false
 	for _, r := range runs {
 		if r.err != nil {
-			l.d.stats.failed(r.err)
+			l.d.stats.failed(r.err, r.backing)
 			if res.err == nil {
 				res.err = r.err
 			}
@@ -63,7 +64,7 @@ func (l *loop) runBatch(pinned []blockcache.DirtyBlock, pol Policy) batchResult 
 	if anyWritten {
 		if err := l.c.Backing().Sync(); err != nil {
 			err = fmt.Errorf("syncing the backing device: %w", err)
-			l.d.stats.failed(err)
+			l.d.stats.failed(err, true)
 			if res.err == nil {
 				res.err = err
 			}
@@ -144,6 +145,7 @@ func (l *loop) worker() {
 			// Stopping: runs not yet on the disk stay dirty.
 		default:
 			r.err = l.writeRun(r.blocks, b, lost)
+			r.backing = r.err != nil
 			if r.err == nil {
 				r.written = true
 				if h := l.d.o.afterWrite; h != nil {

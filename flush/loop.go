@@ -58,8 +58,7 @@ type loop struct {
 	busySeen      bool
 	busy          bool
 	backoff       time.Duration
-	burst         int // errors in the current burst
-	burstStart    time.Time
+	outage        outage // failed attempts, for the log
 }
 
 func newLoop(d *Destager) *loop {
@@ -251,13 +250,9 @@ func pace(st state, n int, took time.Duration) time.Duration {
 }
 
 // failed handles a batch that had backing or cache read errors: count,
-// log once per burst, back off. It reports whether the loop must stop.
+// log (see outage), back off. It reports whether the loop must stop.
 func (l *loop) failed(err error) bool {
-	if l.burst == 0 {
-		l.burstStart = l.now()
-		l.d.log.Warn("destage failed: the blocks stay dirty; retrying with back-off", "err", err)
-	}
-	l.burst++
+	l.outage.failed(l.d.log, l.now(), err)
 	if l.backoff == 0 {
 		l.backoff = minBackoff
 	} else {
@@ -269,10 +264,7 @@ func (l *loop) failed(err error) bool {
 
 // succeeded ends an error burst after a clean batch.
 func (l *loop) succeeded() {
-	if l.burst > 0 {
-		l.d.log.Info("destage recovered", "failed_attempts", l.burst, "after", l.now().Sub(l.burstStart))
-		l.burst = 0
-	}
+	l.outage.succeeded(l.d.log, l.now())
 	if l.backoff != 0 {
 		l.backoff = 0
 		l.d.stats.setBackoff(0)

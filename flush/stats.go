@@ -10,6 +10,7 @@ import (
 // Destager (across Start/Stop).
 type counters struct {
 	blocks, runs, errors atomic.Uint64
+	backingErrors        atomic.Uint64 // the part of errors from the backing device
 
 	mu      sync.Mutex
 	lastErr error
@@ -25,8 +26,13 @@ func (s *counters) destaged(now time.Time, blocks int) {
 	s.mu.Unlock()
 }
 
-func (s *counters) failed(err error) {
+// failed counts a destage error; backing says whether the backing device
+// failed (a write or sync) rather than the cache device (a read).
+func (s *counters) failed(err error, backing bool) {
 	s.errors.Add(1)
+	if backing {
+		s.backingErrors.Add(1)
+	}
 	s.mu.Lock()
 	s.lastErr = err
 	s.mu.Unlock()

@@ -36,7 +36,10 @@
 //	104     8 data start block           112  8 cache device size in bytes
 //	120     8 backing size in bytes      128 16 backing identity
 //	144     4 current checkpoint copy (0 or 1)
-//	148     4 reserved (zero)
+//	148     4 oldest dirty time: Unix seconds at which the oldest block
+//	          dirty at this checkpoint became dirty; 0 = none dirty, or
+//	          not recorded (earlier wbcache versions kept these 4 bytes
+//	          reserved: they write zero here and ignore what is here)
 //	152     8 checkpoint generation      160  8 replay LSN (first journal block to replay)
 //	168     8 journal incarnation of the checkpoint
 //	176     8 flush epoch at the checkpoint

@@ -51,7 +51,11 @@ type Superblock struct {
 	ReplayLSN             uint64
 	CheckpointIncarnation uint64
 	FlushEpoch            uint64
-	Settings              Settings
+	// OldestDirty is when the oldest block dirty at this checkpoint
+	// became dirty, in Unix seconds; 0 when none was dirty or the time
+	// is not known. Blocks dirty at open count their age from it.
+	OldestDirty uint32
+	Settings    Settings
 }
 
 // Clean reports whether the superblock was written by a clean shutdown.
@@ -84,6 +88,7 @@ func (s *Superblock) Encode(b []byte) {
 	le.PutUint64(b[120:], s.BackingSize)
 	copy(b[128:144], s.BackingIdentity[:])
 	le.PutUint32(b[144:], s.CheckpointCopy)
+	le.PutUint32(b[148:], s.OldestDirty)
 	le.PutUint64(b[152:], s.CheckpointGeneration)
 	le.PutUint64(b[160:], s.ReplayLSN)
 	le.PutUint64(b[168:], s.CheckpointIncarnation)
@@ -130,6 +135,7 @@ func DecodeSuperblock(b []byte) (Superblock, error) {
 	s.BackingSize = le.Uint64(b[120:])
 	copy(s.BackingIdentity[:], b[128:144])
 	s.CheckpointCopy = le.Uint32(b[144:])
+	s.OldestDirty = le.Uint32(b[148:])
 	s.CheckpointGeneration = le.Uint64(b[152:])
 	s.ReplayLSN = le.Uint64(b[160:])
 	s.CheckpointIncarnation = le.Uint64(b[168:])

@@ -147,8 +147,7 @@ func newProgressPrinter(w io.Writer) *progressPrinter {
 }
 
 func (p *progressPrinter) show(l progressLine) {
-	text := fmt.Sprintf("writing back: %d dirty blocks (%s) left, %s written back, %s/s",
-		l.DirtyBlocks, formatSize(l.DirtyBytes), formatSize(int64(l.DestagedBytes)), formatSize(int64(l.Rate)))
+	text := progressText(l)
 	if p.tty {
 		fmt.Fprintf(p.w, "\r\033[K%s", text)
 		p.drawn = true

@@ -44,15 +44,19 @@ func socketName(mountpoint string) string {
 
 // progressLine is one line of a streaming control reply.
 type progressLine struct {
-	DirtyBlocks   int         `json:"dirty_blocks"`
-	DirtyBytes    int64       `json:"dirty_bytes"`
-	DestagedBytes uint64      `json:"destaged_bytes"` // since this request began
-	Rate          float64     `json:"rate_bytes_per_second"`
-	Elapsed       float64     `json:"elapsed_seconds"`
-	Message       string      `json:"message,omitempty"`
-	Settings      *policyView `json:"settings,omitempty"`
-	Done          bool        `json:"done,omitempty"`
-	Error         string      `json:"error,omitempty"`
+	DirtyBlocks   int     `json:"dirty_blocks"`
+	DirtyBytes    int64   `json:"dirty_bytes"`
+	DestagedBytes uint64  `json:"destaged_bytes"` // since this request began
+	Rate          float64 `json:"rate_bytes_per_second"`
+	Elapsed       float64 `json:"elapsed_seconds"`
+	// LastError is the last write-back error while write-back is failing
+	// (waiting to retry); BackingSyncFailed a sticky backing sync failure.
+	LastError         string      `json:"last_error,omitempty"`
+	BackingSyncFailed string      `json:"backing_sync_failed,omitempty"`
+	Message           string      `json:"message,omitempty"`
+	Settings          *policyView `json:"settings,omitempty"`
+	Done              bool        `json:"done,omitempty"`
+	Error             string      `json:"error,omitempty"`
 }
 
 type controlServer struct {
@@ -271,11 +275,13 @@ func (d *daemon) streamFlush(w http.ResponseWriter, r *http.Request, msg string)
 	line := func() progressLine {
 		p := d.dest.Stats()
 		dirty := d.cache.DirtyCount()
-		return progressLine{
+		l := progressLine{
 			DirtyBlocks: dirty, DirtyBytes: int64(dirty) * blockcache.BlockSize,
 			DestagedBytes: (p.DestagedBlocks - base) * blockcache.BlockSize,
 			Rate:          p.BytesPerSec, Elapsed: time.Since(start).Seconds(),
 		}
+		d.noteFaults(&l, p)
+		return l
 	}
 	send := func(l progressLine) {
 		_ = enc.Encode(l)

@@ -54,6 +54,9 @@ type daemon struct {
 	cancel context.CancelFunc
 
 	setMu sync.Mutex // serialises settings changes
+	drain drainState // a drain resumed at mount
+	// stopDirty is what stayed dirty in the cache when it was closed.
+	stopDirty int
 
 	mountGone chan struct{} // closed when the FUSE connection has ended
 	stopOnce  sync.Once
@@ -289,11 +292,13 @@ func (d *daemon) teardown(force <-chan struct{}) error {
 	if d.dest != nil {
 		d.dest.Stop()
 	}
+	d.drain.wait()
 	if d.cache != nil {
+		d.stopDirty = d.cache.DirtyCount()
 		if err := d.cache.Close(); err != nil && !errors.Is(err, blockcache.ErrClosed) {
 			errs = append(errs, fmt.Errorf("closing cache: %w", err))
 		} else {
-			d.log.Info("cache closed cleanly", "cache", d.cfg.cachePath)
+			d.log.Info("cache closed cleanly", "cache", d.cfg.cachePath, "dirty_blocks", d.stopDirty)
 		}
 	}
 	if d.devs != nil {

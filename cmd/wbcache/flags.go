@@ -20,6 +20,8 @@ type cmdFlags struct {
 	about    string // paragraphs after the option list
 	out      io.Writer
 	args     map[string]string // flag name -> argument placeholder, overriding UnquoteUsage
+	wrapped  bool              // the flags' values are optionValues
+	badValue error             // the last value an optionValue refused
 }
 
 func newFlags(name, synopsis, about string, out io.Writer) *cmdFlags {
@@ -36,7 +38,7 @@ func (f *cmdFlags) usage(w io.Writer) {
 	if has {
 		fmt.Fprintf(w, "\nOptions:\n")
 		f.VisitAll(func(fl *flag.Flag) {
-			name, use := flag.UnquoteUsage(fl)
+			name, use := flag.UnquoteUsage(unwrapped(fl))
 			if a, ok := f.args[fl.Name]; ok {
 				name = a
 			}
@@ -61,12 +63,20 @@ func (f *cmdFlags) usage(w io.Writer) {
 // usage to the command's output and returns flag.ErrHelp; a bad flag
 // returns a usageError.
 func (f *cmdFlags) parse(args []string) ([]string, error) {
+	f.wrapValues()
+	if err := f.checkOptions(args); err != nil {
+		return nil, &usageError{cmd: f.name, err: err}
+	}
 	var pos []string
 	for {
+		f.badValue = nil
 		err := f.Parse(args)
 		if errors.Is(err, flag.ErrHelp) {
 			f.usage(f.out)
 			return nil, flag.ErrHelp
+		}
+		if f.badValue != nil {
+			err = f.badValue
 		}
 		if err != nil {
 			return nil, &usageError{cmd: f.name, err: err}

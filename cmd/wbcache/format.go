@@ -46,7 +46,7 @@ func runFormat(args []string, out io.Writer) error {
 	backingPath := f.String("backing", "", "backing device `PATH` (HDD file or block device)")
 	var cacheSize, journal sizeFlag
 	f.Var(&cacheSize, "cache-size", "create the cache file with this `SIZE` if it does not exist")
-	f.Var(&journal, "journal", "metadata journal `SIZE` (default: 1/256 of the cache, or 1/64 up to 8M when more; 1M to 128M)")
+	f.Var(&journal, "journal", journalUsage)
 	force := f.Bool("force", false, "overwrite an existing cache, filesystem or partition table on the cache device, losing its contents")
 	pos, err := f.parse(args)
 	if err != nil {
@@ -66,20 +66,9 @@ func runFormat(args []string, out io.Writer) error {
 		return err
 	}
 
-	created := false
-	if _, err := os.Stat(*cachePath); errors.Is(err, os.ErrNotExist) {
-		if !f.given("cache-size") {
-			return fmt.Errorf("cache device %s does not exist: give --cache-size to create it as a file", *cachePath)
-		}
-		if err := device.CreateAllocated(*cachePath, cacheSize.n); err != nil {
-			if noSpace(err) {
-				return fmt.Errorf("creating cache file: no space left on the cache device: %w.\n  %s", err, noSpaceAdvice)
-			}
-			return fmt.Errorf("creating cache file: %w", err)
-		}
-		created = true
-	} else if err != nil {
-		return fmt.Errorf("cache device: %w", err)
+	created, err := createCacheFile(*cachePath, cacheSize.n, f.given("cache-size"), journalBlocks)
+	if err != nil {
+		return err
 	}
 	fail := func(err error) error {
 		if created {
@@ -97,6 +86,9 @@ func runFormat(args []string, out io.Writer) error {
 		return fmt.Errorf("cache device %s has %s (%d bytes), not the --cache-size %s given: drop --cache-size to use it as it is, or give its real size",
 			*cachePath, formatSize(devs.ssd.Size()), devs.ssd.Size(), formatSizeExact(cacheSize.n))
 	}
+	if err := checkDataArea(devs.ssd.Size(), journalBlocks, false); err != nil {
+		return fail(fmt.Errorf("cache device %s: %w", *cachePath, err))
+	}
 	if !*force && !created {
 		if err := refuseForeign(devs, *cachePath); err != nil {
 			return err
@@ -111,6 +103,31 @@ func runFormat(args []string, out io.Writer) error {
 		return err
 	}
 	return printFormatted(out, *cachePath, *backingPath)
+}
+
+// createCacheFile creates the cache file, allocated, if it does not exist
+// and --cache-size gave its size; it reports whether it did.
+func createCacheFile(path string, size int64, sizeGiven bool, journalBlocks uint64) (bool, error) {
+	_, err := os.Stat(path)
+	if err == nil {
+		return false, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return false, fmt.Errorf("cache device: %w", err)
+	}
+	if !sizeGiven {
+		return false, fmt.Errorf("cache device %s does not exist: give --cache-size to create it as a file", path)
+	}
+	if err := checkDataArea(size, journalBlocks, true); err != nil {
+		return false, fmt.Errorf("cache device %s: %w", path, err)
+	}
+	if err := device.CreateAllocated(path, size); err != nil {
+		if noSpace(err) {
+			return false, fmt.Errorf("creating cache file: no space left on the cache device: %w.\n  %s", err, noSpaceAdvice)
+		}
+		return false, fmt.Errorf("creating cache file: %w", err)
+	}
+	return true, nil
 }
 
 // printFormatted reads the new superblock back and prints what format
@@ -132,6 +149,9 @@ func printFormatted(out io.Writer, cachePath, backingPath string) error {
 	fmt.Fprintf(out, "  journal:    %s (%d blocks)\n", formatSize(int64(g.JournalBlocks)*layout.BlockSize), g.JournalBlocks)
 	fmt.Fprintf(out, "  checkpoint: 2 copies of %s\n", formatSize(int64(g.CheckpointBlocks)*layout.BlockSize))
 	fmt.Fprintf(out, "  uuid:       %x\n", sb.UUID)
+	if space := allocation(cachePath); space != "" {
+		fmt.Fprintf(out, "  space:      %s\n", space)
+	}
 	if data := int64(g.SlotCount) * layout.BlockSize; data > int64(sb.BackingSize) {
 		fmt.Fprintf(os.Stderr, "wbcache: warning: the cache data (%s) is larger than the backing device %s (%s): "+
 			"it never holds more than %s of distinct blocks;\n"+
@@ -191,10 +211,22 @@ func journalFlag(cmd string, f *cmdFlags, journal sizeFlag) (uint64, error) {
 	if !f.given("journal") {
 		return 0, nil
 	}
-	if journal.n%layout.BlockSize != 0 || journal.n/layout.BlockSize < layout.MinJournalBlocks {
-		return 0, usagef(cmd, "--journal %d: want a multiple of 4K of at least %dK", journal.n, layout.MinJournalBlocks*4)
+	return checkJournal(cmd, journal.n)
+}
+
+// allocation says whether the cache file's blocks are allocated ("" for a
+// block device). format allocates them on purpose (device.File.Reserve):
+// a cache file must not meet a full filesystem in the middle of a write.
+func allocation(path string) string {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil || st.Mode&syscall.S_IFMT != syscall.S_IFREG {
+		return ""
 	}
-	return uint64(journal.n / layout.BlockSize), nil
+	if st.Blocks*512 >= st.Size {
+		return "allocated (fallocate): the cache never needs more space on its filesystem"
+	}
+	return fmt.Sprintf("sparse, %s not allocated: its filesystem cannot allocate ahead, so a write can fail with ENOSPC if it fills up",
+		formatSize(st.Size-st.Blocks*512))
 }
 
 // noSpaceAdvice follows a format refused for want of space.

@@ -68,6 +68,13 @@ func (m *metricsServer) close() {
 	m.ln.Close() // in case Serve never ran
 }
 
+func b2i(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 // formatMetrics renders a status snapshot in the Prometheus text
 // exposition format (version 0.0.4).
 func formatMetrics(s *Status) []byte {
@@ -106,25 +113,30 @@ func formatMetrics(s *Status) []byte {
 	metric("wbcache_oldest_dirty_seconds", "gauge", "Age of the oldest dirty block (0 if none).", f(s.OldestDirtySeconds))
 	metric("wbcache_destaged_bytes_total", "counter", "Bytes written back to the backing device.", u(s.DestagedBytes))
 	metric("wbcache_destage_runs_total", "counter", "Coalesced write-back runs.", u(s.DestageRuns))
-	metric("wbcache_destage_rate_bytes_per_second", "gauge", "Recent write-back rate.", f(s.DestageRate))
-	metric("wbcache_destage_errors_total", "counter", "Write-back errors.", u(s.DestageErrors))
+	metric("wbcache_destage_rate_bytes_per_second", "gauge", "Write-back rate over the last 10 s.", f(s.DestageRate))
+	metric("wbcache_destage_errors_total", "counter", "Write-back errors (backing device and cache reads).", u(s.DestageErrors))
+	metric("wbcache_destage_backing_errors_total", "counter", "Write-back errors of the backing device (also in wbcache_errors_total).", u(s.DestageBackingErrors))
+	metric("wbcache_destage_failing", "gauge", "1 while the last write-back attempt failed and the destager waits to retry.", i(b2i(s.DestageFailing)))
+	metric("wbcache_draining", "gauge", "1 while the daemon writes back everything on its own (a drain resumed at mount).", i(b2i(s.Drain != "")))
 	metric("wbcache_journal_records_total", "counter", "Metadata journal records.", u(s.JournalRecords))
 	metric("wbcache_journal_commits_total", "counter", "Journal commits (cache device syncs).", u(s.JournalSyncs))
 	metric("wbcache_journal_blocks_written_total", "counter", "Journal blocks started (up to 127 records each).", u(s.JournalBlocks))
 	metric("wbcache_journal_used_blocks", "gauge", "Journal blocks in use.", u(s.JournalUsed))
 	metric("wbcache_journal_blocks", "gauge", "Journal size in blocks.", u(s.JournalSize))
 	metric("wbcache_checkpoints_total", "counter", "Checkpoints written.", u(s.Checkpoints))
-	metric("wbcache_errors_total", "counter", "I/O errors by device.",
+	metric("wbcache_errors_total", "counter", "I/O errors by device (backing: foreground and write-back).",
 		lbl("device", "cache", u(s.CacheErrors)), lbl("device", "backing", u(s.BackingErrors)))
 	metric("wbcache_healed_blocks_total", "counter", "Clean blocks whose cache slot failed its checksum, read from the backing device instead.", u(s.HealedBlocks))
 	metric("wbcache_lost_blocks", "gauge", "Dirty blocks whose cache slot fails its checksum: they read as errors until rewritten or discarded.", i(int64(s.LostBlocks)))
 	metric("wbcache_recovery_seconds", "gauge", "Time the last open spent recovering.", f(s.RecoverySecs))
 	metric("wbcache_recovery_replayed_records", "gauge", "Journal records replayed by the last open.", u(s.Replayed))
-	failed := int64(0)
-	if s.Failed != "" {
-		failed = 1
+	metric("wbcache_failed", "gauge", "1 if the cache device failed and the cache refuses I/O.", i(b2i(s.Failed != "")))
+	syncFailedAt := int64(0)
+	if t, err := time.Parse(time.RFC3339, s.BackingSyncFailedAt); err == nil && s.BackingSyncFailed != "" {
+		syncFailedAt = t.Unix()
 	}
-	metric("wbcache_failed", "gauge", "1 if the cache device failed and the cache refuses I/O.", i(failed))
+	metric("wbcache_backing_sync_failed", "gauge", "1 once a backing device sync failed: every fsync fails until restart.", i(b2i(s.BackingSyncFailed != "")))
+	metric("wbcache_backing_sync_failed_timestamp_seconds", "gauge", "When the backing device sync failed (Unix time; 0 if it has not).", i(syncFailedAt))
 	metric("wbcache_uptime_seconds", "gauge", "Seconds since the daemon started serving.", f(s.UptimeSeconds))
 	return b.Bytes()
 }

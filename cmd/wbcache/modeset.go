@@ -1,10 +1,15 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/url"
+	"sync"
+	"time"
 
+	"github.com/wbcache/wbcache/blockcache"
 	"github.com/wbcache/wbcache/layout"
 )
 
@@ -18,7 +23,8 @@ cache's superblock (a remount keeps it):
   none          pass-through: nothing new enters the cache
 
 Leaving writeback writes back every dirty block before returning, showing
-progress as 'wbcache flush' does.`
+progress as 'wbcache flush' does. The mode is saved before that drain: if
+the daemon stops or is killed during it, the next mount resumes it.`
 
 func runMode(args []string, out io.Writer) error {
 	f := newFlags("mode", "wbcache mode MOUNTPOINT MODE", modeAbout, out)
@@ -95,10 +101,75 @@ func changeSettings(cmd, mountpoint, path string, form url.Values, out io.Writer
 		fmt.Fprintln(out, final.Message)
 	}
 	if announced {
-		fmt.Fprintf(out, "written back %s in %.1fs; %d blocks dirty now\n", formatSize(int64(final.DestagedBytes)), final.Elapsed, final.DirtyBlocks)
+		fmt.Fprintf(out, "drained: %s\n", drainSummary(final))
 	}
 	if final.Settings != nil {
 		fmt.Fprintf(out, "in force: %s\n", final.Settings)
 	}
 	return nil
+}
+
+// drainState is a drain the daemon runs on its own: the one it resumes at
+// mount (resumeDrain). Its goroutine ends when the drain ends or the
+// daemon stops; wait waits for it.
+type drainState struct {
+	mu   sync.Mutex
+	why  string // "" when none runs
+	done sync.WaitGroup
+}
+
+func (s *drainState) reason() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.why
+}
+
+func (s *drainState) set(why string) {
+	s.mu.Lock()
+	s.why = why
+	s.mu.Unlock()
+}
+
+func (s *drainState) wait() { s.done.Wait() }
+
+// resumeDrain resumes a drain that a stop interrupted. A mode switch away
+// from writeback saves the new mode before it writes the dirty blocks
+// back, so a cache found at mount in another mode with dirty blocks was
+// stopped (or killed) in the middle of that drain, or before its last
+// write-through blocks were synced. Its blocks are written back now, flat
+// out, as the switch would have; status shows it under "drain".
+func (d *daemon) resumeDrain() {
+	mode, n := d.cache.Mode(), d.cache.DirtyCount()
+	if mode == blockcache.ModeWriteback || n == 0 {
+		return
+	}
+	dirty := formatSize(int64(n) * blockcache.BlockSize)
+	why := fmt.Sprintf("mode %s with %s dirty at mount (a drain interrupted by a stop, or write-through blocks not yet synced): writing them back", mode, dirty)
+	d.log.Warn(why, "dirty_blocks", n)
+	d.drain.set(why)
+	d.drain.done.Add(1)
+	go func() {
+		defer d.drain.done.Done()
+		defer d.drain.set("")
+		start := time.Now()
+		if err := d.dest.FlushAll(d.ctx, nil); err != nil {
+			level := slog.LevelWarn
+			if d.ctx.Err() != nil {
+				level = slog.LevelInfo // the daemon is stopping: the next mount resumes it
+			}
+			d.log.Log(context.Background(), level, "resumed drain ended early", "err", err, "dirty_blocks", d.cache.DirtyCount())
+			return
+		}
+		d.log.Info("resumed drain done: nothing dirty", "mode", mode, "written_back", dirty, "took", time.Since(start).Round(time.Millisecond))
+	}()
+}
+
+// stoppedMessage is the daemon's last log line after a clean stop that
+// left dirty blocks in the cache.
+func stoppedMessage(dirty int) string {
+	if dirty == 0 {
+		return "stopped cleanly: nothing dirty, the backing device holds every block"
+	}
+	return fmt.Sprintf("stopped cleanly: %s (%d blocks) still dirty, kept in the cache; "+
+		"it is written back after the next mount (or by 'wbcache detach' offline)", formatSize(int64(dirty)*blockcache.BlockSize), dirty)
 }

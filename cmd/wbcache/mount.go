@@ -100,6 +100,7 @@ func runMount(args []string, out io.Writer) error {
 	}
 	log.Info("serving", "disk", d.diskPath(), "control_socket", d.ctl.path, "gomaxprocs", runtime.GOMAXPROCS(0),
 		"fuse_transport", d.transport())
+	d.resumeDrain()
 
 	force := make(chan struct{})
 	select {
@@ -115,7 +116,7 @@ func runMount(args []string, out io.Writer) error {
 	if err := d.stop(force); err != nil {
 		return err
 	}
-	log.Info("stopped cleanly")
+	log.Info(stoppedMessage(d.stopDirty))
 	return nil
 }
 

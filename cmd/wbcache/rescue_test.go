@@ -117,7 +117,7 @@ func TestRescueMisuse(t *testing.T) {
 	res := wantCode(t, 2, "rescue", "--cache", r.cache)
 	require.Contains(t, res.stderr, "--cache and --backing are required")
 	res = wantCode(t, 2, "rescue", "--cache", r.cache, "--backing", r.backing, "--journal", "5K")
-	require.Contains(t, res.stderr, "--journal 5120: want a multiple of 4K of at least 64K")
+	require.Contains(t, res.stderr, "--journal 5K: want a multiple of 4K from 64K to 128M")
 	other := filepath.Join(r.dir, "other.img")
 	require.NoError(t, device.Create(other, 16<<20))
 	res = wantCode(t, 1, "rescue", "--cache", r.cache, "--backing", other)

@@ -32,10 +32,16 @@ type Status struct {
 	SlotSize   int   `json:"slot_size"`
 	DirtyBytes int64 `json:"dirty_bytes"`
 
-	DestagedBytes      uint64     `json:"destaged_bytes"`
-	DestageRate        float64    `json:"destage_rate_bytes_per_second"`
-	DestageErrors      uint64     `json:"destage_errors"`
-	DestageLastError   string     `json:"destage_last_error,omitempty"`
+	DestagedBytes        uint64  `json:"destaged_bytes"`
+	DestageRate          float64 `json:"destage_rate_bytes_per_second"` // over the last 10 s
+	DestageErrors        uint64  `json:"destage_errors"`
+	DestageBackingErrors uint64  `json:"destage_backing_errors"` // the part of destage_errors counted in backing_errors
+	DestageLastError     string  `json:"destage_last_error,omitempty"`
+	// DestageFailing: the last write-back attempt failed and the destager
+	// waits to retry.
+	DestageFailing bool `json:"destage_failing,omitempty"`
+	// Drain says why a drain started by the daemon itself runs, if one does.
+	Drain              string     `json:"drain,omitempty"`
 	HitRatio           float64    `json:"hit_ratio"`
 	JournalUsedPercent float64    `json:"journal_used_percent"`
 	Policy             policyView `json:"policy"`
@@ -59,9 +65,14 @@ func (d *daemon) status() Status {
 		DestageRate:      ds.BytesPerSec,
 		DestageErrors:    ds.Errors,
 		DestageLastError: ds.LastError,
+		DestageFailing:   ds.Backoff > 0,
+		Drain:            d.drain.reason(),
 		Policy:           makePolicyView(d.cache.Mode(), d.dest.Policy(), d.cache.Settings(), d.promote),
 		JournalWrites:    d.cache.JournalWrites(),
 	}
+	// Write-back errors on the backing device count as backing errors.
+	s.DestageBackingErrors = ds.BackingErrors
+	s.BackingErrors += ds.BackingErrors
 	if d.ctl != nil {
 		s.ControlSocket = d.ctl.path
 	}
@@ -91,10 +102,7 @@ func absOr(p string) string {
 func printStatus(w io.Writer, s *Status) {
 	pct := func(n int) string { return fmt.Sprintf("%d (%.1f%%)", n, percent(n, s.Slots)) }
 	fmt.Fprintf(w, "wbcache on %s (pid %d, up %s)\n", s.Mountpoint, s.PID, formatAge(s.UptimeSeconds))
-	if s.Failed != "" {
-		fmt.Fprintf(w, "  FAILED:     %s\n", s.Failed)
-		fmt.Fprintf(w, "              the cache refuses I/O; stop the daemon and mount again to recover\n")
-	}
+	printFaults(w, s)
 	fmt.Fprintf(w, "  disk:       %s, %s, mode %s\n", s.Disk, formatSize(s.SizeBytes), s.Mode)
 	fmt.Fprintf(w, "  cache:      %s (%d slots of 4 KiB = %s)\n", s.Cache, s.Slots, formatSize(int64(s.Slots)*blockcache.BlockSize))
 	fmt.Fprintf(w, "  backing:    %s\n", s.Backing)
@@ -102,26 +110,29 @@ func printStatus(w io.Writer, s *Status) {
 		fmt.Fprintf(w, "  fuse:       requests through %s\n", s.FuseTransport)
 	}
 	fmt.Fprintf(w, "  slots:      used %s: dirty %s, clean %s; free %s\n", pct(s.Used), pct(s.Dirty), pct(s.Clean), pct(s.Free))
-	oldest := "none"
-	if s.Dirty > 0 {
-		oldest = formatAge(s.OldestDirtySeconds) + " old"
+	fmt.Fprintf(w, "  dirty:      %s not yet on the backing device; oldest %s\n", formatSize(s.DirtyBytes), oldestDirty(s))
+	if s.Drain != "" {
+		fmt.Fprintf(w, "  drain:      %s\n", s.Drain)
 	}
-	fmt.Fprintf(w, "  dirty:      %s not yet on the backing device; oldest %s\n", formatSize(s.DirtyBytes), oldest)
 	fmt.Fprintf(w, "  reads:      %d (%s), hits %d, misses %d, hit ratio %.1f%%, promoted %d\n",
 		s.Reads, formatSize(int64(s.ReadBytes)), s.ReadHits, s.ReadMisses, 100*s.HitRatio, s.Promotions)
 	fmt.Fprintf(w, "  writes:     %d (%s), in place %d, bypassed %d, syncs %d, discards %d\n",
 		s.Writes, formatSize(int64(s.WriteBytes)), s.WritesInPlace, s.Bypassed, s.Syncs, s.Discards)
-	fmt.Fprintf(w, "  destage:    %s in %d runs, now %s/s, errors %d\n",
+	fmt.Fprintf(w, "  destage:    %s in %d runs, now %s/s (last 10 s), errors %d\n",
 		formatSize(int64(s.DestagedBytes)), s.DestageRuns, formatSize(int64(s.DestageRate)), s.DestageErrors)
-	if s.DestageLastError != "" {
-		fmt.Fprintf(w, "              last error: %s\n", s.DestageLastError)
+	switch {
+	case s.DestageFailing:
+		fmt.Fprintf(w, "              FAILING, retrying with back-off: %s\n", s.DestageLastError)
+	case s.DestageLastError != "":
+		fmt.Fprintf(w, "              last error (since recovered): %s\n", s.DestageLastError)
 	}
 	fmt.Fprintf(w, "  journal:    %d of %d blocks in use (%.1f%%), %d records, %d commits; %d checkpoints\n",
 		s.JournalUsed, s.JournalSize, s.JournalUsedPercent, s.JournalRecords, s.JournalSyncs, s.Checkpoints)
 	if s.JournalWrites == "pwrite" {
 		fmt.Fprintf(w, "              records written with pwrite: the cache file cannot be mapped\n")
 	}
-	fmt.Fprintf(w, "  errors:     cache device %d, backing device %d; clean blocks healed %d\n", s.CacheErrors, s.BackingErrors, s.HealedBlocks)
+	fmt.Fprintf(w, "  errors:     cache device %d, backing device %d (%d in write-back); clean blocks healed %d\n",
+		s.CacheErrors, s.BackingErrors, s.DestageBackingErrors, s.HealedBlocks)
 	if s.LostBlocks > 0 {
 		fmt.Fprintf(w, "  LOST:       %d dirty blocks fail their checksum and read as errors (see the log; rewrite or discard them)\n", s.LostBlocks)
 	}
@@ -130,6 +141,31 @@ func printStatus(w io.Writer, s *Status) {
 	if s.ControlSocket != "" {
 		fmt.Fprintf(w, "  control:    %s\n", s.ControlSocket)
 	}
+}
+
+// printFaults writes the failures that need the operator first.
+func printFaults(w io.Writer, s *Status) {
+	if s.Failed != "" {
+		fmt.Fprintf(w, "  FAILED:     %s\n", s.Failed)
+		fmt.Fprintf(w, "              the cache refuses I/O; stop the daemon and mount again to recover\n")
+	}
+	if s.BackingSyncFailed != "" {
+		fmt.Fprintf(w, "  BACKING SYNC FAILED at %s: %s\n", s.BackingSyncFailedAt, s.BackingSyncFailed)
+		fmt.Fprintf(w, "              every fsync on the disk fails until the daemon is restarted (fsyncgate);\n")
+		fmt.Fprintf(w, "              write-back and flush go on but do not clear it. Check the backing device,\n")
+		fmt.Fprintf(w, "              then stop the daemon and mount again\n")
+	}
+}
+
+// oldestDirty describes the age of the oldest dirty block.
+func oldestDirty(s *Status) string {
+	switch {
+	case s.Dirty == 0:
+		return "none"
+	case s.OldestDirtySinceOpen:
+		return "at least " + formatAge(s.OldestDirtySeconds) + " old (dirty since before this mount, at a time not recorded)"
+	}
+	return formatAge(s.OldestDirtySeconds) + " old"
 }
 
 const statusAbout = `

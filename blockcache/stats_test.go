@@ -1,0 +1,144 @@
+package blockcache
+
+import (
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"github.com/wbcache/wbcache/device"
+)
+
+// fakeClock is a clock a test moves by hand.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// clockedDevices formats a small cache device for hdd and returns open
+// options with a fake clock.
+func clockedDevices(t *testing.T, hdd device.Device) (*fakeClock, *device.Mem, device.Device, Options) {
+	t.Helper()
+	clk := &fakeClock{now: time.Unix(1_800_000_000, 0)}
+	ssd := device.NewMem(int64(2+2*2+32+64)*BlockSize, [16]byte{1})
+	require.NoError(t, Format(ssd, hdd, FormatOptions{JournalBlocks: 32}))
+	return clk, ssd, hdd, Options{Now: clk.Now, CheckpointInterval: -1, NoBackgroundBackingSync: true}
+}
+
+// TestOldestDirtyAgeSurvivesReopen: the age of the oldest dirty block
+// goes on counting across a close and an open (the superblock carries
+// when it became dirty), and the destager's ticks see it as that old.
+func TestOldestDirtyAgeSurvivesReopen(t *testing.T) {
+	clk, ssd, hdd, opts := clockedDevices(t, device.NewMem(256*BlockSize, [16]byte{2}))
+	c, err := Open(ssd, hdd, opts)
+	require.NoError(t, err)
+	_, err = c.WriteAt(make([]byte, BlockSize), 0)
+	require.NoError(t, err)
+	clk.advance(40 * time.Second)
+	_, err = c.WriteAt(make([]byte, BlockSize), 8*BlockSize)
+	require.NoError(t, err)
+	clk.advance(20 * time.Second)
+	require.Equal(t, 60.0, c.Stats().OldestDirtySeconds)
+	require.NoError(t, c.Close())
+
+	clk.advance(5 * time.Minute) // unmounted
+	c, err = Open(ssd, hdd, opts)
+	require.NoError(t, err)
+	defer c.Close()
+	clk.advance(10 * time.Second)
+	s := c.Stats()
+	require.Equal(t, 2, s.Dirty)
+	require.Equal(t, 370.0, s.OldestDirtySeconds, "60 s before the close, 5 min closed, 10 s since the open")
+	require.False(t, s.OldestDirtySinceOpen)
+	blocks := c.DirtyBlocks(nil)
+	require.Len(t, blocks, 2)
+	require.EqualValues(t, 370, c.Tick()-blocks[0].Since, "the destager sees the carried age too")
+
+	// A block dirtied after the open counts from its own write.
+	_, err = c.WriteAt(make([]byte, BlockSize), 16*BlockSize)
+	require.NoError(t, err)
+	clk.advance(time.Second)
+	blocks = c.DirtyBlocks(nil)
+	require.EqualValues(t, 1, c.Tick()-blocks[2].Since)
+}
+
+// TestOldestDirtyUnrecorded: a superblock without the time (written by an
+// earlier wbcache) gives an age counted from the open, flagged as such.
+func TestOldestDirtyUnrecorded(t *testing.T) {
+	clk, ssd, hdd, opts := clockedDevices(t, device.NewMem(256*BlockSize, [16]byte{2}))
+	c, err := Open(ssd, hdd, opts)
+	require.NoError(t, err)
+	_, err = c.WriteAt(make([]byte, BlockSize), 0)
+	require.NoError(t, err)
+	require.NoError(t, c.Close())
+
+	sb, err := ReadSuperblock(ssd)
+	require.NoError(t, err)
+	require.NotZero(t, sb.OldestDirty)
+	sb.OldestDirty = 0
+	sb.Generation++
+	require.NoError(t, writeSuperblock(ssd, &sb))
+
+	clk.advance(time.Hour)
+	c, err = Open(ssd, hdd, opts)
+	require.NoError(t, err)
+	defer c.Close()
+	clk.advance(7 * time.Second)
+	s := c.Stats()
+	require.True(t, s.OldestDirtySinceOpen)
+	require.Equal(t, 7.0, s.OldestDirtySeconds)
+
+	// A checkpoint does not turn the unknown time into the open's.
+	require.NoError(t, c.Checkpoint())
+	sb, err = ReadSuperblock(ssd)
+	require.NoError(t, err)
+	require.Zero(t, sb.OldestDirty)
+}
+
+// TestBackingSyncFailureInStats: a failed backing sync is sticky and shows
+// in Stats with its time until the cache is reopened.
+func TestBackingSyncFailureInStats(t *testing.T) {
+	hdd := device.NewFaulty(device.NewMem(256*BlockSize, [16]byte{2}))
+	clk, ssd, _, opts := clockedDevices(t, hdd)
+	c, err := Open(ssd, hdd, opts)
+	require.NoError(t, err)
+	require.NoError(t, c.SetMode(ModeWritethrough))
+	require.Empty(t, c.Stats().BackingSyncFailed)
+
+	hdd.FailIf(func(op device.Op, off, n int64) bool { return op == device.OpSync })
+	_, err = c.WriteAt(make([]byte, BlockSize), 0)
+	require.NoError(t, err)
+	require.ErrorIs(t, c.Sync(), device.ErrInjected)
+	hdd.FailIf(nil)
+	clk.advance(time.Minute)
+	_, err = c.WriteAt(make([]byte, BlockSize), BlockSize)
+	require.NoError(t, err)
+	require.ErrorIs(t, c.Sync(), device.ErrInjected, "sticky: a later sync that would succeed still fails")
+
+	s := c.Stats()
+	require.Contains(t, s.BackingSyncFailed, "syncing backing device failed")
+	require.Equal(t, "2027-01-15T08:00:00Z", s.BackingSyncFailedAt)
+	ferr, at := c.BackingSyncFailure()
+	require.True(t, errors.Is(ferr, device.ErrInjected))
+	require.Equal(t, clk.now.Add(-time.Minute).Unix(), at.Unix())
+	require.NoError(t, c.Close())
+
+	c, err = Open(ssd, hdd, opts)
+	require.NoError(t, err)
+	defer c.Close()
+	require.Empty(t, c.Stats().BackingSyncFailed, "reopening clears it")
+	require.NoError(t, c.Sync())
+}
