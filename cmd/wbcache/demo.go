@@ -135,7 +135,7 @@ func demo(ctx context.Context, out io.Writer, log *slog.Logger, dir string, dur 
 	if err != nil {
 		return err
 	}
-	defer d.stop(nil) // on error paths; a no-op after the stop below
+	defer d.stop() // on error paths; a no-op after the stop below
 	fmt.Fprintf(out, "\n== mount: serving %s (%s, mode %s)\n", d.diskPath(), formatSize(d.cache.Size()), d.cache.Mode())
 
 	model := make([]byte, demoBackingSize)
@@ -166,7 +166,7 @@ func demo(ctx context.Context, out io.Writer, log *slog.Logger, dir string, dur 
 	fmt.Fprintf(out, "flushed in %.1fs: %d blocks dirty\n", time.Since(start).Seconds(), d.cache.DirtyCount())
 
 	fmt.Fprintf(out, "\n== unmount and close\n")
-	if err := d.stop(nil); err != nil {
+	if err := d.stop(); err != nil {
 		return fmt.Errorf("stopping: %w", err)
 	}
 	fmt.Fprintf(out, "unmounted; cache closed cleanly\n")

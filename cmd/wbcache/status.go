@@ -26,6 +26,7 @@ type Status struct {
 	UptimeSeconds float64 `json:"uptime_seconds"`
 	FuseTransport string  `json:"fuse_transport"`
 	JournalWrites string  `json:"journal_writes"`
+	Stopping      string  `json:"stopping,omitempty"` // what a stop in progress is doing
 
 	blockcache.Stats
 
@@ -61,6 +62,7 @@ func (d *daemon) status() Status {
 		DestageLastError: ds.LastError,
 		Policy:           makePolicyView(d.cache.Mode(), d.dest.Policy(), d.cache.Settings(), d.promote),
 		JournalWrites:    d.cache.JournalWrites(),
+		Stopping:         d.stopping(),
 	}
 	if d.ctl != nil {
 		s.ControlSocket = d.ctl.path
@@ -91,6 +93,9 @@ func absOr(p string) string {
 func printStatus(w io.Writer, s *Status) {
 	pct := func(n int) string { return fmt.Sprintf("%d (%.1f%%)", n, percent(n, s.Slots)) }
 	fmt.Fprintf(w, "wbcache on %s (pid %d, up %s)\n", s.Mountpoint, s.PID, formatAge(s.UptimeSeconds))
+	if s.Stopping != "" {
+		fmt.Fprintf(w, "  STOPPING:   %s\n", s.Stopping)
+	}
 	if s.Failed != "" {
 		fmt.Fprintf(w, "  FAILED:     %s\n", s.Failed)
 		fmt.Fprintf(w, "              the cache refuses I/O; stop the daemon and mount again to recover\n")
