@@ -30,12 +30,15 @@ dead mounts left by a killed daemon.
 
 States: serving; stopping (waiting for the mount's last user, or closing);
 dead (the daemon was killed: 'wbcache mount' there recovers the cache);
-unreachable (a live mount whose daemon this user may not ask).`
+unreachable (a live mount whose daemon this user may not ask); hung (the
+mount did not answer within a second: its daemon is stuck, or was killed
+with a thread left waiting in the kernel; 'umount -l MOUNTPOINT' detaches
+it).`
 
 // listEntry is one cache in 'wbcache list'.
 type listEntry struct {
 	Mountpoint string `json:"mountpoint"`
-	State      string `json:"state"` // serving, stopping, dead or unreachable
+	State      string `json:"state"` // serving, stopping, dead, unreachable or hung
 	PID        int    `json:"pid,omitempty"`
 	Mode       string `json:"mode,omitempty"`
 	DirtyBytes int64  `json:"dirty_bytes"`
@@ -139,18 +142,52 @@ func entryFromStatus(st Status) listEntry {
 }
 
 // entryFromMount describes a wbcache mount whose daemon no reachable
-// control socket speaks for.
+// control socket speaks for. It asks the mount itself (statfs, then
+// MOUNTPOINT/stats), but waits at most mountAnswerTime for each: a FUSE
+// request to a daemon that has stopped answering (stuck, or killed with a
+// thread left in the kernel) blocks, unkillable, until the connection is
+// aborted, and list must not hang on another user's broken mount.
 func entryFromMount(m fuse.MountRecord) listEntry {
-	if !fuse.Alive(m.MountPoint) {
-		return listEntry{Mountpoint: m.MountPoint, State: "dead", Cache: m.Source}
+	e := listEntry{Mountpoint: m.MountPoint, State: "hung", Cache: m.Source}
+	var alive bool
+	if !within(mountAnswerTime, func() { alive = fuse.Alive(m.MountPoint) }) {
+		return e
 	}
-	if b, err := os.ReadFile(filepath.Join(m.MountPoint, "stats")); err == nil {
-		var st Status
-		if json.Unmarshal(b, &st) == nil && st.Mountpoint != "" {
-			return entryFromStatus(st)
-		}
+	if !alive {
+		e.State = "dead"
+		return e
 	}
-	return listEntry{Mountpoint: m.MountPoint, State: "unreachable", Cache: m.Source}
+	var b []byte
+	var err error
+	if !within(mountAnswerTime, func() { b, err = os.ReadFile(filepath.Join(m.MountPoint, "stats")) }) {
+		return e
+	}
+	var st Status
+	if err == nil && json.Unmarshal(b, &st) == nil && st.Mountpoint != "" {
+		return entryFromStatus(st)
+	}
+	e.State = "unreachable"
+	return e
+}
+
+// mountAnswerTime bounds how long list waits for a mount to answer.
+const mountAnswerTime = time.Second
+
+// within runs f and waits up to d for it to return; false if it did not
+// (f then goes on in the background, and must only set what the caller
+// reads after a true).
+func within(d time.Duration, f func()) bool {
+	done := make(chan struct{})
+	go func() {
+		f()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
 }
 
 // daemonByPID finds the daemon with the given pid among those this user

@@ -79,10 +79,12 @@ func runMount(args []string, out io.Writer) error {
 	}
 	d.log.Info("serving", "disk", d.diskPath(), "control_socket", d.ctl.path, "gomaxprocs", runtime.GOMAXPROCS(0),
 		"fuse_transport", d.transport())
-	notify.ready(d.servingStatus())
-	tick := time.NewTicker(notifyInterval)
-	go notify.reportStatus(d.ctx, tick.C, d.servingStatus)
-	defer tick.Stop()
+	if notify != nil {
+		notify.ready(d.servingStatus())
+		tick := time.NewTicker(notifyInterval)
+		defer tick.Stop()
+		go notify.reportStatus(d.ctx, tick.C, d.servingStatus)
+	}
 
 	waitForStop(d, sigs)
 	if err := d.stop(); err != nil {

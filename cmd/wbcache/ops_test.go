@@ -34,6 +34,28 @@ func wbcAsNobody(t *testing.T, args ...string) result {
 	return result{stdout: out.String(), stderr: errb.String(), code: exitCode(err)}
 }
 
+// otherCacheAt formats a second cache and backing file in r's directory,
+// to be mounted on r's mount point.
+func otherCacheAt(t *testing.T, r *rig) *rig {
+	t.Helper()
+	r2 := &rig{dir: r.dir, backing: filepath.Join(r.dir, "b2.img"), cache: filepath.Join(r.dir, "c2.img"), mnt: r.mnt}
+	require.NoError(t, device.Create(r2.backing, 16<<20))
+	wantCode(t, 0, "format", "--cache", r2.cache, "--cache-size", "8M", "--backing", r2.backing)
+	return r2
+}
+
+// requireRefusedUntouched mounts r, which must fail with exit 1 and the
+// message want, before anything is written to its cache file.
+func requireRefusedUntouched(t *testing.T, r *rig, want string) {
+	t.Helper()
+	before := fileSum(t, r.cache)
+	_, res := r.startMount(t)
+	require.NotNil(t, res, "the mount must be refused")
+	require.Equal(t, 1, res.code, res.String())
+	require.Contains(t, res.stderr, want)
+	require.Equal(t, before, fileSum(t, r.cache), "the refused mount wrote to its cache")
+}
+
 // TestSameDeviceTwice: the same file as --cache and --backing is named as
 // such, not as a device another wbcache uses.
 func TestSameDeviceTwice(t *testing.T) {
@@ -82,6 +104,13 @@ func TestStatusCauses(t *testing.T) {
 	require.Contains(t, res.stderr, "may not ask it: permission denied")
 
 	d.kill9(t)
+	t.Cleanup(func() { // the killed daemon's socket
+		for _, dir := range socketDirs() {
+			if p := filepath.Join(dir, socketName(r.mnt)); !socketAnswers(p) {
+				os.Remove(p)
+			}
+		}
+	})
 	res = wantCode(t, 1, "status", r.mnt)
 	require.Contains(t, res.stderr, r.mnt+": its daemon is gone (a dead mount is left there")
 	require.Contains(t, res.stderr, "Mount the cache again (wbcache mount --cache "+r.cache)
@@ -104,15 +133,8 @@ func TestMountpointChecks(t *testing.T) {
 	require.Contains(t, ms, fuse.MountRecord{MountPoint: r.mnt, Source: r.cache})
 
 	// A second cache on the busy mount point.
-	r2 := &rig{dir: r.dir, backing: filepath.Join(r.dir, "b2.img"), cache: filepath.Join(r.dir, "c2.img"), mnt: r.mnt}
-	require.NoError(t, device.Create(r2.backing, 16<<20))
-	wantCode(t, 0, "format", "--cache", r2.cache, "--cache-size", "8M", "--backing", r2.backing)
-	before := fileSum(t, r2.cache)
-	_, res := r2.startMount(t)
-	require.NotNil(t, res)
-	require.Equal(t, 1, res.code, res.String())
-	require.Contains(t, res.stderr, fmt.Sprintf("mount point %s: a wbcache daemon already serves it (cache %s): stop it first (wbcache stop %s)", r.mnt, r.cache, r.mnt))
-	require.Equal(t, before, fileSum(t, r2.cache), "the refused mount wrote to its cache")
+	r2 := otherCacheAt(t, r)
+	requireRefusedUntouched(t, r2, fmt.Sprintf("mount point %s: a wbcache daemon already serves it (cache %s): stop it first (wbcache stop %s)", r.mnt, r.cache, r.mnt))
 
 	// The first cache from elsewhere: the message names its mount point.
 	other := filepath.Join(r.dir, "mnt2")
@@ -124,13 +146,8 @@ func TestMountpointChecks(t *testing.T) {
 
 	// A mount point holding a file.
 	require.NoError(t, os.WriteFile(filepath.Join(r.mnt, "notes.txt"), []byte("x"), 0o644))
-	before = fileSum(t, r2.cache)
-	_, res = r2.startMount(t)
-	require.NotNil(t, res)
-	require.Equal(t, 1, res.code, res.String())
-	require.Contains(t, res.stderr, fmt.Sprintf(`mount point %s is not empty (it holds "notes.txt")`, r.mnt))
-	require.Contains(t, res.stderr, "--nonempty to mount over them anyway")
-	require.Equal(t, before, fileSum(t, r2.cache))
+	requireRefusedUntouched(t, r2, fmt.Sprintf(`mount point %s is not empty (it holds "notes.txt")`, r.mnt))
+	requireRefusedUntouched(t, r2, "--nonempty to mount over them anyway")
 	d = r2.mount(t, "--nonempty")
 	_, err = os.Stat(filepath.Join(r.mnt, "notes.txt"))
 	require.ErrorIs(t, err, os.ErrNotExist, "hidden under the mount")
@@ -202,15 +219,7 @@ func TestStopWhileBusy(t *testing.T) {
 	res = wantCode(t, 0, "list", "--json")
 	require.Contains(t, res.stdout, `"state": "stopping"`)
 
-	r2 := &rig{dir: r.dir, backing: filepath.Join(r.dir, "b2.img"), cache: filepath.Join(r.dir, "c2.img"), mnt: r.mnt}
-	require.NoError(t, device.Create(r2.backing, 16<<20))
-	wantCode(t, 0, "format", "--cache", r2.cache, "--cache-size", "8M", "--backing", r2.backing)
-	before := fileSum(t, r2.cache)
-	_, res2 := r2.startMount(t)
-	require.NotNil(t, res2)
-	require.Equal(t, 1, res2.code, res2.String())
-	require.Contains(t, res2.stderr, fmt.Sprintf("mount point %s: a wbcache daemon already serves it while it stops", r.mnt))
-	require.Equal(t, before, fileSum(t, r2.cache))
+	requireRefusedUntouched(t, otherCacheAt(t, r), fmt.Sprintf("mount point %s: a wbcache daemon already serves it while it stops", r.mnt))
 
 	// stop --force ends the wait.
 	res = wantCode(t, 0, "stop", "--force", r.mnt)
