@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/url"
@@ -16,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/wbcache/wbcache/fuse"
 	"golang.org/x/sys/unix"
 )
 
@@ -26,52 +28,136 @@ type controlClient struct {
 	hc         *http.Client
 }
 
+// Why a client found no daemon to talk to; the errors that wrap them say
+// what to do.
+var (
+	errNotServed  = errors.New("no wbcache daemon serves it")
+	errNoAccess   = errors.New("permission denied")
+	errDaemonGone = errors.New("its daemon is gone")
+)
+
 // dialControl finds the control socket of the daemon serving mountpoint:
-// by name in the socket directories, else from MOUNTPOINT/stats.
+// by name in the socket directories, else from MOUNTPOINT/stats. When it
+// finds none, the error names the cause, told apart with the kernel's
+// list of wbcache mounts: no mount there, a dead mount, or a live one this
+// user may not reach.
 func dialControl(mountpoint string) (*controlClient, error) {
 	mp, err := resolvePath(mountpoint)
 	if err != nil {
 		return nil, err
 	}
-	name := socketName(mp)
-	var looked []string
-	sock := ""
-	for _, dir := range socketDirs() {
-		p := filepath.Join(dir, name)
-		looked = append(looked, p)
-		if _, err := os.Stat(p); err == nil {
-			sock = p
-			break
-		}
+	sock, looked, denied := findSocket(mp)
+	var statsErr error
+	if sock == "" {
+		sock, statsErr = socketFromStats(mp)
 	}
 	if sock == "" {
-		if b, err := os.ReadFile(filepath.Join(mp, "stats")); err == nil {
-			var s struct {
-				ControlSocket string `json:"control_socket"`
-			}
-			if json.Unmarshal(b, &s) == nil && s.ControlSocket != "" {
-				sock = s.ControlSocket
-			}
-		}
+		return nil, notServedError(mp, looked, denied, statsErr)
 	}
-	if sock == "" {
-		return nil, fmt.Errorf("no wbcache daemon serves %s: no control socket (looked for %s); is it mounted with 'wbcache mount'?",
-			mp, strings.Join(looked, " and "))
-	}
-	c := &controlClient{mountpoint: mp, sock: sock}
+	return newControlClient(mp, sock), nil
+}
+
+// newControlClient talks to the control socket sock of the daemon serving
+// mountpoint.
+func newControlClient(mountpoint, sock string) *controlClient {
+	c := &controlClient{mountpoint: mountpoint, sock: sock}
 	c.hc = &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", sock)
 		},
 	}}
-	return c, nil
+	return c
+}
+
+// findSocket looks for the control socket of mp in the socket directories.
+// It returns the socket found, the paths looked at, and the directories
+// this user may not look into.
+func findSocket(mp string) (sock string, looked, denied []string) {
+	name := socketName(mp)
+	for _, dir := range socketDirs() {
+		p := filepath.Join(dir, name)
+		looked = append(looked, p)
+		_, err := os.Stat(p)
+		switch {
+		case err == nil:
+			return p, looked, denied
+		case errors.Is(err, fs.ErrPermission):
+			denied = append(denied, dir)
+		}
+	}
+	return "", looked, denied
+}
+
+// socketFromStats reads the control socket path from MOUNTPOINT/stats.
+func socketFromStats(mp string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(mp, "stats"))
+	if err != nil {
+		return "", err
+	}
+	var s struct {
+		ControlSocket string `json:"control_socket"`
+	}
+	if err := json.Unmarshal(b, &s); err != nil || s.ControlSocket == "" {
+		return "", fmt.Errorf("%s/stats names no control socket", mp)
+	}
+	return s.ControlSocket, nil
+}
+
+// notServedError explains why no control socket was found for mp.
+func notServedError(mp string, looked, denied []string, statsErr error) error {
+	m, mounted := wbcacheMountAt(mp)
+	switch {
+	case mounted && !fuse.Alive(mp):
+		return daemonGoneError(mp, m.Source)
+	case mounted && (len(denied) > 0 || errors.Is(statsErr, fs.ErrPermission)):
+		return fmt.Errorf("wbcache serves %s (cache %s), but you (uid %d) may not ask it: %w (on %s).\n"+
+			"  Run this as root or as the user that mounted it, or mount it with --allow-other so that other users may read %s/stats",
+			mp, m.Source, os.Getuid(), errNoAccess, strings.Join(append(denied, filepath.Join(mp, "stats")), " and "), mp)
+	case mounted:
+		return fmt.Errorf("wbcache serves %s (cache %s), but %w through a control socket (looked for %s).\n"+
+			"  Run this as the user that mounted it, with the same TMPDIR",
+			mp, m.Source, errNotServed, strings.Join(looked, " and "))
+	}
+	hint := ""
+	if len(denied) > 0 {
+		hint = fmt.Sprintf("; %s is not readable by uid %d, so a daemon that is stopping there cannot be seen", strings.Join(denied, " and "), os.Getuid())
+	}
+	return fmt.Errorf("%s: %w: it is not a wbcache mount point (looked for the control socket %s%s).\n"+
+		"  Mount a cache there with 'wbcache mount'; 'wbcache list' shows the caches mounted on this host",
+		mp, errNotServed, strings.Join(looked, " and "), hint)
+}
+
+// daemonGoneError: a dead mount of cache is left at mp.
+func daemonGoneError(mp, cache string) error {
+	return fmt.Errorf("%s: %w (a dead mount is left there: the daemon was killed or crashed).\n"+
+		"  Mount the cache again (wbcache mount --cache %s --backing BACKING %s): it removes the dead mount and recovers every acknowledged write",
+		mp, errDaemonGone, cache, mp)
+}
+
+// wbcacheMountAt returns the topmost wbcache mount at mp, if any.
+func wbcacheMountAt(mp string) (fuse.MountRecord, bool) {
+	ms, err := fuse.Mounts()
+	if err != nil {
+		return fuse.MountRecord{}, false
+	}
+	var found fuse.MountRecord
+	ok := false
+	for _, m := range ms {
+		if m.MountPoint == mp {
+			found, ok = m, true // later lines are mounted on top
+		}
+	}
+	return found, ok
 }
 
 // explain turns a transport error into advice.
 func (c *controlClient) explain(err error) error {
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ENOENT):
+		if m, ok := wbcacheMountAt(c.mountpoint); ok && !fuse.Alive(c.mountpoint) {
+			return daemonGoneError(c.mountpoint, m.Source)
+		}
 		return fmt.Errorf("the wbcache daemon for %s is not running (stale control socket %s): mount it again", c.mountpoint, c.sock)
 	case errors.Is(err, syscall.EACCES):
 		return fmt.Errorf("no permission to use the control socket %s of %s: run as the user that mounted it", c.sock, c.mountpoint)

@@ -27,6 +27,13 @@ import (
 //	POST /flush            write back every dirty block; streams progress lines
 //	POST /mode?mode=M      switch mode; leaving writeback drains like /flush
 //	POST /set              form KEY=VALUE pairs: validate, apply, persist
+//	POST /stop[?force=1]   stop as SIGTERM does; streams what the stop is doing
+//	                       until the cache is closed (the last line says how
+//	                       many blocks stay dirty in it)
+//
+// The socket answers until the daemon has closed the cache, also while a
+// stop waits for the mount's last user; POST requests other than /stop are
+// then refused (503).
 //
 // Streaming replies are JSON lines (progressLine); the last one has
 // "done":true or "error".
@@ -102,9 +109,10 @@ func startControl(d *daemon) (*controlServer, error) {
 		cs := &controlServer{path: path, ln: ln}
 		mux := http.NewServeMux()
 		mux.HandleFunc("GET /status", cs.track(d.handleStatus))
-		mux.HandleFunc("POST /flush", cs.track(d.handleFlush))
-		mux.HandleFunc("POST /mode", cs.track(d.handleMode))
-		mux.HandleFunc("POST /set", cs.track(d.handleSet))
+		mux.HandleFunc("POST /flush", cs.track(d.whileServing(d.handleFlush)))
+		mux.HandleFunc("POST /mode", cs.track(d.whileServing(d.handleMode)))
+		mux.HandleFunc("POST /set", cs.track(d.whileServing(d.handleSet)))
+		mux.HandleFunc("POST /stop", cs.track(d.handleStop))
 		cs.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		cs.log = d.log
 		return cs, nil
@@ -137,12 +145,32 @@ func removeStaleSocket(path, mountpoint string) error {
 	if _, err := os.Lstat(path); err != nil {
 		return nil
 	}
-	conn, err := net.DialTimeout("unix", path, time.Second)
-	if err == nil {
-		conn.Close()
-		return fmt.Errorf("another wbcache is already serving %s (control socket %s): stop it first", mountpoint, path)
+	if socketAnswers(path) {
+		return fmt.Errorf("mount point %s: %w (control socket %s): stop it first (wbcache stop %s)", mountpoint, errMountpointBusy, path, mountpoint)
 	}
 	return os.Remove(path)
+}
+
+// socketAnswers reports whether a daemon accepts connections on path.
+func socketAnswers(path string) bool {
+	conn, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		return false
+	}
+	conn.Close()
+	return true
+}
+
+// liveSocket returns the control socket of a live daemon serving
+// mountpoint, if this user can see one.
+func liveSocket(mountpoint string) (string, bool) {
+	for _, dir := range socketDirs() {
+		p := filepath.Join(dir, socketName(mountpoint))
+		if socketAnswers(p) {
+			return p, true
+		}
+	}
+	return "", false
 }
 
 // track counts handlers in flight so close can wait for them.
@@ -154,14 +182,23 @@ func (cs *controlServer) track(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-// close stops listening, ends connections and waits for handlers (which
-// watch the daemon's context, cancelled before).
+// close stops listening, lets the requests in flight end (for up to
+// closeGrace: streaming ones watch the daemon's context, cancelled
+// before, or end once the cache is closed), ends connections and waits
+// for handlers.
 func (cs *controlServer) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), closeGrace)
+	defer cancel()
+	_ = cs.srv.Shutdown(ctx)
 	cs.srv.Close()
 	cs.ln.Close() // in case Serve never ran
 	cs.wg.Wait()
 	os.Remove(cs.path)
 }
+
+// closeGrace bounds how long the control socket waits for requests in
+// flight when the daemon stops.
+const closeGrace = 2 * time.Second
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
@@ -174,6 +211,20 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 func writeError(w http.ResponseWriter, code int, err error) {
 	writeJSON(w, code, progressLine{Error: err.Error()})
 }
+
+// whileServing refuses a request once the daemon is stopping.
+func (d *daemon) whileServing(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if p := d.stopping(); p != "" {
+			writeError(w, http.StatusServiceUnavailable, fmt.Errorf("the daemon serving %s is stopping (%s): %w", d.mountpoint, p, errStopping))
+			return
+		}
+		h(w, r)
+	}
+}
+
+// errStopping: the daemon refuses a change because it is stopping.
+var errStopping = errors.New("it takes no more requests")
 
 func (d *daemon) handleStatus(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, d.status())

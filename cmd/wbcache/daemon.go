@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -27,9 +29,11 @@ type daemonConfig struct {
 	cachePath, backingPath, mountpoint string
 	changes                            []kv // settings given explicitly
 	allowOther                         bool
+	nonempty                           bool   // mount over a directory that holds files
 	metricsAddr                        string // "" = no metrics endpoint
 	selfAccess                         bool   // this process does I/O on the mount (demo)
 	ioUring                            fuse.IOUringMode
+	notify                             *notifier // systemd; nil outside a Type=notify unit
 	log                                *slog.Logger
 }
 
@@ -55,13 +59,22 @@ type daemon struct {
 
 	setMu sync.Mutex // serialises settings changes
 	drain drainState // a drain resumed at mount
-	// stopDirty is what stayed dirty in the cache when it was closed.
-	stopDirty int
 
 	mountGone chan struct{} // closed when the FUSE connection has ended
-	stopOnce  sync.Once
-	stopErr   error
+	stopReq   chan struct{} // closed by requestStop: a client asked the daemon to stop
+	reqOnce   sync.Once
+	force     chan struct{} // closed by forceStop: stop even while the mount is in use
+	forceOnce sync.Once
+	phase     atomic.Pointer[string] // what stop is doing; nil while serving
+
+	closed      chan struct{} // closed when stop has closed the cache and devices
+	closedDirty int           // dirty blocks left in the cache, once closed
+	stopOnce    sync.Once
+	stopErr     error // once closed
 }
+
+// errMountpointBusy: a daemon already serves the mount point.
+var errMountpointBusy = errors.New("a wbcache daemon already serves it")
 
 // startDaemon opens and serves a cache. On error everything it started is
 // undone.
@@ -73,83 +86,42 @@ func startDaemon(cfg daemonConfig) (_ *daemon, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("mount point %s: %w", cfg.mountpoint, err)
 	}
-	d := &daemon{cfg: cfg, log: cfg.log, mountpoint: mp, started: time.Now(), mountGone: make(chan struct{})}
+	d := &daemon{cfg: cfg, log: cfg.log, mountpoint: mp, started: time.Now(), mountGone: make(chan struct{}),
+		stopReq: make(chan struct{}), force: make(chan struct{}), closed: make(chan struct{})}
 	startPprof(cfg.log)
 	setServingProcs(false)
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
-			d.teardown(nil)
+			d.teardown()
 		}
 	}()
-
-	if err := checkMountpoint(mp); err != nil {
+	// Everything about the mount point is checked before the cache is
+	// opened: recovery is not undone by a refusal.
+	if err := checkMountpoint(mp, cfg.nonempty); err != nil {
 		return nil, err
 	}
-
-	d.devs, err = openDevices(cfg.cachePath, cfg.backingPath, openServe,
-		"stop it first ('wbcache status' shows its mount point; send it SIGTERM or umount that mount point)")
+	d.devs, err = openDevices(cfg.cachePath, cfg.backingPath, openServe, "stop that daemon first")
 	if err != nil {
 		return nil, err
 	}
-	// The promotion threshold is an open-time option: take it from the
-	// persisted settings plus the flags before opening.
-	settings := layout.Settings{}
-	if sb, err := blockcache.ReadSuperblock(d.devs.ssd); err == nil {
-		settings = sb.Settings
+	if err := d.openCache(); err != nil {
+		return nil, err
 	}
-	want, err := applySettings(settings, cfg.changes)
-	if err != nil {
-		return nil, &usageError{cmd: "mount", err: err}
-	}
-	d.promote = blockcache.PromoteAfter(want)
-
-	d.cache, err = blockcache.Open(d.devs.ssd, d.devs.hdd, blockcache.Options{Logger: d.log, PromoteAfter: d.promote})
-	if err != nil {
-		return nil, openCacheError(cfg.cachePath, err)
-	}
-	// Reapply the flags on what Open found (the same superblock).
-	want, err = applySettings(d.cache.Settings(), cfg.changes)
-	if err != nil {
-		return nil, &usageError{cmd: "mount", err: err}
-	}
-	if want != d.cache.Settings() {
-		if err := d.cache.SetSettings(want); err != nil {
-			return nil, fmt.Errorf("saving settings: %w", err)
-		}
-		d.log.Info("settings saved", "changed", changedKeys(cfg.changes))
-	}
-
 	setIOFlusher(d.log)
-
-	d.dest = flush.New(d.cache, flush.PolicyFromSettings(want), d.log)
+	d.dest = flush.New(d.cache, flush.PolicyFromSettings(d.cache.Settings()), d.log)
 	d.dest.Start()
-
-	// Both servers are listening but answer only once the daemon fields
-	// they read are set.
-	d.ctl, err = startControl(d)
-	if err != nil {
+	if err := d.serve(); err != nil {
 		return nil, err
-	}
-	if cfg.metricsAddr != "" {
-		d.metrics, err = startMetrics(d, cfg.metricsAddr)
-		if err != nil {
-			return nil, err
-		}
-	}
-	if err := d.mountFUSE(); err != nil {
-		return nil, err
-	}
-	d.ctl.serve()
-	if d.metrics != nil {
-		d.metrics.serve()
 	}
 	return d, nil
 }
 
-// checkMountpoint removes a dead mount a previous daemon killed with -9
-// left at mp, and checks that mp is a directory.
-func checkMountpoint(mp string) error {
+// checkMountpoint removes a dead mount left at mp by a killed daemon, then
+// refuses a mount point that is not a directory, that a live daemon serves
+// (mounted, or lazily detached while it stops), or that holds files
+// (unless nonempty).
+func checkMountpoint(mp string, nonempty bool) error {
 	if err := fuse.CleanupStale(mp); err != nil {
 		return fmt.Errorf("%w: unmount it by hand (umount -l %s) and retry", err, mp)
 	}
@@ -161,21 +133,105 @@ func checkMountpoint(mp string) error {
 	} else if !st.IsDir() {
 		return fmt.Errorf("mount point %s is not a directory", mp)
 	}
+	if m, ok := wbcacheMountAt(mp); ok {
+		return fmt.Errorf("mount point %s: %w (cache %s): stop it first (wbcache stop %s), or choose another directory",
+			mp, errMountpointBusy, m.Source, mp)
+	}
+	if sock, ok := liveSocket(mp); ok {
+		return fmt.Errorf("mount point %s: %w while it stops (control socket %s): wait for it to exit ('wbcache status %s' shows what it waits for), or choose another directory",
+			mp, errMountpointBusy, sock, mp)
+	}
+	if nonempty {
+		return nil
+	}
+	dir, err := os.Open(mp)
+	if err != nil {
+		return fmt.Errorf("mount point %s: %w", mp, err)
+	}
+	names, _ := dir.Readdirnames(3)
+	dir.Close()
+	if len(names) > 0 {
+		return fmt.Errorf("mount point %s is not empty (it holds %s): mounting over it would hide its files.\n"+
+			"  Give an empty directory, or --nonempty to mount over them anyway", mp, quoteNames(names))
+	}
 	return nil
 }
 
-// mountFUSE serves the cache as MOUNTPOINT/disk; mountGone is closed when
-// the mount goes away.
-func (d *daemon) mountFUSE() (err error) {
-	cfg := d.cfg
-	enableRing(cfg.ioUring, d.log)
+// quoteNames renders a few directory entries ("a", "b", ...).
+func quoteNames(names []string) string {
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = strconv.Quote(n)
+	}
+	s := strings.Join(q, ", ")
+	if len(names) == 3 {
+		s += ", ..."
+	}
+	return s
+}
+
+// openCache opens the engine on the devices, with the settings given on
+// the command line saved over the persisted ones.
+func (d *daemon) openCache() error {
+	// The promotion threshold is an open-time option: take it from the
+	// persisted settings plus the flags before opening.
+	settings := layout.Settings{}
+	if sb, err := blockcache.ReadSuperblock(d.devs.ssd); err == nil {
+		settings = sb.Settings
+	}
+	want, err := applySettings(settings, d.cfg.changes)
+	if err != nil {
+		return &usageError{cmd: "mount", err: err}
+	}
+	d.promote = blockcache.PromoteAfter(want)
+
+	d.cache, err = blockcache.Open(d.devs.ssd, d.devs.hdd, blockcache.Options{Logger: d.log, PromoteAfter: d.promote})
+	if err != nil {
+		return openCacheError(d.cfg.cachePath, err)
+	}
+	// Reapply the flags on what Open found (the same superblock).
+	want, err = applySettings(d.cache.Settings(), d.cfg.changes)
+	if err != nil {
+		return &usageError{cmd: "mount", err: err}
+	}
+	if want != d.cache.Settings() {
+		if err := d.cache.SetSettings(want); err != nil {
+			return fmt.Errorf("saving settings: %w", err)
+		}
+		d.log.Info("settings saved", "changed", changedKeys(d.cfg.changes))
+	}
+	if data := int64(d.cache.SlotCount()) * blockcache.BlockSize; data > d.cache.Size() {
+		d.log.Warn(fmt.Sprintf("the cache data (%s) is larger than the backing device (%s): it never holds more than %s of distinct blocks; the rest only gives room to rewritten blocks",
+			formatSize(data), formatSize(d.cache.Size()), formatSize(d.cache.Size())))
+	}
+	return nil
+}
+
+// serve starts the control socket, the metrics endpoint and the FUSE
+// mount (with the cache path as its source in /proc/mounts).
+func (d *daemon) serve() error {
+	var err error
+	// Both servers are listening but answer only once the daemon fields
+	// they read are set.
+	d.ctl, err = startControl(d)
+	if err != nil {
+		return err
+	}
+	if d.cfg.metricsAddr != "" {
+		d.metrics, err = startMetrics(d, d.cfg.metricsAddr)
+		if err != nil {
+			return err
+		}
+	}
+	enableRing(d.cfg.ioUring, d.log)
 	backend := &spaceWatch{Cache: d.cache, log: d.log, cache: d.devs.ssd.Path(), backing: d.devs.hdd.Path()}
 	d.srv, err = fuse.Mount(d.mountpoint, backend, fuse.Options{
-		AllowOther: cfg.allowOther,
+		AllowOther: d.cfg.allowOther,
+		FsName:     absOr(d.cfg.cachePath),
 		Stats:      d.statsFile,
 		Logger:     d.log,
-		SelfAccess: cfg.selfAccess,
-		IOUring:    cfg.ioUring,
+		SelfAccess: d.cfg.selfAccess,
+		IOUring:    d.cfg.ioUring,
 	})
 	if err != nil {
 		return mountError(d.mountpoint, err)
@@ -187,6 +243,10 @@ func (d *daemon) mountFUSE() (err error) {
 		d.srv.Wait()
 		close(d.mountGone)
 	}()
+	d.ctl.serve()
+	if d.metrics != nil {
+		d.metrics.serve()
+	}
 	return nil
 }
 
@@ -262,22 +322,45 @@ func (d *daemon) transport() string {
 // diskPath is MOUNTPOINT/disk.
 func (d *daemon) diskPath() string { return filepath.Join(d.mountpoint, "disk") }
 
-// stop unmounts, waits for the kernel connection to end (or for force to
-// be closed), stops the destager, closes the cache (checkpoint + clean
+// stop unmounts, waits for the kernel connection to end (or for
+// forceStop), stops the destager, closes the cache (checkpoint + clean
 // flag) and the devices. It is idempotent.
-func (d *daemon) stop(force <-chan struct{}) error {
-	d.stopOnce.Do(func() { d.stopErr = d.teardown(force) })
+func (d *daemon) stop() error {
+	d.stopOnce.Do(func() { d.teardown() })
 	return d.stopErr
 }
 
-func (d *daemon) teardown(force <-chan struct{}) error {
+// requestStop asks the goroutine that runs the daemon to stop it (the
+// control socket's POST /stop).
+func (d *daemon) requestStop() { d.reqOnce.Do(func() { close(d.stopReq) }) }
+
+// forceStop makes a stop waiting for the mount's last user go on without
+// it (a second signal, or 'wbcache stop --force').
+func (d *daemon) forceStop() { d.forceOnce.Do(func() { close(d.force) }) }
+
+// stopping says what stop is doing, "" while the daemon serves.
+func (d *daemon) stopping() string {
+	if p := d.phase.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+func (d *daemon) setPhase(p string) {
+	d.phase.Store(&p)
+	d.cfg.notify.send("STATUS=stopping: " + p)
+}
+
+// teardown stops everything startDaemon started, in reverse order. The
+// control socket answers until the end, so 'status' and 'stop' can follow
+// a stop that waits for the mount's last user.
+func (d *daemon) teardown() {
 	var errs []error
+	d.cfg.notify.send("STOPPING=1")
+	d.setPhase("unmounting")
 	d.cancel()
 	if d.metrics != nil {
 		d.metrics.close()
-	}
-	if d.ctl != nil {
-		d.ctl.close()
 	}
 	if d.srv != nil {
 		if err := d.srv.Unmount(); err != nil {
@@ -286,19 +369,20 @@ func (d *daemon) teardown(force <-chan struct{}) error {
 			d.log.Error("unmount failed; closing the cache anyway", "err", err)
 			errs = append(errs, err)
 		} else {
-			d.waitUnmounted(force)
+			d.waitUnmounted()
 		}
 	}
+	d.setPhase("letting write-back runs in flight finish and closing the cache")
 	if d.dest != nil {
 		d.dest.Stop()
 	}
 	d.drain.wait()
 	if d.cache != nil {
-		d.stopDirty = d.cache.DirtyCount()
+		d.closedDirty = d.cache.DirtyCount()
 		if err := d.cache.Close(); err != nil && !errors.Is(err, blockcache.ErrClosed) {
 			errs = append(errs, fmt.Errorf("closing cache: %w", err))
 		} else {
-			d.log.Info("cache closed cleanly", "cache", d.cfg.cachePath, "dirty_blocks", d.stopDirty)
+			d.log.Info("cache closed cleanly", "cache", d.cfg.cachePath, "dirty_blocks", d.closedDirty)
 		}
 	}
 	if d.devs != nil {
@@ -306,22 +390,28 @@ func (d *daemon) teardown(force <-chan struct{}) error {
 			errs = append(errs, err)
 		}
 	}
-	return errors.Join(errs...)
+	d.stopErr = errors.Join(errs...)
+	d.setPhase("stopped")
+	close(d.closed)
+	if d.ctl != nil {
+		d.ctl.close()
+	}
 }
 
 // waitUnmounted waits for the kernel connection to end; a busy mount ends
-// only when its last user (a loop device) goes, or when force is closed.
-func (d *daemon) waitUnmounted(force <-chan struct{}) {
+// only when its last user (a loop device) goes, or at forceStop.
+func (d *daemon) waitUnmounted() {
 	select {
 	case <-d.mountGone:
 		return
 	case <-time.After(time.Second):
 	}
-	d.log.Warn("the mount is busy: waiting for its last user to close MOUNTPOINT/disk (a loop device? detach it with losetup -d); signal again to stop anyway",
+	d.setPhase(fmt.Sprintf("waiting for the last user of %s to close it (a loop device? detach it with losetup -d)", d.diskPath()))
+	d.log.Warn("the mount is busy: waiting for its last user to close MOUNTPOINT/disk (a loop device? detach it with losetup -d); signal again or run 'wbcache stop --force' to stop anyway",
 		"mountpoint", d.mountpoint)
 	select {
 	case <-d.mountGone:
-	case <-force:
+	case <-d.force:
 		d.log.Warn("stopping with the mount still in use: further I/O on it fails with EIO")
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -45,6 +46,9 @@ const (
 // device (if backingPath is not empty) as the mode requires. inUse is the
 // advice given when a device is locked by another process.
 func openDevices(cachePath, backingPath string, mode openMode, inUse string) (*devices, error) {
+	if err := refuseSameDevice(cachePath, backingPath); err != nil {
+		return nil, err
+	}
 	d := &devices{}
 	var err error
 	d.ssd, err = device.Open(cachePath, device.Options{Exclusive: true, ReadOnly: mode == openCheck})
@@ -71,14 +75,43 @@ func openDevices(cachePath, backingPath string, mode openMode, inUse string) (*d
 	return d, nil
 }
 
+// errSameDevice: --cache and --backing name one file or device.
+var errSameDevice = errors.New("--cache and --backing are the same device")
+
+// refuseSameDevice refuses a cache and a backing device that are one file
+// (also through another path or a hard link) or one block device. Opened
+// twice, the second lock would fail as if another process held it.
+func refuseSameDevice(cachePath, backingPath string) error {
+	if backingPath == "" {
+		return nil
+	}
+	var a, b unix.Stat_t
+	if unix.Stat(cachePath, &a) != nil || unix.Stat(backingPath, &b) != nil {
+		return nil // open reports a missing device
+	}
+	same := a.Dev == b.Dev && a.Ino == b.Ino
+	if a.Mode&unix.S_IFMT == unix.S_IFBLK && b.Mode&unix.S_IFMT == unix.S_IFBLK {
+		same = same || a.Rdev == b.Rdev
+	}
+	if !same {
+		return nil
+	}
+	return fmt.Errorf("%w (%s and %s): give the SSD-side cache file or device as --cache and the disk whose data is kept as --backing",
+		errSameDevice, cachePath, backingPath)
+}
+
 // deviceError explains a failure to open a device.
 func deviceError(role, path string, err error, inUse string) error {
 	if errors.Is(err, device.ErrLocked) {
-		pid := ""
+		holder, advice := "", inUse
 		if n, ok := lockHolder(path); ok {
-			pid = fmt.Sprintf(" (pid %d)", n)
+			var mp string
+			holder, mp = describeHolder(n)
+			if mp != "" {
+				advice += fmt.Sprintf(" (wbcache stop %s)", mp)
+			}
 		}
-		return fmt.Errorf("another wbcache is using %s%s, the %s device: %s", path, pid, role, inUse)
+		return fmt.Errorf("another wbcache is using %s%s, the %s device: %s", path, holder, role, advice)
 	}
 	if errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("%s device %s does not exist: give the right path", role, path)
@@ -87,6 +120,24 @@ func deviceError(role, path string, err error, inUse string) error {
 		return fmt.Errorf("opening backing device %s with O_DIRECT: %v (its filesystem must support O_DIRECT, e.g. not tmpfs)", path, err)
 	}
 	return fmt.Errorf("opening %s device: %w", role, err)
+}
+
+// describeHolder names the process pid holding a device: the mount point
+// it serves if it is a daemon this user can reach (returned too), else its
+// command line.
+func describeHolder(pid int) (text, mountpoint string) {
+	if st, ok := daemonByPID(pid); ok {
+		return fmt.Sprintf(" (pid %d, serving %s)", pid, st.Mountpoint), st.Mountpoint
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil || len(b) == 0 {
+		return fmt.Sprintf(" (pid %d)", pid), ""
+	}
+	args := strings.Fields(strings.ReplaceAll(string(b), "\x00", " "))
+	if len(args) > 0 {
+		args[0] = filepath.Base(args[0])
+	}
+	return fmt.Sprintf(" (pid %d: %s)", pid, strings.Join(args, " ")), ""
 }
 
 // lockHolder finds the process holding a flock on path in /proc/locks.

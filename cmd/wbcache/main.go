@@ -7,13 +7,16 @@
 //	format   write an empty cache onto the cache device
 //	mount    serve MOUNTPOINT/disk in the foreground until SIGTERM/SIGINT or umount
 //	status   show a mounted cache's state
+//	list     list the caches running on this host
+//	stop     stop the daemon serving a mount point and wait for it
 //	flush    write every dirty block back to the backing device
-//	mode     switch the cache mode of a mounted cache
+//	mode     show or switch the cache mode of a mounted cache
 //	set      change policy knobs of a mounted cache
 //	check    check an unmounted cache device offline
 //	detach   write every dirty block back offline and release the backing device
 //	rescue   write back every verifiable dirty block of a damaged cache
 //	demo     run a self-checking demonstration in a temporary directory
+//	version  show the version this binary was built from
 //
 // Exit codes: 0 ok, 1 runtime error, 2 usage error, 3 check found problems
 // (rescue: blocks it could not save), 4 check found degraded redundancy only.
@@ -50,13 +53,16 @@ func init() {
 		{"format", "write an empty cache onto a cache device", runFormat},
 		{"mount", "serve MOUNTPOINT/disk in the foreground", runMount},
 		{"status", "show the state of a mounted cache", runStatus},
+		{"list", "list the caches running on this host", runList},
+		{"stop", "stop the daemon serving a mount point and wait for it", runStop},
 		{"flush", "write every dirty block back to the backing device", runFlush},
-		{"mode", "switch the cache mode of a mounted cache", runMode},
+		{"mode", "show or switch the cache mode of a mounted cache", runMode},
 		{"set", "change policy settings of a mounted cache", runSet},
 		{"check", "check an unmounted cache offline", runCheck},
 		{"detach", "write back everything offline and release the backing device", runDetach},
 		{"rescue", "write back every verifiable dirty block of a damaged cache", runRescue},
 		{"demo", "run a self-checking demo (needs root and /dev/fuse)", runDemo},
+		{"version", "show the version this binary was built from", runVersion},
 		{"help", "show help for wbcache or a subcommand", runHelp},
 	}
 }
@@ -76,6 +82,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "-h", "--help", "-help":
 		mainUsage(stdout)
 		return exitOK
+	case "--version", "-version":
+		name = "version"
 	}
 	cmd := lookup(name)
 	if cmd == nil {
@@ -164,6 +172,7 @@ Typical use:
   wbcache mount  --cache /ssd/cache.img --backing /dev/sdb /mnt/wbc &
   losetup --find --show --direct-io=on /mnt/wbc/disk    # a block device on top
   wbcache status /mnt/wbc
+  wbcache stop   /mnt/wbc                               # or SIGTERM; 'wbcache list' shows them all
 
 Sizes take K, M, G or T suffixes (KiB units) or plain bytes; durations use
 Go syntax (30s, 2m, 1h30m).

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,8 +15,10 @@ import (
 )
 
 const modeAbout = `
-Switches the cache mounted on MOUNTPOINT to MODE and saves it in the
-cache's superblock (a remount keeps it):
+Without MODE, prints the mode of the cache mounted on MOUNTPOINT.
+
+With MODE, switches the cache to it and saves it in the cache's
+superblock (a remount keeps it):
 
   writeback     writes go to the cache and are written back later (default)
   writethrough  writes go to the backing device and a clean copy to the cache
@@ -27,10 +30,13 @@ progress as 'wbcache flush' does. The mode is saved before that drain: if
 the daemon stops or is killed during it, the next mount resumes it.`
 
 func runMode(args []string, out io.Writer) error {
-	f := newFlags("mode", "wbcache mode MOUNTPOINT MODE", modeAbout, out)
+	f := newFlags("mode", "wbcache mode MOUNTPOINT [MODE]", modeAbout, out)
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
+	}
+	if len(pos) == 1 {
+		return printMode(pos[0], out)
 	}
 	if err := f.wantArgs(pos, "MOUNTPOINT", "MODE"); err != nil {
 		return err
@@ -39,6 +45,20 @@ func runMode(args []string, out io.Writer) error {
 		return usagef("mode", "%v", err)
 	}
 	return changeSettings("mode", pos[0], "/mode?mode="+url.QueryEscape(pos[1]), nil, out)
+}
+
+// printMode prints the mode in force on mountpoint.
+func printMode(mountpoint string, out io.Writer) error {
+	raw, err := fetchStatus(mountpoint)
+	if err != nil {
+		return err
+	}
+	var s Status
+	if err := json.Unmarshal(raw, &s); err != nil || s.Mode == "" {
+		return fmt.Errorf("decoding the status of %s: no mode in it (%v)", mountpoint, err)
+	}
+	_, err = fmt.Fprintln(out, s.Mode)
+	return err
 }
 
 const setAbout = `

@@ -300,7 +300,7 @@ func TestSecondMountRefused(t *testing.T) {
 	_, res2 := r2.startMount(t)
 	require.NotNil(t, res2, "second mount on the same mount point must fail")
 	require.Equal(t, 1, res2.code, res2.String())
-	require.Contains(t, res2.stderr, "already serving "+r.mnt)
+	require.Contains(t, res2.stderr, "mount point "+r.mnt+": a wbcache daemon already serves it")
 
 	// offline commands refuse too
 	res = wantCode(t, 1, "check", "--cache", r.cache)

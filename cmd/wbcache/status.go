@@ -26,6 +26,7 @@ type Status struct {
 	UptimeSeconds float64 `json:"uptime_seconds"`
 	FuseTransport string  `json:"fuse_transport"`
 	JournalWrites string  `json:"journal_writes"`
+	Stopping      string  `json:"stopping,omitempty"` // what a stop in progress is doing
 
 	blockcache.Stats
 
@@ -69,6 +70,7 @@ func (d *daemon) status() Status {
 		Drain:            d.drain.reason(),
 		Policy:           makePolicyView(d.cache.Mode(), d.dest.Policy(), d.cache.Settings(), d.promote),
 		JournalWrites:    d.cache.JournalWrites(),
+		Stopping:         d.stopping(),
 	}
 	// Write-back errors on the backing device count as backing errors.
 	s.DestageBackingErrors = ds.BackingErrors
@@ -102,6 +104,9 @@ func absOr(p string) string {
 func printStatus(w io.Writer, s *Status) {
 	pct := func(n int) string { return fmt.Sprintf("%d (%.1f%%)", n, percent(n, s.Slots)) }
 	fmt.Fprintf(w, "wbcache on %s (pid %d, up %s)\n", s.Mountpoint, s.PID, formatAge(s.UptimeSeconds))
+	if s.Stopping != "" {
+		fmt.Fprintf(w, "  STOPPING:   %s\n", s.Stopping)
+	}
 	printFaults(w, s)
 	fmt.Fprintf(w, "  disk:       %s, %s, mode %s\n", s.Disk, formatSize(s.SizeBytes), s.Mode)
 	fmt.Fprintf(w, "  cache:      %s (%d slots of 4 KiB = %s)\n", s.Cache, s.Slots, formatSize(int64(s.Slots)*blockcache.BlockSize))
