@@ -180,12 +180,12 @@ func (c *Cache) WriteAt(p []byte, off int64) (int, error) {
 		c.stats.bypassed.Add(1)
 	}
 	var last uint64
-	done := 0
+	done, cacheTo := 0, 0 // [done, cacheTo) goes into the cache whole
 	for done < len(p) {
 		pos := off + int64(done)
 		lba := uint64(pos) / BlockSize
 		inBlock := int(pos % BlockSize)
-		if bypass && mode != ModeWritethrough && inBlock == 0 && len(p)-done >= 2*BlockSize {
+		if bypass && done >= cacheTo && inBlock == 0 && len(p)-done >= 2*BlockSize {
 			// Whole blocks going around the cache: one backing I/O per run.
 			n := min((len(p)-done)/BlockSize, maxAroundRun) * BlockSize
 			ok, err := c.writeAroundRun(lba, p[done:done+n])
@@ -196,9 +196,15 @@ func (c *Cache) WriteAt(p []byte, off int64) (int, error) {
 				done += n
 				continue
 			}
+			if mode == ModeWriteback {
+				// A block of the run has a dirty cached version, which
+				// must be superseded in the cache: the whole run goes
+				// there, not a scatter of short backing writes around it.
+				cacheTo = done + n
+			}
 		}
 		n := min(BlockSize-inBlock, len(p)-done)
-		seq, err := c.writeBlock(lba, inBlock, p[done:done+n], mode, bypass)
+		seq, err := c.writeBlock(lba, inBlock, p[done:done+n], mode, bypass && done >= cacheTo)
 		if err != nil {
 			return done, err
 		}
@@ -217,21 +223,24 @@ func (c *Cache) WriteAt(p []byte, off int64) (int, error) {
 const maxAroundRun = 256
 
 // writeAroundRun writes whole blocks straight to the backing device in one
-// I/O when none of them has a cached copy (then the per-block path, which
-// drops or updates cached copies in order, is not needed). It returns false,
-// having written nothing, when any block is cached.
+// I/O when none of them has a dirty cached version. Clean cached copies in
+// the run are dropped first, together, with FREE records that are durable
+// before the backing write (invariant 3: writeBackingAt waits for them).
+// It returns false, having written nothing, when a block has a dirty
+// cached version (invariant 4: that block must be written into the cache).
 func (c *Cache) writeAroundRun(lba uint64, data []byte) (bool, error) {
 	n := uint64(len(data) / BlockSize)
 	locked := c.lockStripes(lba, lba+n)
 	defer c.unlockStripes(locked)
-	c.mu.Lock()
-	for l := lba; l < lba+n; l++ {
-		if _, ok := c.mu.t.lookup(l); ok {
-			c.mu.Unlock()
-			return false, nil
+	clean, dirty := c.cachedIn(lba, n)
+	if dirty {
+		return false, nil
+	}
+	if len(clean) > 0 {
+		if err := c.dropClean(clean); err != nil {
+			return false, err
 		}
 	}
-	c.mu.Unlock()
 	buf := device.AlignedBuffer(len(data))
 	copy(buf, data)
 	if err := c.writeBackingAt(lba, buf); err != nil {
@@ -241,6 +250,45 @@ func (c *Cache) writeAroundRun(lba uint64, data []byte) (bool, error) {
 		c.gens[i]++
 	}
 	return true, nil
+}
+
+// cachedIn lists the clean cached blocks among the n from lba, and
+// reports whether any has a dirty cached version. The caller holds their
+// stripe locks.
+func (c *Cache) cachedIn(lba, n uint64) (clean []DirtyBlock, dirty bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := &c.mu.t
+	for l := lba; l < lba+n; l++ {
+		s, ok := t.lookup(l)
+		if !ok {
+			continue
+		}
+		if t.flags[s]&fDirty != 0 {
+			return nil, true
+		}
+		clean = append(clean, DirtyBlock{LBA: l, Slot: s})
+	}
+	return clean, false
+}
+
+// dropClean unmaps clean cached copies with FREE records, in batches of
+// at most a journal block's worth. The caller holds their stripe locks,
+// so they are still mapped and clean.
+func (c *Cache) dropClean(blocks []DirtyBlock) error {
+	for len(blocks) > 0 {
+		k := min(len(blocks), layout.RecordsPerBlock)
+		m, err := c.beginChange(k)
+		if err != nil {
+			return c.fail(err)
+		}
+		for _, b := range blocks[:k] {
+			m.free(b.Slot, b.LBA, true)
+		}
+		m.end()
+		blocks = blocks[k:]
+	}
+	return nil
 }
 
 // writeBlock writes data at byte inBlock of block lba and returns the
