@@ -26,9 +26,9 @@ type setting struct {
 // settingKeys lists the knobs in the order help shows them.
 var settingKeys = []setting{
 	{"mode", "MODE", "cache mode: writeback, writethrough, writearound or none", applyMode},
-	{"low-watermark", "PCT", "percent of slots dirty at or below which only blocks older than max-dirty-age are written back",
+	{"low-watermark", "PCT", "percent of slots dirty at or below which only blocks older than max-dirty-age are written back (0-99, below high-watermark)",
 		applyNumber("low-watermark", percentRange, 0, 99, layout.SetLowWatermark, func(s *layout.Settings, v int) { s.LowWatermark = uint8(v) })},
-	{"high-watermark", "PCT", "percent of slots dirty at or above which write-back runs flat out",
+	{"high-watermark", "PCT", "percent of slots dirty at or above which write-back runs flat out (1-100)",
 		applyNumber("high-watermark", percentRange, 1, 100, layout.SetHighWatermark, func(s *layout.Settings, v int) { s.HighWatermark = uint8(v) })},
 	{"max-dirty-age", "DUR", "longest time a block stays dirty, rounded up to whole seconds (0 = write back at once)", applyMaxDirtyAge},
 	{"workers", "N", "destager workers writing runs to the backing device (1-64)",
