@@ -33,15 +33,9 @@ func runDetach(args []string, out io.Writer) error {
 	cachePath := f.String("cache", "", "cache device `PATH`")
 	backingPath := f.String("backing", "", "backing device `PATH`")
 	logLevel := f.String("log-level", "warn", "log `LEVEL`: debug, info, warn or error")
-	pos, err := f.parse(args)
+	_, err := f.parseDevices(args, cachePath, backingPath)
 	if err != nil {
 		return err
-	}
-	if err := f.wantArgs(pos); err != nil {
-		return err
-	}
-	if *cachePath == "" || *backingPath == "" {
-		return usagef("detach", "--cache and --backing are required")
 	}
 	level, err := parseLevel(*logLevel)
 	if err != nil {

@@ -116,6 +116,23 @@ func (f *cmdFlags) wantArgs(pos []string, names ...string) error {
 	return nil
 }
 
+// parseDevices parses the options of a command that works on a cache and
+// its backing device (both required) and takes the positional arguments
+// names.
+func (f *cmdFlags) parseDevices(args []string, cachePath, backingPath *string, names ...string) ([]string, error) {
+	pos, err := f.parse(args)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.wantArgs(pos, names...); err != nil {
+		return nil, err
+	}
+	if *cachePath == "" || *backingPath == "" {
+		return nil, usagef(f.name, "--cache and --backing are required")
+	}
+	return pos, nil
+}
+
 // sizeFlag is a flag.Value holding a byte count.
 type sizeFlag struct{ n int64 }
 

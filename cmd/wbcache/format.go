@@ -48,15 +48,9 @@ func runFormat(args []string, out io.Writer) error {
 	f.Var(&cacheSize, "cache-size", "create the cache file with this `SIZE` if it does not exist")
 	f.Var(&journal, "journal", journalUsage)
 	force := f.Bool("force", false, "overwrite an existing cache, filesystem or partition table on the cache device, losing its contents")
-	pos, err := f.parse(args)
+	_, err := f.parseDevices(args, cachePath, backingPath)
 	if err != nil {
 		return err
-	}
-	if err := f.wantArgs(pos); err != nil {
-		return err
-	}
-	if *cachePath == "" || *backingPath == "" {
-		return usagef("format", "--cache and --backing are required")
 	}
 	if f.given("cache-size") && (cacheSize.n <= 0 || cacheSize.n%layout.BlockSize != 0) {
 		return usagef("format", "--cache-size %d: want a positive multiple of 4K", cacheSize.n)

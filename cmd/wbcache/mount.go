@@ -129,15 +129,9 @@ func parseMount(args []string, out io.Writer) (daemonConfig, error) {
 		vals[s.key] = f.String(s.key, "", s.help+"; default: the saved setting")
 		f.args[s.key] = s.arg
 	}
-	pos, err := f.parse(args)
+	pos, err := f.parseDevices(args, cachePath, backingPath, "MOUNTPOINT")
 	if err != nil {
 		return daemonConfig{}, err
-	}
-	if err := f.wantArgs(pos, "MOUNTPOINT"); err != nil {
-		return daemonConfig{}, err
-	}
-	if *cachePath == "" || *backingPath == "" {
-		return daemonConfig{}, usagef("mount", "--cache and --backing are required")
 	}
 	level, err := parseLevel(*logLevel)
 	if err != nil {

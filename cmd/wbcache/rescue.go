@@ -38,15 +38,9 @@ func runRescue(args []string, out io.Writer) error {
 	var journal sizeFlag
 	f.Var(&journal, "journal", "journal `SIZE` given to format (only needed when rescue cannot tell it)")
 	unverified := f.Bool("unverified-backing", false, "write even when no superblock survives to verify --backing")
-	pos, err := f.parse(args)
+	_, err := f.parseDevices(args, cachePath, backingPath)
 	if err != nil {
 		return err
-	}
-	if err := f.wantArgs(pos); err != nil {
-		return err
-	}
-	if *cachePath == "" || *backingPath == "" {
-		return usagef("rescue", "--cache and --backing are required")
 	}
 	opts := blockcache.RescueOptions{DryRun: *dryRun, UnverifiedBacking: *unverified}
 	if opts.JournalBlocks, err = journalFlag("rescue", f, journal); err != nil {
