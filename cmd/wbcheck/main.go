@@ -1,4 +1,4 @@
-// Command wbcheck is a helper of the crash harnesses in scripts/. It is not
+// Command wbcheck is a helper of the crash loops (crashtest/). It is not
 // part of wbcache itself.
 //
 //	wbcheck write  --dir DIR --manifest FILE [--seed N] [--duration D] [--ops N] [--budget BYTES]
