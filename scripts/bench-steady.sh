@@ -225,7 +225,11 @@ steady_table() {
 		jobs+="$name|$label;"
 	done
 	awk -F'\t' -v jobs="$jobs" -v region="$((RB >> 20))" "$AWK_FMT"'
-	FILENAME ~ /steady.tsv$/ { v[$1, $2] = ($1 ~ /1m/ ? $4 : $3); r[$1, $2] = rate($3, $4, $1 ~ /1m/); p[$1, $2] = $5; d[$1, $2] = $7; next }
+	FILENAME ~ /steady.tsv$/ {
+		v[$1, $2] = ($1 ~ /1m/ ? $4 : $3); r[$1, $2] = rate($3, $4, $1 ~ /1m/); p[$1, $2] = $5; d[$1, $2] = $7
+		if ($2 == "writeback" && $1 ~ /1m/ && $6 > 0) byp = sprintf("%.0f%%", 100 * $8 / $6)
+		next
+	}
 	{ dt[$1] = $2; ds[$1] = $3 }
 	END {
 		print "| # | job | fuseceiling | none | writeback | writeback / none | writeback / ceiling | p99 writeback / none | dirty after (writeback) |"
@@ -246,6 +250,7 @@ steady_table() {
 			if (s > 0) printf " = %.1f MiB/s", dt["writeback"] / 1048576 / s
 			print "."
 		}
+		if (byp != "") print "\nWrite requests of the 1 MiB job that bypassed the cache (writeback): " byp "."
 	}' "$RAW/steady.tsv" "$RAW/drain.tsv"
 }
 
