@@ -11,6 +11,8 @@
 #   powercut.sh --real --quick                (6 power cuts under the real
 #                                             daemon, 256M disk, 32M cache)
 #   bench.sh --quick                          (every target and job, 1 s each)
+#   bench.sh --steady --density --quick       (the steady-state sequence and
+#                                             one dirty density, 1 s jobs)
 #   ceiling-ab.sh -n 1 --runtime 1            (one alternating round)
 # Exits non-zero if any of them fails. Needs root, /dev/fuse, fio, losetup,
 # mkfs.ext4 and the cgroup v1 blkio controller; without root or /dev/fuse
@@ -69,6 +71,7 @@ if [ "$full" = 1 ]; then
 	step powercut-real scripts/powercut.sh --real --quick -s "$seed"
 	if [ -d "${WBC_CGROOT}" ]; then
 		step bench scripts/bench.sh --quick --out "${WBC_SMOKE_OUT:-$WORK/bench}"
+		step bench-steady scripts/bench.sh --steady --density --quick --out "${WBC_SMOKE_OUT:-$WORK/bench}/steady"
 	else
 		warn "no cgroup v1 blkio controller at $WBC_CGROOT: SKIPPING bench"
 	fi
