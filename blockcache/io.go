@@ -175,11 +175,10 @@ func (c *Cache) WriteAt(p []byte, off int64) (int, error) {
 	c.stats.writeBytes.Add(uint64(len(p)))
 	mode := c.Mode()
 	bypass := mode != ModeWriteback && mode != ModeWritethrough
-	if c.seqDetect(&c.seqWrites, off, int64(len(p))) && mode != ModeWritethrough {
-		bypass = true
-		c.stats.bypassed.Add(1)
-	}
+	stream := c.seqDetect(&c.seqWrites, off, int64(len(p))) && mode != ModeWritethrough
+	bypass = bypass || stream
 	var last uint64
+	around := false       // some of p went to the backing device alone
 	done, cacheTo := 0, 0 // [done, cacheTo) goes into the cache whole
 	for done < len(p) {
 		pos := off + int64(done)
@@ -194,6 +193,7 @@ func (c *Cache) WriteAt(p []byte, off int64) (int, error) {
 			}
 			if ok {
 				done += n
+				around = true
 				continue
 			}
 			if mode == ModeWriteback {
@@ -208,8 +208,12 @@ func (c *Cache) WriteAt(p []byte, off int64) (int, error) {
 		if err != nil {
 			return done, err
 		}
+		around = around || (seq == 0 && bypass && done >= cacheTo)
 		last = max(last, seq)
 		done += n
+	}
+	if around && stream {
+		c.stats.bypassed.Add(1)
 	}
 	if last > 0 {
 		if err := c.j.appended(last); err != nil {

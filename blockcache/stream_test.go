@@ -66,19 +66,22 @@ func testStream(t *testing.T, density int, clean bool) {
 	}
 	_, err = c.WriteAt(stream[:mib], 0) // starts the stream
 	require.NoError(t, err)
-	writes := hdd.Stats().Writes
+	writes, bypassed := hdd.Stats().Writes, c.Stats().Bypassed
 	for off := mib; off < len(stream); off += mib {
 		_, err = c.WriteAt(stream[off:off+mib], int64(off))
 		require.NoError(t, err)
 	}
 	backing := hdd.Stats().Writes - writes
+	bypassed = c.Stats().Bypassed - bypassed
 
 	cached := c.cachedBetween(first, first+region)
 	if density > 0 && !clean {
 		require.Zero(t, backing, "backing writes of a stream over dirty cached blocks")
+		require.Zero(t, bypassed, "requests placed in the cache are not counted as bypassing it")
 		require.Equal(t, region, cached, "the whole stream went into the cache")
 	} else {
 		require.EqualValues(t, region*BlockSize/mib, backing, "one backing write per 1 MiB write")
+		require.EqualValues(t, region*BlockSize/mib, bypassed, "each 1 MiB write bypassed the cache")
 		require.Zero(t, cached, "clean copies under the stream were dropped")
 	}
 	got := make([]byte, mib)
