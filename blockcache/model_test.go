@@ -183,8 +183,15 @@ func newModelRun(t testing.TB, seed uint64) *modelRun {
 	require.NoError(t, Format(ssd, hdd, FormatOptions{JournalBlocks: modelJournal}))
 	mr := &modelRun{t: t, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), blocks: modelBlocks, m: newModel(modelBlocks), ops: map[string]int{}}
 	mr.open(ssd, hdd)
+	// A short sequential cutoff, so streams (step) go around the cache or
+	// are placed in it whole (it is saved: every reopen keeps it).
+	require.NoError(t, mr.c.SetSettings(layout.Settings{SeqCutoff: modelSeqCutoff, SetMask: layout.SetSeqCutoff}))
 	return mr
 }
+
+// modelSeqCutoff is the model's sequential cutoff: a stream of three
+// writes of 2-4 blocks passes it.
+const modelSeqCutoff = 2 * BlockSize
 
 func (mr *modelRun) open(ssd, hdd *device.Mem) {
 	mr.ssd, mr.hdd = ssd, hdd
@@ -245,8 +252,10 @@ func (mr *modelRun) step() {
 		mr.destage(true)
 	}
 	switch p := mr.rng.IntN(100); {
-	case p < 45: // write
+	case p < 41: // write
 		mr.write(mr.randRange())
+	case p < 45: // a sequential stream past the cutoff
+		mr.stream()
 	case p < 60: // read
 		off, n := mr.randRange()
 		got := make([]byte, n)
@@ -293,11 +302,30 @@ func (mr *modelRun) step() {
 
 // write writes n random bytes at off and tells the model.
 func (mr *modelRun) write(off int64, n int) {
+	mr.writeTo(off, n, mr.c.Mode() != ModeWriteback)
+}
+
+// stream writes three runs of 2-4 whole blocks back to back, so the last
+// ones pass the sequential cutoff: each goes to the backing device whole,
+// or into the cache whole when it covers a dirty block.
+func (mr *modelRun) stream() {
+	lba := mr.rng.IntN(mr.blocks - 1)
+	for k := 0; k < 3 && lba < mr.blocks-1; k++ {
+		n := min(2+mr.rng.IntN(3), mr.blocks-lba)
+		mr.writeTo(int64(lba)*BlockSize, n*BlockSize, true)
+		lba += n
+	}
+	mr.ops["stream"]++
+}
+
+// writeTo is write; direct says the data may go to the backing device in
+// place (a power cut may then tear it, as on the bare disk).
+func (mr *modelRun) writeTo(off int64, n int, direct bool) {
 	c, m := mr.c, mr.m
 	data := make([]byte, n)
 	mr.tag++
 	fill(mr.rng, data, mr.tag<<32)
-	m.begin(mr.newBlockContents(off, data), c.Mode() != ModeWriteback)
+	m.begin(mr.newBlockContents(off, data), direct)
 	mr.log = append(mr.log, fmt.Sprintf("w%d+%d/%v", off, n, c.Mode()))
 	_, err := c.WriteAt(data, off)
 	require.NoError(mr.t, err)
