@@ -300,9 +300,24 @@ func (mr *modelRun) step() {
 	}
 }
 
-// write writes n random bytes at off and tells the model.
+// write writes n random bytes at off and tells the model. A write that
+// continues a sequential stream may go around the cache in any mode.
 func (mr *modelRun) write(off int64, n int) {
-	mr.writeTo(off, n, mr.c.Mode() != ModeWriteback)
+	mr.writeTo(off, n, mr.c.Mode() != ModeWriteback || mr.c.continuesStream(off))
+}
+
+// continuesStream reports whether a write at off continues a sequential
+// stream the engine tracks: past the cutoff it may bypass the cache.
+func (c *Cache) continuesStream(off int64) bool {
+	t := &c.seqWrites
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, s := range t.streams {
+		if s.end == off && s.length > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // stream writes three runs of 2-4 whole blocks back to back, so the last
