@@ -47,7 +47,7 @@ func (c *Cache) corruptSlotLocked(lba uint64, s uint32, crc uint32) error {
 		return nil
 	}
 	f := t.flags[s]
-	if f&fDirty == 0 && f&fPinned == 0 {
+	if f&fDirty == 0 { // a clean copy, perhaps pinned to fill a destage's gap
 		m.free(s, lba, true)
 		m.end()
 		c.bumpGen(lba)

@@ -10,11 +10,14 @@ import (
 
 // DirtyBlock names one dirty version: block LBA held in Slot with data CRC.
 // Since is the age tick (seconds since Open) at which it became dirty.
+// Clean marks a clean cached copy that PinGaps pinned to fill a gap
+// between dirty blocks.
 type DirtyBlock struct {
 	LBA   uint64
 	Slot  uint32
 	CRC   uint32
 	Since uint32
+	Clean bool
 }
 
 // DirtyBlocks appends every dirty block not being destaged to dst, sorted
@@ -121,35 +124,43 @@ func (c *Cache) PinWait(blocks []DirtyBlock, wait func(durable func() bool)) (pi
 }
 
 // LostBlocksError is what ReadSlots returns when some pinned blocks' slots
-// fail their checksum: those blocks are lost (see corrupt.go) and must not
-// be written back; every other block of buf was read and verified.
+// fail their checksum: those blocks must not be written back; every other
+// block of buf was read and verified. A dirty one is lost (see
+// corrupt.go); a clean gap copy (PinGaps) is not, the backing device
+// holds it, and its slot is dropped at its next read.
 type LostBlocksError struct {
-	Lost []int // indexes into the blocks passed to ReadSlots
+	Lost  []int // indexes into the blocks passed to ReadSlots
+	Dirty int   // how many of them are dirty blocks, lost
 }
 
 func (e *LostBlocksError) Error() string {
-	return fmt.Sprintf("%v: %d dirty blocks lost (their cache slots fail their checksums)", ErrCorruptData, len(e.Lost))
+	return fmt.Sprintf("%v: %d dirty blocks lost (their cache slots fail their checksums)", ErrCorruptData, e.Dirty)
 }
 
 func (e *LostBlocksError) Unwrap() error { return ErrCorruptData }
 
 // ReadSlots reads the data of pinned blocks into buf (4 KiB each, in
-// order), verifying each checksum. Blocks that fail it are marked lost and
-// reported in a *LostBlocksError; Complete never marks them clean.
+// order), verifying each checksum. Blocks that fail it are reported in a
+// *LostBlocksError, the dirty ones marked lost (Complete never marks them
+// clean).
 func (c *Cache) ReadSlots(blocks []DirtyBlock, buf []byte) error {
 	var lost []int
+	dirty := 0
 	for i, b := range blocks {
 		p := buf[i*BlockSize : (i+1)*BlockSize]
 		if _, err := c.ssd.ReadAt(p, c.g.SlotOffset(uint64(b.Slot))); err != nil {
 			return c.ssdReadError(b.Slot, err)
 		}
 		if layout.DataCRC(p) != b.CRC {
-			c.markLost(b)
+			if !b.Clean {
+				c.markLost(b)
+				dirty++
+			}
 			lost = append(lost, i)
 		}
 	}
 	if lost != nil {
-		return &LostBlocksError{Lost: lost}
+		return &LostBlocksError{Lost: lost, Dirty: dirty}
 	}
 	return nil
 }
@@ -181,7 +192,7 @@ func (c *Cache) Complete(blocks []DirtyBlock, written bool) error {
 		i += n
 	}
 	if written {
-		c.stats.destagedBlocks.Add(uint64(len(blocks)))
+		c.stats.destagedBlocks.Add(uint64(countDirty(blocks)))
 		c.stats.destageRuns.Add(1)
 		c.kickReclaim()
 	}
@@ -195,7 +206,7 @@ func (c *Cache) completeBatch(m *metaChange, blocks []DirtyBlock, written bool) 
 	for _, b := range blocks {
 		s := b.Slot
 		f := t.flags[s]
-		if written && f&(fValid|fLost) == fValid && t.lba[s] == b.LBA && t.crc[s] == b.CRC {
+		if written && !b.Clean && f&(fValid|fLost) == fValid && t.lba[s] == b.LBA && t.crc[s] == b.CRC {
 			m.clean(b)
 		}
 		t.flags[s] &^= fPinned
@@ -223,3 +234,14 @@ func (c *Cache) SlotCount() int { return int(c.g.SlotCount) }
 // Tick is the current age tick (seconds since Open), comparable with
 // DirtyBlock.Since.
 func (c *Cache) Tick() uint32 { return c.tick() }
+
+// countDirty is how many of blocks are dirty versions (not gap fillers).
+func countDirty(blocks []DirtyBlock) int {
+	n := 0
+	for _, b := range blocks {
+		if !b.Clean {
+			n++
+		}
+	}
+	return n
+}

@@ -393,6 +393,7 @@ func (c *Cache) writeBacking(lba uint64, blk []byte) error {
 // writeBackingAt writes whole blocks from lba in place on the backing
 // device; the caller holds their stripe locks and bumps their generations.
 func (c *Cache) writeBackingAt(lba uint64, blk []byte) error {
+	c.waitInflight(lba, lba+uint64(len(blk)/BlockSize))
 	// A block that looks uncached may have lost its clean copy to an
 	// eviction whose FREE record is not durable yet; the backing device
 	// must not change under a copy that recovery could bring back.

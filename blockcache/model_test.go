@@ -377,6 +377,13 @@ func (mr *modelRun) destage(all bool) {
 	if len(pinned) == 0 {
 		return
 	}
+	if mr.rng.IntN(2) == 0 {
+		// Fill short gaps between them with clean cached copies, as the
+		// destager does: they are written back too.
+		n := len(pinned)
+		pinned = c.PinGaps(pinned, 8, nil)
+		mr.ops["gap-fill"] += len(pinned) - n
+	}
 	buf := device.AlignedBuffer(len(pinned) * BlockSize)
 	require.NoError(mr.t, c.ReadSlots(pinned, buf))
 	for i, b := range pinned {

@@ -90,8 +90,9 @@ func (l *loop) runBatch(pinned []blockcache.DirtyBlock, pol Policy) batchResult 
 			continue
 		}
 		if written {
-			res.bytes += len(r.blocks) * blockSize
-			l.d.stats.destaged(l.now(), len(r.blocks))
+			n := dirtyIn(r.blocks)
+			res.bytes += n * blockSize
+			l.d.stats.destaged(l.now(), n)
 		}
 	}
 	return res
@@ -181,4 +182,16 @@ func (l *loop) writeRun(blocks []blockcache.DirtyBlock, b []byte, lost *blockcac
 		i = j
 	}
 	return nil
+}
+
+// dirtyIn is how many of blocks are dirty versions, not clean copies
+// filling a gap (Cache.PinGaps).
+func dirtyIn(blocks []blockcache.DirtyBlock) int {
+	n := 0
+	for _, b := range blocks {
+		if !b.Clean {
+			n++
+		}
+	}
+	return n
 }

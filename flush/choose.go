@@ -119,5 +119,14 @@ func (l *loop) pin(st state, cands []blockcache.DirtyBlock, fresh bool) (pinnedB
 		l.cursor = cands[0].LBA
 	}
 	l.sw.pinned += len(pinned)
+	if len(pinned) > 1 {
+		pinned = l.c.PinGaps(pinned, gapFillBlocks, make([]blockcache.DirtyBlock, 0, len(pinned)))
+	}
 	return pinnedBatch{st: st, blocks: pinned, start: start}, false
 }
+
+// gapFillBlocks is the longest gap between two dirty blocks of a batch
+// that is filled with clean cached copies (Cache.PinGaps) to make one run
+// of them: 256 KiB, which an HDD writes in less time than the seek (or,
+// throttled, the I/O) a second run costs.
+const gapFillBlocks = 64

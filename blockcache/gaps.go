@@ -1,0 +1,71 @@
+package blockcache
+
+// PinGaps fills the short gaps between pinned dirty blocks with clean
+// cached copies, so that a destage writes one long run instead of one
+// short run per dirty block: on a disk that pays a seek or an I/O per
+// request, writing a few extra blocks costs far less than the request it
+// saves. A gap of at most maxGap blocks between two consecutive blocks of
+// pinned (in LBA order, as Pin returned them) is filled when every block
+// in it has a clean cached copy that nothing else holds (no destage,
+// discard or rewrite in flight); those copies are pinned like dirty
+// blocks, marked Clean, and returned in place among the others, appended
+// to dst.
+//
+// Writing a clean copy back writes what the backing device already holds
+// durably (invariant 3), so it changes nothing there, even torn by a power
+// cut. While it is pinned nothing else writes the block on the backing
+// device: writes around the cache wait for it (writeBackingAt), a write
+// into the cache maps a new slot, and Discard waits. ReadSlots reads gap
+// copies like the rest, and Complete only unpins them.
+func (c *Cache) PinGaps(pinned []DirtyBlock, maxGap int, dst []DirtyBlock) []DirtyBlock {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, b := range pinned {
+		if i > 0 {
+			prev := pinned[i-1].LBA
+			if b.LBA > prev+1 && b.LBA-prev-1 <= uint64(maxGap) && c.gapCleanLocked(prev+1, b.LBA) {
+				dst = c.pinGapLocked(prev+1, b.LBA, dst)
+			}
+		}
+		dst = append(dst, b)
+	}
+	return dst
+}
+
+// gapCleanLocked reports whether every block in [lo, hi) has a clean
+// cached copy that may be pinned.
+func (c *Cache) gapCleanLocked(lo, hi uint64) bool {
+	t := &c.mu.t
+	for l := lo; l < hi; l++ {
+		s, ok := t.lookup(l)
+		if !ok || t.flags[s]&(fValid|fDirty|fPinned|fWriting|fLost) != fValid ||
+			c.mu.inflight[l] > 0 || c.discardingLocked(l) {
+			return false
+		}
+	}
+	return true
+}
+
+// pinGapLocked pins the clean copies of [lo, hi) and appends them to dst.
+func (c *Cache) pinGapLocked(lo, hi uint64, dst []DirtyBlock) []DirtyBlock {
+	t := &c.mu.t
+	for l := lo; l < hi; l++ {
+		s, _ := t.lookup(l)
+		t.flags[s] |= fPinned
+		c.mu.inflight[l]++
+		dst = append(dst, DirtyBlock{LBA: l, Slot: s, CRC: t.crc[s], Clean: true})
+	}
+	return dst
+}
+
+// waitInflight waits until no destage holds a block of [lo, hi): the
+// backing device must not change under a destage's write of a clean gap
+// copy (PinGaps). Dirty blocks never get here: a block with a dirty
+// cached version is always written into the cache (invariant 4).
+func (c *Cache) waitInflight(lo, hi uint64) {
+	c.mu.Lock()
+	for len(c.mu.inflight) > 0 && c.inflightIn(lo, hi) && c.usable() == nil {
+		c.mu.freed.Wait()
+	}
+	c.mu.Unlock()
+}
