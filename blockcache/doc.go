@@ -24,8 +24,8 @@
 // reads the backing device (coalescing a run of misses into one I/O) and may
 // promote the block as a clean copy.
 //
-// Destage hooks (used by package flush): DirtyBlocks, Pin, ReadSlots and
-// Complete. Complete journals CLEAN only after the caller has written and
+// Destage hooks (used by package flush): DirtyBlocks, Pin, PinGaps,
+// ReadSlots and Complete. Complete journals CLEAN only after the caller has written and
 // synced the backing device.
 //
 // # Invariants
@@ -53,7 +53,10 @@
 //     in flight, only the current dirty version is pinned (a pinned slot is
 //     never rewritten in place, so it stays that version), its MAP record is
 //     durable before Pin returns, and a block with a dirty cached version is
-//     always written into the cache, in every mode.
+//     always written into the cache, in every mode. A clean copy pinned to
+//     fill a gap between dirty blocks (PinGaps) rewrites what the backing
+//     device already holds; a write around the cache to its block waits
+//     until that destage completes (writeBackingAt).
 //  5. Discard drops clean copies first (durably), then zeroes and syncs the
 //     backing device, then drops dirty copies: each block reads as before or
 //     as zeros at every crash point.

@@ -17,16 +17,19 @@
 //     rewrite in flight, or being discarded, and then syncs the cache
 //     journal unless a sync already covers the pinned versions' records,
 //     so recovery can never roll a destaged version back.
-//  3. Cut the pinned blocks into runs of consecutive LBAs, at most
-//     Policy.MaxRun bytes each.
+//  3. Cache.PinGaps fills each gap of at most 64 blocks between pinned
+//     blocks whose blocks all have clean cached copies with those copies
+//     (pinned too, marked Clean: they rewrite what the backing device
+//     holds, and a second run would cost a seek). Cut the blocks into
+//     runs of consecutive LBAs, at most Policy.MaxRun bytes each.
 //  4. Workers read each run from the cache device (Cache.ReadSlots, which
 //     verifies checksums) into a 4096-aligned buffer (device.AlignedBuffer:
 //     production backing devices are opened O_DIRECT) and write it to the
 //     backing device with one WriteAt.
 //  5. One Backing().Sync() (fdatasync) for the whole batch, after all of its
 //     writes returned.
-//  6. Only then Cache.Complete(run, true) per run: CLEAN records, the blocks
-//     become clean. Runs that failed, were skipped, or whose sync failed
+//  6. Only then Cache.Complete(run, true) per run: CLEAN records, the
+//     dirty blocks become clean (the gap copies are only unpinned). Runs that failed, were skipped, or whose sync failed
 //     are completed with false and stay dirty.
 //
 // # Invariants
