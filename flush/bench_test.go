@@ -33,24 +33,35 @@ func (r drainResult) String() string {
 }
 
 // drainSetup is a cache over an HDD model holding dirty 4 KiB blocks at a
-// given density over a region, written in random order.
+// given density over a region, written in random order; with cleanRest
+// every other block of the region has a clean cached copy (read before).
 type drainSetup struct {
 	c   *blockcache.Cache
 	hdd *device.HDDModel
 }
 
-func newDrainSetup(tb testing.TB, region int, density float64, seed uint64) *drainSetup {
+func newDrainSetup(tb testing.TB, region int, density float64, seed uint64, cleanRest bool) *drainSetup {
 	rng := rand.New(rand.NewPCG(seed, 99))
 	perm := rng.Perm(region)
 	n := int(float64(region) * density)
 	lbas := perm[:n] // a random subset, in random order
 	slots := n + 1024
+	if cleanRest {
+		slots = region + 1024
+	}
 	ssd := device.NewMem(cacheBytes(tb, slots, 0), [16]byte{0x55})
 	hddMem := device.NewMem(int64(region)*bs, hddID)
 	hdd := device.NewHDDModel(hddMem)
 	require.NoError(tb, blockcache.Format(ssd, hdd, blockcache.FormatOptions{}))
 	c, err := blockcache.Open(ssd, hdd, blockcache.Options{CheckpointInterval: -1, ReserveFree: 8})
 	require.NoError(tb, err)
+	if cleanRest {
+		buf := make([]byte, bs)
+		for _, lba := range perm[n:] {
+			_, err := c.ReadAt(buf, int64(lba)*bs) // promoted: a clean copy
+			require.NoError(tb, err)
+		}
+	}
 	// Fill with a few writers; sync now and then so the in-memory
 	// devices drop their undo logs.
 	const writers = 4
@@ -104,14 +115,15 @@ func (s *drainSetup) drain(tb testing.TB) drainResult {
 func BenchmarkDrain(b *testing.B) {
 	const region = 16384
 	for _, dens := range []struct {
-		name string
-		d    float64
-	}{{"100%", 1}, {"25%", 0.25}, {"1%", 0.01}} {
+		name      string
+		d         float64
+		cleanRest bool
+	}{{"100%", 1, false}, {"25%", 0.25, false}, {"1%", 0.01, false}, {"25%+clean", 0.25, true}, {"1%+clean", 0.01, true}} {
 		b.Run("density="+dens.name, func(b *testing.B) {
 			var r drainResult
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
-				s := newDrainSetup(b, region, dens.d, uint64(i))
+				s := newDrainSetup(b, region, dens.d, uint64(i), dens.cleanRest)
 				b.StartTimer()
 				r = s.drain(b)
 				b.StopTimer()
@@ -132,7 +144,7 @@ func BenchmarkDrain(b *testing.B) {
 // order drains at ≥ 80 % of the disk's sequential bandwidth (HDD model),
 // thanks to elevator order, 1 MiB runs and batched syncs.
 func TestDrainSequentialBandwidth(t *testing.T) {
-	s := newDrainSetup(t, 4096, 1, 1)
+	s := newDrainSetup(t, 4096, 1, 1, false)
 	r := s.drain(t)
 	t.Logf("density 100%%: %s", r)
 	require.EqualValues(t, 4096, r.blocks)
