@@ -192,7 +192,7 @@ func (c *Cache) Complete(blocks []DirtyBlock, written bool) error {
 		i += n
 	}
 	if written {
-		c.stats.destagedBlocks.Add(uint64(countDirty(blocks)))
+		c.stats.destagedBlocks.Add(uint64(CountDirty(blocks)))
 		c.stats.destageRuns.Add(1)
 		c.kickReclaim()
 	}
@@ -235,8 +235,9 @@ func (c *Cache) SlotCount() int { return int(c.g.SlotCount) }
 // DirtyBlock.Since.
 func (c *Cache) Tick() uint32 { return c.tick() }
 
-// countDirty is how many of blocks are dirty versions (not gap fillers).
-func countDirty(blocks []DirtyBlock) int {
+// CountDirty is how many of blocks are dirty versions, not clean copies
+// filling a gap (PinGaps).
+func CountDirty(blocks []DirtyBlock) int {
 	n := 0
 	for _, b := range blocks {
 		if !b.Clean {

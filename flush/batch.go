@@ -90,7 +90,7 @@ func (l *loop) runBatch(pinned []blockcache.DirtyBlock, pol Policy) batchResult 
 			continue
 		}
 		if written {
-			n := dirtyIn(r.blocks)
+			n := blockcache.CountDirty(r.blocks)
 			res.bytes += n * blockSize
 			l.d.stats.destaged(l.now(), n)
 		}
@@ -184,14 +184,3 @@ func (l *loop) writeRun(blocks []blockcache.DirtyBlock, b []byte, lost *blockcac
 	return nil
 }
 
-// dirtyIn is how many of blocks are dirty versions, not clean copies
-// filling a gap (Cache.PinGaps).
-func dirtyIn(blocks []blockcache.DirtyBlock) int {
-	n := 0
-	for _, b := range blocks {
-		if !b.Clean {
-			n++
-		}
-	}
-	return n
-}
