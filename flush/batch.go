@@ -183,4 +183,3 @@ func (l *loop) writeRun(blocks []blockcache.DirtyBlock, b []byte, lost *blockcac
 	}
 	return nil
 }
-
