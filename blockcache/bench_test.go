@@ -15,8 +15,10 @@ import (
 
 // benchCache opens a cache on real files in a temp dir: a 256 MiB cache
 // file (buffered, as the command opens it) and a 1 GiB sparse backing file.
-func benchCache(b *testing.B) *Cache {
-	dir := b.TempDir()
+func benchCache(b *testing.B) *Cache { return benchCacheIn(b, b.TempDir()) }
+
+// benchCacheIn is benchCache with its files in dir.
+func benchCacheIn(b *testing.B, dir string) *Cache {
 	ssdPath, hddPath := filepath.Join(dir, "ssd"), filepath.Join(dir, "hdd")
 	require.NoError(b, device.Create(ssdPath, 256<<20))
 	require.NoError(b, device.Create(hddPath, 1<<30))

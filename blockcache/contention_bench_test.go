@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"sort"
@@ -17,8 +16,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"github.com/wbcache/wbcache/device"
-	"github.com/wbcache/wbcache/layout"
 )
 
 // BenchmarkConcurrentWrite: N goroutines write random 4 KiB blocks to the
@@ -80,6 +77,7 @@ func BenchmarkConcurrentWrite(b *testing.B) {
 	}
 }
 
+// contentionCache is benchCache on a tmpfs where there is one.
 func contentionCache(b *testing.B) *Cache {
 	dir := b.TempDir()
 	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
@@ -88,23 +86,7 @@ func contentionCache(b *testing.B) *Cache {
 		b.Cleanup(func() { os.RemoveAll(d) })
 		dir = d
 	}
-	ssdPath, hddPath := filepath.Join(dir, "ssd"), filepath.Join(dir, "hdd")
-	require.NoError(b, device.Create(ssdPath, 256<<20))
-	require.NoError(b, device.Create(hddPath, 1<<30))
-	ssd, err := device.Open(ssdPath, device.Options{})
-	require.NoError(b, err)
-	hdd, err := device.Open(hddPath, device.Options{})
-	require.NoError(b, err)
-	require.NoError(b, Format(ssd, hdd, FormatOptions{}))
-	c, err := Open(ssd, hdd, Options{})
-	require.NoError(b, err)
-	require.NoError(b, c.SetSettings(layout.Settings{SetMask: layout.SetSeqCutoff}))
-	b.Cleanup(func() {
-		c.Close()
-		ssd.Close()
-		hdd.Close()
-	})
-	return c
+	return benchCacheIn(b, dir)
 }
 
 // lockProfile turns on the runtime's mutex and block profiles and keeps
