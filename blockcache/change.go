@@ -14,10 +14,9 @@ import "github.com/wbcache/wbcache/layout"
 // followed by unmapLocked: both queue the slot until that record is
 // durable (invariant 1).
 type metaChange struct {
-	c    *Cache
-	n    int
-	last uint64 // sequence number of the newest record appended
-	gen  uint64 // sync generation of that record (journal.appendGen)
+	c   *Cache
+	n   int
+	gen uint64 // sync generation of the newest record (journal.appendGen)
 }
 
 // beginChange reserves room for n records and takes Cache.mu. An error
@@ -34,8 +33,9 @@ func (c *Cache) beginChange(n int) (metaChange, error) {
 // its sequence number.
 func (m *metaChange) record(r layout.Record) uint64 {
 	r.Epoch = m.c.epoch.Load()
-	m.last, m.gen = m.c.j.appendGen(r)
-	return m.last
+	var seq uint64
+	seq, m.gen = m.c.j.appendGen(r)
+	return seq
 }
 
 // free journals a FREE record for slot s, which holds lba, and unmaps the

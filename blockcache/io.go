@@ -178,13 +178,13 @@ func (c *Cache) WriteAt(p []byte, off int64) (int, error) {
 	stream := c.seqDetect(&c.seqWrites, off, int64(len(p))) && mode != ModeWritethrough
 	bypass = bypass || stream
 	var last uint64
-	around := false       // some of p went to the backing device alone
-	done, cacheTo := 0, 0 // [done, cacheTo) goes into the cache whole
+	wentAround := false    // some of p went to the backing device alone
+	done, perBlock := 0, 0 // [done, perBlock) is a run written block by block
 	for done < len(p) {
 		pos := off + int64(done)
 		lba := uint64(pos) / BlockSize
 		inBlock := int(pos % BlockSize)
-		if bypass && done >= cacheTo && inBlock == 0 && len(p)-done >= 2*BlockSize {
+		if bypass && done >= perBlock && inBlock == 0 && len(p)-done >= 2*BlockSize {
 			// Whole blocks going around the cache: one backing I/O per run.
 			n := min((len(p)-done)/BlockSize, maxAroundRun) * BlockSize
 			ok, err := c.writeAroundRun(lba, p[done:done+n])
@@ -193,26 +193,27 @@ func (c *Cache) WriteAt(p []byte, off int64) (int, error) {
 			}
 			if ok {
 				done += n
-				around = true
+				wentAround = true
 				continue
 			}
-			if mode == ModeWriteback {
-				// A block of the run has a dirty cached version, which
-				// must be superseded in the cache: the whole run goes
-				// there, not a scatter of short backing writes around it.
-				cacheTo = done + n
-			}
+			// A block of the run has a dirty cached version, which must
+			// be superseded in the cache: in writeback mode the whole run
+			// goes there, not a scatter of short backing writes around
+			// it; the other modes admit no new blocks, so theirs goes
+			// block by block.
+			perBlock = done + n
 		}
+		around := bypass && (mode != ModeWriteback || done >= perBlock)
 		n := min(BlockSize-inBlock, len(p)-done)
-		seq, err := c.writeBlock(lba, inBlock, p[done:done+n], mode, bypass && done >= cacheTo)
+		seq, err := c.writeBlock(lba, inBlock, p[done:done+n], mode, around)
 		if err != nil {
 			return done, err
 		}
-		around = around || (seq == 0 && bypass && done >= cacheTo)
+		wentAround = wentAround || (around && seq == 0)
 		last = max(last, seq)
 		done += n
 	}
-	if around && stream {
+	if wentAround && stream {
 		c.stats.bypassed.Add(1)
 	}
 	if last > 0 {
@@ -344,9 +345,10 @@ func (c *Cache) writeBlock(lba uint64, inBlock int, data []byte, mode Mode, bypa
 		return c.cacheBlock(lba, blk, true)
 	}
 	if cached {
-		// Drop the clean cached copy, durably, before the backing write:
-		// a clean copy must never differ from the backing device.
-		if err := c.unmapClean(lba, old); err != nil {
+		// Drop the clean cached copy before the backing write (which
+		// waits for the FREE record to be durable): a clean copy must
+		// never differ from the backing device.
+		if err := c.dropClean([]DirtyBlock{{LBA: lba, Slot: old}}); err != nil {
 			return 0, err
 		}
 	}
@@ -560,19 +562,6 @@ func (c *Cache) fillSlot(s uint32, lba uint64, blk []byte, dirty bool) (uint64, 
 	m.end()
 	c.bumpGen(lba)
 	return seq, nil
-}
-
-// unmapClean drops a clean cached copy of lba (slot s) with a FREE record
-// written before it returns. Caller holds the stripe lock.
-func (c *Cache) unmapClean(lba uint64, s uint32) error {
-	m, err := c.beginChange(1)
-	if err != nil {
-		return c.fail(err)
-	}
-	m.free(s, lba, true)
-	m.end()
-	c.bumpGen(lba)
-	return c.syncJournal()
 }
 
 // maybePromote copies a block just read from the backing device into the
