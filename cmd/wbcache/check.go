@@ -37,11 +37,8 @@ func runCheck(args []string, out io.Writer) error {
 	f := newFlags("check", "wbcache check --cache PATH [--backing PATH]", checkAbout, out)
 	cachePath := f.String("cache", "", "cache device `PATH`")
 	backingPath := f.String("backing", "", "backing device `PATH` (optional: also check it matches)")
-	pos, err := f.parse(args)
+	_, err := f.parseArgs(args)
 	if err != nil {
-		return err
-	}
-	if err := f.wantArgs(pos); err != nil {
 		return err
 	}
 	if *cachePath == "" {

@@ -50,11 +50,8 @@ func runDemo(args []string, out io.Writer) error {
 	dur := f.Duration("duration", 4*time.Second, "how long the workload runs (`DUR`), half before the kill and half after")
 	seed := f.Uint64("seed", 0, "workload random `SEED` (0 = pick one; the seed used is printed)")
 	logLevel := f.String("log-level", "warn", "daemon log `LEVEL`: debug, info, warn or error")
-	pos, err := f.parse(args)
+	_, err := f.parseArgs(args)
 	if err != nil {
-		return err
-	}
-	if err := f.wantArgs(pos); err != nil {
 		return err
 	}
 	level, err := parseLevel(*logLevel)

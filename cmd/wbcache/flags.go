@@ -116,15 +116,22 @@ func (f *cmdFlags) wantArgs(pos []string, names ...string) error {
 	return nil
 }
 
-// parseDevices parses the options of a command that works on a cache and
-// its backing device (both required) and takes the positional arguments
-// names.
-func (f *cmdFlags) parseDevices(args []string, cachePath, backingPath *string, names ...string) ([]string, error) {
+// parseArgs parses args and checks that the positional arguments are
+// exactly names.
+func (f *cmdFlags) parseArgs(args []string, names ...string) ([]string, error) {
 	pos, err := f.parse(args)
 	if err != nil {
 		return nil, err
 	}
-	if err := f.wantArgs(pos, names...); err != nil {
+	return pos, f.wantArgs(pos, names...)
+}
+
+// parseDevices parses the options of a command that works on a cache and
+// its backing device (both required) and takes the positional arguments
+// names.
+func (f *cmdFlags) parseDevices(args []string, cachePath, backingPath *string, names ...string) ([]string, error) {
+	pos, err := f.parseArgs(args, names...)
+	if err != nil {
 		return nil, err
 	}
 	if *cachePath == "" || *backingPath == "" {

@@ -24,11 +24,8 @@ before that sync may be lost ('wbcache status' says more).`
 
 func runFlush(args []string, out io.Writer) error {
 	f := newFlags("flush", "wbcache flush MOUNTPOINT", flushAbout, out)
-	pos, err := f.parse(args)
+	pos, err := f.parseArgs(args, "MOUNTPOINT")
 	if err != nil {
-		return err
-	}
-	if err := f.wantArgs(pos, "MOUNTPOINT"); err != nil {
 		return err
 	}
 	cl, err := dialControl(pos[0])

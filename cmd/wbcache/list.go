@@ -49,11 +49,8 @@ type listEntry struct {
 func runList(args []string, out io.Writer) error {
 	f := newFlags("list", "wbcache list [--json]", listAbout, out)
 	asJSON := f.Bool("json", false, "print a JSON array")
-	pos, err := f.parse(args)
+	_, err := f.parseArgs(args)
 	if err != nil {
-		return err
-	}
-	if err := f.wantArgs(pos); err != nil {
 		return err
 	}
 	entries, err := listCaches()

@@ -181,11 +181,8 @@ not reachable). --json prints the JSON snapshot; README.md lists its fields.`
 func runStatus(args []string, out io.Writer) error {
 	f := newFlags("status", "wbcache status MOUNTPOINT [--json]", statusAbout, out)
 	asJSON := f.Bool("json", false, "print the JSON snapshot")
-	pos, err := f.parse(args)
+	pos, err := f.parseArgs(args, "MOUNTPOINT")
 	if err != nil {
-		return err
-	}
-	if err := f.wantArgs(pos, "MOUNTPOINT"); err != nil {
 		return err
 	}
 	raw, err := fetchStatus(pos[0])

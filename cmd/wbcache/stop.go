@@ -24,11 +24,8 @@ stopping.`
 func runStop(args []string, out io.Writer) error {
 	f := newFlags("stop", "wbcache stop [--force] MOUNTPOINT", stopAbout, out)
 	force := f.Bool("force", false, "stop even while MOUNTPOINT/disk is in use (I/O still arriving then fails with EIO)")
-	pos, err := f.parse(args)
+	pos, err := f.parseArgs(args, "MOUNTPOINT")
 	if err != nil {
-		return err
-	}
-	if err := f.wantArgs(pos, "MOUNTPOINT"); err != nil {
 		return err
 	}
 	cl, err := dialControl(pos[0])

@@ -16,11 +16,8 @@ version control revision and time when the build recorded them (with
 
 func runVersion(args []string, out io.Writer) error {
 	f := newFlags("version", "wbcache version", versionAbout, out)
-	pos, err := f.parse(args)
+	_, err := f.parseArgs(args)
 	if err != nil {
-		return err
-	}
-	if err := f.wantArgs(pos); err != nil {
 		return err
 	}
 	info, ok := debug.ReadBuildInfo()
