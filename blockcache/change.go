@@ -35,7 +35,6 @@ func (c *Cache) beginChange(n int) (metaChange, error) {
 // mapped in ascending epoch order.
 func (m *metaChange) record(r layout.Record) uint64 {
 	r.Epoch = m.epoch
-	dbg(r.LBA, "record %v slot %d flags %d epoch %d old %d", r.Type, r.Slot, r.Flags, r.Epoch, r.Old)
 	var seq uint64
 	seq, m.gen = m.c.j.appendGen(r)
 	return seq

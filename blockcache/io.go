@@ -651,13 +651,6 @@ func (c *Cache) allocSlot(wait bool) (uint32, error) {
 			c.stats.allocWaits.Add(1)
 		}
 		c.signalPressure()
-		if dbgLBA == -2 {
-			var fl []string
-			for s, f := range t.flags {
-				fl = append(fl, fmt.Sprintf("%d:%x:l%d:o%v", s, f, t.lba[s], t.isOlder(uint32(s))))
-			}
-			fmt.Printf("DBG alloc wait: valid %d dirty %d pending %v flags %v\n", t.valid, t.dirty, c.mu.pending, fl)
-		}
 		c.mu.freed.Wait()
 	}
 	s, _ := t.free.take()
