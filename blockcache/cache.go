@@ -55,6 +55,10 @@ type Options struct {
 	// ReserveFree is how many free slots the reclaimer keeps ready by
 	// evicting clean blocks (default 1/64 of the slots, at least 8).
 	ReserveFree int
+	// MaxOlderVersions bounds the slots that older versions kept for
+	// ordered write-back may hold before ordering is suspended (default
+	// a quarter of the slots).
+	MaxOlderVersions int
 	// NoBackgroundBackingSync turns off the reclaimer's once-a-second sync
 	// of the backing device after writes sent around the cache (then only
 	// Sync makes them durable, marks write-through blocks clean and lets
