@@ -116,12 +116,12 @@ type Cache struct {
 	stop       chan struct{}
 	wg         sync.WaitGroup
 
-	epoch  atomic.Uint32 // flush epoch: bumped by every Sync (noteEpoch)
+	epoch atomic.Uint32 // flush epoch: bumped by every Sync (noteEpoch)
 	// epochMu guards epochStarts, when recent epochs began (ordered.go).
 	epochMu     sync.Mutex
 	epochStarts [256]epochStart
-	failed atomic.Pointer[error]
-	closed atomic.Bool
+	failed      atomic.Pointer[error]
+	closed      atomic.Bool
 	// Foreground writes to the backing device (counted as each ends), and
 	// how many of them the last backing sync covered.
 	hddWritten, hddSynced atomic.Uint64

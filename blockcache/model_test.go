@@ -2,12 +2,12 @@ package blockcache
 
 import (
 	"bytes"
-	"maps"
-	"slices"
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
