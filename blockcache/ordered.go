@@ -210,11 +210,17 @@ func (c *Cache) maybeResumeLocked() {
 		return
 	}
 	cur := c.epoch.Load()
-	if e, ok := c.mu.t.oldestEpoch(); ok && epochBefore(e, cur) {
+	e, dirty := c.mu.t.oldestEpoch()
+	if dirty && epochBefore(e, cur) {
 		return
 	}
-	if o.unkeptSet && !epochBefore(o.unkept, cur) {
+	// With no dirty version at all the backing device holds every block
+	// as it is now, whatever was superseded before.
+	if dirty && o.unkeptSet && !epochBefore(o.unkept, cur) {
 		return
+	}
+	if len(c.mu.t.older) > 0 {
+		return // lost older versions wait for a discard or a rewrite
 	}
 	if c.hddWritten.Load() != c.hddSynced.Load() {
 		return
@@ -310,6 +316,9 @@ func (c *Cache) Order() OrderStatus {
 	t := &c.mu.t
 	cur := c.epoch.Load()
 	st := OrderStatus{Order: "unordered", OlderVersions: len(t.older), Suspensions: o.suspensions, Suspended: o.suspended}
+	if o.ordered && o.suspended == "" && o.broken {
+		st.Suspended = "resuming: writing the superblock"
+	}
 	if o.ordered {
 		st.Order = "ordered"
 	}
