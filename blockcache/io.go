@@ -322,8 +322,13 @@ func (c *Cache) writeBlock(lba uint64, inBlock int, data []byte, mode Mode, bypa
 	// Ordered write-back behind: nothing goes to the backing device in
 	// place before the older epochs' versions (ordered.go).
 	behind := c.behindLocked(c.epoch.Load())
+	// With ordering on, a block with a dirty version is not written
+	// through: a power cut could lose the new version's record while the
+	// backing device keeps its data, and recovery would then bring back
+	// the dirty version under a backing device that is ahead of it.
+	overDirty := dirty && c.orderingLocked()
 	c.mu.Unlock()
-	through := mode == ModeWritethrough && !bypass && !behind && !older
+	through := mode == ModeWritethrough && !bypass && !behind && !older && !overDirty
 	toCache := !through && (dirty || behind || (!bypass && mode == ModeWriteback))
 	var blk []byte
 	if len(data) == BlockSize && toCache && !c.ssdAligned {

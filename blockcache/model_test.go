@@ -478,8 +478,9 @@ func (mr *modelRun) step() {
 // checkBackingAlone checks the backing device's crash image alone (the
 // cache device lost) against the client's history, when ordered
 // write-back was in force (or always, with mr.expectOrderFailure): it
-// must be a state a power cut could have left. It counts the checks and
-// the inconsistent images, and logs the latter.
+// must be a state a power cut could have left. It counts the checks; an
+// inconsistent image fails the test, or is counted with
+// mr.expectOrderFailure.
 func (mr *modelRun) checkBackingAlone(hdd *device.Mem, power bool) {
 	if !mr.m.snapInForce && !mr.expectOrderFailure {
 		mr.ops["backing-alone-skipped"]++
@@ -492,7 +493,7 @@ func (mr *modelRun) checkBackingAlone(hdd *device.Mem, power bool) {
 	}
 	mr.ops["backing-alone-inconsistent"]++
 	if !mr.expectOrderFailure {
-		mr.t.Logf("cycle %d (power cut %v): the backing device alone is no state a power cut could have left: block %d fits no epoch (%d epochs); log %v",
+		mr.t.Fatalf("cycle %d (power cut %v): the backing device alone is no state a power cut could have left: block %d fits no epoch (%d epochs); log %v",
 			mr.cycles, power, bad, mr.m.epoch+1, mr.log)
 	}
 	_ = fits
@@ -726,10 +727,10 @@ func TestModelCrashRecoveryHot(t *testing.T) {
 
 // TestModelCrashRecoveryOrdered is TestModelCrashRecovery with ordered
 // write-back (two seeds, the default bound on older versions, so ordering
-// is suspended and resumes): every recovery must keep the contract. At
-// each crash the backing device's image alone is checked against the
-// client's history while ordering was in force (checkBackingAlone), and
-// the checks and inconsistent images are counted and logged.
+// is suspended and resumes): every recovery must keep the contract, and
+// at each crash while ordering was in force the backing device's image
+// alone must be a state a power cut could have left of the client's
+// history (checkBackingAlone).
 func TestModelCrashRecoveryOrdered(t *testing.T) {
 	modelCrashRecoveryOrder(t, 0, 2, layout.OrderOrdered)
 }
