@@ -230,7 +230,11 @@ func (x *ext4Rig) verifyFiles(opts string, args ...string) (string, string, bool
 		x.bytes += atoi(m[2])
 	}
 	if code != 0 {
-		x.fail("wbcheck verify: %s", oneLine(grepLines(out, "problem"), 600))
+		detail := grepLines(out, "problem ")
+		if line == "" {
+			detail = out
+		}
+		x.fail("wbcheck verify exited %d (%s): %s", code, line, oneLine(detail, 600))
 	}
 	return line, out, x.umountFS()
 }
