@@ -137,7 +137,15 @@ func (x *loseCache) round() bool {
 	}
 	limit := max(wo.ConsistentUnixNano, base)
 
-	// The backing file alone.
+	// The backing file alone (with -crash.failures, a copy as the kill
+	// left it is kept for a failed round).
+	evidence := ""
+	if *flagFailures != "" {
+		evidence = x.e.path("backing-at-kill.img")
+		if code, out := run("", 10*time.Minute, "cp", "--sparse=always", x.backing, evidence); code != 0 {
+			x.t.Fatalf("copying the backing file: %s", out)
+		}
+	}
 	if !x.loopUp(x.backing) {
 		return false
 	}
@@ -157,6 +165,15 @@ func (x *loseCache) round() bool {
 	if x.failures() > fails {
 		x.newFS()
 		next = "next round on a new file system"
+		if evidence != "" {
+			dst := filepath.Join(*flagFailures, fmt.Sprintf("round-%d", x.it), "backing-at-kill.img")
+			if err := os.MkdirAll(filepath.Dir(dst), 0o755); err == nil {
+				run("", 10*time.Minute, "mv", evidence, dst)
+			}
+		}
+	}
+	if evidence != "" {
+		os.Remove(evidence)
 	}
 	x.t.Logf("round %d/%d: %s; kill at %dms, %d ops, %d MiB dirty, %d MiB written back; consistent point %s (epoch %d, %d behind, %d older versions); fsck rc %d; %s; %s; failures so far %d",
 		x.it, x.n, strings.Join(policy, " "), ms, ops, st.DirtyBytes>>20, st.DestagedBytes>>20, point, wo.ConsistentEpoch, wo.BehindEpochs, wo.OlderVersions,

@@ -38,7 +38,8 @@
 #   --keep             keep the work directory (kept anyway on failure,
 #                      with the backing file, manifests and logs)
 #   --failures DIR     also copy the logs and manifest of each failed
-#                      round to DIR/round-N
+#                      round to DIR/round-N, with the backing file as the
+#                      kill left it (backing-at-kill.img)
 # Environment: WBCACHE / WBCHECK = prebuilt binaries, WBC_TMP = parent of
 # the work directory (default /var/tmp), WBC_FUSE_URING = the transport.
 # The same run by hand: go test -v -run '^TestLoseCacheExt4Loop$'
