@@ -26,6 +26,23 @@ type MapEntry struct {
 	LBA   uint64
 	CRC   uint32
 	Valid bool
+	// Older: the slot holds an older dirty version of LBA, kept for
+	// ordered write-back (the index points at a newer one).
+	Older bool
+	// Epoch is the low 24 bits of the flush epoch of the slot's version
+	// (EpochFrom widens it again).
+	Epoch uint32
+}
+
+// EpochBits is how many bits of a version's flush epoch a map entry keeps.
+const EpochBits = 24
+
+// EpochFrom widens the low EpochBits of an epoch to the full epoch nearest
+// below or at ref (the superblock's flush epoch): versions are never more
+// than 2^EpochBits epochs older than the checkpoint that saves them.
+func EpochFrom(low, ref uint32) uint32 {
+	const mask = 1<<EpochBits - 1
+	return ref - (ref-low)&mask
 }
 
 // PutMapEntry stores entry i of a slot-map page.
@@ -37,6 +54,10 @@ func PutMapEntry(page []byte, i int, e MapEntry) {
 	if e.Valid {
 		f = 1
 	}
+	if e.Older {
+		f |= 2
+	}
+	f |= (e.Epoch & (1<<EpochBits - 1)) << 8
 	binary.LittleEndian.PutUint32(b[12:], f)
 }
 
@@ -47,6 +68,8 @@ func GetMapEntry(page []byte, i int) MapEntry {
 		LBA:   binary.LittleEndian.Uint64(b),
 		CRC:   binary.LittleEndian.Uint32(b[8:]),
 		Valid: binary.LittleEndian.Uint32(b[12:])&1 != 0,
+		Older: binary.LittleEndian.Uint32(b[12:])&2 != 0,
+		Epoch: binary.LittleEndian.Uint32(b[12:]) >> 8,
 	}
 }
 

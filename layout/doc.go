@@ -63,7 +63,8 @@
 //	  2    1 low watermark (percent)         bit 1 SetLowWatermark
 //	  3    1 high watermark (percent)        bit 2 SetHighWatermark
 //	  4    2 destager workers                bit 3 SetWorkers
-//	  6    2 reserved (zero)
+//	  6    1 write-back order: 0 ordered, 1 unordered   bit 7 SetOrder
+//	  7    1 reserved (zero)
 //	  8    4 max dirty age (seconds)         bit 4 SetMaxDirtyAge
 //	 12    4 reserved (zero)
 //	 16    8 sequential cutoff (bytes)       bit 5 SetSeqCutoff
@@ -72,7 +73,7 @@
 //	 32   32 reserved (zero)
 //
 // A field whose set-mask bit is clear takes its default, whatever it
-// holds, so that zero can be a value chosen on purpose. Set-mask bits 7-31
+// holds, so that zero can be a value chosen on purpose. Set-mask bits 8-31
 // are reserved: written as zero, and a superblock that has one set (or a
 // mode above 3) is corrupt, as one with an unknown flag is. A new setting
 // takes a new bit together with a new FormatVersion.
@@ -89,7 +90,10 @@
 //	 20   12 reserved (zero)
 //
 // A slot-map page holds EntriesPerMapPage entries of 16 bytes:
-// backing LBA (8), data CRC32C (4), flags (4: bit 0 = slot holds a block).
+// backing LBA (8), data CRC32C (4), flags (4: bit 0 = slot holds a block,
+// bit 1 = it holds an older dirty version of it, kept for ordered
+// write-back, bits 8-31 = the low 24 bits of the version's flush epoch,
+// widened again against the superblock's flush epoch; format version 3).
 // A dirty-bitmap page holds BitsPerBitmapPage bits, bit s%BitsPerBitmapPage
 // of page s/BitsPerBitmapPage set when slot s holds data the backing device
 // does not have yet. A checkpoint is written to the idle copy, synced, and
@@ -110,8 +114,10 @@
 // in place: the slot already held LBA and this record was journaled before
 // the new data was written, so if the data does not match, this record
 // alone is void and the mapping before it stands), reserved
-// (2), slot (4), LBA (8), data CRC32C (4), flush epoch (4), reserved (4),
-// chained CRC32C (4): CRC32C of bytes 0-27 continuing from the previous
+// (2), slot (4), LBA (8), data CRC32C (4), flush epoch (4), old slot (4,
+// with flag bit 2 = keep old: the block's previous dirty version stays in
+// the old slot as an older version for ordered write-back, to be written
+// back before this one and then freed; zero without it), chained CRC32C (4): CRC32C of bytes 0-27 continuing from the previous
 // record's chained CRC, or from the header's CRC for record 0.
 //
 //	MAP   slot now holds block LBA with data CRC; dirty or clean (promoted)

@@ -96,6 +96,7 @@ func sampleSettings() layout.Settings {
 		LowWatermark:  10,
 		HighWatermark: 90,
 		Workers:       0xbeef,
+		Order:         layout.OrderUnordered,
 		MaxDirtyAge:   0xdeadbeef,
 		SeqCutoff:     0x0123456789abcdef,
 		IdleRate:      0xcafef00d,

@@ -37,6 +37,10 @@ const (
 	// does not match, this record alone is void and the one before it
 	// stands.
 	RecordInPlace = 1 << 1
+	// RecordKeepOld marks a MAP whose block's previous dirty version, in
+	// slot Old, stays as an older version (ordered write-back): it is
+	// written back before this one and then freed, not unmapped now.
+	RecordKeepOld = 1 << 2
 )
 
 // Record is one metadata change.
@@ -47,6 +51,7 @@ type Record struct {
 	LBA   uint64
 	CRC   uint32
 	Epoch uint32
+	Old   uint32 // with RecordKeepOld: the slot of the version kept
 }
 
 // JournalHeader is the header of a journal block.
@@ -100,6 +105,9 @@ func EncodeJournalRecord(b []byte, i int, chain uint32, r Record) uint32 {
 	le.PutUint64(o[8:], r.LBA)
 	le.PutUint32(o[16:], r.CRC)
 	le.PutUint32(o[20:], r.Epoch)
+	if r.Flags&RecordKeepOld != 0 {
+		le.PutUint32(o[24:], r.Old)
+	}
 	c := crc32.Update(chain, castagnoli, o[:recordCRCOff])
 	le.PutUint32(o[recordCRCOff:], c)
 	return c
@@ -149,8 +157,14 @@ func DecodeJournalBlock(b []byte, uuid [16]byte, recs []Record) (JournalHeader, 
 			CRC:   le.Uint32(o[16:]),
 			Epoch: le.Uint32(o[20:]),
 		}
-		if r.Type < RecMap || r.Type > RecFree || r.Flags&^(RecordDirty|RecordInPlace) != 0 || (r.Type != RecMap && r.Flags&RecordInPlace != 0) ||
-			o[2] != 0 || o[3] != 0 || !allZero(o[24:recordCRCOff]) {
+		keep := r.Flags&RecordKeepOld != 0
+		if keep {
+			r.Old = le.Uint32(o[24:])
+		}
+		if r.Type < RecMap || r.Type > RecFree || r.Flags&^(RecordDirty|RecordInPlace|RecordKeepOld) != 0 ||
+			(r.Type != RecMap && r.Flags&(RecordInPlace|RecordKeepOld) != 0) ||
+			(keep && (r.Flags&(RecordDirty|RecordInPlace) != RecordDirty || r.Old == r.Slot)) ||
+			o[2] != 0 || o[3] != 0 || (!keep && !allZero(o[24:recordCRCOff])) {
 			return JournalHeader{}, recs[:n], fmt.Errorf("journal block %d record %d: %v flags %#x: %w", h.LSN, i, r.Type, r.Flags, ErrCorrupt)
 		}
 		recs = append(recs, r)

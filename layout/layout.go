@@ -9,7 +9,12 @@ import (
 // Format constants. Never change them without bumping FormatVersion.
 const (
 	BlockSize     = 4096
-	FormatVersion = 2
+	FormatVersion = 3
+	// OldestReadableVersion is the oldest format version this one reads:
+	// version 2 lacks only what version 3 added (older versions kept for
+	// ordered write-back, the writeback-order setting), which a version 2
+	// cache never holds. A superblock is always written as FormatVersion.
+	OldestReadableVersion = 2
 
 	superMagic  = "WBCACHE1"
 	mapMagic    = 0x4d434257 // "WBCM"

@@ -18,12 +18,13 @@ const (
 	setLowOff       = 2
 	setHighOff      = 3
 	setWorkersOff   = 4
+	setOrderOff     = 6
 	setAgeOff       = 8
 	setCutoffOff    = 16
 	setIdleRateOff  = 24
 	setMaskOff      = 28
 	setReservedOff  = 32
-	docKnownSetBits = 7 // bits 0-6
+	docKnownSetBits = 8 // bits 0-7
 )
 
 // TestSettingsFormatValues: the mode values and set-mask bits are those
@@ -31,9 +32,10 @@ const (
 func TestSettingsFormatValues(t *testing.T) {
 	assert.Equal(t, []uint8{0, 1, 2, 3},
 		[]uint8{layout.ModeWriteback, layout.ModeWritethrough, layout.ModeWritearound, layout.ModeNone})
-	assert.Equal(t, []uint32{1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 4, 1 << 5, 1 << 6},
+	assert.Equal(t, []uint32{1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 4, 1 << 5, 1 << 6, 1 << 7},
 		[]uint32{layout.SetPromoteAfter, layout.SetLowWatermark, layout.SetHighWatermark, layout.SetWorkers,
-			layout.SetMaxDirtyAge, layout.SetSeqCutoff, layout.SetIdleRate})
+			layout.SetMaxDirtyAge, layout.SetSeqCutoff, layout.SetIdleRate, layout.SetOrder})
+	assert.Equal(t, []uint8{0, 1}, []uint8{layout.OrderOrdered, layout.OrderUnordered})
 	assert.Equal(t, uint32(1<<docKnownSetBits-1), layout.SetKnown)
 }
 
@@ -45,7 +47,8 @@ func TestSettingsDocLayout(t *testing.T) {
 	assert.Equal(t, s.LowWatermark, b[setLowOff])
 	assert.Equal(t, s.HighWatermark, b[setHighOff])
 	assert.Equal(t, s.Workers, le.Uint16(b[setWorkersOff:]))
-	assert.Equal(t, []byte{0, 0}, b[6:8], "reserved")
+	assert.Equal(t, s.Order, b[setOrderOff])
+	assert.Equal(t, []byte{0}, b[7:8], "reserved")
 	assert.Equal(t, s.MaxDirtyAge, le.Uint32(b[setAgeOff:]))
 	assert.Equal(t, []byte{0, 0, 0, 0}, b[12:16], "reserved")
 	assert.Equal(t, s.SeqCutoff, le.Uint64(b[setCutoffOff:]))

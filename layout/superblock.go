@@ -105,7 +105,7 @@ func DecodeSuperblock(b []byte) (Superblock, error) {
 	if string(b[0:8]) != superMagic {
 		return Superblock{}, ErrNotFormatted
 	}
-	if v := le.Uint32(b[8:]); v != FormatVersion {
+	if v := le.Uint32(b[8:]); v < OldestReadableVersion || v > FormatVersion {
 		if v > 0 {
 			return Superblock{}, &VersionError{Found: v}
 		}

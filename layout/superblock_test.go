@@ -176,9 +176,19 @@ func TestSuperblockVersion(t *testing.T) {
 		assert.Contains(t, err.Error(), "newer")
 	}
 
-	// An older version is refused too; the error says which it is, so that
+	// Versions from OldestReadableVersion on are read (and rewritten as
+	// FormatVersion by the next superblock write).
+	for v := uint32(layout.OldestReadableVersion); v < layout.FormatVersion; v++ {
+		b := bytes.Clone(good)
+		le.PutUint32(b[8:], v)
+		resealSuperblock(b)
+		_, err := layout.DecodeSuperblock(b)
+		require.NoError(t, err, "version %d", v)
+	}
+
+	// An older version is refused; the error says which it is, so that
 	// the command can say how to move on.
-	for v := uint32(1); v < layout.FormatVersion; v++ {
+	for v := uint32(1); v < layout.OldestReadableVersion; v++ {
 		b := bytes.Clone(good)
 		le.PutUint32(b[8:], v)
 		resealSuperblock(b)
