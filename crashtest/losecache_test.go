@@ -110,12 +110,14 @@ func (x *loseCache) round() bool {
 		x.t.Fatal(err)
 	}
 	if stErr != nil {
-		x.t.Fatalf("round %d: reading the consistent point before the kill: %v", x.it, stErr)
+		x.fail("reading the consistent point before the kill: %v", stErr)
+		return false
 	}
 	wo := st.WritebackOrder
 	if wo == nil {
-		x.t.Fatalf("round %d: `wbcache status --json` has no writeback_order object: this wbcache has no ordered write-back "+
-			"(--writeback-order, issue 15), so nothing says which fsyncs the backing device alone holds; this test needs it", x.it)
+		x.fail("`wbcache status --json` has no writeback_order object: this wbcache has no ordered write-back " +
+			"(--writeback-order, issue 15), so nothing says which fsyncs the backing device alone holds; this test needs it")
+		return false
 	}
 	if wo.Order != "ordered" {
 		x.fail("the cache was formatted with --writeback-order ordered, but status says the order is %q", wo.Order)
