@@ -2,7 +2,7 @@
 # scripts/crashtest-losecache.sh: ext4 on wbcache with ordered write-back,
 # then the cache device is lost: the backing file alone must hold a good
 # ext4 with every change committed before the daemon's consistent point
-# (issue 15; docs/design.md §2). It runs the Go test TestLoseCacheExt4Loop
+# (issue 15; docs/design.md §4). It runs the Go test TestLoseCacheExt4Loop
 # of the crashtest package (crashtest/doc.go).
 #
 # Once: mkfs.ext4 on the backing file itself. Each round:
