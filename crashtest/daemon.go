@@ -135,7 +135,10 @@ func (d *Daemon) Stop(timeout time.Duration) error {
 // Status is `wbcache status MNT --json`, decoded.
 func (d *Daemon) Status() (map[string]any, error) {
 	var m map[string]any
-	return m, d.StatusInto(&m)
+	if err := d.StatusInto(&m); err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 // StatusInto decodes `wbcache status MNT --json` into v (a struct keeps
