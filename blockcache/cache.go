@@ -96,6 +96,7 @@ type Cache struct {
 		discarding []lbaRange     // ranges a Discard is zeroing on the backing
 		sketch     promoteSketch
 		through    []DirtyBlock // write-through blocks waiting for a backing sync
+		order      orderState
 	}
 
 	j *journal
@@ -111,7 +112,10 @@ type Cache struct {
 	stop       chan struct{}
 	wg         sync.WaitGroup
 
-	epoch  atomic.Uint32 // flush epoch: bumped by every Sync
+	epoch  atomic.Uint32 // flush epoch: bumped by every Sync (noteEpoch)
+	// epochMu guards epochStarts, when recent epochs began (ordered.go).
+	epochMu     sync.Mutex
+	epochStarts [256]epochStart
 	failed atomic.Pointer[error]
 	closed atomic.Bool
 	// Foreground writes to the backing device (counted as each ends), and
@@ -318,7 +322,8 @@ func Open(ssd, hdd device.Device, opts Options) (*Cache, error) {
 		return nil, err
 	}
 	c.stats.recoveryNanos.Store(int64(opts.Now().Sub(t0)))
-	c.epoch.Store(uint32(sb.FlushEpoch) + 1)
+	c.epoch.Store(rec.epoch + 1)
+	c.mu.t.startOf = c.epochStarted
 	c.j, err = newJournal(ssd, c.g, c.uuid, rec.incarnation, rec.endLSN, rec.endCount, c.requestCheckpoint)
 	if err != nil {
 		return nil, err

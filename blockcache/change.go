@@ -14,9 +14,10 @@ import "github.com/wbcache/wbcache/layout"
 // followed by unmapLocked: both queue the slot until that record is
 // durable (invariant 1).
 type metaChange struct {
-	c   *Cache
-	n   int
-	gen uint64 // sync generation of the newest record (journal.appendGen)
+	c     *Cache
+	n     int
+	gen   uint64 // sync generation of the newest record (journal.appendGen)
+	epoch uint32 // the flush epoch, read under Cache.mu: records carry it
 }
 
 // beginChange reserves room for n records and takes Cache.mu. An error
@@ -26,13 +27,14 @@ func (c *Cache) beginChange(n int) (metaChange, error) {
 		return metaChange{}, err
 	}
 	c.mu.Lock()
-	return metaChange{c: c, n: n}, nil
+	return metaChange{c: c, n: n, epoch: c.epoch.Load()}, nil
 }
 
-// record appends r, stamped with the current flush epoch, and returns
-// its sequence number.
+// record appends r, stamped with the change's flush epoch, and returns
+// its sequence number. The epoch is read under Cache.mu, so versions are
+// mapped in ascending epoch order.
 func (m *metaChange) record(r layout.Record) uint64 {
-	r.Epoch = m.c.epoch.Load()
+	r.Epoch = m.epoch
 	var seq uint64
 	seq, m.gen = m.c.j.appendGen(r)
 	return seq
@@ -56,8 +58,12 @@ func (m *metaChange) clean(b DirtyBlock) {
 // by a record of sync generation gen (journal.appendInPlace). When the
 // rewrite is claimed, the reservation passes to it: the caller ends the
 // change with handOff and, once the data is written, journal.endInPlace.
+// The record keeps the slot's epoch: no sync of the journal has begun
+// since the slot was mapped, so every Sync begun since then is still
+// running, and the new data, written concurrently with them, may count
+// as written before them (ordered.go).
 func (m *metaChange) inPlace(gen uint64, r layout.Record) (seq uint64, claimed bool, err error) {
-	r.Epoch = m.c.epoch.Load()
+	r.Epoch = m.c.mu.t.epoch[r.Slot]
 	return m.c.j.appendInPlace(gen, r)
 }
 
@@ -76,5 +82,5 @@ func (m *metaChange) end() {
 // room reserved: record must not be called).
 func (c *Cache) lockedChange() metaChange {
 	c.mu.Lock()
-	return metaChange{c: c}
+	return metaChange{c: c, epoch: c.epoch.Load()}
 }

@@ -144,10 +144,12 @@ func Check(ssd, hdd device.Device) (*CheckReport, error) {
 		if f&fValid == 0 {
 			continue
 		}
-		if prev, dup := seen[t.lba[s]]; dup {
-			r.Problems = append(r.Problems, fmt.Sprintf("block %d is held by slots %d and %d", t.lba[s], prev, s))
+		if !t.isOlder(uint32(s)) {
+			if prev, dup := seen[t.lba[s]]; dup {
+				r.Problems = append(r.Problems, fmt.Sprintf("block %d is held by slots %d and %d", t.lba[s], prev, s))
+			}
+			seen[t.lba[s]] = uint32(s)
 		}
-		seen[t.lba[s]] = uint32(s)
 		if _, err := ssd.ReadAt(buf, c.g.SlotOffset(uint64(s))); err != nil {
 			return nil, fmt.Errorf("reading slot %d: %w", s, err)
 		}

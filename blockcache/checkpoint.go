@@ -53,9 +53,9 @@ func (c *Cache) checkpoint(clean bool) error {
 	sb.CheckpointIncarnation = c.j.inc
 	sb.FlushEpoch = uint64(c.epoch.Load())
 	sb.OldestDirty = c.oldestDirtyUnix(oldest)
-	sb.Flags = 0
+	sb.Flags &= layout.FlagOrderBroken
 	if clean {
-		sb.Flags = layout.FlagClean
+		sb.Flags |= layout.FlagClean
 	}
 	if err := writeSuperblock(c.ssd, &sb); err != nil {
 		// The old superblock still names the old checkpoint, and the
@@ -82,7 +82,7 @@ func (c *Cache) encodePage(page []byte, i, gen uint64) uint32 {
 		for e := 0; e < layout.EntriesPerMapPage && base+uint64(e) < c.g.SlotCount; e++ {
 			s := base + uint64(e)
 			if t.flags[s]&fValid != 0 {
-				layout.PutMapEntry(page, e, layout.MapEntry{LBA: t.lba[s], CRC: t.crc[s], Valid: true})
+				layout.PutMapEntry(page, e, layout.MapEntry{LBA: t.lba[s], CRC: t.crc[s], Valid: true, Older: t.isOlder(uint32(s)), Epoch: t.epoch[s]})
 			}
 		}
 		c.mu.Unlock()

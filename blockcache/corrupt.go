@@ -78,15 +78,6 @@ func (c *Cache) markLost(b DirtyBlock) {
 	}
 }
 
-// markLost marks valid slot s lost; it reports false if it was already.
-func (t *slotTable) markLost(s uint32) bool {
-	if t.flags[s]&fLost != 0 {
-		return false
-	}
-	t.flags[s] |= fLost
-	t.lost++
-	return true
-}
 
 func (c *Cache) logLost(lba uint64, s uint32) {
 	c.log.Error("dirty block lost: its cache slot fails its checksum and the backing device holds an older version; "+

@@ -9,25 +9,33 @@ import (
 )
 
 // DirtyBlock names one dirty version: block LBA held in Slot with data CRC.
-// Since is the age tick (seconds since Open) at which it became dirty.
-// Clean marks a clean cached copy that PinGaps pinned to fill a gap
-// between dirty blocks.
+// Since is the age tick (seconds since Open) at which it became dirty,
+// Epoch the flush epoch of its write. Clean marks a clean cached copy that
+// PinGaps pinned to fill a gap between dirty blocks.
 type DirtyBlock struct {
 	LBA   uint64
 	Slot  uint32
 	CRC   uint32
 	Since uint32
+	Epoch uint32
 	Clean bool
 }
 
-// DirtyBlocks appends every dirty block not being destaged to dst, sorted
-// by LBA. It scans the slot table; the destager calls it once per sweep.
+// DirtyBlocks appends the dirty versions to write back now, not being
+// destaged, to dst, sorted by LBA: while ordered write-back is in force,
+// those of the oldest flush epoch with dirty versions (ordered.go), else
+// all of them; either way at most one version per block, its oldest. It
+// scans the slot table; the destager calls it once per sweep.
 func (c *Cache) DirtyBlocks(dst []DirtyBlock) []DirtyBlock {
 	c.mu.Lock()
+	c.maybeResumeLocked()
 	t := &c.mu.t
+	oldest, ordered := t.oldestEpoch()
+	ordered = ordered && c.orderingLocked()
+	first := len(dst)
 	for s, f := range t.flags {
-		if f&(fValid|fDirty|fPinned|fLost) == fValid|fDirty {
-			dst = append(dst, DirtyBlock{LBA: t.lba[s], Slot: uint32(s), CRC: t.crc[s], Since: t.since[s]})
+		if f&(fValid|fDirty|fPinned|fLost) == fValid|fDirty && (!ordered || t.epoch[s] == oldest) {
+			dst = append(dst, DirtyBlock{LBA: t.lba[s], Slot: uint32(s), CRC: t.crc[s], Since: t.since[s], Epoch: t.epoch[s]})
 		}
 	}
 	// Records are appended under mu: none of these blocks was mapped by a
@@ -35,16 +43,26 @@ func (c *Cache) DirtyBlocks(dst []DirtyBlock) []DirtyBlock {
 	if seq := c.j.lastSeq(); seq > c.snapSeq.Load() {
 		c.snapSeq.Store(seq)
 	}
+	older := len(t.older) > 0
 	c.mu.Unlock()
-	slices.SortFunc(dst, func(a, b DirtyBlock) int {
+	slices.SortFunc(dst[first:], func(a, b DirtyBlock) int {
 		switch {
 		case a.LBA < b.LBA:
 			return -1
 		case a.LBA > b.LBA:
 			return 1
+		case epochBefore(a.Epoch, b.Epoch):
+			return -1
+		case epochBefore(b.Epoch, a.Epoch):
+			return 1
 		}
 		return 0
 	})
+	if older {
+		// A block's newer versions wait for its oldest: the backing
+		// device only moves forward.
+		dst = append(dst[:first], slices.CompactFunc(dst[first:], func(a, b DirtyBlock) bool { return a.LBA == b.LBA })...)
+	}
 	return dst
 }
 
@@ -85,18 +103,33 @@ func (c *Cache) PinWait(blocks []DirtyBlock, wait func(durable func() bool)) (pi
 	t := &c.mu.t
 	out := blocks[:0]
 	for _, b := range blocks {
-		s, ok := t.lookup(b.LBA)
-		if !ok || t.flags[s]&(fValid|fDirty|fPinned|fWriting|fLost) != fValid|fDirty {
+		if c.mu.inflight[b.LBA] > 0 || c.discardingLocked(b.LBA) {
 			continue
 		}
-		if c.mu.inflight[b.LBA] > 0 || c.discardingLocked(b.LBA) {
+		if o := b.Slot; t.isOlder(o) {
+			// An older version (ordered.go): pinned as it is, or not at
+			// all once written back and freed.
+			if t.flags[o]&(fValid|fDirty|fPinned|fLost) == fValid|fDirty && t.lba[o] == b.LBA && t.crc[o] == b.CRC {
+				t.flags[o] |= fPinned
+				c.mu.inflight[b.LBA]++
+				out = append(out, b)
+			}
+			continue
+		}
+		s, ok := t.lookup(b.LBA)
+		if !ok || t.flags[s]&(fValid|fDirty|fPinned|fWriting|fLost) != fValid|fDirty || t.olderLBA[b.LBA] > 0 {
+			continue
+		}
+		if (s != b.Slot || t.crc[s] != b.CRC) && t.epoch[s] != b.Epoch && c.orderingLocked() {
+			// Superseded since by a version of a later epoch, which
+			// must wait for its epoch.
 			continue
 		}
 		if s != b.Slot || t.crc[s] != b.CRC {
 			// Rewritten since the snapshot: its record may be newer than
 			// the snapshot's, but not than the last one appended (records
 			// are appended under mu).
-			b.Slot, b.CRC, b.Since = s, t.crc[s], t.since[s]
+			b.Slot, b.CRC, b.Since, b.Epoch = s, t.crc[s], t.since[s], t.epoch[s]
 			need = max(need, c.j.lastSeq())
 			newer++
 		}
@@ -206,7 +239,13 @@ func (c *Cache) completeBatch(m *metaChange, blocks []DirtyBlock, written bool) 
 	for _, b := range blocks {
 		s := b.Slot
 		f := t.flags[s]
-		if written && !b.Clean && f&(fValid|fLost) == fValid && t.lba[s] == b.LBA && t.crc[s] == b.CRC {
+		switch {
+		case !written || b.Clean || f&fValid == 0 || t.lba[s] != b.LBA || t.crc[s] != b.CRC:
+		case t.isOlder(s):
+			// An older version written back: its slot is freed, once
+			// the FREE record is durable (invariant 1).
+			m.free(s, b.LBA, false)
+		case f&fLost == 0:
 			m.clean(b)
 		}
 		t.flags[s] &^= fPinned

@@ -59,10 +59,24 @@ func (c *Cache) discardingLocked(lba uint64) bool {
 
 // discardBlocks discards whole blocks [lo, hi).
 func (c *Cache) discardBlocks(lo, hi uint64) error {
-	locked := c.lockStripes(lo, hi)
+	var locked []int
+	for {
+		// The zeroing is a write of the current epoch: with ordered
+		// write-back, everything older goes to the backing device first
+		// (ordered.go).
+		if err := c.catchUp(c.epoch.Load()); err != nil {
+			return err
+		}
+		locked = c.lockStripes(lo, hi)
+		c.mu.Lock()
+		if !c.behindLocked(c.epoch.Load()) {
+			break
+		}
+		c.mu.Unlock()
+		c.unlockStripes(locked)
+	}
 	defer c.unlockStripes(locked)
 	r := lbaRange{lo, hi}
-	c.mu.Lock()
 	c.mu.discarding = append(c.mu.discarding, r)
 	// Wait out destages in flight in the range: their backing writes must
 	// land before the zeroing.
@@ -158,7 +172,7 @@ func (c *Cache) inflightIn(lo, hi uint64) bool {
 	return false
 }
 
-// mappedIn lists slots holding blocks in [lo, hi).
+// mappedIn lists slots holding blocks in [lo, hi), older versions too.
 func (c *Cache) mappedIn(lo, hi uint64) []uint32 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -170,11 +184,22 @@ func (c *Cache) mappedIn(lo, hi uint64) []uint32 {
 				out = append(out, s)
 			}
 		}
-		return out
+		return append(out, t.olderIn(lo, hi)...)
 	}
 	for s, f := range t.flags {
 		if f&fValid != 0 && t.lba[s] >= lo && t.lba[s] < hi {
 			out = append(out, uint32(s))
+		}
+	}
+	return out
+}
+
+// olderIn lists the slots holding older versions of blocks in [lo, hi).
+func (t *slotTable) olderIn(lo, hi uint64) []uint32 {
+	var out []uint32
+	for s := range t.older {
+		if t.lba[s] >= lo && t.lba[s] < hi {
+			out = append(out, s)
 		}
 	}
 	return out

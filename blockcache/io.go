@@ -258,14 +258,22 @@ func (c *Cache) writeAroundRun(lba uint64, data []byte) (bool, error) {
 }
 
 // cachedIn lists the clean cached blocks among the n from lba, and
-// reports whether any has a dirty cached version. The caller holds their
-// stripe locks.
+// reports whether any has a dirty cached version (or ordered write-back
+// is behind: then the run must go into the cache too). The caller holds
+// their stripe locks.
 func (c *Cache) cachedIn(lba, n uint64) (clean []DirtyBlock, dirty bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.behindLocked(c.epoch.Load()) {
+		// Ordered write-back is behind: the run must go into the cache.
+		return nil, true
+	}
 	t := &c.mu.t
 	for l := lba; l < lba+n; l++ {
 		s, ok := t.lookup(l)
+		if t.olderLBA[l] > 0 {
+			return nil, true
+		}
 		if !ok {
 			continue
 		}
@@ -306,11 +314,17 @@ func (c *Cache) writeBlock(lba uint64, inBlock int, data []byte, mode Mode, bypa
 	// the slot holding it until this write changes that.
 	c.mu.Lock()
 	old, cached := c.mu.t.lookup(lba)
-	dirty := cached && c.mu.t.flags[old]&fDirty != 0
+	// An older version still to be written back counts as dirty: the
+	// backing device must not get this version before it (invariant 4).
+	older := c.mu.t.olderLBA[lba] > 0
+	dirty := cached && c.mu.t.flags[old]&fDirty != 0 || older
 	oldCRC := c.mu.t.crc[old]
+	// Ordered write-back behind: nothing goes to the backing device in
+	// place before the older epochs' versions (ordered.go).
+	behind := c.behindLocked(c.epoch.Load())
 	c.mu.Unlock()
-	through := mode == ModeWritethrough && !bypass
-	toCache := !through && (dirty || (!bypass && mode == ModeWriteback))
+	through := mode == ModeWritethrough && !bypass && !behind && !older
+	toCache := !through && (dirty || behind || (!bypass && mode == ModeWriteback))
 	var blk []byte
 	if len(data) == BlockSize && toCache && !c.ssdAligned {
 		// A whole block for the cache alone: write the caller's buffer.
@@ -337,7 +351,7 @@ func (c *Cache) writeBlock(lba uint64, inBlock int, data []byte, mode Mode, bypa
 		// A block with a dirty cached version is written back into the
 		// cache whatever the mode: writing the backing device under it
 		// could let a later destage put the older version over the new.
-		if dirty {
+		if dirty && cached {
 			if seq, ok, err := c.rewriteInPlace(lba, old, blk); ok || err != nil {
 				return seq, err
 			}
@@ -439,6 +453,14 @@ func (c *Cache) writeThrough(lba uint64, blk []byte, cached bool) (uint64, error
 	// the new version is mapped closes the window: from then on Pin takes
 	// this version, never an older one.
 	c.mu.Lock()
+	if c.mu.t.olderLBA[lba] > 0 {
+		// A Sync began since the caller looked: the version this one
+		// superseded is kept for ordered write-back, and the backing
+		// device must not get this one first. It stays dirty, for the
+		// destager.
+		c.mu.Unlock()
+		return seq, nil
+	}
 	for c.mu.inflight[lba] > 0 && c.usable() == nil {
 		c.mu.freed.Wait()
 	}
@@ -551,11 +573,22 @@ func (c *Cache) fillSlot(s uint32, lba uint64, blk []byte, dirty bool) (uint64, 
 		fl = layout.RecordDirty
 	}
 	t := &c.mu.t
-	seq := m.record(layout.Record{Type: layout.RecMap, Flags: fl, Slot: s, LBA: lba, CRC: crc})
-	if old, ok := t.lookup(lba); ok {
+	rec := layout.Record{Type: layout.RecMap, Flags: fl, Slot: s, LBA: lba, CRC: crc}
+	old, ok := t.lookup(lba)
+	keep := ok && dirty && c.keepOlderLocked(old, m.epoch)
+	if keep {
+		rec.Flags |= layout.RecordKeepOld
+		rec.Old = old
+	}
+	seq := m.record(rec)
+	switch {
+	case keep:
+		t.makeOlder(old)
+		c.stats.olderKept.Add(1)
+	case ok:
 		c.unmapLocked(old, seq, false)
 	}
-	t.mapSlot(s, lba, crc, dirty, c.tick())
+	t.mapSlot(s, lba, crc, dirty, c.tick(), m.epoch)
 	if dirty {
 		t.markFresh(s, m.gen)
 	}
@@ -642,7 +675,7 @@ func (c *Cache) Sync() error {
 		return err
 	}
 	c.stats.syncs.Add(1)
-	c.epoch.Add(1)
+	c.noteEpoch()
 	if err := c.syncJournal(); err != nil {
 		return err
 	}
@@ -702,7 +735,13 @@ func (c *Cache) cleanThrough(blocks []DirtyBlock) error {
 			// A Discard zeroing the block on the backing device has
 			// overwritten the version the sync covered.
 			if t.flags[s]&(fValid|fDirty|fPinned|fWriting) == fValid|fDirty && t.lba[s] == b.LBA && t.crc[s] == b.CRC && !c.discardingLocked(b.LBA) {
-				m.clean(b)
+				if t.isOlder(s) {
+					// Superseded since, and kept for ordered write-back:
+					// the backing device holds it, nothing to write back.
+					m.free(s, b.LBA, false)
+				} else {
+					m.clean(b)
+				}
 			}
 		}
 		c.mu.freed.Broadcast()

@@ -86,6 +86,12 @@ func (c *Cache) SetSettings(s layout.Settings) error {
 	sb := c.sb
 	sb.Generation++
 	sb.Settings = s
+	if !Ordered(s) || !Ordered(c.sb.Settings) {
+		// Unordered write-back, or ordering turned on over a backing
+		// device written out of order: it is not a consistent point in
+		// time (ordered.go) until ordering resumes.
+		sb.Flags |= layout.FlagOrderBroken
+	}
 	if err := writeSuperblock(c.ssd, &sb); err != nil {
 		return c.fail(err)
 	}
@@ -105,6 +111,9 @@ func checkSettings(s layout.Settings) error {
 }
 
 func (c *Cache) applySettings(s layout.Settings) {
+	c.mu.Lock()
+	c.setOrderLocked(Ordered(s), c.sb.Flags&layout.FlagOrderBroken != 0)
+	c.mu.Unlock()
 	c.mode.Store(uint32(s.Mode))
 	c.seqCutoff.Store(SeqCutoff(s))
 	if s.Has(layout.SetPromoteAfter) {

@@ -2,6 +2,7 @@ package blockcache
 
 import (
 	"bytes"
+	"maps"
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
@@ -154,10 +155,22 @@ func (mr *modelRun) trace(lba int) {
 		if s, ok := c.mu.t.lookup(uint64(lba)); ok {
 			mr.t.Logf("checkpoint maps block %d to slot %d dirty=%v", lba, s, c.mu.t.flags[s]&fDirty != 0)
 		}
-		for i, r := range recs {
+		slots := map[uint32]bool{}
+		for _, r := range recs {
 			if r.LBA == uint64(lba) {
-				mr.t.Logf("rec %d/%d: %v slot %d lba %d crc %x flags %d", i, n, r.Type, r.Slot, r.LBA, r.CRC, r.Flags)
+				slots[r.Slot] = true
 			}
+		}
+		if s, ok := c.mu.t.lookup(uint64(lba)); ok {
+			slots[s] = true
+		}
+		for i, r := range recs {
+			if r.LBA == uint64(lba) || slots[r.Slot] {
+				mr.t.Logf("rec %d/%d: %v slot %d lba %d crc %x flags %d epoch %d old %d", i, n, r.Type, r.Slot, r.LBA, r.CRC, r.Flags, r.Epoch, r.Old)
+			}
+		}
+		for s := range c.mu.t.older {
+			mr.t.Logf("checkpoint: older slot %d lba %d epoch %d", s, c.mu.t.lba[s], c.mu.t.epoch[s])
 		}
 	}
 	traceRecovery.Store(&recFn)
@@ -248,9 +261,7 @@ func (mr *modelRun) randRange() (int64, int) {
 // step runs one random operation and checks reads against the model.
 func (mr *modelRun) step() {
 	t, c, m := mr.t, mr.c, mr.m
-	if c.DirtyCount() > modelSlots/2 {
-		mr.destage(true)
-	}
+	mr.makeRoom()
 	switch p := mr.rng.IntN(100); {
 	case p < 41: // write
 		mr.write(mr.randRange())
@@ -300,6 +311,26 @@ func (mr *modelRun) step() {
 	}
 }
 
+// makeRoom destages until at most half the slots are dirty, so that the
+// next write (at most four blocks) finds slots: the model runs no
+// destager, and with ordered write-back a destage takes one epoch at a
+// time, and writes that would go around the cache go into it while older
+// epochs are dirty.
+func (mr *modelRun) makeRoom() {
+	c := mr.c
+	for i := 0; c.DirtyCount() > modelSlots/2 && i < 64; i++ {
+		mr.destage(true)
+	}
+	if n := c.DirtyCount(); n > modelSlots/2 {
+		offered := len(c.DirtyBlocks(nil))
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		o, ok := c.mu.t.oldestEpoch()
+		mr.t.Fatalf("destaging cannot bring the dirty blocks (%d) down: offered %d, oldest epoch %d %v, epochs %v, older %v, order %+v; log %v",
+			n, offered, o, ok, c.mu.t.epochs, c.mu.t.olderLBA, c.mu.order, mr.log)
+	}
+}
+
 // write writes n random bytes at off and tells the model. A write that
 // continues a sequential stream may go around the cache in any mode.
 func (mr *modelRun) write(off int64, n int) {
@@ -326,6 +357,9 @@ func (c *Cache) continuesStream(off int64) bool {
 func (mr *modelRun) stream() {
 	lba := mr.rng.IntN(mr.blocks - 1)
 	for k := 0; k < 3 && lba < mr.blocks-1; k++ {
+		if k > 0 {
+			mr.makeRoom()
+		}
 		n := min(2+mr.rng.IntN(3), mr.blocks-lba)
 		mr.writeTo(int64(lba)*BlockSize, n*BlockSize, true)
 		lba += n
@@ -574,13 +608,31 @@ func (mr *modelRun) checkClean(what string) {
 		mr.t.Fatalf("after %s: the free set counts %d slots and holds %d; log %v", what, t.free.len(), nFree, mr.log)
 	}
 	for s, f := range t.flags {
+		if t.isOlder(uint32(s)) {
+			if f&(fValid|fDirty) != fValid|fDirty {
+				mr.t.Fatalf("after %s: older version in slot %d (block %d) has flags %x; log %v", what, s, t.lba[s], f, mr.log)
+			}
+			continue
+		}
 		if f&fValid != 0 {
 			if got, ok := t.lookup(t.lba[s]); !ok || got != uint32(s) {
 				mr.t.Fatalf("after %s: valid slot %d (block %d) not in the index; log %v", what, s, t.lba[s], mr.log)
 			}
 		}
 	}
-	if entries != t.valid {
+	epochs, olderLBA := map[uint32]int{}, map[uint64]int{}
+	for s, f := range t.flags {
+		if f&(fValid|fDirty|fLost) == fValid|fDirty {
+			epochs[t.epoch[s]]++
+			if t.isOlder(uint32(s)) {
+				olderLBA[t.lba[s]]++
+			}
+		}
+	}
+	if !maps.Equal(epochs, t.epochs) || !maps.Equal(olderLBA, t.olderLBA) {
+		mr.t.Fatalf("after %s: dirty versions per epoch %v, counted %v; older per block %v, counted %v; log %v", what, epochs, t.epochs, olderLBA, t.olderLBA, mr.log)
+	}
+	if entries != t.valid-len(t.older) {
 		mr.t.Fatalf("after %s: index has %d entries, %d valid slots; log %v", what, entries, t.valid, mr.log)
 	}
 	for s, f := range t.flags {

@@ -24,6 +24,7 @@ type recoveryResult struct {
 	dropped     int
 	valid       int
 	dirty       int
+	epoch       uint32 // the newest flush epoch seen (records, slots, superblock)
 }
 
 // recover rebuilds the slot table from the checkpoint and the journal.
@@ -61,6 +62,7 @@ func (c *Cache) recover() (recoveryResult, error) {
 	if f := traceRecovery.Load(); f != nil {
 		(*f)(c, recs, n)
 	}
+	res.epoch = uint32(sb.FlushEpoch)
 	c.applyReplay(recs[:n], void, &res)
 	if res.dropped > 0 {
 		c.log.Warn("recovery dropped journal records whose data never reached the cache device (they were never synced)", "dropped", res.dropped)
@@ -88,18 +90,31 @@ func (c *Cache) applyReplay(recs []layout.Record, void map[int]bool, res *recove
 	for i, r := range recs {
 		if !void[i] {
 			applyRecord(t, r)
-		}
-	}
-	// A fuzzy checkpoint can name two slots for one LBA; the journal decides
-	// which one the index keeps. Free every slot the index does not point to.
-	for s := range t.flags {
-		if t.flags[s]&fValid != 0 {
-			if got, ok := t.lookup(t.lba[s]); !ok || got != uint32(s) {
-				t.flags[s] = 0
+			if epochBefore(res.epoch, r.Epoch) {
+				res.epoch = r.Epoch
 			}
 		}
 	}
+	// A fuzzy checkpoint can name two slots for one LBA; the journal decides
+	// which one the index keeps. Free every slot the index does not point
+	// to, but for older versions (a clean one is no version to write back).
+	for s := range t.flags {
+		if t.flags[s]&fValid == 0 {
+			continue
+		}
+		if t.isOlder(uint32(s)) {
+			if t.flags[s]&fDirty == 0 {
+				delete(t.older, uint32(s))
+				t.flags[s] = 0
+			}
+			continue
+		}
+		if got, ok := t.lookup(t.lba[s]); !ok || got != uint32(s) {
+			t.flags[s] = 0
+		}
+	}
 	t.valid, t.dirty = 0, 0
+	clear(t.olderLBA)
 	for s := len(t.flags) - 1; s >= 0; s-- {
 		f := t.flags[s]
 		switch {
@@ -109,6 +124,13 @@ func (c *Cache) applyReplay(recs []layout.Record, void map[int]bool, res *recove
 		case f&fDirty != 0:
 			t.valid++
 			t.dirty++
+			t.countEpoch(t.epoch[s], 1)
+			if t.isOlder(uint32(s)) {
+				t.countOlder(t.lba[s], 1)
+			}
+			if epochBefore(res.epoch, t.epoch[s]) {
+				res.epoch = t.epoch[s]
+			}
 		default:
 			t.valid++
 		}
@@ -149,7 +171,12 @@ func (c *Cache) loadCheckpoint() error {
 					}
 					s := uint32(base + uint64(e))
 					t.lba[s], t.crc[s], t.flags[s] = me.LBA, me.CRC, fValid
-					t.index.put(me.LBA, s, t.lba)
+					t.epoch[s] = layout.EpochFrom(me.Epoch, uint32(sb.FlushEpoch))
+					if me.Older {
+						t.older[s] = struct{}{}
+					} else {
+						t.index.put(me.LBA, s, t.lba)
+					}
 				}
 				continue
 			}
@@ -413,7 +440,8 @@ func (c *Cache) checkSlots(recs []layout.Record, idx []int, checked map[int]bool
 }
 
 // liveMaps returns the indexes of MAP records, other than void ones, whose
-// mapping no later record in recs undoes.
+// mapping no later record in recs undoes: the current versions, and the
+// older versions kept by a later MAP (RecordKeepOld) and not freed since.
 func liveMaps(recs []layout.Record, void map[int]bool) []int {
 	type slotLBA struct {
 		s   uint32
@@ -422,6 +450,7 @@ func liveMaps(recs []layout.Record, void map[int]bool) []int {
 	slots := make(map[uint32]bool)
 	lbas := make(map[uint64]bool)
 	freed := make(map[slotLBA]bool)
+	kept := make(map[slotLBA]bool) // older versions a later MAP keeps
 	var live []int
 	for i := len(recs) - 1; i >= 0; i-- {
 		r := recs[i]
@@ -430,10 +459,14 @@ func liveMaps(recs []layout.Record, void map[int]bool) []int {
 		}
 		switch r.Type {
 		case layout.RecMap:
-			if !slots[r.Slot] && !lbas[r.LBA] && !freed[slotLBA{r.Slot, r.LBA}] {
+			sl := slotLBA{r.Slot, r.LBA}
+			if !slots[r.Slot] && (!lbas[r.LBA] || kept[sl]) && !freed[sl] {
 				live = append(live, i)
 			}
 			slots[r.Slot], lbas[r.LBA] = true, true
+			if r.Flags&layout.RecordKeepOld != 0 {
+				kept[slotLBA{r.Old, r.LBA}] = true
+			}
 		case layout.RecFree:
 			freed[slotLBA{r.Slot, r.LBA}] = true
 		}
@@ -451,11 +484,18 @@ func applyRecord(t *slotTable, r layout.Record) {
 		if t.flags[s]&fValid != 0 {
 			dropSlot(t, s)
 		}
+		if o := r.Old; r.Flags&layout.RecordKeepOld != 0 && t.flags[o]&fValid != 0 && t.lba[o] == r.LBA && !t.isOlder(o) {
+			// The version it supersedes stays, older (counters are
+			// rebuilt afterwards).
+			t.index.del(r.LBA, o, t.lba)
+			t.older[o] = struct{}{}
+		}
 		if old, ok := t.lookup(r.LBA); ok {
 			dropSlot(t, old)
 		}
 		t.lba[s], t.crc[s] = r.LBA, r.CRC
 		t.flags[s] = fValid
+		t.epoch[s] = r.Epoch
 		if r.Flags&layout.RecordDirty != 0 {
 			t.flags[s] |= fDirty
 		}
@@ -473,6 +513,10 @@ func applyRecord(t *slotTable, r layout.Record) {
 
 // dropSlot unmaps s during recovery (counters are rebuilt afterwards).
 func dropSlot(t *slotTable, s uint32) {
-	t.index.del(t.lba[s], s, t.lba)
+	if t.isOlder(s) {
+		delete(t.older, s)
+	} else {
+		t.index.del(t.lba[s], s, t.lba)
+	}
 	t.flags[s] = 0
 }

@@ -156,10 +156,29 @@ func rescueBacking(sv *salvaged, hdd device.Device, opts RescueOptions, rep *Res
 func (c *Cache) writeBackVerified(rep *RescueReport, dryRun bool) error {
 	t := &c.mu.t
 	buf := device.AlignedBuffer(BlockSize)
+	// Older versions (ordered write-back) first, oldest first, so that
+	// each block ends at its newest version that can be verified.
+	var order []int
 	for s, f := range t.flags {
-		if f&(fValid|fDirty) != fValid|fDirty {
-			continue
+		if f&(fValid|fDirty) == fValid|fDirty {
+			order = append(order, s)
 		}
+	}
+	slices.SortStableFunc(order, func(a, b int) int {
+		oa, ob := t.isOlder(uint32(a)), t.isOlder(uint32(b))
+		switch {
+		case oa && !ob:
+			return -1
+		case ob && !oa:
+			return 1
+		case oa && epochBefore(t.epoch[a], t.epoch[b]):
+			return -1
+		case oa && epochBefore(t.epoch[b], t.epoch[a]):
+			return 1
+		}
+		return 0
+	})
+	for _, s := range order {
 		if _, err := c.ssd.ReadAt(buf, c.g.SlotOffset(uint64(s))); err != nil || layout.DataCRC(buf) != t.crc[s] {
 			rep.Unverifiable = append(rep.Unverifiable, t.lba[s])
 			continue
@@ -172,6 +191,7 @@ func (c *Cache) writeBackVerified(rep *RescueReport, dryRun bool) error {
 		rep.Restored = append(rep.Restored, t.lba[s])
 	}
 	slices.Sort(rep.Restored)
+	rep.Restored = slices.Compact(rep.Restored)
 	slices.Sort(rep.Unverifiable)
 	rep.Unverifiable = slices.Compact(rep.Unverifiable)
 	if dryRun {

@@ -16,6 +16,7 @@ type counters struct {
 	checkpoints, replayed            atomic.Uint64
 	cacheErrors, backingErrors       atomic.Uint64
 	healed                           atomic.Uint64
+	olderKept, orderSuspensions      atomic.Uint64
 	recoveryNanos                    atomic.Int64
 	// backingSyncFailedAt is when Cache.backingSyncErr was set (UnixNano).
 	backingSyncFailedAt atomic.Int64
@@ -43,10 +44,16 @@ type Stats struct {
 	// cache was opened, at a time no checkpoint recorded, so
 	// OldestDirtySeconds counts only from the open (a lower bound).
 	OldestDirtySinceOpen bool `json:"oldest_dirty_since_open,omitempty"`
+	// Order is the write-back order and how far behind the backing
+	// device is (ordered.go).
+	Order OrderStatus `json:"writeback_order"`
 
 	Reads          uint64 `json:"reads"`
 	Writes         uint64 `json:"writes"`
 	WritesInPlace  uint64 `json:"writes_in_place"`
+	// OlderKept counts writes that kept the version they superseded as an
+	// older version for ordered write-back.
+	OlderKept uint64 `json:"older_versions_kept"`
 	Syncs          uint64 `json:"syncs"`
 	Discards       uint64 `json:"discards"`
 	ReadBytes      uint64 `json:"read_bytes"`
@@ -116,6 +123,8 @@ func (c *Cache) Stats() Stats {
 	s.ReadHits, s.ReadMisses, s.Promotions = st.readHits.Load(), st.readMisses.Load(), st.promotions.Load()
 	s.Bypassed, s.Evictions, s.AllocWaits = st.bypassed.Load(), st.evictions.Load(), st.allocWaits.Load()
 	s.WritesInPlace = st.inPlace.Load()
+	s.OlderKept = st.olderKept.Load()
+	s.Order = c.Order()
 	s.DestagedBlocks, s.DestageRuns = st.destagedBlocks.Load(), st.destageRuns.Load()
 	s.DestageNewer = st.pinnedNewer.Load()
 	s.Checkpoints, s.Replayed = st.checkpoints.Load(), st.replayed.Load()

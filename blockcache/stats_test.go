@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"github.com/wbcache/wbcache/device"
+	"github.com/wbcache/wbcache/layout"
 )
 
 // fakeClock is a clock a test moves by hand.
@@ -67,7 +68,10 @@ func TestOldestDirtyAgeSurvivesReopen(t *testing.T) {
 	require.Len(t, blocks, 2)
 	require.EqualValues(t, 370, c.Tick()-blocks[0].Since, "the destager sees the carried age too")
 
-	// A block dirtied after the open counts from its own write.
+	// A block dirtied after the open counts from its own write. (Ordered
+	// write-back would offer only the oldest epoch's blocks: unordered
+	// shows all three.)
+	require.NoError(t, c.SetSettings(layout.Settings{Order: layout.OrderUnordered, SetMask: layout.SetOrder}))
 	_, err = c.WriteAt(make([]byte, BlockSize), 16*BlockSize)
 	require.NoError(t, err)
 	clk.advance(time.Second)

@@ -285,7 +285,9 @@ func (r *powerCutRun) verify(what string, ssd, hdd *device.Mem, lo, hi []uint64)
 		}
 		v, ok := blockVersion(buf, uint64(lba))
 		if !ok || v < lo[lba] || v > hi[lba] {
-			t.Errorf("%s: block %d reads %s, versions %d..%d allowed", what, lba, describe(buf, uint64(lba)), lo[lba], hi[lba])
+			hb := make([]byte, bs)
+			hdd.ReadAt(hb, int64(lba)*bs)
+			t.Errorf("%s: block %d reads %s, versions %d..%d allowed; hdd image %s", what, lba, describe(buf, uint64(lba)), lo[lba], hi[lba], describe(hb, uint64(lba)))
 			bad++
 		}
 		got[lba] = v

@@ -28,7 +28,8 @@
 //	 16     8 generation: the copy with the highest valid generation wins
 //	 24    16 cache UUID
 //	 40     4 block size (4096)
-//	 44     4 flags: bit 0 = clean shutdown
+//	 44     4 flags: bit 0 = clean shutdown, bit 1 = backing device maybe out
+//	          of order (ordered write-back suspended or off; version 3)
 //	 48     8 slot count
 //	 56     8 checkpoint start block      64  8 checkpoint blocks per copy
 //	 72     8 map pages per copy          80  8 bitmap pages per copy

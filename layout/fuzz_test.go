@@ -82,7 +82,7 @@ func FuzzDecodeSuperblock(f *testing.F) {
 		}
 		// What decodes is sane.
 		require.LessOrEqual(t, s.CheckpointCopy, uint32(1))
-		require.Zero(t, s.Flags&^layout.FlagClean)
+		require.Zero(t, s.Flags&^(layout.FlagClean|layout.FlagOrderBroken))
 		require.NoError(t, s.Settings.Validate())
 		require.NoError(t, s.Geometry.Validate(int64(s.Geometry.DeviceSize)))
 		s2, err := layout.DecodeSuperblock(out)

@@ -11,6 +11,11 @@ import (
 // FlagClean marks a superblock written by a clean shutdown.
 const FlagClean = 1 << 0
 
+// FlagOrderBroken marks a backing device that write-back may have left out
+// of order (ordered write-back suspended or off): alone, it need not be a
+// consistent point in time (format version 3).
+const FlagOrderBroken = 1 << 1
+
 // DescriptionSize is the room for the backing device's description in the
 // superblock, at byte descriptionOff.
 const (
@@ -142,7 +147,7 @@ func DecodeSuperblock(b []byte) (Superblock, error) {
 	s.FlushEpoch = le.Uint64(b[176:])
 	s.Settings = decodeSettings(b[184 : 184+SettingsSize])
 	s.BackingDescription = strings.TrimRight(string(b[descriptionOff:descriptionOff+DescriptionSize]), "\x00")
-	if s.CheckpointCopy > 1 || s.Flags&^FlagClean != 0 {
+	if s.CheckpointCopy > 1 || s.Flags&^(FlagClean|FlagOrderBroken) != 0 {
 		return Superblock{}, fmt.Errorf("superblock fields out of range: %w", ErrCorrupt)
 	}
 	if err := s.Settings.Validate(); err != nil {

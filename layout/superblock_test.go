@@ -225,7 +225,7 @@ func TestSuperblockFieldChecks(t *testing.T) {
 	}{
 		{"block size 512", put32(40, 512), layout.ErrCorrupt},
 		{"block size 0", put32(40, 0), layout.ErrCorrupt},
-		{"unknown flag", put32(44, layout.FlagClean|2), layout.ErrCorrupt},
+		{"unknown flag", put32(44, layout.FlagClean|4), layout.ErrCorrupt},
 		{"high flag", put32(44, 1<<31), layout.ErrCorrupt},
 		{"checkpoint copy 2", put32(144, 2), layout.ErrCorrupt},
 		{"checkpoint copy max", put32(144, math.MaxUint32), layout.ErrCorrupt},
@@ -255,6 +255,17 @@ func TestSuperblockFieldChecks(t *testing.T) {
 				require.ErrorIs(t, err, c.want)
 			}
 		})
+	}
+}
+
+// TestSuperblockOrderBrokenFlag: the flag of format version 3 is read
+// back, with or without the clean flag.
+func TestSuperblockOrderBrokenFlag(t *testing.T) {
+	for _, f := range []uint32{layout.FlagOrderBroken, layout.FlagClean | layout.FlagOrderBroken} {
+		b := encodeSuperblock(layout.Superblock{Generation: 3, Geometry: mustGeometry(t, 2<<20, 16), Flags: f})
+		s, err := layout.DecodeSuperblock(b)
+		require.NoError(t, err)
+		require.Equal(t, f, s.Flags)
 	}
 }
 
