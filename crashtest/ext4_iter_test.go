@@ -95,7 +95,7 @@ func (x *ext4Loop) cleanStopCheck() bool {
 
 // summary logs the figures of the run.
 func (x *ext4Loop) summary() {
-	x.summaryHead("ext4 loop")
+	x.summaryHead("ext4 loop", fmt.Sprintf("%d of %d", min(x.it, x.n), x.n))
 	x.summaryLine("iterations mounted -o discard:", "%d", x.discards)
 	x.summaryLine("clean stops + wbcache check:", "%d", x.checks)
 	x.summaryLine("time to ready after crash:", "%s", percentiles(x.ready))

@@ -241,9 +241,9 @@ func (x *ext4Rig) verifyFiles(opts string, args ...string) (string, string, bool
 
 // summaryHead logs the title of the summary and the figures every loop
 // has; the loop adds its own with summaryLine, then summaryFails.
-func (x *ext4Rig) summaryHead(title string) {
+func (x *ext4Rig) summaryHead(title, units string) {
 	x.t.Logf("=== %s summary (seed %d) ===", title, x.e.seed)
-	x.summaryLine(x.unit+"s:", "%d of %d", min(x.it, x.n), x.n)
+	x.summaryLine(x.unit+"s:", "%s", units)
 	x.summaryLine("file operations committed:", "%d (creates/replaces/appends/moves/deletes, each after fsync)", x.ops)
 	x.summaryLine("files verified:", "%d in total over all verify runs (%d MiB)", x.files, x.bytes>>20)
 	x.summaryLine("fsck.ext4 -n -f runs:", "%d", x.fscks)

@@ -25,11 +25,13 @@
 #   5. the next round goes on with that file system and manifest (so it
 #      re-checks every file of the rounds before); after a failed round it
 #      starts on a new file system.
+# A round that ends with ordering suspended (no consistent point promised)
+# is not checked and does not count (up to 2N+1 rounds run to check N).
 # A status without writeback_order (a wbcache without ordered write-back)
 # fails the run with a message that says so.
 #
 # Usage: scripts/crashtest-losecache.sh [options]
-#   -n N               rounds (default 20)
+#   -n N               rounds to check (default 20)
 #   -s SEED            random seed (default: time based, printed)
 #   --size SIZE        backing file = ext4 size (default 2G; --quick 1G)
 #   --cache-size SIZE  cache file size (default 256M; --quick 64M)
