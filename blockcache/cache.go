@@ -55,6 +55,10 @@ type Options struct {
 	// ReserveFree is how many free slots the reclaimer keeps ready by
 	// evicting clean blocks (default 1/64 of the slots, at least 8).
 	ReserveFree int
+	// MaxOlderVersions bounds the slots that older versions kept for
+	// ordered write-back may hold before ordering is suspended (default
+	// a quarter of the slots).
+	MaxOlderVersions int
 	// NoBackgroundBackingSync turns off the reclaimer's once-a-second sync
 	// of the backing device after writes sent around the cache (then only
 	// Sync makes them durable, marks write-through blocks clean and lets
@@ -112,12 +116,12 @@ type Cache struct {
 	stop       chan struct{}
 	wg         sync.WaitGroup
 
-	epoch  atomic.Uint32 // flush epoch: bumped by every Sync (noteEpoch)
+	epoch atomic.Uint32 // flush epoch: bumped by every Sync (noteEpoch)
 	// epochMu guards epochStarts, when recent epochs began (ordered.go).
 	epochMu     sync.Mutex
 	epochStarts [256]epochStart
-	failed atomic.Pointer[error]
-	closed atomic.Bool
+	failed      atomic.Pointer[error]
+	closed      atomic.Bool
 	// Foreground writes to the backing device (counted as each ends), and
 	// how many of them the last backing sync covered.
 	hddWritten, hddSynced atomic.Uint64
@@ -323,6 +327,7 @@ func Open(ssd, hdd device.Device, opts Options) (*Cache, error) {
 	}
 	c.stats.recoveryNanos.Store(int64(opts.Now().Sub(t0)))
 	c.epoch.Store(rec.epoch + 1)
+	c.epochStarts[(rec.epoch+1)%uint32(len(c.epochStarts))] = epochStart{e: rec.epoch + 1, at: opts.Now().UnixNano()}
 	c.mu.t.startOf = c.epochStarted
 	c.j, err = newJournal(ssd, c.g, c.uuid, rec.incarnation, rec.endLSN, rec.endCount, c.requestCheckpoint)
 	if err != nil {

@@ -78,7 +78,6 @@ func (c *Cache) markLost(b DirtyBlock) {
 	}
 }
 
-
 func (c *Cache) logLost(lba uint64, s uint32) {
 	c.log.Error("dirty block lost: its cache slot fails its checksum and the backing device holds an older version; "+
 		"reads of it fail until it is rewritten or discarded", "block", lba, "bytes", fmt.Sprintf("%d-%d", lba*BlockSize, (lba+1)*BlockSize-1), "slot", s)

@@ -2,11 +2,12 @@ package blockcache
 
 import (
 	"bytes"
-	"maps"
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -32,13 +33,39 @@ type model struct {
 	allowTear  []bool
 	// filled at the snapshot: what each block may read back as.
 	allowed [][][]byte
+
+	// The client's history for the check of the backing device alone
+	// (ordered write-back): per block every version with the epoch of its
+	// write; an epoch ends at each Sync and at each recovery.
+	bh    [][]hver
+	epoch int
+	// at the snapshot: the pending versions, and whether ordering was in
+	// force.
+	snapPending map[uint64][]byte
+	snapInForce bool
+	// torn marks blocks that a power cut left torn on the backing device
+	// (whole sectors of an unsynced write): until a later write-back
+	// covers them, which the model does not track, their sectors are
+	// checked one by one.
+	torn []bool
+}
+
+var debugBacking = os.Getenv("WBC_DEBUG_BACKING") != ""
+
+var everWritten = map[string]string{}
+
+type hver struct {
+	data  []byte
+	epoch int
 }
 
 func newModel(blocks int) *model {
-	m := &model{vers: make([][][]byte, blocks), hist: make([][][]byte, blocks), direct: make([]bool, blocks), pending: map[uint64][]byte{}}
+	m := &model{vers: make([][][]byte, blocks), hist: make([][][]byte, blocks), direct: make([]bool, blocks), pending: map[uint64][]byte{},
+		bh: make([][]hver, blocks), torn: make([]bool, blocks)}
 	for i := range m.vers {
 		m.vers[i] = [][]byte{make([]byte, BlockSize)}
 		m.hist[i] = m.vers[i]
+		m.bh[i] = []hver{{data: m.vers[i][0], epoch: -1}}
 	}
 	return m
 }
@@ -48,6 +75,11 @@ func (m *model) current(lba uint64) []byte { return m.vers[lba][len(m.vers[lba])
 // begin records the new block contents of the operation about to run.
 func (m *model) begin(news map[uint64][]byte, direct bool) {
 	m.mu.Lock()
+	if debugBacking {
+		for lba, b := range news {
+			everWritten[string(b)] = fmt.Sprintf("pending block %d epoch %d direct %v", lba, m.epoch, direct)
+		}
+	}
 	m.pending = news
 	m.pendDirect = direct
 	m.mu.Unlock()
@@ -59,6 +91,10 @@ func (m *model) commit() {
 	for lba, b := range m.pending {
 		m.vers[lba] = append(m.vers[lba], b)
 		m.hist[lba] = append(m.hist[lba], b)
+		m.bh[lba] = append(m.bh[lba], hver{data: b, epoch: m.epoch})
+		if debugBacking {
+			everWritten[string(b)] = fmt.Sprintf("block %d epoch %d", lba, m.epoch)
+		}
 		m.direct[lba] = m.direct[lba] || m.pendDirect
 	}
 	m.pending = map[uint64][]byte{}
@@ -72,6 +108,7 @@ func (m *model) synced() {
 		m.vers[i] = v[len(v)-1:]
 		m.direct[i] = false
 	}
+	m.epoch++
 	m.mu.Unlock()
 }
 
@@ -79,6 +116,7 @@ func (m *model) synced() {
 func (m *model) snap(power bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.snapPending = maps.Clone(m.pending)
 	m.allowed = make([][][]byte, len(m.vers))
 	m.allowTear = make([]bool, len(m.vers))
 	for i, v := range m.vers {
@@ -103,8 +141,131 @@ func (m *model) reset(got [][]byte) {
 		m.vers[i] = [][]byte{got[i]}
 		m.hist[i] = [][]byte{got[i]}
 		m.direct[i] = false
+		// Versions after the one recovered were lost with the crash:
+		// the client never sees them again. (A torn direct write is a
+		// version of its own.) Recovery ends an epoch.
+		h := m.bh[i]
+		k := len(h) - 1
+		for k >= 0 && !bytes.Equal(h[k].data, got[i]) {
+			k--
+		}
+		if debugBacking {
+			fmt.Printf("DBG reset block %d: recovered version %d of %d (epoch now %d)\n", i, k, len(h), m.epoch)
+		}
+		if k >= 0 {
+			m.bh[i] = h[:k+1]
+		} else {
+			m.bh[i] = append(h, hver{data: got[i], epoch: m.epoch})
+		}
 	}
+	m.epoch++
 	m.pending = map[uint64][]byte{}
+}
+
+// noteTorn marks the blocks of img, the backing device after a power cut,
+// that hold no whole version: torn writes.
+func (m *model) noteTorn(img *device.Mem) {
+	b := make([]byte, BlockSize)
+	for lba, h := range m.bh {
+		img.ReadAt(b, int64(lba)*BlockSize)
+		whole := false
+		for _, v := range h {
+			whole = whole || bytes.Equal(v.data, b)
+		}
+		if p, ok := m.snapPending[uint64(lba)]; ok && bytes.Equal(p, b) {
+			whole = true
+		}
+		m.torn[lba] = m.torn[lba] || !whole
+	}
+}
+
+// backingValid reports whether img, the backing device alone, is a state
+// a power cut could have left (tear: whole sectors of unsynced writes): for
+// some epoch k, every block holds either its version as of the end of
+// epoch k-1 or a version written in epoch k (or the write in flight, when
+// k is the current epoch). It returns the epochs k that fit, as a count,
+// and the first block that fits none.
+func (m *model) backingValid(img *device.Mem, tear bool) (fits int, bad int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ok := make([]bool, m.epoch+1) // ok[k]: every block so far fits epoch k
+	for k := range ok {
+		ok[k] = true
+	}
+	b := make([]byte, BlockSize)
+	for lba := range m.bh {
+		img.ReadAt(b, int64(lba)*BlockSize)
+		h := m.bh[lba]
+		if p, inflight := m.snapPending[uint64(lba)]; inflight {
+			h = append(h[:len(h):len(h)], hver{data: p, epoch: m.epoch})
+		}
+		units := []int{0}
+		size := BlockSize
+		if tear || m.torn[lba] {
+			units, size = nil, 512
+			for off := 0; off < BlockSize; off += 512 {
+				units = append(units, off)
+			}
+		}
+		for _, off := range units {
+			// fit[k]: the unit matches a version allowed at cut k.
+			fit := make([]bool, len(ok))
+			for i, v := range h {
+				if !bytes.Equal(v.data[off:off+size], b[off:off+size]) {
+					continue
+				}
+				// Allowed from its own epoch on until the epoch of the
+				// next version (it is the version as of the end of every
+				// epoch before that one).
+				hi := m.epoch
+				if i+1 < len(h) {
+					hi = h[i+1].epoch
+				}
+				for k := max(v.epoch, 0); k <= hi && k < len(fit); k++ {
+					fit[k] = true
+				}
+			}
+			fitBefore := slices.Clone(ok)
+			any := false
+			for k := range ok {
+				ok[k] = ok[k] && fit[k]
+				any = any || ok[k]
+			}
+			if !any {
+				if debugBacking {
+					var eps []string
+					for i, v := range h {
+						eps = append(eps, fmt.Sprintf("%d:e%d:%v", i, v.epoch, bytes.Equal(v.data[off:off+size], b[off:off+size])))
+					}
+					var prev []int
+					for k := range ok {
+						if fitBefore[k] {
+							prev = append(prev, k)
+						}
+					}
+					var secs []string
+					for so := 0; so < BlockSize; so += 512 {
+						found := "?"
+						for k, d := range everWritten {
+							if k[so:so+512] == string(b[so:so+512]) {
+								found = d
+								break
+							}
+						}
+						secs = append(secs, found)
+					}
+					fmt.Printf("DBG block %d history %v; cuts fitting the blocks before: %v; epoch now %d; backing holds %q; sectors from %q\n", lba, eps, prev, m.epoch, everWritten[string(b)], secs)
+				}
+				return 0, lba
+			}
+		}
+	}
+	for _, v := range ok {
+		if v {
+			fits++
+		}
+	}
+	return fits, -1
 }
 
 // fill writes recognisable, never-repeating content.
@@ -134,6 +295,9 @@ type modelRun struct {
 	// rewritten between syncs (in place) far more often.
 	hot     int
 	inPlace uint64 // in-place rewrites done, over every reopen
+	// expectOrderFailure: the cache writes back unordered, and
+	// checkBackingAlone counts inconsistent images instead of failing.
+	expectOrderFailure bool
 
 	keepSSD, keepHDD *device.Mem // the last crash image, for tracing
 }
@@ -311,6 +475,29 @@ func (mr *modelRun) step() {
 	}
 }
 
+// checkBackingAlone checks the backing device's crash image alone (the
+// cache device lost) against the client's history, when ordered
+// write-back was in force (or always, with mr.expectOrderFailure): it
+// must be a state a power cut could have left. It counts the checks and
+// the inconsistent images, and logs the latter.
+func (mr *modelRun) checkBackingAlone(hdd *device.Mem, power bool) {
+	if !mr.m.snapInForce && !mr.expectOrderFailure {
+		mr.ops["backing-alone-skipped"]++
+		return
+	}
+	mr.ops["backing-alone-checked"]++
+	fits, bad := mr.m.backingValid(hdd, power)
+	if bad < 0 {
+		return
+	}
+	mr.ops["backing-alone-inconsistent"]++
+	if !mr.expectOrderFailure {
+		mr.t.Logf("cycle %d (power cut %v): the backing device alone is no state a power cut could have left: block %d fits no epoch (%d epochs); log %v",
+			mr.cycles, power, bad, mr.m.epoch+1, mr.log)
+	}
+	_ = fits
+}
+
 // makeRoom destages until at most half the slots are dirty, so that the
 // next write (at most four blocks) finds slots: the model runs no
 // destager, and with ordered write-back a destage takes one epoch at a
@@ -326,8 +513,8 @@ func (mr *modelRun) makeRoom() {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		o, ok := c.mu.t.oldestEpoch()
-		mr.t.Fatalf("destaging cannot bring the dirty blocks (%d) down: offered %d, oldest epoch %d %v, epochs %v, older %v, order %+v; log %v",
-			n, offered, o, ok, c.mu.t.epochs, c.mu.t.olderLBA, c.mu.order, mr.log)
+		mr.t.Fatalf("destaging cannot bring the dirty blocks (%d) down: offered %d, oldest epoch %d %v, epochs %v, older %v, suspended %q; log %v",
+			n, offered, o, ok, c.mu.t.epochs, c.mu.t.olderLBA, c.mu.order.suspended, mr.log)
 	}
 }
 
@@ -421,6 +608,11 @@ func (mr *modelRun) destage(all bool) {
 	buf := device.AlignedBuffer(len(pinned) * BlockSize)
 	require.NoError(mr.t, c.ReadSlots(pinned, buf))
 	for i, b := range pinned {
+		if debugBacking {
+			c.mu.Lock()
+			everWritten[string(buf[i*BlockSize:(i+1)*BlockSize])] += fmt.Sprintf(" [destaged as block %d slot %d epoch %d older %v clean %v at model epoch %d]", b.LBA, b.Slot, b.Epoch, c.mu.t.isOlder(b.Slot), b.Clean, mr.m.epoch)
+			c.mu.Unlock()
+		}
 		_, err := c.Backing().WriteAt(buf[i*BlockSize:(i+1)*BlockSize], int64(b.LBA)*BlockSize)
 		require.NoError(mr.t, err)
 	}
@@ -437,7 +629,10 @@ func (mr *modelRun) cycle() {
 		// Longer cycles: several rewrites of a hot block between syncs.
 		armAt, maxOps = 160, 32
 	}
-	mr.r.Arm(1+mr.rng.Int64N(armAt), power, rand.New(rand.NewPCG(mr.rng.Uint64(), 1)), func() { mr.m.snap(power) })
+	mr.r.Arm(1+mr.rng.Int64N(armAt), power, rand.New(rand.NewPCG(mr.rng.Uint64(), 1)), func() {
+		mr.m.snap(power)
+		mr.m.snapInForce = mr.c.mu.order.inForce.Load() // (Cache.mu may be held across a journal write)
+	})
 	nops := 1 + mr.rng.IntN(maxOps)
 	for i := 0; i < nops && !mr.r.Snapped(); i++ {
 		mr.step()
@@ -450,6 +645,10 @@ func (mr *modelRun) cycle() {
 	mr.log = append(mr.log, fmt.Sprintf("CRASH(open %d tail %d written %d appended %d)", mr.c.j.openLSN, mr.c.j.tail, mr.c.j.writtenSeq, mr.c.j.appendSeq))
 	mr.c.j.mu.Unlock()
 	ssd, hdd := mr.r.Images()
+	mr.checkBackingAlone(hdd, power)
+	if power {
+		mr.m.noteTorn(hdd)
+	}
 	mr.kill()
 	mr.keepSSD, mr.keepHDD = ssd.CrashProcess(), hdd.CrashProcess()
 	mr.open(ssd, hdd)
@@ -525,7 +724,36 @@ func TestModelCrashRecoveryHot(t *testing.T) {
 	modelCrashRecovery(t, 3, 2)
 }
 
+// TestModelCrashRecoveryOrdered is TestModelCrashRecovery with ordered
+// write-back (two seeds, the default bound on older versions, so ordering
+// is suspended and resumes): every recovery must keep the contract. At
+// each crash the backing device's image alone is checked against the
+// client's history while ordering was in force (checkBackingAlone), and
+// the checks and inconsistent images are counted and logged.
+func TestModelCrashRecoveryOrdered(t *testing.T) {
+	modelCrashRecoveryOrder(t, 0, 2, layout.OrderOrdered)
+}
+
+// TestModelBackingAloneUnordered shows that the check of the backing
+// device alone can fail: with unordered write-back, images that no power
+// cut could have left must turn up.
+func TestModelBackingAloneUnordered(t *testing.T) {
+	mr := newModelRun(t, 77)
+	require.NoError(t, mr.c.SetSettings(layout.Settings{SeqCutoff: modelSeqCutoff, Order: layout.OrderUnordered, SetMask: layout.SetSeqCutoff | layout.SetOrder}))
+	mr.expectOrderFailure = true
+	for i := 0; i < modelCycles(t) && mr.ops["backing-alone-inconsistent"] == 0; i++ {
+		mr.cycle()
+	}
+	mr.kill()
+	t.Logf("cycles %d ops %v", mr.cycles, mr.ops)
+	require.NotZero(t, mr.ops["backing-alone-inconsistent"], "unordered write-back must leave the backing device inconsistent at some crash")
+}
+
 func modelCrashRecovery(t *testing.T, hot, seeds int) {
+	modelCrashRecoveryOrder(t, hot, seeds, layout.OrderUnordered)
+}
+
+func modelCrashRecoveryOrder(t *testing.T, hot, seeds int, order uint8) {
 	base := uint64(0)
 	if s := os.Getenv("WBC_MODEL_SEED"); s != "" {
 		b, err := strconv.ParseUint(s, 10, 64)
@@ -537,6 +765,9 @@ func modelCrashRecovery(t *testing.T, hot, seeds int) {
 			t.Parallel()
 			mr := newModelRun(t, seed)
 			mr.hot = hot
+			if order == layout.OrderOrdered {
+				require.NoError(t, mr.c.SetSettings(layout.Settings{SeqCutoff: modelSeqCutoff, Order: order, SetMask: layout.SetSeqCutoff | layout.SetOrder}))
+			}
 			n := modelCycles(t)
 			for i := 0; i < n; i++ {
 				mr.cycle()

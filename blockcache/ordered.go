@@ -3,6 +3,7 @@ package blockcache
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/wbcache/wbcache/device"
@@ -51,8 +52,11 @@ import (
 // newest: checkpoints keep 24 bits of each version's epoch.
 const maxEpochSpan = 1 << (layout.EpochBits - 1)
 
-// orderState is the write-back order, guarded by Cache.mu.
+// orderState is the write-back order, guarded by Cache.mu (but inForce,
+// which notes() keeps equal to what Order reports as in force, for
+// readers that must not take Cache.mu).
 type orderState struct {
+	inForce atomic.Bool
 	ordered bool // the setting
 	// suspended says why ordering is not in force ("" when it is, or
 	// when the order is unordered); broken that the superblock says so.
@@ -61,11 +65,25 @@ type orderState struct {
 	broken      bool
 	persisting  bool // a goroutine is writing the superblock for suspended
 	suspensions uint64
+	// unkept is the newest epoch in which a write superseded a dirty
+	// version of an earlier epoch without keeping it (ordering off): that
+	// block's state as of the end of the epoch before is lost, so
+	// ordering can resume only in a later epoch. unkeptSet: there was one.
+	unkept    uint32
+	unkeptSet bool
 }
+
+// note updates inForce after a change.
+func (o *orderState) note() { o.inForce.Store(o.ordered && o.suspended == "" && !o.broken) }
 
 // maxOlder is the most slots older versions may hold before ordering is
 // suspended.
-func (c *Cache) maxOlder() int { return max(1, int(c.g.SlotCount/4)) }
+func (c *Cache) maxOlder() int {
+	if c.opts.MaxOlderVersions > 0 {
+		return c.opts.MaxOlderVersions
+	}
+	return max(1, int(c.g.SlotCount/4))
+}
 
 // orderingLocked reports whether write-back is kept in order: while
 // ordering is in force, from the moment it resumes, and until the
@@ -90,7 +108,11 @@ func (c *Cache) behindLocked(e uint32) bool {
 // old keeps it as an older version.
 func (c *Cache) keepOlderLocked(old, e uint32) bool {
 	t := &c.mu.t
-	if !c.orderingLocked() || t.flags[old]&(fValid|fDirty|fLost) != fValid|fDirty || !epochBefore(t.epoch[old], e) {
+	if t.flags[old]&(fValid|fDirty|fLost) != fValid|fDirty || !epochBefore(t.epoch[old], e) {
+		return false
+	}
+	if !c.orderingLocked() {
+		c.mu.order.unkept, c.mu.order.unkeptSet = e, true
 		return false
 	}
 	if n := len(t.older); n >= c.maxOlder() {
@@ -112,6 +134,7 @@ func (c *Cache) suspendLocked(why string) {
 		return
 	}
 	o.suspended, o.since = why, c.opts.Now()
+	o.note()
 	o.suspensions++
 	c.stats.orderSuspensions.Add(1)
 	c.log.Warn("ordered write-back suspended: the backing device alone is no longer a consistent point in time; "+
@@ -145,6 +168,7 @@ func (c *Cache) persistOrder() {
 		}
 		c.mu.Lock()
 		c.mu.order.broken = want
+		c.mu.order.note()
 		c.mu.freed.Broadcast()
 		c.mu.Unlock()
 	}
@@ -176,22 +200,34 @@ func (c *Cache) orderFlagsLocked() uint32 {
 }
 
 // maybeResumeLocked puts ordering back in force once no dirty version
-// older than the current epoch is left and every write to the backing
-// device in place is synced: the backing device then holds everything
-// written before the current epoch.
+// older than the current epoch is left, no version of an earlier epoch
+// was superseded unkept in the current one, and every write to the
+// backing device in place is synced: the backing device then holds every
+// block as it was at the end of the epoch before the current one.
 func (c *Cache) maybeResumeLocked() {
 	o := &c.mu.order
 	if !o.ordered || o.suspended == "" || o.persisting {
 		return
 	}
-	if e, ok := c.mu.t.oldestEpoch(); ok && epochBefore(e, c.epoch.Load()) {
+	cur := c.epoch.Load()
+	e, dirty := c.mu.t.oldestEpoch()
+	if dirty && epochBefore(e, cur) {
 		return
+	}
+	// With no dirty version at all the backing device holds every block
+	// as it is now, whatever was superseded before.
+	if dirty && o.unkeptSet && !epochBefore(o.unkept, cur) {
+		return
+	}
+	if len(c.mu.t.older) > 0 {
+		return // lost older versions wait for a discard or a rewrite
 	}
 	if c.hddWritten.Load() != c.hddSynced.Load() {
 		return
 	}
 	c.log.Info("ordered write-back back in force", "suspended_for", c.opts.Now().Sub(o.since).Round(time.Millisecond).String(), "reason_was", o.suspended)
 	o.suspended = ""
+	o.note()
 	o.persisting = true
 	c.wg.Add(1)
 	go c.persistOrder()
@@ -208,12 +244,17 @@ func (c *Cache) setOrderLocked(ordered, broken bool) {
 		o.suspended = ""
 	case broken && o.suspended == "":
 		o.suspended, o.since = "the backing device was written out of order before; waiting for the write-back to catch up", c.opts.Now()
+		// What superseded what before is not known: resume no sooner
+		// than the epoch after this one.
+		o.unkept, o.unkeptSet = c.epoch.Load(), true
 	}
+	o.note()
 }
 
-// Ordered reports whether the settings select ordered write-back.
+// Ordered reports whether the settings select ordered write-back. It is
+// opt-in (README, "Write-back order"): unset means unordered.
 func Ordered(s layout.Settings) bool {
-	return !s.Has(layout.SetOrder) || s.Order == layout.OrderOrdered
+	return s.Has(layout.SetOrder) && s.Order == layout.OrderOrdered
 }
 
 // noteEpoch begins a new flush epoch and remembers when.
@@ -271,14 +312,17 @@ type OrderStatus struct {
 func (c *Cache) Order() OrderStatus {
 	c.mu.Lock()
 	c.maybeResumeLocked()
-	o := c.mu.order
+	o := &c.mu.order
 	t := &c.mu.t
 	cur := c.epoch.Load()
 	st := OrderStatus{Order: "unordered", OlderVersions: len(t.older), Suspensions: o.suspensions, Suspended: o.suspended}
+	if o.ordered && o.suspended == "" && o.broken {
+		st.Suspended = "resuming: writing the superblock"
+	}
 	if o.ordered {
 		st.Order = "ordered"
 	}
-	st.InForce = o.ordered && o.suspended == "" && !o.broken
+	st.InForce = o.inForce.Load()
 	oldest, dirty := t.oldestEpochStart()
 	synced := c.hddWritten.Load() == c.hddSynced.Load()
 	c.mu.Unlock()

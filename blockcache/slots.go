@@ -71,8 +71,8 @@ func newSlotTable(n uint64) slotTable {
 		index: newLBAIndex(n),
 		older: map[uint32]struct{}{}, olderLBA: map[uint64]int{},
 		epochs: map[uint32]int{},
-		free:  newFreeSet(n),
-		fresh: make([]uint32, 0, max(n/4, 1)),
+		free:   newFreeSet(n),
+		fresh:  make([]uint32, 0, max(n/4, 1)),
 	}
 }
 

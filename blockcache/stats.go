@@ -48,12 +48,12 @@ type Stats struct {
 	// device is (ordered.go).
 	Order OrderStatus `json:"writeback_order"`
 
-	Reads          uint64 `json:"reads"`
-	Writes         uint64 `json:"writes"`
-	WritesInPlace  uint64 `json:"writes_in_place"`
+	Reads         uint64 `json:"reads"`
+	Writes        uint64 `json:"writes"`
+	WritesInPlace uint64 `json:"writes_in_place"`
 	// OlderKept counts writes that kept the version they superseded as an
 	// older version for ordered write-back.
-	OlderKept uint64 `json:"older_versions_kept"`
+	OlderKept      uint64 `json:"older_versions_kept"`
 	Syncs          uint64 `json:"syncs"`
 	Discards       uint64 `json:"discards"`
 	ReadBytes      uint64 `json:"read_bytes"`

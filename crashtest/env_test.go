@@ -149,5 +149,8 @@ func mountOptions(args ...string) []string {
 	if m := os.Getenv("WBC_FUSE_URING"); m != "" {
 		args = append(args, "--fuse-uring", m)
 	}
+	if *flagOrder != "" {
+		args = append(args, "--writeback-order", *flagOrder)
+	}
 	return args
 }

@@ -19,6 +19,7 @@ var (
 	flagKeep     = flag.Bool("crash.keep", false, "keep the work directory (it is always kept when the test fails)")
 	flagStop     = flag.Bool("crash.stop-on-failure", false, "stop at the first failed iteration")
 	flagFailures = flag.String("crash.failures", "", "where failed iterations are saved (default WORK/failures)")
+	flagOrder    = flag.String("crash.order", "", "write-back order of every daemon the loops mount: ordered or unordered (default: the daemon's default)")
 	flagPCArgs   = flag.String("crash.powercut-args", "", "TestPowerCutLoop: more options for wbcache-powercut run, space separated (e.g. \"--order armed\")")
 )
 

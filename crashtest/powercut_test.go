@@ -39,6 +39,9 @@ func TestPowerCutLoop(t *testing.T) {
 	if m := os.Getenv("WBC_FUSE_URING"); m != "" {
 		args = append(args, "--fuse-uring", m)
 	}
+	if *flagOrder != "" {
+		args = append(args, "--mount-args=--writeback-order="+*flagOrder)
+	}
 	args = append(args, strings.Fields(*flagPCArgs)...)
 	t.Logf("power-cut loop: %s", strings.Join(args, " "))
 

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/wbcache/wbcache/blockcache"
 	"github.com/wbcache/wbcache/device"
+	"github.com/wbcache/wbcache/layout"
 )
 
 // drainResult is what one drain measured, in the HDD model's virtual time.
@@ -41,6 +42,13 @@ type drainSetup struct {
 }
 
 func newDrainSetup(tb testing.TB, region int, density float64, seed uint64, cleanRest bool) *drainSetup {
+	return newOrderedDrainSetup(tb, region, density, seed, cleanRest, layout.OrderUnordered, 2048)
+}
+
+// newOrderedDrainSetup is newDrainSetup with a write-back order, and a
+// Sync by each of the 4 writers every syncEvery of its writes (each Sync
+// begins a flush epoch).
+func newOrderedDrainSetup(tb testing.TB, region int, density float64, seed uint64, cleanRest bool, order uint8, syncEvery int) *drainSetup {
 	rng := rand.New(rand.NewPCG(seed, 99))
 	perm := rng.Perm(region)
 	n := int(float64(region) * density)
@@ -52,7 +60,7 @@ func newDrainSetup(tb testing.TB, region int, density float64, seed uint64, clea
 	ssd := device.NewMem(cacheBytes(tb, slots, 0), [16]byte{0x55})
 	hddMem := device.NewMem(int64(region)*bs, hddID)
 	hdd := device.NewHDDModel(hddMem)
-	require.NoError(tb, blockcache.Format(ssd, hdd, blockcache.FormatOptions{}))
+	require.NoError(tb, blockcache.Format(ssd, hdd, blockcache.FormatOptions{Settings: layout.Settings{Order: order, SetMask: layout.SetOrder}}))
 	c, err := blockcache.Open(ssd, hdd, blockcache.Options{CheckpointInterval: -1, ReserveFree: 8})
 	require.NoError(tb, err)
 	if cleanRest {
@@ -76,7 +84,7 @@ func newDrainSetup(tb testing.TB, region int, density float64, seed uint64, clea
 					tb.Error(err)
 					return
 				}
-				if i%2048 == w {
+				if (i/writers)%syncEvery == syncEvery-1 {
 					if err := c.Sync(); err != nil {
 						tb.Error(err)
 						return
@@ -137,6 +145,45 @@ func BenchmarkDrain(b *testing.B) {
 			b.ReportMetric(r.ratio(), "ratio-to-seq")
 			b.Logf("density %-4s  %s", dens.name, r)
 		})
+	}
+}
+
+// BenchmarkDrainOrder compares ordered with unordered write-back
+// side by side: the same fill (a random subset of a 64 MiB region at
+// densities 100 % and 25 %, 4 writers, each syncing every N of its writes,
+// so the fill spans about 4·blocks/(4·N) flush epochs), drained by FlushAll
+// on the HDD model. Run it with -benchtime=1x:
+//
+//	go test -run '^$' -bench DrainOrder -benchtime 1x -v ./flush/
+func BenchmarkDrainOrder(b *testing.B) {
+	const region = 16384
+	for _, dens := range []float64{1, 0.25} {
+		for _, every := range []int{1 << 30, 1024, 64} {
+			for _, order := range []uint8{layout.OrderUnordered, layout.OrderOrdered} {
+				name := fmt.Sprintf("density=%.0f%%/sync-every=%d/order=%s", dens*100, every, map[uint8]string{0: "ordered", 1: "unordered"}[order])
+				if every == 1<<30 {
+					name = fmt.Sprintf("density=%.0f%%/sync-every=none/order=%s", dens*100, map[uint8]string{0: "ordered", 1: "unordered"}[order])
+				}
+				b.Run(name, func(b *testing.B) {
+					var r drainResult
+					var st blockcache.Stats
+					for i := 0; i < b.N; i++ {
+						b.StopTimer()
+						s := newOrderedDrainSetup(b, region, dens, uint64(i), false, order, every)
+						st = s.c.Stats()
+						b.StartTimer()
+						r = s.drain(b)
+						b.StopTimer()
+						require.NoError(b, s.c.Close())
+					}
+					b.ReportMetric(r.mibps(), "MiB/s(virtual)")
+					b.ReportMetric(float64(r.runs), "runs")
+					b.ReportMetric(float64(st.Syncs), "fill-syncs")
+					b.ReportMetric(float64(st.OlderKept), "older-kept")
+					b.Logf("%s  %s; fill: %d syncs, %d older versions kept", name, r, st.Syncs, st.OlderKept)
+				})
+			}
+		}
 	}
 }
 

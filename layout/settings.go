@@ -18,7 +18,7 @@ type Settings struct {
 	MaxDirtyAge   uint32 // seconds a block may stay dirty; SetMaxDirtyAge
 	SeqCutoff     uint64 // bytes of sequential stream before bypassing the cache; SetSeqCutoff
 	IdleRate      uint32 // destage MiB/s while foreground I/O is busy below the high watermark; SetIdleRate
-	Order         uint8  // OrderOrdered or OrderUnordered write-back; SetOrder
+	Order         uint8  // OrderOrdered or OrderUnordered write-back (unset: unordered); SetOrder
 	SetMask       uint32 // Set* bits of the fields set explicitly (lets 0 be a real value)
 }
 

@@ -118,6 +118,12 @@ func formatMetrics(s *Status) []byte {
 	metric("wbcache_destage_backing_errors_total", "counter", "Write-back errors of the backing device (also in wbcache_errors_total).", u(s.DestageBackingErrors))
 	metric("wbcache_destage_failing", "gauge", "1 while the last write-back attempt failed and the destager waits to retry.", i(b2i(s.DestageFailing)))
 	metric("wbcache_draining", "gauge", "1 while the daemon writes back everything on its own (a drain resumed at mount).", i(b2i(s.Drain != "")))
+	o := s.Order
+	metric("wbcache_writeback_ordered", "gauge", "1 while ordered write-back is in force (the backing device alone is a consistent point in time).", i(b2i(o.InForce)))
+	metric("wbcache_writeback_order_behind_epochs", "gauge", "Flush epochs (fsyncs) between the backing device's consistent state and now, while ordered write-back is in force.", u(uint64(o.BehindEpochs)))
+	metric("wbcache_writeback_order_consistent_time_seconds", "gauge", "Unix time before which every fsync'd write is on the backing device (0 if unknown or not in force).", f(float64(o.ConsistentUnixNano)/1e9))
+	metric("wbcache_older_versions", "gauge", "Slots holding older dirty versions kept for ordered write-back.", i(int64(o.OlderVersions)))
+	metric("wbcache_writeback_order_suspensions_total", "counter", "Times ordered write-back was suspended (older versions reached their bound).", u(o.Suspensions))
 	metric("wbcache_journal_records_total", "counter", "Metadata journal records.", u(s.JournalRecords))
 	metric("wbcache_journal_commits_total", "counter", "Journal commits (cache device syncs).", u(s.JournalSyncs))
 	metric("wbcache_journal_blocks_written_total", "counter", "Journal blocks started (up to 127 records each).", u(s.JournalBlocks))

@@ -37,6 +37,7 @@ var settingKeys = []setting{
 	{"promote-after", "N", "read misses of a block before it is copied into the cache (0 or 1 = first miss, max 255)",
 		applyNumber("promote-after", numberRange, 0, 255, layout.SetPromoteAfter, func(s *layout.Settings, v int) { s.PromoteAfter = uint8(v) })},
 	{"idle-rate", "MIBPS", "cap on write-back MiB/s between the watermarks while foreground I/O is busy (0 = no cap)", applyIdleRate},
+	{"writeback-order", "ORDER", "ordered (the backing device alone stays a consistent point in time; slower write-back after many fsyncs) or unordered (default)", applyOrder},
 }
 
 func settingByKey(key string) *setting {
@@ -113,6 +114,19 @@ func applyMode(s *layout.Settings, v string) error {
 	return nil
 }
 
+func applyOrder(s *layout.Settings, v string) error {
+	switch v {
+	case "ordered":
+		s.Order = layout.OrderOrdered
+	case "unordered":
+		s.Order = layout.OrderUnordered
+	default:
+		return fmt.Errorf("writeback-order %q: want ordered or unordered", v)
+	}
+	s.SetMask |= layout.SetOrder
+	return nil
+}
+
 // How applyNumber reads a value and names its range.
 const (
 	percentRange = "a whole percentage"
@@ -181,6 +195,7 @@ type policyView struct {
 	SeqCutoffBytes     int64   `json:"seq_cutoff_bytes"`
 	PromoteAfter       int     `json:"promote_after"`
 	IdleRateMiBps      int     `json:"idle_rate_mibps"`
+	WritebackOrder     string  `json:"writeback_order"`
 }
 
 func makePolicyView(mode blockcache.Mode, p flush.Policy, s layout.Settings, promote int) policyView {
@@ -193,7 +208,15 @@ func makePolicyView(mode blockcache.Mode, p flush.Policy, s layout.Settings, pro
 		SeqCutoffBytes:     blockcache.SeqCutoff(s),
 		PromoteAfter:       promote,
 		IdleRateMiBps:      p.IdleRate,
+		WritebackOrder:     orderName(s),
 	}
+}
+
+func orderName(s layout.Settings) string {
+	if blockcache.Ordered(s) {
+		return "ordered"
+	}
+	return "unordered"
 }
 
 func (v policyView) String() string {
@@ -205,8 +228,8 @@ func (v policyView) String() string {
 	if v.SeqCutoffBytes > 0 {
 		cut = formatSize(v.SeqCutoffBytes)
 	}
-	return fmt.Sprintf("mode=%s low-watermark=%d%% high-watermark=%d%% max-dirty-age=%s workers=%d seq-cutoff=%s promote-after=%d idle-rate=%s",
-		v.Mode, v.LowWatermark, v.HighWatermark, formatAge(v.MaxDirtyAgeSeconds), v.Workers, cut, v.PromoteAfter, idle)
+	return fmt.Sprintf("mode=%s low-watermark=%d%% high-watermark=%d%% max-dirty-age=%s workers=%d seq-cutoff=%s promote-after=%d idle-rate=%s writeback-order=%s",
+		v.Mode, v.LowWatermark, v.HighWatermark, formatAge(v.MaxDirtyAgeSeconds), v.Workers, cut, v.PromoteAfter, idle, v.WritebackOrder)
 }
 
 // changedKeys lists the keys of changes, deduplicated, in order.

@@ -142,6 +142,7 @@ func printStatus(w io.Writer, s *Status) {
 		fmt.Fprintf(w, "  LOST:       %d dirty blocks fail their checksum and read as errors (see the log; rewrite or discard them)\n", s.LostBlocks)
 	}
 	fmt.Fprintf(w, "  recovery:   %.3fs at open, %d journal records replayed\n", s.RecoverySecs, s.Replayed)
+	fmt.Fprintf(w, "  order:      %s\n", orderLine(s.Order))
 	fmt.Fprintf(w, "  policy:     %s\n", s.Policy)
 	if s.ControlSocket != "" {
 		fmt.Fprintf(w, "  control:    %s\n", s.ControlSocket)
@@ -219,4 +220,19 @@ func fetchStatus(mountpoint string) ([]byte, error) {
 		return nil, err
 	}
 	return nil, ferr
+}
+
+// orderLine says how far behind the backing device is (ordered.go).
+func orderLine(o blockcache.OrderStatus) string {
+	switch {
+	case o.Order != "ordered":
+		return "unordered write-back: the backing device alone is not a consistent point in time while blocks are dirty"
+	case !o.InForce:
+		return fmt.Sprintf("ordered write-back SUSPENDED (%s); %d older versions; the backing device alone is not a consistent point in time until it resumes", o.Suspended, o.OlderVersions)
+	}
+	at := "unknown (before this mount)"
+	if o.ConsistentUnixNano > 0 {
+		at = time.Unix(0, o.ConsistentUnixNano).UTC().Format(time.RFC3339Nano)
+	}
+	return fmt.Sprintf("ordered, in force: the backing device alone holds every write fsync'd before %s (epoch %d, %d behind); %d older versions", at, o.ConsistentEpoch, o.BehindEpochs, o.OlderVersions)
 }
