@@ -22,7 +22,7 @@
 //     the backing file verified alone (§2.1, §2.3, §2.4, §2.6);
 //   - TestExt4Loop: ext4 on a loop device over the disk, fsync'd files,
 //     kill -9, fsck.ext4 -n -f clean and every committed file intact;
-//   - TestLoseCacheExt4Loop: the same ext4 stack over a cache formatted
+//   - TestLoseCacheExt4Loop: the same ext4 stack over a cache mounted
 //     with --writeback-order ordered and write-back running all the time;
 //     the consistent point T is read from `wbcache status --json`
 //     (writeback_order.consistent_unix_nano), then kill -9 and the cache

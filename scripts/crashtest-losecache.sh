@@ -6,9 +6,10 @@
 # of the crashtest package (crashtest/doc.go).
 #
 # Once: mkfs.ext4 on the backing file itself. Each round:
-#   1. `wbcache format --writeback-order ordered` of a new cache file over
-#      the backing file; `wbcache mount` with write-back running all the
-#      time (low watermark 0, max dirty age 0-2 s, random per round);
+#   1. `wbcache format` of a new cache file over the backing file;
+#      `wbcache mount --writeback-order ordered` with write-back running
+#      all the time (low watermark 0, max dirty age 0-2 s, random per
+#      round);
 #      losetup --direct-io=on on MOUNTPOINT/disk; mount the ext4 (no
 #      discard);
 #   2. `wbcheck write` creates, replaces, appends to, moves and deletes
