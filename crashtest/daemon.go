@@ -134,17 +134,41 @@ func (d *Daemon) Stop(timeout time.Duration) error {
 
 // Status is `wbcache status MNT --json`, decoded.
 func (d *Daemon) Status() (map[string]any, error) {
+	var m map[string]any
+	if err := d.StatusInto(&m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// StatusInto decodes `wbcache status MNT --json` into v (a struct keeps
+// the integers exact, which a map's float64 does not past 2^53).
+func (d *Daemon) StatusInto(v any) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, d.cfg.Bin, "status", d.cfg.Mnt, "--json").Output()
 	if err != nil {
-		return nil, fmt.Errorf("wbcache status %s --json: %w", d.cfg.Mnt, err)
+		return fmt.Errorf("wbcache status %s --json: %w", d.cfg.Mnt, err)
 	}
-	var m map[string]any
-	if err := json.Unmarshal(out, &m); err != nil {
-		return nil, fmt.Errorf("wbcache status %s --json: %w", d.cfg.Mnt, err)
+	if err := json.Unmarshal(out, v); err != nil {
+		return fmt.Errorf("wbcache status %s --json: %w", d.cfg.Mnt, err)
 	}
-	return m, nil
+	return nil
+}
+
+// WritebackOrder is the writeback_order object of `wbcache status --json`
+// (ordered write-back: the backing device alone always holds a state a
+// power cut could have left).
+type WritebackOrder struct {
+	Order     string `json:"order"`     // "ordered" or "unordered"
+	InForce   bool   `json:"in_force"`  // the order holds now
+	Suspended string `json:"suspended"` // why it does not, if so
+	// Every client fsync that began before ConsistentUnixNano is on the
+	// backing device with everything written before it; 0: unknown.
+	ConsistentEpoch    uint64 `json:"consistent_epoch"`
+	ConsistentUnixNano int64  `json:"consistent_unix_nano"`
+	BehindEpochs       uint64 `json:"behind_epochs"`
+	OlderVersions      int    `json:"older_versions"`
 }
 
 // Panicked reports whether a daemon log holds a Go panic or a data race.

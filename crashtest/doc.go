@@ -22,11 +22,26 @@
 //     the backing file verified alone (§2.1, §2.3, §2.4, §2.6);
 //   - TestExt4Loop: ext4 on a loop device over the disk, fsync'd files,
 //     kill -9, fsck.ext4 -n -f clean and every committed file intact;
+//   - TestLoseCacheExt4Loop: the same ext4 stack over a cache mounted
+//     with --writeback-order ordered and write-back running all the time;
+//     the consistent point T is read from `wbcache status --json`
+//     (writeback_order.consistent_unix_nano), then kill -9 and the cache
+//     file deleted: the backing file alone must hold an ext4 that fsck
+//     passes with every change committed before T (issue 15). Each round
+//     formats a new cache over the backing file the round before checked,
+//     so the files accumulate and every round re-checks the earlier ones;
+//     a failed round starts over on a new file system (made on the backing
+//     file itself, with no cache in front);
 //   - TestPowerCutLoop: power cuts under the real daemon with
 //     `wbcache-powercut run` (§2.2, §2.3).
 //
+// TestExt4Loop and TestLoseCacheExt4Loop share their stack (ext4Rig:
+// format, daemon, loop devices, ext4 mounts, `wbcheck write` and kill,
+// journal replay and fsck, `wbcheck verify`).
+//
 // Without flags each runs a short smoke run; -crash.n, -crash.seed,
 // -crash.variant, -crash.quick and the other -crash.* flags (flags_test.go)
-// make them long. scripts/crashtest.sh, crashtest-ext4.sh and powercut.sh
-// --real are thin wrappers around them.
+// make them long. scripts/crashtest.sh, crashtest-ext4.sh,
+// crashtest-losecache.sh and powercut.sh --real are thin wrappers around
+// them.
 package crashtest

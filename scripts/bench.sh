@@ -74,11 +74,6 @@ set -uo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-usage() {
-	sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
-	exit "${1:-2}"
-}
-
 WBC_FUSE_URING=${WBC_FUSE_URING-on}
 quick=0 runtime= sustain= hdd_size= csize= targets_opt= jobs_re=. out= iops=200 bps=170M
 steady=0 density=0 region= densities=

@@ -29,11 +29,6 @@ set -uo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-usage() {
-	sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
-	exit "${1:-2}"
-}
-
 WBC_FUSE_URING=${WBC_FUSE_URING-on}
 rounds=5 runtime=6 csize=512M region=128M qd=32 fargs='' builds=()
 while [ $# -gt 0 ]; do

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # scripts/ci-smoke.sh: a short run of every harness, for CI (a few minutes).
-# The three crash loops are the Go tests of crashtest/ (TestKill9Loop,
-# TestExt4Loop, TestPowerCutLoop), run through their scripts:
+# The four crash loops are the Go tests of crashtest/ (TestKill9Loop,
+# TestExt4Loop, TestLoseCacheExt4Loop, TestPowerCutLoop), run through
+# their scripts:
 #   crashtest.sh --quick -n 5 --variant all   (each kill -9 variant once,
 #                                             FUSE over io_uring where the
 #                                             kernel has it; then -n 2 over
 #                                             /dev/fuse)
 #   crashtest-ext4.sh --quick -n 2            (io_uring where available)
+#   crashtest-losecache.sh --quick -n 2       (ordered write-back, the
+#                                             cache file deleted)
 #   powercut.sh --quick                       (2 rounds x 6 seeds x 300 cycles)
 #   powercut.sh --real --quick                (6 power cuts under the real
 #                                             daemon, 256M disk, 32M cache)
@@ -34,7 +37,7 @@ start=$(now_ns)
 
 full=1
 if [ "$(id -u)" != 0 ] || [ ! -e /dev/fuse ]; then
-	warn "not root or no /dev/fuse: SKIPPING the FUSE harnesses (crashtest, crashtest-ext4, powercut --real, bench)"
+	warn "not root or no /dev/fuse: SKIPPING the FUSE harnesses (crashtest, crashtest-ext4, crashtest-losecache, powercut --real, bench)"
 	full=0
 fi
 if [ "$full" = 1 ]; then
@@ -65,6 +68,7 @@ if [ "$full" = 1 ]; then
 	step crashtest-$ring env WBC_FUSE_URING=$ring scripts/crashtest.sh --quick -n 5 --variant all -s "$seed" --failures "$WORK/crash-failures"
 	step crashtest-off env WBC_FUSE_URING=off scripts/crashtest.sh --quick -n 2 --variant all -s "$((seed + 1))" --failures "$WORK/crash-failures-off"
 	step crashtest-ext4-$ring env WBC_FUSE_URING=$ring scripts/crashtest-ext4.sh --quick -n 2 -s "$seed" --failures "$WORK/ext4-failures"
+	step crashtest-losecache env WBC_FUSE_URING=$ring scripts/crashtest-losecache.sh --quick -n 2 -s "$seed" --failures "$WORK/losecache-failures"
 fi
 step powercut scripts/powercut.sh --quick -s "$((seed * 10))"
 if [ "$full" = 1 ]; then

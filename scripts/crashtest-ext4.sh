@@ -34,7 +34,7 @@
 #   --keep             keep the work directory (kept anyway on failure,
 #                      with the cache, backing, manifest and logs)
 #   --failures DIR     also copy the logs and manifest of each failed
-#                      iteration to DIR/iter-N
+#                      iteration to DIR/iteration-N
 # Environment: WBCACHE / WBCHECK = prebuilt binaries, WBC_TMP = parent of
 # the work directory (default /var/tmp), WBC_FUSE_URING = the transport.
 # The same run by hand: go test -v -run '^TestExt4Loop$' ./crashtest
@@ -43,11 +43,6 @@
 set -uo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
-
-usage() {
-	sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
-	exit "${1:-2}"
-}
 
 crash_args " -n -s --size --cache-size --quick --stop-on-failure --keep --failures " "$@"
 CRASH_ARGS=(-crash.n=10 "${CRASH_ARGS[@]}")

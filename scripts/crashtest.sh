@@ -46,11 +46,6 @@ set -uo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-usage() {
-	sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
-	exit "${1:-2}"
-}
-
 crash_args " -n -s --size --cache-size --variant --quick --stop-on-failure --keep --failures " "$@"
 CRASH_ARGS=(-crash.n=20 -crash.variant=plain "${CRASH_ARGS[@]}")
 crash_loop TestKill9Loop

@@ -44,6 +44,13 @@ size_bytes() {
 	echo $((s * m))
 }
 
+# usage [STATUS]: print the calling script's header (its comment from line
+# 2 down to `set -uo pipefail`) and exit with STATUS (default 2).
+usage() {
+	sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+	exit "${1:-2}"
+}
+
 need_root() {
 	[ "$(id -u)" = 0 ] || die "must run as root (FUSE mounts, losetup, cgroups)"
 	[ -e /dev/fuse ] || die "/dev/fuse is missing"

@@ -69,11 +69,6 @@ set -uo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-usage() {
-	sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
-	exit "${1:-2}"
-}
-
 # Real mode is the Go test TestPowerCutLoop of the crashtest package.
 for a in "$@"; do
 	[ "$a" = -- ] && break
