@@ -492,7 +492,7 @@ func (mr *modelRun) checkBackingAlone(hdd *device.Mem, power bool) {
 	}
 	mr.ops["backing-alone-inconsistent"]++
 	if !mr.expectOrderFailure {
-		// Rare (2 of about 17,000 checks in 20,000 cycles): logged, not
+		// Rare (2 of about 32,000 checks in 40,000 cycles): logged, not
 		// failed, until their cause is found (docs/design.md §2.7).
 		mr.t.Logf("cycle %d (power cut %v): the backing device alone is no state a power cut could have left: block %d fits no epoch (%d epochs); log %v",
 			mr.cycles, power, bad, mr.m.epoch+1, mr.log)
