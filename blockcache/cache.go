@@ -326,8 +326,7 @@ func Open(ssd, hdd device.Device, opts Options) (*Cache, error) {
 		return nil, err
 	}
 	c.stats.recoveryNanos.Store(int64(opts.Now().Sub(t0)))
-	c.epoch.Store(rec.epoch + 1)
-	c.epochStarts[(rec.epoch+1)%uint32(len(c.epochStarts))] = epochStart{e: rec.epoch + 1, at: opts.Now().UnixNano()}
+	c.setEpochLocked(rec.epoch + 1)
 	c.mu.t.startOf = c.epochStarted
 	c.j, err = newJournal(ssd, c.g, c.uuid, rec.incarnation, rec.endLSN, rec.endCount, c.requestCheckpoint)
 	if err != nil {

@@ -50,9 +50,9 @@ type model struct {
 	torn []bool
 }
 
+// debugBacking (WBC_DEBUG_BACKING=1) prints, for an inconsistent backing
+// image, the history of the first block that fits no epoch.
 var debugBacking = os.Getenv("WBC_DEBUG_BACKING") != ""
-
-var everWritten = map[string]string{}
 
 type hver struct {
 	data  []byte
@@ -75,11 +75,6 @@ func (m *model) current(lba uint64) []byte { return m.vers[lba][len(m.vers[lba])
 // begin records the new block contents of the operation about to run.
 func (m *model) begin(news map[uint64][]byte, direct bool) {
 	m.mu.Lock()
-	if debugBacking {
-		for lba, b := range news {
-			everWritten[string(b)] = fmt.Sprintf("pending block %d epoch %d direct %v", lba, m.epoch, direct)
-		}
-	}
 	m.pending = news
 	m.pendDirect = direct
 	m.mu.Unlock()
@@ -92,9 +87,6 @@ func (m *model) commit() {
 		m.vers[lba] = append(m.vers[lba], b)
 		m.hist[lba] = append(m.hist[lba], b)
 		m.bh[lba] = append(m.bh[lba], hver{data: b, epoch: m.epoch})
-		if debugBacking {
-			everWritten[string(b)] = fmt.Sprintf("block %d epoch %d", lba, m.epoch)
-		}
 		m.direct[lba] = m.direct[lba] || m.pendDirect
 	}
 	m.pending = map[uint64][]byte{}
@@ -148,9 +140,6 @@ func (m *model) reset(got [][]byte) {
 		k := len(h) - 1
 		for k >= 0 && !bytes.Equal(h[k].data, got[i]) {
 			k--
-		}
-		if debugBacking {
-			fmt.Printf("DBG reset block %d: recovered version %d of %d (epoch now %d)\n", i, k, len(h), m.epoch)
 		}
 		if k >= 0 {
 			m.bh[i] = h[:k+1]
@@ -243,18 +232,7 @@ func (m *model) backingValid(img *device.Mem, tear bool) (fits int, bad int) {
 							prev = append(prev, k)
 						}
 					}
-					var secs []string
-					for so := 0; so < BlockSize; so += 512 {
-						found := "?"
-						for k, d := range everWritten {
-							if k[so:so+512] == string(b[so:so+512]) {
-								found = d
-								break
-							}
-						}
-						secs = append(secs, found)
-					}
-					fmt.Printf("DBG block %d history %v; cuts fitting the blocks before: %v; epoch now %d; backing holds %q; sectors from %q\n", lba, eps, prev, m.epoch, everWritten[string(b)], secs)
+					fmt.Printf("block %d: history (version:epoch:matches) %v; cuts fitting the blocks before it: %v; epoch now %d\n", lba, eps, prev, m.epoch)
 				}
 				return 0, lba
 			}
@@ -610,11 +588,6 @@ func (mr *modelRun) destage(all bool) {
 	buf := device.AlignedBuffer(len(pinned) * BlockSize)
 	require.NoError(mr.t, c.ReadSlots(pinned, buf))
 	for i, b := range pinned {
-		if debugBacking {
-			c.mu.Lock()
-			everWritten[string(buf[i*BlockSize:(i+1)*BlockSize])] += fmt.Sprintf(" [destaged as block %d slot %d epoch %d older %v clean %v at model epoch %d]", b.LBA, b.Slot, b.Epoch, c.mu.t.isOlder(b.Slot), b.Clean, mr.m.epoch)
-			c.mu.Unlock()
-		}
 		_, err := c.Backing().WriteAt(buf[i*BlockSize:(i+1)*BlockSize], int64(b.LBA)*BlockSize)
 		require.NoError(mr.t, err)
 	}

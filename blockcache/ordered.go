@@ -191,14 +191,6 @@ func (c *Cache) writeOrderFlag(broken bool) error {
 	return nil
 }
 
-// orderFlagsLocked is the superblock flag for the order state.
-func (c *Cache) orderFlagsLocked() uint32 {
-	if c.mu.order.broken {
-		return layout.FlagOrderBroken
-	}
-	return 0
-}
-
 // maybeResumeLocked puts ordering back in force once no dirty version
 // older than the current epoch is left, no version of an earlier epoch
 // was superseded unkept in the current one, and every write to the
@@ -260,9 +252,14 @@ func Ordered(s layout.Settings) bool {
 // noteEpoch begins a new flush epoch and remembers when.
 func (c *Cache) noteEpoch() {
 	c.epochMu.Lock()
-	e := c.epoch.Add(1)
-	c.epochStarts[e%uint32(len(c.epochStarts))] = epochStart{e: e, at: c.opts.Now().UnixNano()}
+	c.setEpochLocked(c.epoch.Add(1))
 	c.epochMu.Unlock()
+}
+
+// setEpochLocked records that epoch e begins now (epochMu held, or Open).
+func (c *Cache) setEpochLocked(e uint32) {
+	c.epoch.Store(e)
+	c.epochStarts[e%uint32(len(c.epochStarts))] = epochStart{e: e, at: c.opts.Now().UnixNano()}
 }
 
 type epochStart struct {
