@@ -11,14 +11,17 @@ import (
 // DirtyBlock names one dirty version: block LBA held in Slot with data CRC.
 // Since is the age tick (seconds since Open) at which it became dirty,
 // Epoch the flush epoch of its write. Clean marks a clean cached copy that
-// PinGaps pinned to fill a gap between dirty blocks.
+// PinGaps pinned to fill a gap between dirty blocks; Backing (with Clean)
+// a gap block PinBackingGaps took from the backing device, which has no
+// slot.
 type DirtyBlock struct {
-	LBA   uint64
-	Slot  uint32
-	CRC   uint32
-	Since uint32
-	Epoch uint32
-	Clean bool
+	LBA     uint64
+	Slot    uint32
+	CRC     uint32
+	Since   uint32
+	Epoch   uint32
+	Clean   bool
+	Backing bool
 }
 
 // DirtyBlocks appends the dirty versions to write back now, not being
@@ -176,10 +179,40 @@ func (e *LostBlocksError) Unwrap() error { return ErrCorruptData }
 // order), verifying each checksum. Blocks that fail it are reported in a
 // *LostBlocksError, the dirty ones marked lost (Complete never marks them
 // clean).
+//
+// Gap blocks from the backing device (PinBackingGaps) are read from it,
+// one read per stretch of consecutive blocks from the first such block to
+// the last (the cached blocks among them are then read over it): one
+// request, as the run they fill is one write. When that read fails, they
+// are reported lost too (not dirty: nothing is lost, the run is written
+// around them).
 func (c *Cache) ReadSlots(blocks []DirtyBlock, buf []byte) error {
 	var lost []int
 	dirty := 0
+	for i := 0; i < len(blocks); i++ {
+		if !blocks[i].Backing {
+			continue
+		}
+		last := i
+		for k := i + 1; k < len(blocks) && blocks[k].LBA == blocks[k-1].LBA+1; k++ {
+			if blocks[k].Backing {
+				last = k
+			}
+		}
+		if _, err := c.hdd.ReadAt(buf[i*BlockSize:(last+1)*BlockSize], int64(blocks[i].LBA)*BlockSize); err != nil {
+			c.stats.backingErrors.Add(1)
+			for k := i; k <= last; k++ {
+				if blocks[k].Backing {
+					lost = append(lost, k)
+				}
+			}
+		}
+		i = last
+	}
 	for i, b := range blocks {
+		if b.Backing {
+			continue
+		}
 		p := buf[i*BlockSize : (i+1)*BlockSize]
 		if _, err := c.ssd.ReadAt(p, c.g.SlotOffset(uint64(b.Slot))); err != nil {
 			return c.ssdReadError(b.Slot, err)
@@ -193,6 +226,7 @@ func (c *Cache) ReadSlots(blocks []DirtyBlock, buf []byte) error {
 		}
 	}
 	if lost != nil {
+		slices.Sort(lost)
 		return &LostBlocksError{Lost: lost, Dirty: dirty}
 	}
 	return nil
@@ -237,6 +271,10 @@ func (c *Cache) Complete(blocks []DirtyBlock, written bool) error {
 func (c *Cache) completeBatch(m *metaChange, blocks []DirtyBlock, written bool) {
 	t := &c.mu.t
 	for _, b := range blocks {
+		if b.Backing {
+			c.uninflightLocked(b.LBA)
+			continue
+		}
 		s := b.Slot
 		f := t.flags[s]
 		switch {
@@ -253,11 +291,16 @@ func (c *Cache) completeBatch(m *metaChange, blocks []DirtyBlock, written bool) 
 			t.flags[s] = 0
 			t.free.add(s)
 		}
-		if c.mu.inflight[b.LBA]--; c.mu.inflight[b.LBA] <= 0 {
-			delete(c.mu.inflight, b.LBA)
-		}
+		c.uninflightLocked(b.LBA)
 	}
 	c.mu.freed.Broadcast()
+}
+
+// uninflightLocked ends one destage's hold on lba.
+func (c *Cache) uninflightLocked(lba uint64) {
+	if c.mu.inflight[lba]--; c.mu.inflight[lba] <= 0 {
+		delete(c.mu.inflight, lba)
+	}
 }
 
 // DirtyCount is the number of dirty blocks.

@@ -25,7 +25,7 @@
 // promote the block as a clean copy.
 //
 // Destage hooks (used by package flush): DirtyBlocks, Pin, PinGaps,
-// ReadSlots and Complete. Complete journals CLEAN only after the caller has written and
+// PinBackingGaps, ReadSlots and Complete. Complete journals CLEAN only after the caller has written and
 // synced the backing device.
 //
 // # Invariants
@@ -56,7 +56,10 @@
 //     always written into the cache, in every mode. A clean copy pinned to
 //     fill a gap between dirty blocks (PinGaps) rewrites what the backing
 //     device already holds; a write around the cache to its block waits
-//     until that destage completes (writeBackingAt).
+//     until that destage completes (writeBackingAt). A gap block read from
+//     the backing device (PinBackingGaps) is rewritten as read: it is
+//     taken only while no writer holds its stripe and no destage or
+//     discard holds it, and from then on writes in place wait for it.
 //  5. Discard drops clean copies first (durably), then zeroes and syncs the
 //     backing device, then drops dirty copies: each block reads as before or
 //     as zeros at every crash point.

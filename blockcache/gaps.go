@@ -1,5 +1,7 @@
 package blockcache
 
+import "sync"
+
 // PinGaps fills the short gaps between pinned dirty blocks with clean
 // cached copies, so that a destage writes one long run instead of one
 // short run per dirty block: on a disk that pays a seek or an I/O per
@@ -56,6 +58,75 @@ func (c *Cache) pinGapLocked(lo, hi uint64, dst []DirtyBlock) []DirtyBlock {
 		dst = append(dst, DirtyBlock{LBA: l, Slot: s, CRC: t.crc[s], Clean: true})
 	}
 	return dst
+}
+
+// PinBackingGaps fills gaps between consecutive pinned blocks (in LBA
+// order, as Pin or PinGaps returned them) with blocks read from the
+// backing device: a gap [lo, hi) that want accepts is taken whole, when
+// nothing may write those blocks on the backing device until Complete.
+// The gap blocks are returned in place among the others, marked Backing
+// and Clean, appended to dst; ReadSlots reads each stretch of them in one
+// backing read, and Complete only releases them. want decides what is
+// worth it (a disk that pays a seek per request gains when one read and
+// one write replace many short writes: package flush weighs it).
+//
+// Writing back what was just read from the backing device changes nothing
+// there, even torn by a power cut, so it keeps every invariant as long as
+// the blocks do not change on the backing device in between. Nothing
+// writes a block there without either holding its stripe lock across the
+// write (writes around or through the cache, streams, Discard) or being a
+// destage of it (inflight): a gap is taken only when no destage or discard
+// holds any of its blocks and no writer holds their stripes, and once
+// taken (inflight, under Cache.mu all along) writers wait for it in
+// writeBackingAt, Pin skips its blocks and Discard waits. A write into the
+// cache meanwhile maps a new dirty version, written back after this one.
+func (c *Cache) PinBackingGaps(pinned []DirtyBlock, want func(lo, hi uint64) bool, dst []DirtyBlock) []DirtyBlock {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, b := range pinned {
+		if i > 0 {
+			lo, hi := pinned[i-1].LBA+1, b.LBA
+			if hi > lo && want(lo, hi) && c.gapFreeLocked(lo, hi) {
+				for l := lo; l < hi; l++ {
+					c.mu.inflight[l]++
+					dst = append(dst, DirtyBlock{LBA: l, Clean: true, Backing: true})
+				}
+				c.stats.gapReadBlocks.Add(hi - lo)
+			}
+		}
+		dst = append(dst, b)
+	}
+	return dst
+}
+
+// gapFreeLocked reports whether no destage or discard holds a block of
+// [lo, hi) and no writer holds one of their stripes right now.
+func (c *Cache) gapFreeLocked(lo, hi uint64) bool {
+	for l := lo; l < hi; l++ {
+		if c.mu.inflight[l] > 0 || c.discardingLocked(l) {
+			return false
+		}
+	}
+	// Readers may hold the stripes; a writer may not. (Only a try: the
+	// lock order is stripes before Cache.mu.)
+	var held []*sync.RWMutex
+	ok := true
+	for l := lo; l < hi && ok; l++ {
+		st := c.stripe(l)
+		seen := false
+		for _, h := range held {
+			seen = seen || h == st
+		}
+		if !seen {
+			if ok = st.TryRLock(); ok {
+				held = append(held, st)
+			}
+		}
+	}
+	for _, st := range held {
+		st.RUnlock()
+	}
+	return ok
 }
 
 // waitInflight waits until no destage holds a block of [lo, hi): the

@@ -681,6 +681,12 @@ func (mr *modelRun) destage(all bool) {
 		pinned = c.PinGaps(pinned, 8, nil)
 		mr.ops["gap-fill"] += len(pinned) - n
 	}
+	if mr.rng.IntN(3) == 0 {
+		// Fill some of the gaps left from the backing device.
+		n := len(pinned)
+		pinned = c.PinBackingGaps(pinned, func(lo, hi uint64) bool { return hi-lo <= 6 && mr.rng.IntN(2) == 0 }, nil)
+		mr.ops["gap-read"] += len(pinned) - n
+	}
 	buf := device.AlignedBuffer(len(pinned) * BlockSize)
 	require.NoError(mr.t, c.ReadSlots(pinned, buf))
 	for i, b := range pinned {

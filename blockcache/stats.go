@@ -12,6 +12,7 @@ type counters struct {
 	readHits, readMisses, promotions atomic.Uint64
 	bypassed, evictions, allocWaits  atomic.Uint64
 	inPlace, pinnedNewer             atomic.Uint64
+	gapReadBlocks                    atomic.Uint64
 	destagedBlocks, destageRuns      atomic.Uint64
 	checkpoints, replayed            atomic.Uint64
 	cacheErrors, backingErrors       atomic.Uint64
@@ -68,7 +69,11 @@ type Stats struct {
 	DestageRuns    uint64 `json:"destage_runs"`
 	// DestageNewer counts blocks pinned for destaging at a version newer
 	// than their snapshot's (rewritten in between).
-	DestageNewer   uint64 `json:"destage_newer_versions"`
+	DestageNewer uint64 `json:"destage_newer_versions"`
+	// GapReadBlocks counts blocks read from the backing device to fill
+	// gaps between dirty blocks, so that a destage writes one run
+	// (PinBackingGaps).
+	GapReadBlocks  uint64 `json:"destage_gap_read_blocks"`
 	Checkpoints    uint64 `json:"checkpoints"`
 	JournalRecords uint64 `json:"journal_records"`
 	JournalSyncs   uint64 `json:"journal_syncs"`
@@ -127,6 +132,7 @@ func (c *Cache) Stats() Stats {
 	s.Order = c.Order()
 	s.DestagedBlocks, s.DestageRuns = st.destagedBlocks.Load(), st.destageRuns.Load()
 	s.DestageNewer = st.pinnedNewer.Load()
+	s.GapReadBlocks = st.gapReadBlocks.Load()
 	s.Checkpoints, s.Replayed = st.checkpoints.Load(), st.replayed.Load()
 	s.CacheErrors, s.BackingErrors, s.HealedBlocks = st.cacheErrors.Load(), st.backingErrors.Load(), st.healed.Load()
 	s.RecoverySecs = time.Duration(st.recoveryNanos.Load()).Seconds()

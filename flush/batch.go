@@ -13,6 +13,11 @@ type run struct {
 	blocks []blockcache.DirtyBlock
 	prev   <-chan struct{} // closed when the previous run's write is over
 	done   chan struct{}   // closed when this run's write is over (or skipped)
+	// read: the batch read the run already (into buf, with readErr), as it
+	// does when the batch reads gaps from the backing device.
+	read    bool
+	buf     []byte
+	readErr error
 
 	// Set by the worker before done is closed.
 	written bool
@@ -43,9 +48,11 @@ func (l *loop) runBatch(pinned []blockcache.DirtyBlock, pol Policy) batchResult 
 	runs := make([]*run, len(blocks))
 	prev := (<-chan struct{})(closedChan)
 	for i, b := range blocks {
-		r := &run{blocks: b, prev: prev, done: make(chan struct{})}
-		runs[i] = r
-		prev = r.done
+		runs[i] = &run{blocks: b, prev: prev, done: make(chan struct{})}
+		prev = runs[i].done
+	}
+	l.readFirst(runs, len(pinned))
+	for _, r := range runs {
 		l.work <- r
 	}
 	<-prev // runs write in order: the last one done means all are
@@ -98,6 +105,34 @@ func (l *loop) runBatch(pinned []blockcache.DirtyBlock, pol Policy) batchResult 
 	return res
 }
 
+// readFirst reads every run of a batch that reads gaps from the backing
+// device (gapread.go) before any run is written: the disk then reads the
+// batch's stretches in one ascending pass and writes them in another,
+// instead of turning round between a read and a write for every run.
+// Other batches are read by the workers, while the runs before are being
+// written.
+func (l *loop) readFirst(runs []*run, blocks int) {
+	backing := false
+	for _, r := range runs {
+		for _, b := range r.blocks {
+			backing = backing || b.Backing
+		}
+	}
+	if !backing {
+		return
+	}
+	if len(l.batchBuf) < blocks*blockSize {
+		l.batchBuf = device.AlignedBuffer(blocks * blockSize)
+	}
+	off := 0
+	for _, r := range runs {
+		n := len(r.blocks) * blockSize
+		r.read, r.buf = true, l.batchBuf[off:off+n]
+		off += n
+		r.readErr = l.c.ReadSlots(r.blocks, r.buf)
+	}
+}
+
 // setWorkers grows or shrinks the worker pool to n (between batches).
 func (l *loop) setWorkers(n int) {
 	for l.workers < n {
@@ -124,12 +159,18 @@ func (l *loop) worker() {
 			return
 		}
 		n := len(r.blocks) * blockSize
-		if len(buf) < n {
-			buf = device.AlignedBuffer(max(n, l.d.Policy().MaxRun))
-		}
-		b := buf[:n]
 		first, last := r.blocks[0].LBA, r.blocks[len(r.blocks)-1].LBA
-		err := l.c.ReadSlots(r.blocks, b)
+		var b []byte
+		var err error
+		if r.read {
+			b, err = r.buf, r.readErr
+		} else {
+			if len(buf) < n {
+				buf = device.AlignedBuffer(max(n, l.d.Policy().MaxRun))
+			}
+			b = buf[:n]
+			err = l.c.ReadSlots(r.blocks, b)
+		}
 		var lost *blockcache.LostBlocksError
 		if errors.As(err, &lost) {
 			// The lost blocks stay dirty (Complete never cleans them);

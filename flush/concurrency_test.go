@@ -259,7 +259,7 @@ func TestFlushAllCancel(t *testing.T) {
 			for lba := uint64(0); lba < 80; lba += 2 { // 40 one-block runs
 				e.write(lba)
 			}
-			d := newTestDestager(t, e.c, Policy{}, options{syncRuns: 4})
+			d := newTestDestager(t, e.c, Policy{}, options{syncRuns: 4, noGapReads: true})
 			if started {
 				d.Start()
 			}
@@ -368,7 +368,7 @@ func TestStopFinishesRunInFlight(t *testing.T) {
 	for lba := uint64(0); lba < 40; lba += 2 { // 20 one-block runs
 		e.write(lba)
 	}
-	d := newTestDestager(t, e.c, Policy{LowWatermark: -1}, options{})
+	d := newTestDestager(t, e.c, Policy{LowWatermark: -1}, options{noGapReads: true})
 	d.Start()
 	<-gate.entered
 	d.mu.Lock()

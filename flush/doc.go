@@ -20,12 +20,20 @@
 //  3. Cache.PinGaps fills each gap of at most 64 blocks between pinned
 //     blocks whose blocks all have clean cached copies with those copies
 //     (pinned too, marked Clean: they rewrite what the backing device
-//     holds, and a second run would cost a seek). Cut the blocks into
-//     runs of consecutive LBAs, at most Policy.MaxRun bytes each.
+//     holds, and a second run would cost a seek). Then
+//     Cache.PinBackingGaps fills the gaps gapReads chooses with blocks to
+//     be read from the backing device (marked Backing: a stretch of short
+//     gaps is read in one request and written back whole, when the skips
+//     and seeks it saves cost more on a spinning disk than the read).
+//     Cut the blocks into runs of consecutive LBAs, at most Policy.MaxRun
+//     bytes each. (Batches are sized counting such gaps as part of runs.)
 //  4. Workers read each run from the cache device (Cache.ReadSlots, which
-//     verifies checksums) into a 4096-aligned buffer (device.AlignedBuffer:
+//     verifies checksums, and reads Backing blocks from the backing
+//     device) into a 4096-aligned buffer (device.AlignedBuffer:
 //     production backing devices are opened O_DIRECT) and write it to the
-//     backing device with one WriteAt.
+//     backing device with one WriteAt. A batch with Backing blocks is read
+//     whole before its first write (one ascending read pass, then one
+//     write pass).
 //  5. One Backing().Sync() (fdatasync) for the whole batch, after all of its
 //     writes returned.
 //  6. Only then Cache.Complete(run, true) per run: CLEAN records, the

@@ -112,7 +112,7 @@ func TestOneRunFails(t *testing.T) {
 		fe.write(lba)
 	}
 	fe.hdd.f.FailIf(func(o device.Op, off, _ int64) bool { return o == device.OpWrite && off == 20*bs })
-	d := newTestDestager(t, fe.c, Policy{LowWatermark: -1}, fe.clock.options(options{}))
+	d := newTestDestager(t, fe.c, Policy{LowWatermark: -1}, fe.clock.options(options{noGapReads: true}))
 	d.Start()
 	require.Eventually(t, func() bool { return d.Stats().Backoff == minBackoff && fe.clock.hasPending(minBackoff) }, 10*time.Second, time.Millisecond)
 	assert.Equal(t, 2, fe.c.DirtyCount())

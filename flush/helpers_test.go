@@ -128,15 +128,19 @@ type verDev struct {
 	mu      sync.Mutex
 	held    []uint64
 	zeroVer func(lba uint64) uint64
-	writes  atomic.Int64
-	bad     atomic.Int64
+	// zeroed: the block holds the zeros of a Zero (a discard), the held
+	// version: zeros written back over them (a gap read from the backing
+	// device) are that version again.
+	zeroed []bool
+	writes atomic.Int64
+	bad    atomic.Int64
 }
 
 // newVerDev wraps d; the held versions are decoded from d's contents (the
 // highest sector version of each block, as a power cut may have torn it).
 func newVerDev(t testing.TB, d device.Device, zeroVer func(uint64) uint64) *verDev {
 	n := d.Size() / bs
-	v := &verDev{Device: d, t: t, held: make([]uint64, n), zeroVer: zeroVer}
+	v := &verDev{Device: d, t: t, held: make([]uint64, n), zeroed: make([]bool, n), zeroVer: zeroVer}
 	buf := make([]byte, bs)
 	for lba := int64(0); lba < n; lba++ {
 		_, err := d.ReadAt(buf, lba*bs)
@@ -167,10 +171,13 @@ func (v *verDev) WriteAt(p []byte, off int64) (int, error) {
 				v.fail("backing write of block %d is torn: sector versions %v", lba, vers)
 			}
 		}
+		if vers[0] == 0 && v.zeroed[lba] {
+			continue
+		}
 		if vers[0] < v.held[lba] {
 			v.fail("§2.4 violated: backing write of block %d version %d over version %d", lba, vers[0], v.held[lba])
 		}
-		v.held[lba] = vers[0]
+		v.held[lba], v.zeroed[lba] = vers[0], false
 	}
 	v.mu.Unlock()
 	return v.Device.WriteAt(p, off)
@@ -186,7 +193,7 @@ func (v *verDev) Zero(off, n int64) error {
 		if z < v.held[lba] {
 			v.fail("§2.4 violated: zeroing block %d (discard version %d) over version %d", lba, z, v.held[lba])
 		}
-		v.held[lba] = z
+		v.held[lba], v.zeroed[lba] = z, true
 	}
 	v.mu.Unlock()
 	return v.Device.Zero(off, n)

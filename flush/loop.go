@@ -49,6 +49,7 @@ type loop struct {
 	wg            sync.WaitGroup // workers
 	sw            sweep
 	cands         []blockcache.DirtyBlock
+	batchBuf      []byte // a batch read before it is written (readFirst)
 	cursor        uint64 // the elevator's position: next LBA to consider
 	oldestSince   uint32 // smallest Since of the last snapshot with nothing eligible
 	haveOldest    bool

@@ -168,7 +168,7 @@ func TestForegroundBusy(t *testing.T) {
 func TestBusyBackoff(t *testing.T) {
 	clock := newFakeClock()
 	e := newEnv(t, envConfig{hddBlocks: 128, slots: 100, clock: clock})
-	d := newTestDestager(t, e.c, Policy{LowWatermark: -1, HighWatermark: 100}, clock.options(options{}))
+	d := newTestDestager(t, e.c, Policy{LowWatermark: -1, HighWatermark: 100}, clock.options(options{noGapReads: true}))
 	d.Start() // baseline of foreground activity
 	require.Eventually(t, func() bool { return clock.hasPending(pollInterval) }, 10*time.Second, time.Millisecond)
 	for lba := uint64(0); lba < 80; lba += 2 { // 40 one-block runs
@@ -195,7 +195,7 @@ func TestBusyWaitsForSync(t *testing.T) {
 	for _, other := range []bool{true, false} {
 		clock := newFakeClock()
 		e := newEnv(t, envConfig{hddBlocks: 128, slots: 100, clock: clock})
-		d := newTestDestager(t, e.c, Policy{LowWatermark: -1, HighWatermark: 100}, clock.options(options{}))
+		d := newTestDestager(t, e.c, Policy{LowWatermark: -1, HighWatermark: 100}, clock.options(options{noGapReads: true}))
 		d.Start()
 		require.Eventually(t, func() bool { return clock.hasPending(pollInterval) }, 10*time.Second, time.Millisecond)
 		for lba := uint64(0); lba < 80; lba += 2 {

@@ -71,6 +71,10 @@ type batchLimits struct {
 	runs         int // at most this many runs
 	bytes        int // no new run once this many bytes are chosen
 	maxRunBlocks int // blocks per run
+	// joinGap: a block at most this many blocks past the previous one
+	// counts as part of its run, the gap's bytes too (gaps the destager
+	// may read from the backing device, gapread.go).
+	joinGap int
 }
 
 // next appends to dst the next blocks of the rotation that eligible
@@ -87,17 +91,21 @@ func (sw *sweep) next(dst []blockcache.DirtyBlock, eligible func(blockcache.Dirt
 			sw.done++
 			continue
 		}
-		newRun := len(dst) == 0 || b.LBA != prev+1 || runLen >= lim.maxRunBlocks
+		gap := 0
+		if len(dst) > 0 && b.LBA > prev+1 && b.LBA-prev-1 <= uint64(lim.joinGap) {
+			gap = int(b.LBA - prev - 1)
+		}
+		newRun := len(dst) == 0 || b.LBA != prev+1+uint64(gap) || runLen+gap >= lim.maxRunBlocks
 		if newRun {
 			if runs >= lim.runs || (runs > 0 && bytes >= lim.bytes) {
 				break
 			}
 			runs++
-			runLen = 0
+			runLen, gap = 0, 0
 		}
 		dst = append(dst, b)
-		runLen++
-		bytes += blockcache.BlockSize
+		runLen += 1 + gap
+		bytes += (1 + gap) * blockcache.BlockSize
 		prev = b.LBA
 		sw.done++
 	}
