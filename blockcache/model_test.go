@@ -194,19 +194,25 @@ func (m *model) noteTorn(img *device.Mem) {
 func (m *model) backingValid(img *device.Mem, tear bool) (fits int, bad int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	return m.backingValidLocked(img, tear, m.snapPending)
+}
+
+// backingValidLocked is backingValid with the operation in flight's
+// versions given (m.mu held).
+func (m *model) backingValidLocked(img *device.Mem, tear bool, pending map[uint64][]byte) (fits int, bad int) {
 	// Most images fit a recent epoch: try those first, comparing only the
 	// versions they allow.
 	if lo := m.epoch - 64; lo > 0 {
-		if fits, bad := m.backingValidFrom(img, tear, lo, false); bad < 0 {
+		if fits, bad := m.backingValidFrom(img, tear, pending, lo, false); bad < 0 {
 			return fits, bad
 		}
 	}
-	return m.backingValidFrom(img, tear, 0, debugBacking)
+	return m.backingValidFrom(img, tear, pending, 0, debugBacking)
 }
 
 // backingValidFrom is backingValid over the cuts k >= lo; debug prints the
 // history of the first block that fits none.
-func (m *model) backingValidFrom(img *device.Mem, tear bool, lo int, debug bool) (fits int, bad int) {
+func (m *model) backingValidFrom(img *device.Mem, tear bool, pending map[uint64][]byte, lo int, debug bool) (fits int, bad int) {
 	ok := make([]bool, m.epoch+1-lo) // ok[k-lo]: every block so far fits epoch k
 	for k := range ok {
 		ok[k] = true
@@ -215,7 +221,7 @@ func (m *model) backingValidFrom(img *device.Mem, tear bool, lo int, debug bool)
 	for lba := range m.bh {
 		img.ReadAt(b, int64(lba)*BlockSize)
 		h := m.bh[lba]
-		if p, inflight := m.snapPending[uint64(lba)]; inflight {
+		if p, inflight := pending[uint64(lba)]; inflight {
 			h = append(h[:len(h):len(h)], hver{data: p, epoch: m.epoch})
 		}
 		units := []int{0}
@@ -547,10 +553,9 @@ func (mr *modelRun) checkBackingNow() {
 	if !inForce {
 		return
 	}
-	save := mr.m.snapPending
-	mr.m.snapPending = nil
-	_, bad := mr.m.backingValid(mr.hdd.CrashProcess(), false)
-	mr.m.snapPending = save
+	mr.m.mu.Lock()
+	_, bad := mr.m.backingValidLocked(mr.hdd.CrashProcess(), false, nil)
+	mr.m.mu.Unlock()
 	if bad < 0 {
 		return
 	}

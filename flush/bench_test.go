@@ -42,18 +42,21 @@ type drainSetup struct {
 }
 
 func newDrainSetup(tb testing.TB, region int, density float64, seed uint64, cleanRest bool) *drainSetup {
-	return newOrderedDrainSetup(tb, region, density, seed, cleanRest, layout.OrderUnordered, 2048)
+	return newOrderedDrainSetup(tb, region, density, seed, cleanRest, layout.OrderUnordered, 2048, 0)
 }
 
 // newOrderedDrainSetup is newDrainSetup with a write-back order, and a
 // Sync by each of the 4 writers every syncEvery of its writes (each Sync
-// begins a flush epoch).
-func newOrderedDrainSetup(tb testing.TB, region int, density float64, seed uint64, cleanRest bool, order uint8, syncEvery int) *drainSetup {
+// begins a flush epoch). After the fill each writer rewrites the share
+// rewrite of its blocks once more, in the same order, so versions of
+// earlier epochs are superseded (kept as older versions when ordered).
+func newOrderedDrainSetup(tb testing.TB, region int, density float64, seed uint64, cleanRest bool, order uint8, syncEvery int, rewrite float64) *drainSetup {
 	rng := rand.New(rand.NewPCG(seed, 99))
 	perm := rng.Perm(region)
 	n := int(float64(region) * density)
 	lbas := perm[:n] // a random subset, in random order
-	slots := n + 1024
+	lbas = append(lbas, lbas[:int(float64(n)*rewrite)]...)
+	slots := len(lbas) + 1024 // room for every version: the fill runs no destager
 	if cleanRest {
 		slots = region + 1024
 	}
@@ -95,7 +98,7 @@ func newOrderedDrainSetup(tb testing.TB, region int, density float64, seed uint6
 	}
 	wg.Wait()
 	require.NoError(tb, c.Sync())
-	require.Equal(tb, n, c.DirtyCount())
+	require.GreaterOrEqual(tb, c.DirtyCount(), n) // older versions count too
 	return &drainSetup{c: c, hdd: hdd}
 }
 
@@ -152,37 +155,57 @@ func BenchmarkDrain(b *testing.B) {
 // side by side: the same fill (a random subset of a 64 MiB region at
 // densities 100 % and 25 %, 4 writers, each syncing every N of its writes,
 // so the fill spans about 4·blocks/(4·N) flush epochs), drained by FlushAll
-// on the HDD model. Run it with -benchtime=1x:
+// on the HDD model. The rewrite=25% cases then rewrite a quarter of the
+// blocks once more (syncing as before), which shows the slots older
+// versions take (slots-used: ordered against unordered). Run it with
+// -benchtime=1x:
 //
 //	go test -run '^$' -bench DrainOrder -benchtime 1x -v ./flush/
 func BenchmarkDrainOrder(b *testing.B) {
 	const region = 16384
+	type fill struct {
+		dens    float64
+		every   int
+		rewrite float64
+	}
+	var fills []fill
 	for _, dens := range []float64{1, 0.25} {
 		for _, every := range []int{1 << 30, 1024, 64} {
-			for _, order := range []uint8{layout.OrderUnordered, layout.OrderOrdered} {
-				name := fmt.Sprintf("density=%.0f%%/sync-every=%d/order=%s", dens*100, every, map[uint8]string{0: "ordered", 1: "unordered"}[order])
-				if every == 1<<30 {
-					name = fmt.Sprintf("density=%.0f%%/sync-every=none/order=%s", dens*100, map[uint8]string{0: "ordered", 1: "unordered"}[order])
-				}
-				b.Run(name, func(b *testing.B) {
-					var r drainResult
-					var st blockcache.Stats
-					for i := 0; i < b.N; i++ {
-						b.StopTimer()
-						s := newOrderedDrainSetup(b, region, dens, uint64(i), false, order, every)
-						st = s.c.Stats()
-						b.StartTimer()
-						r = s.drain(b)
-						b.StopTimer()
-						require.NoError(b, s.c.Close())
-					}
-					b.ReportMetric(r.mibps(), "MiB/s(virtual)")
-					b.ReportMetric(float64(r.runs), "runs")
-					b.ReportMetric(float64(st.Syncs), "fill-syncs")
-					b.ReportMetric(float64(st.OlderKept), "older-kept")
-					b.Logf("%s  %s; fill: %d syncs, %d older versions kept", name, r, st.Syncs, st.OlderKept)
-				})
+			fills = append(fills, fill{dens, every, 0})
+		}
+		fills = append(fills, fill{dens, 1024, 0.25})
+	}
+	for _, f := range fills {
+		dens, every := f.dens, f.every
+		for _, order := range []uint8{layout.OrderUnordered, layout.OrderOrdered} {
+			sync := "none"
+			if every < 1<<30 {
+				sync = fmt.Sprint(every)
 			}
+			if f.rewrite > 0 {
+				sync += fmt.Sprintf("/rewrite=%.0f%%", f.rewrite*100)
+			}
+			name := fmt.Sprintf("density=%.0f%%/sync-every=%s/order=%s", dens*100, sync, map[uint8]string{0: "ordered", 1: "unordered"}[order])
+			b.Run(name, func(b *testing.B) {
+				var r drainResult
+				var st blockcache.Stats
+				for i := 0; i < b.N; i++ {
+					b.StopTimer()
+					s := newOrderedDrainSetup(b, region, dens, uint64(i), false, order, every, f.rewrite)
+					st = s.c.Stats()
+					b.StartTimer()
+					r = s.drain(b)
+					b.StopTimer()
+					require.NoError(b, s.c.Close())
+				}
+				b.ReportMetric(r.mibps(), "MiB/s(virtual)")
+				b.ReportMetric(float64(r.runs), "runs")
+				b.ReportMetric(float64(st.Syncs), "fill-syncs")
+				b.ReportMetric(float64(st.OlderKept), "older-kept")
+				b.ReportMetric(float64(st.Used), "slots-used")
+				b.Logf("%s  %s; fill: %d syncs, %d older versions kept, %d slots used before the drain (%d older versions)",
+					name, r, st.Syncs, st.OlderKept, st.Used, st.Order.OlderVersions)
+			})
 		}
 	}
 }
