@@ -375,6 +375,9 @@ func (c *Cache) catchUp(e uint32) error {
 	}
 }
 
+// maxCatchUpRun is the most blocks catchUp writes in one request (1 MiB).
+const maxCatchUpRun = 256
+
 // writeBackPinned writes pinned blocks to the backing device, syncs it and
 // completes them (blocks whose slots fail their checksums are left out, as
 // the destager does: Complete never cleans a lost one).
@@ -388,17 +391,21 @@ func (c *Cache) writeBackPinned(blocks []DirtyBlock) error {
 		}
 		err = nil
 	}
-	for i, b := range blocks {
-		if err != nil {
-			break
-		}
+	// Runs of consecutive blocks (DirtyBlocks sorts them) go in one write.
+	for i := 0; i < len(blocks) && err == nil; {
 		if skip[i] {
+			i++
 			continue
 		}
-		if _, werr := c.hdd.WriteAt(buf[i*BlockSize:(i+1)*BlockSize], int64(b.LBA)*BlockSize); werr != nil {
-			c.stats.backingErrors.Add(1)
-			err = fmt.Errorf("writing back block %d before a discard: %w", b.LBA, werr)
+		j := i + 1
+		for j < len(blocks) && !skip[j] && blocks[j].LBA == blocks[j-1].LBA+1 && j-i < maxCatchUpRun {
+			j++
 		}
+		if _, werr := c.hdd.WriteAt(buf[i*BlockSize:j*BlockSize], int64(blocks[i].LBA)*BlockSize); werr != nil {
+			c.stats.backingErrors.Add(1)
+			err = fmt.Errorf("writing back blocks %d-%d before a discard: %w", blocks[i].LBA, blocks[j-1].LBA, werr)
+		}
+		i = j
 	}
 	if err == nil {
 		if serr := c.hdd.Sync(); serr != nil {
