@@ -47,6 +47,8 @@ type Destager struct {
 
 	flushers atomic.Int32 // FlushAll calls in progress: destage flat out
 	live     atomic.Int32 // goroutines running (for leak checks)
+	// noGapReads: gaps are not read from the backing device (SetGapReads).
+	noGapReads atomic.Bool
 
 	stats counters
 
@@ -66,9 +68,18 @@ func newDestager(c *blockcache.Cache, p Policy, log *slog.Logger, o options) *De
 	}
 	o = o.withDefaults()
 	d := &Destager{c: c, log: log, o: o, pol: p.normalize(), ev: make(chan struct{})}
+	d.noGapReads.Store(o.noGapReads)
 	d.stats.meter.start = o.now()
 	return d
 }
+
+// SetGapReads turns reading gaps from the backing device (gapread.go) on
+// or off; it is on by default. The cost model behind it assumes a disk
+// that seeks: over one that does not (an SSD), the reads buy nothing.
+func (d *Destager) SetGapReads(on bool) { d.noGapReads.Store(!on) }
+
+// GapReads reports whether gaps are read from the backing device.
+func (d *Destager) GapReads() bool { return !d.noGapReads.Load() }
 
 // Start starts background destaging under the policy. It is a no-op if
 // already started.

@@ -81,7 +81,7 @@ func (l *loop) candidates(st state, tick uint32) []blockcache.DirtyBlock {
 		eligible = func(b blockcache.DirtyBlock) bool { return tick >= b.Since && tick-b.Since >= age }
 	}
 	lim := batchLimits{runs: l.d.o.syncRuns, bytes: l.d.o.syncBytes, maxRunBlocks: st.pol.maxRunBlocks()}
-	if !l.d.o.noGapReads {
+	if l.d.GapReads() {
 		lim.joinGap = maxGapRead
 	}
 	if st.busy {
@@ -124,7 +124,7 @@ func (l *loop) pin(st state, cands []blockcache.DirtyBlock, fresh bool) (pinnedB
 	l.sw.pinned += len(pinned)
 	if len(pinned) > 1 {
 		pinned = l.c.PinGaps(pinned, gapFillBlocks, make([]blockcache.DirtyBlock, 0, len(pinned)))
-		if !l.d.o.noGapReads {
+		if l.d.GapReads() {
 			pinned = l.pinGapReads(pinned, st.pol.maxRunBlocks())
 		}
 	}

@@ -136,3 +136,23 @@ func TestGapReadsUnderDirectWrites(t *testing.T) {
 	assert.NotZero(t, st.GapReadBlocks, "the destager never read a gap: the test does not test it")
 	e.close()
 }
+
+// TestGapReadsOff: with gap reads turned off (a backing device that does
+// not seek) the same sparse blocks drain as runs of their own, reading
+// nothing from the backing device.
+func TestGapReadsOff(t *testing.T) {
+	e := newEnv(t, envConfig{hddBlocks: 128, slots: 96})
+	for lba := uint64(0); lba <= 40; lba += 2 {
+		e.write(lba)
+	}
+	d := newTestDestager(t, e.c, Policy{}, options{})
+	require.True(t, d.GapReads(), "on by default")
+	d.SetGapReads(false)
+	writes := e.ver.writes.Load()
+	require.NoError(t, d.FlushAll(context.Background(), nil))
+	assert.Zero(t, e.c.DirtyCount())
+	assert.EqualValues(t, 21, e.ver.writes.Load()-writes, "one write per dirty block")
+	assert.Zero(t, e.c.Stats().GapReadBlocks)
+	e.checkBacking("after FlushAll", e.hddMem)
+	e.close()
+}

@@ -51,8 +51,8 @@ type options struct {
 
 	syncRuns  int // runs per backing sync (default defaultSyncRuns)
 	syncBytes int // bytes per backing sync (default defaultSyncBytes)
-	// noGapReads: never read gaps from the backing device (gapread.go),
-	// for tests that count runs of sparse blocks.
+	// noGapReads: start with gap reads off (Destager.SetGapReads), for
+	// tests that count runs of sparse blocks.
 	noGapReads bool
 
 	// Hooks, called from destager goroutines with the run's pinned blocks.

@@ -110,6 +110,7 @@ func startDaemon(cfg daemonConfig) (_ *daemon, err error) {
 	}
 	setIOFlusher(d.log)
 	d.dest = flush.New(d.cache, flush.PolicyFromSettings(d.cache.Settings()), d.log)
+	setGapReads(d.dest, cfg.backingPath, d.log)
 	d.dest.Start()
 	if err := d.serve(); err != nil {
 		return nil, err
@@ -501,4 +502,14 @@ func servingProcs(env string, base int, ring bool) int {
 		return base
 	}
 	return 2 * base
+}
+
+// setGapReads turns the destager's gap reads off over a backing device the
+// kernel reports as not rotational: reading gaps to write long runs pays
+// off on a disk that seeks (flush/gapread.go), not on an SSD.
+func setGapReads(d *flush.Destager, backing string, log *slog.Logger) {
+	if rot, known := device.Rotational(backing); known && !rot {
+		d.SetGapReads(false)
+		log.Info("the backing device does not seek (queue/rotational is 0): write-back does not read gaps from it")
+	}
 }

@@ -58,6 +58,7 @@ func runDetach(args []string, out io.Writer) error {
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer cancel()
 	d := flush.New(c, flush.PolicyFromSettings(c.Settings()), log)
+	setGapReads(d, *backingPath, log)
 	d.Start()
 	pp := newProgressPrinter(out)
 	start := time.Now()

@@ -41,6 +41,10 @@ type Status struct {
 	// DestageFailing: the last write-back attempt failed and the destager
 	// waits to retry.
 	DestageFailing bool `json:"destage_failing,omitempty"`
+	// DestageGapReads: the destager reads short gaps between dirty blocks
+	// from the backing device to write long runs (off over a backing
+	// device the kernel reports as not rotational).
+	DestageGapReads bool `json:"destage_gap_reads"`
 	// Drain says why a drain started by the daemon itself runs, if one does.
 	Drain              string     `json:"drain,omitempty"`
 	HitRatio           float64    `json:"hit_ratio"`
@@ -67,6 +71,7 @@ func (d *daemon) status() Status {
 		DestageErrors:    ds.Errors,
 		DestageLastError: ds.LastError,
 		DestageFailing:   ds.Backoff > 0,
+		DestageGapReads:  d.dest.GapReads(),
 		Drain:            d.drain.reason(),
 		Policy:           makePolicyView(d.cache.Mode(), d.dest.Policy(), d.cache.Settings(), d.promote),
 		JournalWrites:    d.cache.JournalWrites(),
@@ -123,8 +128,12 @@ func printStatus(w io.Writer, s *Status) {
 		s.Reads, formatSize(int64(s.ReadBytes)), s.ReadHits, s.ReadMisses, 100*s.HitRatio, s.Promotions)
 	fmt.Fprintf(w, "  writes:     %d (%s), in place %d, bypassed %d, syncs %d, discards %d\n",
 		s.Writes, formatSize(int64(s.WriteBytes)), s.WritesInPlace, s.Bypassed, s.Syncs, s.Discards)
-	fmt.Fprintf(w, "  destage:    %s in %d runs, now %s/s (last 10 s), errors %d\n",
-		formatSize(int64(s.DestagedBytes)), s.DestageRuns, formatSize(int64(s.DestageRate)), s.DestageErrors)
+	gaps := "gap reads off (the backing device does not seek)"
+	if s.DestageGapReads {
+		gaps = fmt.Sprintf("%s of gaps read", formatSize(int64(s.GapReadBlocks)*blockcache.BlockSize))
+	}
+	fmt.Fprintf(w, "  destage:    %s in %d runs, now %s/s (last 10 s), errors %d; %s\n",
+		formatSize(int64(s.DestagedBytes)), s.DestageRuns, formatSize(int64(s.DestageRate)), s.DestageErrors, gaps)
 	switch {
 	case s.DestageFailing:
 		fmt.Fprintf(w, "              FAILING, retrying with back-off: %s\n", s.DestageLastError)
