@@ -113,6 +113,8 @@ func formatMetrics(s *Status) []byte {
 	metric("wbcache_oldest_dirty_seconds", "gauge", "Age of the oldest dirty block (0 if none).", f(s.OldestDirtySeconds))
 	metric("wbcache_destaged_bytes_total", "counter", "Bytes written back to the backing device.", u(s.DestagedBytes))
 	metric("wbcache_destage_runs_total", "counter", "Coalesced write-back runs.", u(s.DestageRuns))
+	metric("wbcache_destage_gap_read_blocks_total", "counter", "Blocks read from the backing device to fill gaps between dirty blocks, so a stretch is written back in one run.", u(s.GapReadBlocks))
+	metric("wbcache_destage_gap_reads", "gauge", "1 while the destager reads such gaps (0 over a backing device that does not seek).", i(b2i(s.DestageGapReads)))
 	metric("wbcache_destage_rate_bytes_per_second", "gauge", "Write-back rate over the last 10 s.", f(s.DestageRate))
 	metric("wbcache_destage_errors_total", "counter", "Write-back errors (backing device and cache reads).", u(s.DestageErrors))
 	metric("wbcache_destage_backing_errors_total", "counter", "Write-back errors of the backing device (also in wbcache_errors_total).", u(s.DestageBackingErrors))

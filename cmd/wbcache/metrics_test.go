@@ -79,8 +79,16 @@ func TestMetrics(t *testing.T) {
 		"wbcache_bypassed_total", "wbcache_destaged_bytes_total", "wbcache_destage_runs_total",
 		"wbcache_journal_commits_total", "wbcache_checkpoints_total", "wbcache_errors_total",
 		"wbcache_syncs_total", "wbcache_discards_total", "wbcache_journal_records_total",
+		"wbcache_destage_gap_read_blocks_total",
 	} {
 		counter(name)
+	}
+	require.Equal(t, float64(b2i(s.DestageGapReads)), value("wbcache_destage_gap_reads"))
+	// The README lists every metric the daemon serves.
+	readme, err := os.ReadFile("../../README.md")
+	require.NoError(t, err)
+	for name := range fams {
+		require.Contains(t, string(readme), "`"+name, "metric %s is not in the README's list", name)
 	}
 	require.GreaterOrEqual(t, value("wbcache_writes_total"), 1.0)
 	require.GreaterOrEqual(t, value("wbcache_reads_total"), 2.0)
