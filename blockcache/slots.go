@@ -196,6 +196,17 @@ func (t *slotTable) countEpoch(e uint32, d int) {
 			at = t.startOf(e)
 		}
 		t.epochQ = slices.Insert(t.epochQ, i, epochStart{e: e, at: at})
+		if live := len(t.epochQ) - t.epochHead; live > 2*len(t.epochs)+64 {
+			// Epochs emptied behind the oldest one stay queued until it
+			// is written back: drop them while it is not.
+			q := t.epochQ[:0]
+			for _, x := range t.epochQ[t.epochHead:] {
+				if t.epochs[x.e] > 0 && (len(q) == 0 || q[len(q)-1].e != x.e) {
+					q = append(q, x)
+				}
+			}
+			t.epochQ, t.epochHead = q, 0
+		}
 	case n > 0:
 		t.epochs[e] = n
 	default:
@@ -215,6 +226,13 @@ func (t *slotTable) oldestEpochStart() (epochStart, bool) {
 	for t.epochHead < len(t.epochQ) {
 		s := t.epochQ[t.epochHead]
 		if t.epochs[s.e] > 0 {
+			// Drop the dead front once it is half the queue: a cache
+			// that is never wholly clean would otherwise keep an entry
+			// for every epoch since Open.
+			if t.epochHead >= 64 && 2*t.epochHead >= len(t.epochQ) {
+				t.epochQ = append(t.epochQ[:0], t.epochQ[t.epochHead:]...)
+				t.epochHead = 0
+			}
 			return s, true
 		}
 		t.epochHead++
