@@ -136,7 +136,6 @@ func (c *Cache) suspendLocked(why string) {
 	o.suspended, o.since = why, c.opts.Now()
 	o.note()
 	o.suspensions++
-	c.stats.orderSuspensions.Add(1)
 	c.log.Warn("ordered write-back suspended: the backing device alone is no longer a consistent point in time; "+
 		"ordering resumes once the write-back has caught up", "reason", why)
 	if !o.persisting {

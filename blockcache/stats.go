@@ -17,7 +17,7 @@ type counters struct {
 	checkpoints, replayed            atomic.Uint64
 	cacheErrors, backingErrors       atomic.Uint64
 	healed                           atomic.Uint64
-	olderKept, orderSuspensions      atomic.Uint64
+	olderKept                        atomic.Uint64
 	recoveryNanos                    atomic.Int64
 	// backingSyncFailedAt is when Cache.backingSyncErr was set (UnixNano).
 	backingSyncFailedAt atomic.Int64

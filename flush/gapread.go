@@ -30,10 +30,10 @@ const (
 // blocks whose gaps are at most maxGapRead blocks, and takes a stretch's
 // gaps when the skips and seeks they save cost more than the extra read
 // (a seek back to the stretch's start, the stretch read, the gaps
-// written). It returns the first blocks of the gaps to fill (the hi of
-// each [lo, hi)), in order.
-func gapReads(pinned []blockcache.DirtyBlock, maxRun int) []uint64 {
-	var fill []uint64
+// written). It returns the first blocks after the gaps to fill (the hi
+// of each [lo, hi)).
+func gapReads(pinned []blockcache.DirtyBlock, maxRun int) map[uint64]bool {
+	fill := map[uint64]bool{}
 	for i := 0; i < len(pinned); {
 		// The stretch [i, j): consecutive blocks with short gaps.
 		saved, gaps, j := 0, 0, i+1
@@ -59,7 +59,7 @@ func gapReads(pinned []blockcache.DirtyBlock, maxRun int) []uint64 {
 		if gaps > 0 && saved > gapSeekCost+span+gaps {
 			for k := i + 1; k < j; k++ {
 				if pinned[k].LBA > pinned[k-1].LBA+1 {
-					fill = append(fill, pinned[k].LBA)
+					fill[pinned[k].LBA] = true
 				}
 			}
 		}
@@ -74,10 +74,6 @@ func (l *loop) pinGapReads(pinned []blockcache.DirtyBlock, maxRun int) []blockca
 	if len(fill) == 0 {
 		return pinned
 	}
-	set := make(map[uint64]bool, len(fill))
-	for _, hi := range fill {
-		set[hi] = true
-	}
-	want := func(lo, hi uint64) bool { return set[hi] }
+	want := func(lo, hi uint64) bool { return fill[hi] }
 	return l.c.PinBackingGaps(pinned, want, make([]blockcache.DirtyBlock, 0, len(pinned)))
 }
