@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io/fs"
 	"log/slog"
 	"sync"
@@ -107,6 +108,11 @@ type Cache struct {
 	// ssdAligned: the cache device takes only aligned buffers, so data
 	// from the caller is copied before it is written there.
 	ssdAligned bool
+	// ckptHeld[cp][i] identifies (pageSum) what page i of checkpoint copy
+	// cp holds, as this process wrote it; 0 when not known, so each copy
+	// is written whole the first time. Guarded by ckptMu.
+	ckptHeld [2][]uint64
+	ckptSeed maphash.Seed
 
 	ckptMu  sync.Mutex // serialises checkpoints and superblock writes
 	sb      layout.Superblock
@@ -328,6 +334,8 @@ func Open(ssd, hdd device.Device, opts Options) (*Cache, error) {
 	c.stats.recoveryNanos.Store(int64(opts.Now().Sub(t0)))
 	c.setEpochLocked(rec.epoch + 1)
 	c.mu.t.startOf = c.epochStarted
+	c.ckptHeld = [2][]uint64{make([]uint64, c.g.CheckpointBlocks), make([]uint64, c.g.CheckpointBlocks)}
+	c.ckptSeed = maphash.MakeSeed()
 	c.j, err = newJournal(ssd, c.g, c.uuid, rec.incarnation, rec.endLSN, rec.endCount, c.requestCheckpoint)
 	if err != nil {
 		return nil, err

@@ -2,6 +2,7 @@ package blockcache
 
 import (
 	"fmt"
+	"hash/maphash"
 	"math"
 	"time"
 
@@ -16,6 +17,15 @@ import (
 // records are absolute, so replaying ones whose effect a page already holds
 // is harmless. All records appended before the last page was copied are
 // made durable before the superblock is written.
+//
+// Only the pages whose content differs from what the copy holds are
+// written (ckptHeld): a page the copy already holds is, byte for byte in
+// its payload, the page that would be written, so leaving it is the same
+// as writing it, and recovery accepts its older generation (layout
+// CheckPageUpTo). The cost of a checkpoint then follows what changed
+// since the copy was last written, not the size of the cache: with one
+// journal block per sync, a checkpoint came every half journal of syncs
+// and rewrote the whole table (docs/design.md §1).
 func (c *Cache) checkpoint(clean bool) error {
 	c.ckptMu.Lock()
 	defer c.ckptMu.Unlock()
@@ -32,15 +42,33 @@ func (c *Cache) checkpoint(clean bool) error {
 	gen := sb.CheckpointGeneration + 1
 	const chunk = 64
 	buf := device.AlignedBuffer(chunk * BlockSize)
+	var sums [chunk]uint64
+	held := c.ckptHeld[cp]
 	oldest := uint32(math.MaxUint32)
 	for first := uint64(0); first < c.g.CheckpointBlocks; first += chunk {
 		nb := min(chunk, c.g.CheckpointBlocks-first)
 		for k := uint64(0); k < nb; k++ {
-			oldest = min(oldest, c.encodePage(buf[k*BlockSize:(k+1)*BlockSize], first+k, gen))
+			page := buf[k*BlockSize : (k+1)*BlockSize]
+			oldest = min(oldest, c.encodePage(page, first+k, gen))
+			sums[k] = c.pageSum(page)
 		}
-		if _, err := c.ssd.WriteAt(buf[:nb*BlockSize], c.g.MapPageOffset(cp, first)); err != nil {
-			c.stats.cacheErrors.Add(1)
-			return fmt.Errorf("writing checkpoint: %w", err)
+		// Write each run of pages whose content the copy does not hold.
+		for k := uint64(0); k < nb; {
+			if held[first+k] == sums[k] {
+				k++
+				continue
+			}
+			e := k
+			for ; e < nb && held[first+e] != sums[e]; e++ {
+				held[first+e] = 0 // unknown until the write has returned
+			}
+			if _, err := c.ssd.WriteAt(buf[k*BlockSize:e*BlockSize], c.g.MapPageOffset(cp, first+k)); err != nil {
+				c.stats.cacheErrors.Add(1)
+				return fmt.Errorf("writing checkpoint: %w", err)
+			}
+			copy(held[first+k:first+e], sums[k:e])
+			c.stats.checkpointPages.Add(e - k)
+			k = e
 		}
 	}
 	if err := c.syncJournal(); err != nil {
@@ -67,6 +95,13 @@ func (c *Cache) checkpoint(clean bool) error {
 	c.j.setTail(replay)
 	c.stats.checkpoints.Add(1)
 	return nil
+}
+
+// pageSum identifies the payload of a checkpoint page (the header holds
+// the generation, which changes every time): a 64-bit hash, seeded per
+// process, never 0 (which stands for "not known").
+func (c *Cache) pageSum(page []byte) uint64 {
+	return maphash.Bytes(c.ckptSeed, layout.PagePayload(page)) | 1
 }
 
 // encodePage fills checkpoint page i (slot map pages first, then bitmap

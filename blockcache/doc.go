@@ -72,7 +72,10 @@
 // Open loads the checkpoint named by the superblock and replays the journal
 // from its replay LSN. Checkpoints are fuzzy (pages are copied from live
 // state one at a time); every record is an absolute assignment, so
-// replaying records whose effect a page already holds is harmless. The
+// replaying records whose effect a page already holds is harmless. A
+// checkpoint writes only the pages whose content its copy does not hold
+// already (as far as this process wrote them); the pages it leaves keep
+// the generation of the checkpoint that wrote them. The
 // replayed log is the longest prefix in which every MAP record still live
 // at its end has data matching its CRC: such a record can only fail if no
 // sync followed its data write, and then nothing after it was ever

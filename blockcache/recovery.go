@@ -140,7 +140,9 @@ func (c *Cache) applyReplay(recs []layout.Record, void map[int]bool, res *recove
 
 // loadCheckpoint reads the slot map and dirty bitmap named by the
 // superblock into the slot table (which must be empty). Pages were synced
-// before the superblock named them, so any bad page is corruption.
+// before the superblock named them, so any bad page is corruption. A page
+// may be of an older generation: the checkpoints since found it unchanged
+// and left it (checkpoint).
 func (c *Cache) loadCheckpoint() error {
 	sb := &c.sb
 	t := &c.mu.t
@@ -157,7 +159,7 @@ func (c *Cache) loadCheckpoint() error {
 			i := first + k
 			page := b[k*BlockSize : (k+1)*BlockSize]
 			if i < c.g.MapPages {
-				if err := layout.CheckPage(page, layout.MapPage, c.uuid, sb.CheckpointGeneration, uint32(i)); err != nil {
+				if err := layout.CheckPageUpTo(page, layout.MapPage, c.uuid, sb.CheckpointGeneration, uint32(i)); err != nil {
 					return fmt.Errorf("checkpoint copy %d is damaged: %w", cp, err)
 				}
 				base := i * layout.EntriesPerMapPage
@@ -181,7 +183,7 @@ func (c *Cache) loadCheckpoint() error {
 				continue
 			}
 			bi := i - c.g.MapPages
-			if err := layout.CheckPage(page, layout.BitmapPage, c.uuid, sb.CheckpointGeneration, uint32(bi)); err != nil {
+			if err := layout.CheckPageUpTo(page, layout.BitmapPage, c.uuid, sb.CheckpointGeneration, uint32(bi)); err != nil {
 				return fmt.Errorf("checkpoint copy %d is damaged: %w", cp, err)
 			}
 			bits := layout.BitmapPayload(page)

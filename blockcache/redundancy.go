@@ -131,8 +131,9 @@ func degraded(ssd device.Device, sb *layout.Superblock, copyErrs [2]error) ([]st
 }
 
 // idleCheckpointDamage counts the pages of the idle checkpoint copy that
-// hold neither the previous checkpoint nor the next one (a checkpoint
-// interrupted while writing), and says what is wrong with the first.
+// hold neither the previous checkpoint (of its generation or older) nor
+// the next one (a checkpoint interrupted while writing), and says what is
+// wrong with the first.
 func idleCheckpointDamage(ssd device.Device, sb *layout.Superblock) (bad int, first string, err error) {
 	g := sb.Geometry
 	idle := 1 - int(sb.CheckpointCopy)
@@ -150,7 +151,9 @@ func idleCheckpointDamage(ssd device.Device, sb *layout.Superblock) (bad int, fi
 				kind, idx = layout.BitmapPage, i-g.MapPages
 			}
 			page := buf[k*BlockSize : (k+1)*BlockSize]
-			perr := layout.CheckPage(page, kind, sb.UUID, sb.CheckpointGeneration-1, uint32(idx))
+			// The previous checkpoint left pages of its generation or of
+			// older ones it found unchanged (checkpoint).
+			perr := layout.CheckPageUpTo(page, kind, sb.UUID, sb.CheckpointGeneration-1, uint32(idx))
 			if perr != nil && layout.CheckPage(page, kind, sb.UUID, sb.CheckpointGeneration+1, uint32(idx)) != nil {
 				bad++
 				if first == "" {

@@ -29,7 +29,11 @@ func salvageView(ssd device.Device, sv *salvaged, rep *RescueReport) (device.Dev
 		rep.Notes = append(rep.Notes, fmt.Sprintf("the checkpoint the superblock names (copy %d, generation %d) is damaged: pages of both copies are combined",
 			sb.CheckpointCopy, sb.CheckpointGeneration))
 	}
-	view, err := combineCheckpoints(ssd, sb, rep)
+	named := -1
+	if sv.whole {
+		named = int(sb.CheckpointCopy)
+	}
+	view, err := combineCheckpoints(ssd, sb, named, rep)
 	if err != nil {
 		return nil, err
 	}
@@ -48,7 +52,7 @@ func wholeCheckpoint(ssd device.Device, sb *layout.Superblock) (bool, error) {
 			return false, fmt.Errorf("reading the checkpoint: %w", err)
 		}
 		kind, idx := pageKind(g, i)
-		if layout.CheckPage(page, kind, sb.UUID, sb.CheckpointGeneration, idx) != nil {
+		if layout.CheckPageUpTo(page, kind, sb.UUID, sb.CheckpointGeneration, idx) != nil {
 			return false, nil
 		}
 	}
@@ -63,10 +67,16 @@ func pageKind(g layout.Geometry, i uint64) (layout.PageKind, uint32) {
 	return layout.BitmapPage, uint32(i - g.MapPages)
 }
 
-// combineCheckpoints takes, for each checkpoint page, the valid version of
-// the highest generation from either copy (an empty page where neither is
-// valid), and serves them, sealed as one generation, as copy 0.
-func combineCheckpoints(ssd device.Device, sb *layout.Superblock, rep *RescueReport) (device.Device, error) {
+// combineCheckpoints takes, for each checkpoint page, a valid version from
+// either copy (an empty page where neither is valid), and serves them,
+// sealed as one generation, as copy 0. With named >= 0 (the copy the
+// superblock names), that copy's page is taken wherever it checks (at
+// most the superblock's generation: a checkpoint leaves the pages it
+// finds unchanged, so a page of an older generation may still be the
+// newest content, and the other copy's newer generation may hold content
+// older than it); else, and where it is damaged, the valid version of the
+// highest generation.
+func combineCheckpoints(ssd device.Device, sb *layout.Superblock, named int, rep *RescueReport) (device.Device, error) {
 	g := sb.Geometry
 	pages := make([][]byte, g.CheckpointBlocks)
 	var gens [2]uint64 // lowest and highest generation used
@@ -81,6 +91,10 @@ func combineCheckpoints(ssd device.Device, sb *layout.Superblock, rep *RescueRep
 			h, ok := layout.PeekPage(page)
 			if !ok || layout.CheckPage(page, kind, sb.UUID, h.Generation, idx) != nil {
 				continue
+			}
+			if cp == named && h.Generation <= sb.CheckpointGeneration {
+				pages[i] = page
+				break
 			}
 			if pages[i] == nil || h.Generation > peekGen(pages[i]) {
 				pages[i] = page

@@ -15,6 +15,7 @@ type counters struct {
 	gapReadBlocks                    atomic.Uint64
 	destagedBlocks, destageRuns      atomic.Uint64
 	checkpoints, replayed            atomic.Uint64
+	checkpointPages                  atomic.Uint64
 	cacheErrors, backingErrors       atomic.Uint64
 	healed                           atomic.Uint64
 	olderKept                        atomic.Uint64
@@ -73,14 +74,17 @@ type Stats struct {
 	// GapReadBlocks counts blocks read from the backing device to fill
 	// gaps between dirty blocks, so that a destage writes one run
 	// (PinBackingGaps).
-	GapReadBlocks  uint64 `json:"destage_gap_read_blocks"`
-	Checkpoints    uint64 `json:"checkpoints"`
-	JournalRecords uint64 `json:"journal_records"`
-	JournalSyncs   uint64 `json:"journal_syncs"`
-	JournalBlocks  uint64 `json:"journal_blocks_written"`
-	JournalUsed    uint64 `json:"journal_blocks_used"`
-	JournalSize    uint64 `json:"journal_blocks"`
-	CacheErrors    uint64 `json:"cache_errors"`
+	GapReadBlocks uint64 `json:"destage_gap_read_blocks"`
+	Checkpoints   uint64 `json:"checkpoints"`
+	// CheckpointPages counts the checkpoint pages written: only those
+	// that changed since their copy was last written (checkpoint.go).
+	CheckpointPages uint64 `json:"checkpoint_pages_written"`
+	JournalRecords  uint64 `json:"journal_records"`
+	JournalSyncs    uint64 `json:"journal_syncs"`
+	JournalBlocks   uint64 `json:"journal_blocks_written"`
+	JournalUsed     uint64 `json:"journal_blocks_used"`
+	JournalSize     uint64 `json:"journal_blocks"`
+	CacheErrors     uint64 `json:"cache_errors"`
 	// HealedBlocks counts clean blocks whose cache slot failed its
 	// checksum and that were read from the backing device instead.
 	HealedBlocks uint64 `json:"healed_blocks"`
@@ -134,6 +138,7 @@ func (c *Cache) Stats() Stats {
 	s.DestageNewer = st.pinnedNewer.Load()
 	s.GapReadBlocks = st.gapReadBlocks.Load()
 	s.Checkpoints, s.Replayed = st.checkpoints.Load(), st.replayed.Load()
+	s.CheckpointPages = st.checkpointPages.Load()
 	s.CacheErrors, s.BackingErrors, s.HealedBlocks = st.cacheErrors.Load(), st.backingErrors.Load(), st.healed.Load()
 	s.RecoverySecs = time.Duration(st.recoveryNanos.Load()).Seconds()
 	s.JournalRecords, _, s.JournalSyncs, s.JournalBlocks, s.JournalUsed = c.j.stats()

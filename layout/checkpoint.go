@@ -89,8 +89,25 @@ func SealPage(page []byte, kind PageKind, uuid [16]byte, gen uint64, index uint3
 	le.PutUint32(page[4:], seededCRC(uuid, page, 4))
 }
 
-// CheckPage verifies a checkpoint page read back from the device.
+// CheckPage verifies a checkpoint page read back from the device, of
+// generation gen exactly.
 func CheckPage(page []byte, kind PageKind, uuid [16]byte, gen uint64, index uint32) error {
+	return checkPage(page, kind, uuid, gen, gen, index)
+}
+
+// CheckPageUpTo verifies a page of a checkpoint of generation gen: a
+// checkpoint rewrites only the pages whose content changed since its copy
+// last got them (format version 4), so the others keep the generation
+// that wrote them, which is older.
+func CheckPageUpTo(page []byte, kind PageKind, uuid [16]byte, gen uint64, index uint32) error {
+	return checkPage(page, kind, uuid, 1, gen, index)
+}
+
+// PagePayload is the part of a checkpoint page after its header: what
+// changes with the slot table, not with the generation writing it.
+func PagePayload(page []byte) []byte { return page[pageHeaderSize:] }
+
+func checkPage(page []byte, kind PageKind, uuid [16]byte, lo, hi uint64, index uint32) error {
 	checkLen(page)
 	le := binary.LittleEndian
 	if PageKind(le.Uint32(page[0:])) != kind {
@@ -99,8 +116,11 @@ func CheckPage(page []byte, kind PageKind, uuid [16]byte, gen uint64, index uint
 	if got, want := le.Uint32(page[4:]), seededCRC(uuid, page, 4); got != want {
 		return fmt.Errorf("%v %d: checksum %08x, want %08x: %w", kind, index, got, want, ErrCorrupt)
 	}
-	if g := le.Uint64(page[8:]); g != gen {
-		return fmt.Errorf("%v %d: generation %d, want %d: %w", kind, index, g, gen, ErrCorrupt)
+	switch g := le.Uint64(page[8:]); {
+	case lo == hi && g != hi:
+		return fmt.Errorf("%v %d: generation %d, want %d: %w", kind, index, g, hi, ErrCorrupt)
+	case g < lo || g > hi:
+		return fmt.Errorf("%v %d: generation %d, want %d to %d: %w", kind, index, g, lo, hi, ErrCorrupt)
 	}
 	if i := le.Uint32(page[16:]); i != index {
 		return fmt.Errorf("%v %d: holds index %d: %w", kind, index, i, ErrCorrupt)

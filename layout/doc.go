@@ -86,7 +86,8 @@
 //	off size field
 //	  0    4 magic: "WBCM" (slot map) or "WBCD" (dirty bitmap)
 //	  4    4 CRC32C(UUID, page with this field zero)
-//	  8    8 checkpoint generation (must equal the superblock's)
+//	  8    8 checkpoint generation that wrote the page (at most the
+//	         superblock's; format version 4, see below)
 //	 16    4 page index within its region
 //	 20   12 reserved (zero)
 //
@@ -99,6 +100,11 @@
 // of page s/BitsPerBitmapPage set when slot s holds data the backing device
 // does not have yet. A checkpoint is written to the idle copy, synced, and
 // only then named by a new superblock, so a torn checkpoint is never used.
+// Since format version 4 a checkpoint writes only the pages whose payload
+// differs from what that copy holds (as the writing process knows it; a
+// process writes every page of a copy the first time): the others keep
+// the content and generation a previous checkpoint of the same copy gave
+// them, and are read as part of the newer one.
 //
 // # Journal blocks
 //

@@ -9,11 +9,14 @@ import (
 // Format constants. Never change them without bumping FormatVersion.
 const (
 	BlockSize     = 4096
-	FormatVersion = 3
+	FormatVersion = 4
 	// OldestReadableVersion is the oldest format version this one reads:
 	// version 2 lacks only what version 3 added (older versions kept for
 	// ordered write-back, the writeback-order setting), which a version 2
-	// cache never holds. A superblock is always written as FormatVersion.
+	// cache never holds; version 3 checkpoints hold every page at the
+	// checkpoint's generation, which version 4 accepts (it allows older
+	// ones: a checkpoint rewrites only the pages that changed). A
+	// superblock is always written as FormatVersion.
 	OldestReadableVersion = 2
 
 	superMagic  = "WBCACHE1"

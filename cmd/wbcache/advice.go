@@ -25,7 +25,7 @@ func openCacheError(cachePath string, err error) error {
 		return fmt.Errorf("cache %s: %w.\n  Give the --backing it was formatted with; to cache another device, write this cache back "+
 			"with 'wbcache detach --cache %s --backing ITS-BACKING', then format it again", cachePath, err, cachePath)
 	case errors.As(err, &ve) && ve.Newer():
-		return fmt.Errorf("cache %s cannot be opened: %w.\n  Use the newer wbcache that formatted it", cachePath, err)
+		return fmt.Errorf("cache %s cannot be opened: %w.\n  Use the newer wbcache that formatted it or last opened it", cachePath, err)
 	case errors.As(err, &ve):
 		return fmt.Errorf("cache %s cannot be opened: %w.\n  Write its dirty blocks back with 'wbcache detach' of the wbcache that "+
 			"formatted it, then format it again with this one", cachePath, err)

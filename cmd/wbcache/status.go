@@ -140,8 +140,8 @@ func printStatus(w io.Writer, s *Status) {
 	case s.DestageLastError != "":
 		fmt.Fprintf(w, "              last error (since recovered): %s\n", s.DestageLastError)
 	}
-	fmt.Fprintf(w, "  journal:    %d of %d blocks in use (%.1f%%), %d records, %d commits; %d checkpoints\n",
-		s.JournalUsed, s.JournalSize, s.JournalUsedPercent, s.JournalRecords, s.JournalSyncs, s.Checkpoints)
+	fmt.Fprintf(w, "  journal:    %d of %d blocks in use (%.1f%%), %d records, %d commits; %d checkpoints (%d pages written)\n",
+		s.JournalUsed, s.JournalSize, s.JournalUsedPercent, s.JournalRecords, s.JournalSyncs, s.Checkpoints, s.CheckpointPages)
 	if s.JournalWrites == "pwrite" {
 		fmt.Fprintf(w, "              records written with pwrite: the cache file cannot be mapped\n")
 	}
