@@ -36,6 +36,24 @@ func TestRegionMappedFile(t *testing.T) {
 	require.Equal(t, want, got)
 	require.NoError(t, f.Sync())
 
+	// A whole page is written with pwrite, a part of one stored through
+	// the mapping: each sees the other, as the page cache is one.
+	page := bytes.Repeat([]byte{0x11}, BlockSize)
+	require.NoError(t, r.Update(page, 64<<10+2*BlockSize, 0, BlockSize))
+	mr := r.(*mapRegion)
+	require.Equal(t, page, mr.mem[64<<10+2*BlockSize-mr.base:][:BlockSize], "the mapping sees a whole-page update")
+	part := bytes.Repeat([]byte{0x22}, BlockSize)
+	require.NoError(t, r.Update(part, 64<<10+2*BlockSize, 8, 16))
+	require.NoError(t, r.Update(page, 64<<10+3*BlockSize, 0, BlockSize))
+	_, err = g.ReadAt(got, 64<<10+2*BlockSize)
+	require.NoError(t, err)
+	want = bytes.Clone(page)
+	copy(want[8:16], part[8:16])
+	require.Equal(t, want, got)
+	_, err = g.ReadAt(got, 64<<10+3*BlockSize)
+	require.NoError(t, err)
+	require.Equal(t, page, got)
+
 	// Out of the region.
 	require.Error(t, r.Update(blk, 64<<10-BlockSize, 0, BlockSize))
 	require.Error(t, r.Update(blk, 64<<10+256<<10-100, 0, BlockSize))

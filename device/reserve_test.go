@@ -110,9 +110,15 @@ func TestNoSpaceOnFullFilesystem(t *testing.T) {
 	require.Contains(t, err.Error(), "write "+path)
 	require.Contains(t, err.Error(), "the filesystem holding the file is full")
 
-	err = r.Update(blk, 8*BlockSize, 0, BlockSize)
+	// A store into part of a page faults the hole in: SIGBUS, reported.
+	err = r.Update(blk, 8*BlockSize, 0, 100)
 	require.ErrorIs(t, err, unix.ENOSPC)
 	require.Contains(t, err.Error(), "write (mapped) "+path)
+	require.Contains(t, err.Error(), "full")
+	// A whole page is written with pwrite.
+	err = r.Update(blk, 9*BlockSize, 0, BlockSize)
+	require.ErrorIs(t, err, unix.ENOSPC)
+	require.Contains(t, err.Error(), "write "+path)
 	require.Contains(t, err.Error(), "full")
 
 	require.NoError(t, os.Remove(filler))
