@@ -102,13 +102,15 @@
 //  4. Cache.mu: the slot table, index, pending and free lists, in-flight
 //     destages; never held across I/O.
 //  5. journal.mu: the open journal block and sync state; held for a
-//     memory copy per record.
+//     memory copy per record (a pwrite of the block for its first).
 //
 // Every change to the slot table that journals goes through metaChange
 // (change.go): reserve, lock Cache.mu, append each record where its effect
 // is applied (so the journal's order is the order of the changes),
-// unlock, release. One goroutine starts the syncs of the cache device,
-// one at a time. Background goroutines: journal syncer, checkpointer,
+// unlock, release. Syncs of the cache device run one at a time: the
+// caller of journal.sync runs one itself when none is in flight and no
+// in-place rewrite holds it off, else the journal goroutine starts the
+// next. Background goroutines: journal syncer, checkpointer,
 // reclaimer (evicts clean blocks in CLOCK order and frees slots); Close
 // stops them all.
 //

@@ -254,7 +254,18 @@ func (j *journal) sync() error {
 	defer j.mu.Unlock()
 	need := j.syncStart + 1
 	j.syncNeed = max(j.syncNeed, need)
-	j.cond.Broadcast()
+	if !j.syncing && j.inPlace == 0 && j.err == nil && !j.closed {
+		// Nothing holds the sync off: the caller runs it (a hand-off to
+		// the journal goroutine and back costs two wake-ups, a good part
+		// of a sync per write).
+		covered := j.beginSyncLocked()
+		j.mu.Unlock()
+		err := j.dev.Sync()
+		j.mu.Lock()
+		j.endSyncLocked(covered, err)
+	} else {
+		j.cond.Broadcast()
+	}
 	for j.syncDone < need && j.err == nil && !j.closed {
 		j.cond.Wait()
 	}
@@ -363,23 +374,38 @@ func (j *journal) run() {
 // device flushes. Only one sync is in flight at a time; it covers every
 // record appended before it started.
 func (j *journal) startSyncLocked() {
-	j.sealLocked()
-	covered := j.writtenSeq
-	j.syncStart++
-	j.syncing = true
+	covered := j.beginSyncLocked()
 	go func() {
 		err := j.dev.Sync()
 		j.mu.Lock()
 		defer j.mu.Unlock()
-		j.syncing = false
-		if err != nil {
-			// A failed sync of the cache device is fatal: the page cache may
-			// have dropped the data it could not write (fsyncgate).
-			j.failLocked(fmt.Errorf("%w: sync of the cache device failed: %w", ErrFailed, err))
-			return
-		}
-		j.syncDone++
-		j.syncedSeq = max(j.syncedSeq, covered)
-		j.cond.Broadcast()
+		j.endSyncLocked(covered, err)
 	}()
+}
+
+// beginSyncLocked marks a sync started, sealing the open block, and
+// returns the last record it covers. The caller syncs the device without
+// holding mu, then calls endSyncLocked. No in-place rewrite may be in
+// flight.
+func (j *journal) beginSyncLocked() (covered uint64) {
+	j.sealLocked()
+	covered = j.writtenSeq
+	j.syncStart++
+	j.syncing = true
+	return covered
+}
+
+// endSyncLocked ends the sync begun by beginSyncLocked, which the device's
+// Sync answered with err.
+func (j *journal) endSyncLocked(covered uint64, err error) {
+	j.syncing = false
+	if err != nil {
+		// A failed sync of the cache device is fatal: the page cache may
+		// have dropped the data it could not write (fsyncgate).
+		j.failLocked(fmt.Errorf("%w: sync of the cache device failed: %w", ErrFailed, err))
+		return
+	}
+	j.syncDone++
+	j.syncedSeq = max(j.syncedSeq, covered)
+	j.cond.Broadcast()
 }
