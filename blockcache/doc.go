@@ -107,10 +107,10 @@
 // Every change to the slot table that journals goes through metaChange
 // (change.go): reserve, lock Cache.mu, append each record where its effect
 // is applied (so the journal's order is the order of the changes),
-// unlock, release. Syncs of the cache device run one at a time: the
-// caller of journal.sync runs one itself when none is in flight and no
-// in-place rewrite holds it off, else the journal goroutine starts the
-// next. Background goroutines: journal syncer, checkpointer,
+// unlock, release. Syncs of the cache device run one at a time, started
+// by the journal goroutine, except that a client's Sync runs one itself
+// when none is in flight and no in-place rewrite holds it off. Background
+// goroutines: journal syncer, checkpointer,
 // reclaimer (evicts clean blocks in CLOCK order and frees slots); Close
 // stops them all.
 //

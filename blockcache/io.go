@@ -681,9 +681,10 @@ func (c *Cache) Sync() error {
 	}
 	c.stats.syncs.Add(1)
 	c.noteEpoch()
-	if err := c.syncJournal(); err != nil {
-		return err
+	if err := c.j.syncHere(); err != nil {
+		return c.fail(err)
 	}
+	c.releaseDurable()
 	return c.syncBacking()
 }
 

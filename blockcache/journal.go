@@ -249,15 +249,20 @@ func (j *journal) appendedLocked(seq uint64) error {
 // sync makes every record appended so far, and every data write completed
 // before the call, durable: it waits for a device sync that starts after
 // the call.
-func (j *journal) sync() error {
+func (j *journal) sync() error { return j.syncBy(false) }
+
+// syncHere is sync for a client's fsync: when nothing holds the sync off
+// (none in flight, no in-place rewrite claimed) the caller runs it
+// itself, sparing the hand-off to the journal goroutine and back (two
+// wake-ups, a good part of a sync per write).
+func (j *journal) syncHere() error { return j.syncBy(true) }
+
+func (j *journal) syncBy(here bool) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	need := j.syncStart + 1
 	j.syncNeed = max(j.syncNeed, need)
-	if !j.syncing && j.inPlace == 0 && j.err == nil && !j.closed {
-		// Nothing holds the sync off: the caller runs it (a hand-off to
-		// the journal goroutine and back costs two wake-ups, a good part
-		// of a sync per write).
+	if here && !j.syncing && j.inPlace == 0 && j.err == nil && !j.closed {
 		covered := j.beginSyncLocked()
 		j.mu.Unlock()
 		err := j.dev.Sync()
