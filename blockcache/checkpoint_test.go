@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"math/rand/v2"
+	"os"
+	"strconv"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -123,11 +125,20 @@ func TestCheckPageUpTo(t *testing.T) {
 // synced version or a newer acknowledged one.
 func TestCheckpointCrashes(t *testing.T) {
 	rounds := 200
-	if testing.Short() {
+	switch {
+	case os.Getenv("WBC_LONG") != "":
+		rounds = 1000 // .ci/run
+	case testing.Short():
 		rounds = 40
 	}
+	seed := uint64(7)
+	if s := os.Getenv("WBC_MODEL_SEED"); s != "" {
+		n, err := strconv.ParseUint(s, 10, 64)
+		require.NoError(t, err)
+		seed = n
+	}
 	const region = 2000
-	rng := rand.New(rand.NewPCG(7, 11))
+	rng := rand.New(rand.NewPCG(seed, 11))
 	ssd := device.NewMem(16<<20, [16]byte{1})
 	hdd := device.NewMem(region*BlockSize, [16]byte{2})
 	require.NoError(t, Format(ssd, hdd, FormatOptions{}))
@@ -220,8 +231,8 @@ func TestCheckpointCrashes(t *testing.T) {
 		require.NoError(t, c2.Close())
 		// The next round opens the same images again (a clean stop now).
 	}
-	t.Logf("%d rounds (%d power cuts), %d checkpoints that wrote only changed pages, %d recoveries from a checkpoint of pages of several generations",
-		rounds, cuts, incremental, mixed)
+	t.Logf("seed %d: %d rounds (%d power cuts), %d checkpoints that wrote only changed pages, %d recoveries from a checkpoint of pages of several generations",
+		seed, rounds, cuts, incremental, mixed)
 	require.Positive(t, incremental)
 	require.Positive(t, mixed)
 }
