@@ -126,8 +126,10 @@ func TestCheckPageUpTo(t *testing.T) {
 func TestCheckpointCrashes(t *testing.T) {
 	rounds := 200
 	switch {
+	case os.Getenv("WBC_LONG") != "" && raceDetector:
+		rounds = 400 // .ci/run: about a minute and a half under -race
 	case os.Getenv("WBC_LONG") != "":
-		rounds = 1000 // .ci/run
+		rounds = 1000
 	case testing.Short():
 		rounds = 40
 	}
