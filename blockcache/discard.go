@@ -210,26 +210,33 @@ func (t *slotTable) olderIn(lo, hi uint64) []uint32 {
 // runs written around the cache) all lock in that order, so they cannot
 // deadlock. It returns the stripes locked.
 func (c *Cache) lockStripes(lo, hi uint64) []int {
-	var locked []int
-	if hi-lo >= nStripes {
-		for i := range c.stripes {
-			locked = append(locked, i)
-		}
-	} else {
-		seen := make(map[int]bool)
-		for l := lo; l < hi; l++ {
-			i := int(hashLBA(l) % nStripes)
-			if !seen[i] {
-				seen[i] = true
-				locked = append(locked, i)
-			}
-		}
-		slices.Sort(locked)
-	}
+	locked := stripesOf(lo, hi)
 	for _, i := range locked {
 		c.stripes[i].Lock()
 	}
 	return locked
+}
+
+// stripesOf lists the stripes that blocks [lo, hi) hash to, each once, in
+// ascending order.
+func stripesOf(lo, hi uint64) []int {
+	var out []int
+	if hi-lo >= nStripes {
+		for i := range nStripes {
+			out = append(out, i)
+		}
+		return out
+	}
+	seen := make(map[int]bool)
+	for l := lo; l < hi; l++ {
+		i := int(hashLBA(l) % nStripes)
+		if !seen[i] {
+			seen[i] = true
+			out = append(out, i)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 func (c *Cache) unlockStripes(locked []int) {

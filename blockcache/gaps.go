@@ -1,7 +1,5 @@
 package blockcache
 
-import "sync"
-
 // PinGaps fills the short gaps between pinned dirty blocks with clean
 // cached copies, so that a destage writes one long run instead of one
 // short run per dirty block: on a disk that pays a seek or an I/O per
@@ -109,24 +107,15 @@ func (c *Cache) gapFreeLocked(lo, hi uint64) bool {
 	}
 	// Readers may hold the stripes; a writer may not. (Only a try: the
 	// lock order is stripes before Cache.mu.)
-	var held []*sync.RWMutex
-	ok := true
-	for l := lo; l < hi && ok; l++ {
-		st := c.stripe(l)
-		seen := false
-		for _, h := range held {
-			seen = seen || h == st
-		}
-		if !seen {
-			if ok = st.TryRLock(); ok {
-				held = append(held, st)
-			}
-		}
+	stripes := stripesOf(lo, hi)
+	n := 0
+	for n < len(stripes) && c.stripes[stripes[n]].TryRLock() {
+		n++
 	}
-	for _, st := range held {
-		st.RUnlock()
+	for _, i := range stripes[:n] {
+		c.stripes[i].RUnlock()
 	}
-	return ok
+	return n == len(stripes)
 }
 
 // waitInflight waits until no destage holds a block of [lo, hi): the

@@ -681,10 +681,9 @@ func (c *Cache) Sync() error {
 	}
 	c.stats.syncs.Add(1)
 	c.noteEpoch()
-	if err := c.j.syncHere(); err != nil {
-		return c.fail(err)
+	if err := c.journalSynced(c.j.syncHere()); err != nil {
+		return err
 	}
-	c.releaseDurable()
 	return c.syncBacking()
 }
 
@@ -776,8 +775,12 @@ func (c *Cache) unmapLocked(s uint32, seq uint64, clean bool) {
 
 // syncJournal makes all records and completed data writes durable and
 // frees the slots whose unmapping records now are.
-func (c *Cache) syncJournal() error {
-	if err := c.j.sync(); err != nil {
+func (c *Cache) syncJournal() error { return c.journalSynced(c.j.sync()) }
+
+// journalSynced follows a journal sync that returned err: a failure is
+// fatal, a success frees the slots it made free.
+func (c *Cache) journalSynced(err error) error {
+	if err != nil {
 		return c.fail(err)
 	}
 	c.releaseDurable()

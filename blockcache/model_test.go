@@ -534,9 +534,14 @@ func (mr *modelRun) engineState() map[uint64][]string {
 		}
 	}
 	o := &c.mu.order
-	st[1<<62] = []string{fmt.Sprintf("order: suspended %q broken %v unkept %d %v; epoch %d", o.suspended, o.broken, o.unkept, o.unkeptSet, c.epoch.Load())}
+	oe, ok := t.oldestEpoch()
+	st[orderKey] = []string{fmt.Sprintf("order: suspended %q broken %v unkept %d %v; epoch %d oldest %d %v",
+		o.suspended, o.broken, o.unkept, o.unkeptSet, c.epoch.Load(), oe, ok)}
 	return st
 }
+
+// orderKey is where engineState puts the ordering state (no block).
+const orderKey = 1 << 62
 
 // checkBackingNow checks, with ordered write-back, the backing device's
 // content between operations and after recovery (every write issued, as
@@ -559,19 +564,10 @@ func (mr *modelRun) checkBackingNow() {
 	if bad < 0 {
 		return
 	}
-	c.mu.Lock()
-	t := &c.mu.t
-	for s := range t.flags {
-		if t.lba[s] == uint64(bad) && t.flags[s]&fValid != 0 {
-			mr.t.Logf("slot %d: flags %x epoch %d older %v", s, t.flags[s], t.epoch[s], t.isOlder(uint32(s)))
-		}
-	}
-	oe, ok := t.oldestEpoch()
-	o := &c.mu.order
-	mr.t.Logf("order: suspended %q broken %v unkept %d %v; epoch %d oldest %d %v; model epoch %d", o.suspended, o.broken, o.unkept, o.unkeptSet, c.epoch.Load(), oe, ok, mr.m.epoch)
-	c.mu.Unlock()
+	now := mr.engineState()
+	mr.t.Logf("block %d: %v; %v; model epoch %d", bad, now[uint64(bad)], now[orderKey], mr.m.epoch)
 	if mr.preCrash != nil {
-		mr.t.Logf("before the crash (power %v): block %d %v; %v", mr.prePower, bad, mr.preCrash[uint64(bad)], mr.preCrash[1<<62])
+		mr.t.Logf("before the crash (power %v): block %d %v; %v", mr.prePower, bad, mr.preCrash[uint64(bad)], mr.preCrash[orderKey])
 		mr.trace(bad)
 	}
 	mr.t.Fatalf("cycle %d: the backing device is no consistent state while ordering is in force: block %d; log %v", mr.cycles, bad, mr.log)

@@ -3,7 +3,6 @@ package device
 import (
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -22,13 +21,13 @@ func Rotational(path string) (rotational, known bool) {
 	if st.Mode&unix.S_IFMT == unix.S_IFBLK {
 		dev = st.Rdev
 	}
-	return rotationalAt("/sys", unix.Major(dev), unix.Minor(dev))
+	return rotationalOf(sysfsDir(dev))
 }
 
-// rotationalAt reads the rotational attribute of device major:minor under
-// the sysfs root sys; a partition takes its disk's.
-func rotationalAt(sys string, major, minor uint32) (rotational, known bool) {
-	dir, err := filepath.EvalSymlinks(filepath.Join(sys, "dev", "block", strconv.FormatUint(uint64(major), 10)+":"+strconv.FormatUint(uint64(minor), 10)))
+// rotationalOf reads the rotational attribute of the block device whose
+// sysfs directory (sysfsDir) is dir; a partition takes its disk's.
+func rotationalOf(dir string) (rotational, known bool) {
+	dir, err := filepath.EvalSymlinks(dir)
 	if err != nil {
 		return false, false
 	}

@@ -1,6 +1,7 @@
 package device
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -8,9 +9,9 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// TestRotationalAt reads queue/rotational from a sysfs tree: a disk's own,
+// TestRotationalOf reads queue/rotational from a sysfs tree: a disk's own,
 // a partition's disk's, and nothing for an unknown device.
-func TestRotationalAt(t *testing.T) {
+func TestRotationalOf(t *testing.T) {
 	sys := t.TempDir()
 	mk := func(dir, rot string) {
 		require.NoError(t, os.MkdirAll(filepath.Join(sys, dir, "queue"), 0o755))
@@ -28,7 +29,7 @@ func TestRotationalAt(t *testing.T) {
 		major, minor uint32
 		rot, known   bool
 	}{{8, 0, true, true}, {259, 0, false, true}, {259, 2, false, true}, {7, 9, false, false}} {
-		rot, known := rotationalAt(sys, tc.major, tc.minor)
+		rot, known := rotationalOf(filepath.Join(sys, "dev/block", fmt.Sprintf("%d:%d", tc.major, tc.minor)))
 		require.Equal(t, tc.known, known, "%d:%d known", tc.major, tc.minor)
 		require.Equal(t, tc.rot, rot, "%d:%d rotational", tc.major, tc.minor)
 	}
