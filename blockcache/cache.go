@@ -207,6 +207,9 @@ func Format(ssd, hdd device.Device, opts FormatOptions) error {
 	if err := reserveCache(ssd, nil); err != nil {
 		return err
 	}
+	// Only speed depends on it (prefill.go): a failure leaves the
+	// metadata area to be marked written by its first writes.
+	_ = writeAheadMeta(ssd, g)
 	var uuid [16]byte
 	if _, err := rand.Read(uuid[:]); err != nil {
 		return err
@@ -363,6 +366,7 @@ func Open(ssd, hdd device.Device, opts Options) (*Cache, error) {
 	c.wg.Add(2)
 	go c.checkpointer()
 	go c.reclaimer()
+	c.startPrefill()
 	return c, nil
 }
 

@@ -95,3 +95,29 @@ func (f *freeSet) each(fn func(s uint32)) {
 		}
 	}
 }
+
+// takeRange removes every free slot in [lo, hi) and returns them in
+// ascending order, leaving where the next allocation starts alone.
+func (f *freeSet) takeRange(lo, hi uint32) []uint32 {
+	var out []uint32
+	hi = min(hi, f.slots)
+	for s := lo; s < hi; {
+		w := s / 64
+		m := f.words[w] &^ (1<<(s%64) - 1)
+		if end := (w + 1) * 64; hi < end {
+			m &= 1<<(hi%64) - 1
+		}
+		for b := m; b != 0; b &= b - 1 {
+			out = append(out, w*64+uint32(bits.TrailingZeros64(b)))
+		}
+		if m != 0 {
+			f.words[w] &^= m
+			f.n -= bits.OnesCount64(m)
+			if f.words[w] == 0 {
+				f.sum[w/64] &^= 1 << (w % 64)
+			}
+		}
+		s = (w + 1) * 64
+	}
+	return out
+}

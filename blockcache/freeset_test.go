@@ -86,3 +86,33 @@ func TestFreeSetModel(t *testing.T) {
 		require.Equal(t, len(model), seen)
 	}
 }
+
+func TestFreeSetTakeRange(t *testing.T) {
+	f := newFreeSet(300)
+	for s := uint32(0); s < 300; s++ {
+		if s%3 != 0 {
+			f.add(s)
+		}
+	}
+	f.next = 150
+	n := f.len()
+	got := f.takeRange(60, 200)
+	var want []uint32
+	for s := uint32(60); s < 200; s++ {
+		if s%3 != 0 {
+			want = append(want, s)
+		}
+	}
+	require.Equal(t, want, got)
+	require.Equal(t, n-len(want), f.len())
+	require.Equal(t, uint32(150), f.next, "takeRange moved the allocation cursor")
+	for s := uint32(0); s < 300; s++ {
+		require.Equal(t, s%3 != 0 && (s < 60 || s >= 200), f.has(s), "slot %d", s)
+	}
+	// The summary bits follow: allocation skips the emptied words.
+	s, ok := f.take()
+	require.True(t, ok)
+	require.Equal(t, uint32(200), s)
+	require.Empty(t, f.takeRange(60, 200))
+	require.Equal(t, []uint32{298, 299}, f.takeRange(298, 400))
+}

@@ -19,6 +19,7 @@ type counters struct {
 	cacheErrors, backingErrors       atomic.Uint64
 	healed                           atomic.Uint64
 	olderKept                        atomic.Uint64
+	unwritten                        atomic.Int64 // bytes prefill has still to write
 	recoveryNanos                    atomic.Int64
 	// backingSyncFailedAt is when Cache.backingSyncErr was set (UnixNano).
 	backingSyncFailedAt atomic.Int64
@@ -91,11 +92,16 @@ type Stats struct {
 	// LostBlocks is how many dirty blocks are known to be lost (their
 	// slot fails its checksum): they read as errors until rewritten or
 	// discarded. LostBlocks() lists them.
-	LostBlocks    int     `json:"lost_blocks"`
-	BackingErrors uint64  `json:"backing_errors"`
-	Replayed      uint64  `json:"recovery_replayed_records"`
-	RecoverySecs  float64 `json:"recovery_seconds"`
-	Failed        string  `json:"failed,omitempty"`
+	LostBlocks    int    `json:"lost_blocks"`
+	BackingErrors uint64 `json:"backing_errors"`
+	// UnwrittenBytes is how much of the free slot area the filesystem has
+	// not written yet and a background pass is still to write zeros over
+	// (prefill.go); until it is 0, a sync after a write there also commits
+	// the filesystem's journal.
+	UnwrittenBytes int64   `json:"cache_file_unwritten_bytes"`
+	Replayed       uint64  `json:"recovery_replayed_records"`
+	RecoverySecs   float64 `json:"recovery_seconds"`
+	Failed         string  `json:"failed,omitempty"`
 	// BackingSyncFailed is set once a sync of the backing device has
 	// failed; BackingSyncFailedAt says when (RFC 3339). Every later Sync
 	// fails with it until the cache is reopened: see BackingSyncFailure.
@@ -141,6 +147,7 @@ func (c *Cache) Stats() Stats {
 	s.CheckpointPages = st.checkpointPages.Load()
 	s.CacheErrors, s.BackingErrors, s.HealedBlocks = st.cacheErrors.Load(), st.backingErrors.Load(), st.healed.Load()
 	s.RecoverySecs = time.Duration(st.recoveryNanos.Load()).Seconds()
+	s.UnwrittenBytes = st.unwritten.Load()
 	s.JournalRecords, _, s.JournalSyncs, s.JournalBlocks, s.JournalUsed = c.j.stats()
 	s.JournalSize = c.g.JournalBlocks
 	if p := c.failed.Load(); p != nil {

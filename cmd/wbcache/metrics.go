@@ -132,6 +132,7 @@ func formatMetrics(s *Status) []byte {
 	metric("wbcache_journal_used_blocks", "gauge", "Journal blocks in use.", u(s.JournalUsed))
 	metric("wbcache_journal_blocks", "gauge", "Journal size in blocks.", u(s.JournalSize))
 	metric("wbcache_checkpoints_total", "counter", "Checkpoints written.", u(s.Checkpoints))
+	metric("wbcache_cache_file_unwritten_bytes", "gauge", "Free slot bytes of the cache file its filesystem has not written yet, which a background pass is writing zeros over once.", i(s.UnwrittenBytes))
 	metric("wbcache_checkpoint_pages_written_total", "counter", "Checkpoint pages written (only those that changed since their copy was last written).", u(s.CheckpointPages))
 	metric("wbcache_errors_total", "counter", "I/O errors by device (backing: foreground and write-back).",
 		lbl("device", "cache", u(s.CacheErrors)), lbl("device", "backing", u(s.BackingErrors)))

@@ -115,6 +115,9 @@ func printStatus(w io.Writer, s *Status) {
 	printFaults(w, s)
 	fmt.Fprintf(w, "  disk:       %s, %s, mode %s\n", s.Disk, formatSize(s.SizeBytes), s.Mode)
 	fmt.Fprintf(w, "  cache:      %s (%d slots of 4 KiB = %s)\n", s.Cache, s.Slots, formatSize(int64(s.Slots)*blockcache.BlockSize))
+	if s.UnwrittenBytes > 0 {
+		fmt.Fprintf(w, "              %s of free slots not yet written by the filesystem: writing zeros over them once, in the background\n", formatSize(s.UnwrittenBytes))
+	}
 	fmt.Fprintf(w, "  backing:    %s\n", s.Backing)
 	if s.FuseTransport != "" {
 		fmt.Fprintf(w, "  fuse:       requests through %s\n", s.FuseTransport)
