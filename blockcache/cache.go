@@ -65,6 +65,10 @@ type Options struct {
 	// Sync makes them durable, marks write-through blocks clean and lets
 	// promotion resume). For tests.
 	NoBackgroundBackingSync bool
+	// NoPrefill skips the background pass that writes zeros over the
+	// free slots the cache file's filesystem has not written yet
+	// (prefill.go): for an open that only drains the cache (detach).
+	NoPrefill bool
 	// Now is the clock (tests inject one). Default time.Now.
 	Now func() time.Time
 }
@@ -366,7 +370,9 @@ func Open(ssd, hdd device.Device, opts Options) (*Cache, error) {
 	c.wg.Add(2)
 	go c.checkpointer()
 	go c.reclaimer()
-	c.startPrefill()
+	if !opts.NoPrefill {
+		c.startPrefill()
+	}
 	return c, nil
 }
 

@@ -139,6 +139,18 @@ func TestPrefillOnlyFreeSlots(t *testing.T) {
 		require.NoError(t, err, "block %d after reopening", lba)
 		require.True(t, bytes.Equal(w, got), "block %d after reopening", lba)
 	}
+	c2.Close()
+
+	// NoPrefill (detach) writes nothing ahead.
+	clear(ssd.written)
+	c3, err := Open(ssd, hdd, Options{CheckpointInterval: -1, NoPrefill: true})
+	require.NoError(t, err)
+	defer c3.Close()
+	require.Zero(t, c3.Stats().UnwrittenBytes)
+	time.Sleep(20 * time.Millisecond)
+	ssd.mu.Lock()
+	require.Empty(t, ssd.written, "NoPrefill wrote ahead")
+	ssd.mu.Unlock()
 }
 
 // TestPrefillMarksCacheFileWritten: on a real filesystem the cache file

@@ -48,7 +48,8 @@ func runDetach(args []string, out io.Writer) error {
 		return err
 	}
 	defer devs.close()
-	c, err := blockcache.Open(devs.ssd, devs.hdd, blockcache.Options{Logger: log})
+	// No prefill: the cache is about to be emptied, not written.
+	c, err := blockcache.Open(devs.ssd, devs.hdd, blockcache.Options{Logger: log, NoPrefill: true})
 	if err != nil {
 		return openCacheError(*cachePath, err)
 	}
