@@ -105,6 +105,7 @@ type Cache struct {
 		discarding []lbaRange     // ranges a Discard is zeroing on the backing
 		sketch     promoteSketch
 		through    []DirtyBlock // write-through blocks waiting for a backing sync
+		zeroing    int          // free slots the prefill pass holds (prefill.go)
 		order      orderState
 	}
 

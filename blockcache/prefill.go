@@ -124,6 +124,7 @@ func (c *Cache) prefill(wa writeAhead, ranges [][2]uint32) {
 			hi := min(lo+prefillChunk, r[1])
 			c.mu.Lock()
 			taken := c.mu.t.free.takeRange(lo, hi)
+			c.mu.zeroing = len(taken)
 			c.mu.Unlock()
 			t0 := time.Now()
 			err := c.zeroSlots(wa, taken)
@@ -132,6 +133,7 @@ func (c *Cache) prefill(wa writeAhead, ranges [][2]uint32) {
 			for _, s := range taken {
 				c.mu.t.free.add(s)
 			}
+			c.mu.zeroing = 0
 			if len(taken) > 0 {
 				c.mu.freed.Broadcast()
 			}

@@ -116,7 +116,8 @@ func (c *Cache) Stats() Stats {
 	now := c.tick()
 	c.mu.Lock()
 	t := &c.mu.t
-	s.Used, s.Dirty, s.Free, s.LostBlocks = t.valid, t.dirty, t.free.len(), t.lost
+	// Slots the prefill pass holds for a moment are free all the same.
+	s.Used, s.Dirty, s.Free, s.LostBlocks = t.valid, t.dirty, t.free.len()+c.mu.zeroing, t.lost
 	oldest := now
 	for i, f := range t.flags {
 		if f&(fValid|fDirty) == fValid|fDirty && t.since[i] < oldest {

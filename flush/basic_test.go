@@ -178,6 +178,8 @@ func TestPolicyNormalize(t *testing.T) {
 	assert.Equal(t, DefaultPolicy(), Policy{}.normalize())
 	p := Policy{LowWatermark: -1, HighWatermark: 200, MaxDirtyAge: -1, Workers: 1000, IdleRate: -5, MaxRun: 5000}.normalize()
 	assert.Equal(t, Policy{LowWatermark: 0, HighWatermark: 100, MaxDirtyAge: 0, Workers: maxWorkers, IdleRate: 0, MaxRun: 4096}, p)
+	assert.Equal(t, DefaultIdleRate, Policy{}.normalize().IdleRate, "0 takes the default cap")
+	assert.Equal(t, 0, Policy{IdleRate: -1}.normalize().IdleRate, "an explicit 0 is no cap")
 	p = Policy{LowWatermark: 70, HighWatermark: 40}.normalize()
 	assert.Equal(t, 70, p.HighWatermark, "high is raised to low")
 	assert.EqualValues(t, 30, DefaultPolicy().ageTicks())
@@ -191,6 +193,12 @@ func TestPolicySettingsRoundTrip(t *testing.T) {
 	assert.Equal(t, base, s)
 	assert.Equal(t, Policy{}, PolicyFromSettings(s))
 	assert.Equal(t, DefaultPolicy(), PolicyFromSettings(s).WithDefaults())
+
+	// An explicit 0 idle rate (no cap) survives the round trip.
+	s = Policy{IdleRate: -1}.Settings(base)
+	assert.True(t, s.Has(layout.SetIdleRate))
+	assert.EqualValues(t, 0, s.IdleRate)
+	assert.Equal(t, 0, PolicyFromSettings(s).WithDefaults().IdleRate)
 
 	p := Policy{LowWatermark: -1, HighWatermark: 80, MaxDirtyAge: 90 * time.Second, Workers: 3, IdleRate: 20}
 	s = p.Settings(base)

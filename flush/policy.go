@@ -14,7 +14,7 @@ const (
 	DefaultHighWatermark = 50               // percent of slots dirty
 	DefaultMaxDirtyAge   = 30 * time.Second // bound on how long a block stays dirty
 	DefaultWorkers       = 2                // goroutines reading and writing runs
-	DefaultIdleRate      = 0                // MiB/s while foreground is busy; 0 = no cap
+	DefaultIdleRate      = 8                // MiB/s while foreground is busy (see Policy.IdleRate)
 	DefaultMaxRun        = 1 << 20          // bytes per backing write
 )
 
@@ -27,7 +27,7 @@ const (
 
 // Policy says how eagerly dirty blocks are written back. Zero fields take
 // the defaults listed with DefaultPolicy. Where zero is itself a sensible
-// setting (LowWatermark, HighWatermark, MaxDirtyAge) any negative value
+// setting (LowWatermark, HighWatermark, MaxDirtyAge, IdleRate) any negative value
 // stands for an explicit zero: LowWatermark -1 means "0 %", i.e. every
 // dirty block is written back as soon as possible.
 type Policy struct {
@@ -47,8 +47,10 @@ type Policy struct {
 	// spindle), so more than 2 only helps a slow cache device. Default 2.
 	Workers int
 	// IdleRate caps destage MiB/s between the watermarks while foreground
-	// I/O is busy (0 = no cap; the destager still backs off, see doc.go).
-	// Default 0.
+	// I/O is busy (negative: no cap; the destager still backs off, see
+	// doc.go). Default 8: between the watermarks nothing is urgent, and
+	// write-back at full speed there made a client's fsync slower
+	// (docs/bench/fsync-unwritten-2026-12-05.md).
 	IdleRate int
 	// MaxRun is the largest run written in one I/O, in bytes (rounded down
 	// to a multiple of 4096, at least 4096, at most 64 MiB). Default 1 MiB.
@@ -56,7 +58,8 @@ type Policy struct {
 }
 
 // DefaultPolicy returns the defaults: low watermark 10 %, high watermark
-// 50 %, max dirty age 30 s, 2 workers, no idle rate cap, 1 MiB runs.
+// 50 %, max dirty age 30 s, 2 workers, 8 MiB/s while foreground I/O is
+// busy between the watermarks, 1 MiB runs.
 //
 // Two workers: the backing disk is one spindle, so the destager submits
 // one write at a time in LBA order; the second worker reads the next run
@@ -100,7 +103,7 @@ func (p Policy) Watermarks() (low, high int) {
 
 // normalize fills in defaults, turns explicit zeros (negative values) into
 // zeros and clamps everything into range. The result has no zero-means-
-// default fields left, except IdleRate where 0 means no cap.
+// default fields left: IdleRate 0 there means no cap.
 func (p Policy) normalize() Policy {
 	p.LowWatermark, p.HighWatermark = p.Watermarks()
 	if p.HighWatermark < p.LowWatermark {
@@ -116,7 +119,12 @@ func (p Policy) normalize() Policy {
 		p.Workers = DefaultWorkers
 	}
 	p.Workers = min(p.Workers, maxWorkers)
-	p.IdleRate = max(p.IdleRate, 0)
+	switch {
+	case p.IdleRate == 0:
+		p.IdleRate = DefaultIdleRate
+	case p.IdleRate < 0:
+		p.IdleRate = 0
+	}
 	if p.MaxRun <= 0 {
 		p.MaxRun = DefaultMaxRun
 	}
@@ -168,9 +176,7 @@ func PolicyFromSettings(s layout.Settings) Policy {
 	if s.Has(layout.SetWorkers) {
 		p.Workers = int(s.Workers)
 	}
-	if s.Has(layout.SetIdleRate) {
-		p.IdleRate = int(s.IdleRate)
-	}
+	p.IdleRate = explicit(layout.SetIdleRate, int(s.IdleRate))
 	return p
 }
 
@@ -205,8 +211,8 @@ func (p Policy) Settings(base layout.Settings) layout.Settings {
 		s.MaxDirtyAge = durationToSeconds(p.MaxDirtyAge)
 		s.SetMask |= layout.SetMaxDirtyAge
 	}
-	if p.IdleRate > 0 {
-		s.IdleRate = uint32(min(int64(p.IdleRate), math.MaxUint32))
+	if p.IdleRate != 0 {
+		s.IdleRate = uint32(min(int64(max(p.IdleRate, 0)), math.MaxUint32))
 		s.SetMask |= layout.SetIdleRate
 	}
 	return s

@@ -223,8 +223,13 @@ func TestBusyWaitsForSync(t *testing.T) {
 }
 
 func TestPace(t *testing.T) {
-	pol := DefaultPolicy()
 	ms := time.Millisecond
+	// The default cap, 8 MiB/s: 1 MiB takes 125 ms.
+	def := DefaultPolicy()
+	assert.Equal(t, 125*ms-30*ms, pace(state{mode: modeNormal, busy: true, pol: def}, 1<<20, 30*ms))
+	assert.Equal(t, 80*ms, pace(state{mode: modeNormal, busy: true, pol: def}, 1<<20, 80*ms), "the duty cycle when slower")
+	pol := DefaultPolicy()
+	pol.IdleRate = 0 // normalised explicit 0: no cap, the duty cycle alone
 	assert.Zero(t, pace(state{mode: modeFull, busy: true, pol: pol}, 1<<20, ms))
 	assert.Zero(t, pace(state{mode: modeNormal, busy: false, pol: pol}, 1<<20, ms))
 	assert.Equal(t, minBusyPause, pace(state{mode: modeNormal, busy: true, pol: pol}, 1<<20, ms))

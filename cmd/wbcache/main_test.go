@@ -102,6 +102,7 @@ func wantCode(t *testing.T, code int, args ...string) result {
 type rig struct {
 	dir, backing, cache, mnt string
 	size                     int64
+	slots                    map[uint64]uint32 // dirtyRig: the slot of each dirty block
 }
 
 // newRig creates a sparse backing file of size bytes and formats a cache

@@ -36,7 +36,7 @@ var settingKeys = []setting{
 	{"seq-cutoff", "SIZE", "sequential stream length beyond which writes bypass the cache (0 = never bypass)", applySeqCutoff},
 	{"promote-after", "N", "read misses of a block before it is copied into the cache (0 or 1 = first miss, max 255)",
 		applyNumber("promote-after", numberRange, 0, 255, layout.SetPromoteAfter, func(s *layout.Settings, v int) { s.PromoteAfter = uint8(v) })},
-	{"idle-rate", "MIBPS", "cap on write-back MiB/s between the watermarks while foreground I/O is busy (0 = no cap)", applyIdleRate},
+	{"idle-rate", "MIBPS", "cap on write-back MiB/s between the watermarks while foreground I/O is busy (0 = no cap; default 8)", applyIdleRate},
 	{"writeback-order", "ORDER", "ordered (the backing device alone stays a consistent point in time; slower write-back after many fsyncs) or unordered (default)", applyOrder},
 }
 
