@@ -43,6 +43,21 @@ func (d *allUnwritten) WriteZerosAhead(off, n int64) error {
 	return nil
 }
 
+// requireReadsBack checks that every block with data in want reads back
+// as that data.
+func requireReadsBack(t *testing.T, c *Cache, want [][]byte, when string) {
+	t.Helper()
+	got := make([]byte, BlockSize)
+	for lba, w := range want {
+		if w == nil {
+			continue
+		}
+		_, err := c.ReadAt(got, int64(lba)*BlockSize)
+		require.NoError(t, err, "block %d%s", lba, when)
+		require.True(t, bytes.Equal(w, got), "block %d does not read back as written%s", lba, when)
+	}
+}
+
 func waitPrefilled(t *testing.T, c *Cache) {
 	t.Helper()
 	require.Eventually(t, func() bool { return c.Stats().UnwrittenBytes == 0 }, 60*time.Second, 5*time.Millisecond)
@@ -102,15 +117,7 @@ func TestPrefillOnlyFreeSlots(t *testing.T) {
 	}
 	wg.Wait()
 	waitPrefilled(t, c)
-	got := make([]byte, BlockSize)
-	for lba, w := range want {
-		if w == nil {
-			continue
-		}
-		_, err := c.ReadAt(got, int64(lba)*BlockSize)
-		require.NoError(t, err, "block %d", lba)
-		require.True(t, bytes.Equal(w, got), "block %d does not read back as written", lba)
-	}
+	requireReadsBack(t, c, want, "")
 	ssd.mu.Lock()
 	for off, n := range ssd.written {
 		require.GreaterOrEqual(t, off, c.g.SlotOffset(0), "the pass wrote into the metadata area")
@@ -131,14 +138,7 @@ func TestPrefillOnlyFreeSlots(t *testing.T) {
 	ssd.mu.Lock()
 	require.Equal(t, st.Free, len(ssd.written), "every free slot, and only those, written once")
 	ssd.mu.Unlock()
-	for lba, w := range want {
-		if w == nil {
-			continue
-		}
-		_, err := c2.ReadAt(got, int64(lba)*BlockSize)
-		require.NoError(t, err, "block %d after reopening", lba)
-		require.True(t, bytes.Equal(w, got), "block %d after reopening", lba)
-	}
+	requireReadsBack(t, c2, want, " after reopening")
 	c2.Close()
 
 	// NoPrefill (detach) writes nothing ahead.
@@ -161,12 +161,7 @@ func TestPrefillMarksCacheFileWritten(t *testing.T) {
 	ssdPath, hddPath := filepath.Join(dir, "ssd"), filepath.Join(dir, "hdd")
 	require.NoError(t, device.CreateAllocated(ssdPath, 16<<20))
 	require.NoError(t, device.Create(hddPath, 64<<20))
-	ssd, err := device.Open(ssdPath, device.Options{})
-	require.NoError(t, err)
-	defer ssd.Close()
-	hdd, err := device.Open(hddPath, device.Options{})
-	require.NoError(t, err)
-	defer hdd.Close()
+	ssd, hdd := openFilePair(t, ssdPath, hddPath)
 	before, err := ssd.Unwritten(0, ssd.Size())
 	if errors.Is(err, device.ErrNoExtentMap) {
 		t.Skipf("SKIP: the filesystem of %s does not report extents (FIEMAP), so there is nothing to write ahead", dir)
