@@ -93,11 +93,7 @@ func BenchmarkReadHit4K(b *testing.B) {
 // BenchmarkRecovery: reopen after a crash with the journal as full as the
 // checkpoint trigger lets it get (half the ring), on a 256 MiB cache.
 func BenchmarkRecovery(b *testing.B) {
-	dir := b.TempDir()
-	ssdPath, hddPath := filepath.Join(dir, "ssd"), filepath.Join(dir, "hdd")
-	require.NoError(b, device.Create(ssdPath, 256<<20))
-	require.NoError(b, device.Create(hddPath, 1<<30))
-	ssd, hdd := openFilePair(b, ssdPath, hddPath)
+	ssd, hdd, ssdPath := filePair(b, 256<<20, 1<<30, false)
 	require.NoError(b, Format(ssd, hdd, FormatOptions{}))
 	c, err := Open(ssd, hdd, Options{CheckpointInterval: -1})
 	require.NoError(b, err)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"math/rand/v2"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -157,18 +156,14 @@ func TestPrefillOnlyFreeSlots(t *testing.T) {
 // allocated ahead is reported unwritten, and after Format and the pass
 // nothing of it is (the point: a sync then commits no block-map change).
 func TestPrefillMarksCacheFileWritten(t *testing.T) {
-	dir := t.TempDir()
-	ssdPath, hddPath := filepath.Join(dir, "ssd"), filepath.Join(dir, "hdd")
-	require.NoError(t, device.CreateAllocated(ssdPath, 16<<20))
-	require.NoError(t, device.Create(hddPath, 64<<20))
-	ssd, hdd := openFilePair(t, ssdPath, hddPath)
+	ssd, hdd, path := filePair(t, 16<<20, 64<<20, true)
 	before, err := ssd.Unwritten(0, ssd.Size())
 	if errors.Is(err, device.ErrNoExtentMap) {
-		t.Skipf("SKIP: the filesystem of %s does not report extents (FIEMAP), so there is nothing to write ahead", dir)
+		t.Skipf("SKIP: the filesystem of %s does not report extents (FIEMAP), so there is nothing to write ahead", path)
 	}
 	require.NoError(t, err)
 	if len(before) == 0 {
-		t.Skipf("SKIP: the filesystem of %s has no unwritten extents after fallocate (nothing to write ahead)", dir)
+		t.Skipf("SKIP: the filesystem of %s has no unwritten extents after fallocate (nothing to write ahead)", path)
 	}
 	require.NoError(t, Format(ssd, hdd, FormatOptions{}))
 	c, err := Open(ssd, hdd, Options{})
