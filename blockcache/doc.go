@@ -112,8 +112,10 @@
 // by the journal goroutine, except that a client's Sync runs one itself
 // when none is in flight and no in-place rewrite holds it off. Background
 // goroutines: journal syncer, checkpointer,
-// reclaimer (evicts clean blocks in CLOCK order and frees slots); Close
-// stops them all.
+// reclaimer (evicts clean blocks in CLOCK order and frees slots), and at
+// open the prefill pass (writes zeros once over free slots the cache
+// file's filesystem has not written yet, holding them out of the free
+// set meanwhile; prefill.go); Close stops them all.
 //
 // BenchmarkConcurrentWrite measures the waiting on these locks per write.
 //
