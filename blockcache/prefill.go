@@ -30,12 +30,18 @@ import (
 // (device.File).
 type writeAhead interface {
 	Unwritten(off, n int64) ([]device.Extent, error)
-	WriteZerosAhead(off, n int64) error
+	WriteZerosAhead(ext []device.Extent) error
 }
 
 // prefillChunk is how many slots the pass takes out of the free set at a
 // time (1 MiB).
 const prefillChunk = 256
+
+// blocksOf returns the blocks [first, end) that e touches, rounded out to
+// whole blocks.
+func blocksOf(e device.Extent) (first, end uint64) {
+	return uint64(e.Off) / BlockSize, (uint64(e.Off+e.Len) + BlockSize - 1) / BlockSize
+}
 
 // writeAheadMeta writes zeros over the unwritten ranges of the metadata
 // area [0, first slot), for Format. Errors only cost speed, so they are
@@ -49,14 +55,12 @@ func writeAheadMeta(ssd device.Device, g layout.Geometry) error {
 	if err != nil {
 		return err
 	}
-	for _, e := range ext {
-		lo := e.Off / BlockSize * BlockSize
-		hi := (e.Off + e.Len + BlockSize - 1) / BlockSize * BlockSize
-		if err := wa.WriteZerosAhead(lo, min(hi, g.SlotOffset(0))-lo); err != nil {
-			return err
-		}
+	for i, e := range ext {
+		first, end := blocksOf(e)
+		end = min(end, g.DataStart)
+		ext[i] = device.Extent{Off: int64(first) * BlockSize, Len: int64(end-first) * BlockSize}
 	}
-	return nil
+	return wa.WriteZerosAhead(ext)
 }
 
 // unwrittenSlots returns the slot ranges [lo, hi) of the cache device
@@ -69,9 +73,8 @@ func (c *Cache) unwrittenSlots(wa writeAhead) ([][2]uint32, error) {
 	}
 	var out [][2]uint32
 	for _, e := range ext {
-		first := uint64(e.Off)/BlockSize - c.g.DataStart
-		end := (uint64(e.Off+e.Len)+BlockSize-1)/BlockSize - c.g.DataStart
-		out = append(out, [2]uint32{uint32(first), uint32(min(end, c.g.SlotCount))})
+		first, end := blocksOf(e)
+		out = append(out, [2]uint32{uint32(first - c.g.DataStart), uint32(min(end-c.g.DataStart, c.g.SlotCount))})
 	}
 	return out, nil
 }
@@ -122,22 +125,7 @@ func (c *Cache) prefill(wa writeAhead, ranges [][2]uint32) {
 			default:
 			}
 			hi := min(lo+prefillChunk, r[1])
-			c.mu.Lock()
-			taken := c.mu.t.free.takeRange(lo, hi)
-			c.mu.zeroing = len(taken)
-			c.mu.Unlock()
-			t0 := time.Now()
-			err := c.zeroSlots(wa, taken)
-			took := time.Since(t0)
-			c.mu.Lock()
-			for _, s := range taken {
-				c.mu.t.free.add(s)
-			}
-			c.mu.zeroing = 0
-			if len(taken) > 0 {
-				c.mu.freed.Broadcast()
-			}
-			c.mu.Unlock()
+			took, err := c.zeroFree(wa, lo, hi)
 			if err != nil {
 				c.stats.unwritten.Store(0)
 				c.log.Warn("writing zeros over unwritten cache slots failed; leaving the rest as they are", "err", err)
@@ -158,18 +146,42 @@ func (c *Cache) prefill(wa writeAhead, ranges [][2]uint32) {
 	c.log.Info("free cache slots written once", "took", time.Since(start).Round(time.Millisecond))
 }
 
-// zeroSlots writes zeros over slots (ascending), one write per run of
-// consecutive slots.
+// zeroFree writes zeros over the free slots of [lo, hi), holding them out
+// of the free set meanwhile, and returns how long the writing took.
+func (c *Cache) zeroFree(wa writeAhead, lo, hi uint32) (time.Duration, error) {
+	c.mu.Lock()
+	taken := c.mu.t.free.takeRange(lo, hi)
+	c.mu.zeroing = len(taken)
+	c.mu.Unlock()
+	t0 := time.Now()
+	err := c.zeroSlots(wa, taken)
+	took := time.Since(t0)
+	c.mu.Lock()
+	for _, s := range taken {
+		c.mu.t.free.add(s)
+	}
+	c.mu.zeroing = 0
+	if len(taken) > 0 {
+		c.mu.freed.Broadcast()
+	}
+	c.mu.Unlock()
+	return took, err
+}
+
+// zeroSlots writes zeros over slots (ascending), one extent per run of
+// consecutive slots, in one call.
 func (c *Cache) zeroSlots(wa writeAhead, slots []uint32) error {
+	var ext []device.Extent
 	for i := 0; i < len(slots); {
 		j := i + 1
 		for j < len(slots) && slots[j] == slots[j-1]+1 {
 			j++
 		}
-		if err := wa.WriteZerosAhead(c.g.SlotOffset(uint64(slots[i])), int64(j-i)*BlockSize); err != nil {
-			return err
-		}
+		ext = append(ext, device.Extent{Off: c.g.SlotOffset(uint64(slots[i])), Len: int64(j-i) * BlockSize})
 		i = j
 	}
-	return nil
+	if len(ext) == 0 {
+		return nil
+	}
+	return wa.WriteZerosAhead(ext)
 }

@@ -28,16 +28,18 @@ func (d *allUnwritten) Unwritten(off, n int64) ([]device.Extent, error) {
 	return []device.Extent{{Off: off, Len: n}}, nil
 }
 
-func (d *allUnwritten) WriteZerosAhead(off, n int64) error {
+func (d *allUnwritten) WriteZerosAhead(ext []device.Extent) error {
 	junk := bytes.Repeat([]byte{0xA5}, BlockSize)
-	for o := off; o < off+n; o += BlockSize {
-		if _, err := d.Device.WriteAt(junk, o); err != nil {
-			return err
+	for _, e := range ext {
+		for o := e.Off; o < e.Off+e.Len; o += BlockSize {
+			if _, err := d.Device.WriteAt(junk, o); err != nil {
+				return err
+			}
+			d.mu.Lock()
+			d.written[o]++
+			d.mu.Unlock()
+			time.Sleep(d.pause)
 		}
-		d.mu.Lock()
-		d.written[o]++
-		d.mu.Unlock()
-		time.Sleep(d.pause)
 	}
 	return nil
 }

@@ -273,14 +273,15 @@ func (f *File) WriteAt(p []byte, off int64) (int, error) {
 	if err := f.check("write", off, int64(len(p)), true); err != nil {
 		return 0, err
 	}
-	return f.pwriteAll(p, off)
+	return f.pwriteAll(f.fd, p, off)
 }
 
-// pwriteAll is WriteAt without locking or checks; callers hold f.mu.
-func (f *File) pwriteAll(p []byte, off int64) (int, error) {
+// pwriteAll is WriteAt to descriptor fd (f's own, or another one of the
+// same file) without locking or checks; callers hold f.mu.
+func (f *File) pwriteAll(fd int, p []byte, off int64) (int, error) {
 	done := 0
 	for done < len(p) {
-		n, err := unix.Pwrite(f.fd, p[done:], off+int64(done))
+		n, err := unix.Pwrite(fd, p[done:], off+int64(done))
 		if err == unix.EINTR {
 			continue
 		}

@@ -149,7 +149,7 @@ func TestFileWriteZerosFallback(t *testing.T) {
 	mustWrite(t, f, pattern(size, 2), 0)
 	off, n := int64(777), int64(2*zeroChunk+1)
 	f.mu.RLock()
-	err := f.writeZeros(off, n)
+	err := f.writeZeros(f.fd, off, n)
 	f.mu.RUnlock()
 	if err != nil {
 		t.Fatal(err)

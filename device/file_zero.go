@@ -46,15 +46,17 @@ func (f *File) Zero(off, n int64) error {
 			return fmt.Errorf("device: zero %s: punch hole of %d bytes at offset %d: %w", f.path, n, off, err)
 		}
 	}
-	return f.writeZeros(off, n)
+	return f.writeZeros(f.fd, off, n)
 }
 
-// writeZeros is the Zero fallback; callers hold f.mu.
-func (f *File) writeZeros(off, n int64) error {
+// writeZeros writes zeros over [off, off+n) through descriptor fd (f's
+// own, or an O_DIRECT one of the same file): the Zero fallback and
+// WriteZerosAhead. Callers hold f.mu.
+func (f *File) writeZeros(fd int, off, n int64) error {
 	buf := zeroBuf()
 	for n > 0 {
 		chunk := min(n, int64(len(buf)))
-		if _, err := f.pwriteAll(buf[:chunk], off); err != nil {
+		if _, err := f.pwriteAll(fd, buf[:chunk], off); err != nil {
 			return err
 		}
 		off += chunk

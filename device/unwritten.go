@@ -107,53 +107,46 @@ func (f *File) Unwritten(off, n int64) ([]Extent, error) {
 	return out, nil
 }
 
-// WriteZerosAhead writes zeros over [off, off+n) around the page cache
-// (O_DIRECT on a second descriptor of the same file), so that the
-// filesystem marks the range written without leaving dirty pages that a
-// later fdatasync of the file would have to write. Where the filesystem
-// takes no O_DIRECT, the zeros are written through the page cache and
-// written out before it returns. off and n must be multiples of
-// BlockSize. It must only be used on ranges whose content no one needs:
-// it overwrites whatever they hold.
-func (f *File) WriteZerosAhead(off, n int64) error {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	if err := f.check("write zeros", off, n, true); err != nil {
-		return err
-	}
-	if off%BlockSize != 0 || n%BlockSize != 0 {
-		return fmt.Errorf("device: write zeros at %d, %d bytes: not whole blocks", off, n)
-	}
-	if n == 0 {
+// WriteZerosAhead writes zeros over each extent around the page cache
+// (O_DIRECT, on a second descriptor of the same file, opened once per
+// call), so that the filesystem marks the ranges written without leaving
+// dirty pages that a later fdatasync of the file would have to write.
+// Where the filesystem takes no O_DIRECT, the zeros are written through
+// the page cache and written out before it returns. Offsets and lengths
+// must be multiples of BlockSize. It must only be used on ranges whose
+// content no one needs: it overwrites whatever they hold.
+func (f *File) WriteZerosAhead(ext []Extent) error {
+	if len(ext) == 0 {
 		return nil
 	}
-	fd, err := unix.Open("/proc/self/fd/"+strconv.Itoa(f.fd), unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
-	if err != nil {
-		// No O_DIRECT here (tmpfs, some FUSE filesystems): through the
-		// page cache, written out at once.
-		if err := f.writeZeros(off, n); err != nil {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	for _, e := range ext {
+		if err := f.check("write zeros", e.Off, e.Len, true); err != nil {
 			return err
 		}
-		return retryEINTR(func() error {
-			return unix.SyncFileRange(f.fd, off, n, unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER)
-		})
+		if e.Off%BlockSize != 0 || e.Len%BlockSize != 0 {
+			return fmt.Errorf("device: write zeros at %d, %d bytes: not whole blocks", e.Off, e.Len)
+		}
 	}
-	defer unix.Close(fd)
-	buf := zeroBuf()
-	for n > 0 {
-		chunk := min(n, int64(len(buf)))
-		w, err := unix.Pwrite(fd, buf[:chunk], off)
-		if err == unix.EINTR {
-			continue
+	fd, err := unix.Open("/proc/self/fd/"+strconv.Itoa(f.fd), unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	direct := err == nil
+	if direct {
+		defer unix.Close(fd)
+	} else {
+		fd = f.fd // no O_DIRECT here (tmpfs, some FUSE filesystems)
+	}
+	for _, e := range ext {
+		if err := f.writeZeros(fd, e.Off, e.Len); err != nil {
+			return err
 		}
-		if err != nil {
-			return f.ioError("write zeros", off, int(chunk), err)
+		if !direct {
+			if err := retryEINTR(func() error {
+				return unix.SyncFileRange(f.fd, e.Off, e.Len, unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER)
+			}); err != nil {
+				return err
+			}
 		}
-		if w <= 0 || int64(w)%BlockSize != 0 {
-			return f.ioError("write zeros", off, int(chunk), fmt.Errorf("short direct write of %d bytes", w))
-		}
-		off += int64(w)
-		n -= int64(w)
 	}
 	return nil
 }

@@ -42,7 +42,7 @@ func TestUnwritten(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []Extent{{mib + 4096, 8192}}, part, "clipped to the range asked")
 
-	require.NoError(t, f.WriteZerosAhead(mib, 2*mib))
+	require.NoError(t, f.WriteZerosAhead([]Extent{{mib, 2 * mib}}))
 	got, err = f.Unwritten(0, 4*mib)
 	require.NoError(t, err)
 	require.Empty(t, got)
@@ -55,5 +55,5 @@ func TestUnwritten(t *testing.T) {
 	_, err = f.ReadAt(buf, mib)
 	require.NoError(t, err)
 	require.Equal(t, make([]byte, mib), buf)
-	require.Error(t, f.WriteZerosAhead(100, 4096), "unaligned range accepted")
+	require.Error(t, f.WriteZerosAhead([]Extent{{100, 4096}}), "unaligned range accepted")
 }
