@@ -87,18 +87,20 @@ func (p Policy) WithDefaults() Policy { return p.normalize() }
 // before the high watermark is raised to the low one: what a caller checks
 // an order against.
 func (p Policy) Watermarks() (low, high int) {
-	pct := func(v, def int) int {
-		switch {
-		case v == 0:
-			return def
-		case v < 0:
-			return 0
-		case v > 100:
-			return 100
-		}
-		return v
-	}
+	pct := func(v, def int) int { return min(orDefault(v, def), 100) }
 	return pct(p.LowWatermark, DefaultLowWatermark), pct(p.HighWatermark, DefaultHighWatermark)
+}
+
+// orDefault is a field where zero is a sensible setting: 0 takes the
+// default def, a negative value is an explicit zero.
+func orDefault(v, def int) int {
+	switch {
+	case v == 0:
+		return def
+	case v < 0:
+		return 0
+	}
+	return v
 }
 
 // normalize fills in defaults, turns explicit zeros (negative values) into
@@ -119,12 +121,7 @@ func (p Policy) normalize() Policy {
 		p.Workers = DefaultWorkers
 	}
 	p.Workers = min(p.Workers, maxWorkers)
-	switch {
-	case p.IdleRate == 0:
-		p.IdleRate = DefaultIdleRate
-	case p.IdleRate < 0:
-		p.IdleRate = 0
-	}
+	p.IdleRate = orDefault(p.IdleRate, DefaultIdleRate)
 	if p.MaxRun <= 0 {
 		p.MaxRun = DefaultMaxRun
 	}
