@@ -92,7 +92,7 @@
 //     IdleRate (default 8 MiB/s; explicitly 0: no cap beyond the 50 %
 //     duty cycle). Between the watermarks nothing is urgent, and write-back
 //     at half the disk's time still slowed a client's write+fsync pairs:
-//     fsync p99 1.0-1.3 ms against 0.47-0.48 ms with the cap, in the
+//     fsync p99 1.0-1.3 ms against 0.47-0.56 ms with the cap, in the
 //     steady-state sequence (docs/bench/fsync-unwritten-2026-12-05.md). Old blocks below the low
 //     watermark are written with the same back-off. A busy batch whose
 //     MAP records no sync has covered yet waits up to 1 s for a sync the

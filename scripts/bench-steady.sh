@@ -160,7 +160,7 @@ steady_notes() {
 	commit=$(git -C "$WBC_REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
 	[ -n "$(git -C "$WBC_REPO" status --porcelain --untracked-files=no 2>/dev/null)" ] && commit+=" (with uncommitted changes)"
 	note "commit $commit; $(uname -r), $(nproc) CPUs, $(awk '/MemTotal/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo) GiB RAM, $(fio --version)"
-	note "emulated HDD: $hdd_size loop device (--direct-io=on), blkio throttle $iops IOPS and $bps per direction; 1 MiB requests are split in two by the loop queue, so they reach about 100 MiB/s"
+	note "emulated HDD: $hdd_size loop device (--direct-io=on), blkio throttle $iops IOPS and $bps per direction; the loop queue can split 1 MiB requests in two, so they run at 100-170 MiB/s"
 	note "region $((RB >> 20)) MiB at offset 0 for every job; cache $csize on the SSD (WBC_TMP); wbcache policy $POLICY --seq-cutoff 4M${WBC_FUSE_URING:+, --fuse-uring $WBC_FUSE_URING}; fuseceiling serves a sparse file on the SSD"
 	note "jobs ${runtime}s each, time_based, fio libaio --direct=1; p99 is fio's completion latency (clat); for the write + fsync job the write's p99 plus the fsync's p99"
 }

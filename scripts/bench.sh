@@ -311,7 +311,7 @@ done
 [ ${#JOBFILES[@]} -gt 0 ] || die "no job files match '$jobs_re'"
 
 note "$(uname -r), $(nproc) CPUs, $(fio --version); jobs ${runtime}s each (sustained ${sustain}s), time_based; HDD $hdd_size, cache $csize"
-note "emulated HDD: loop device with --direct-io=on, blkio throttle $iops IOPS and $bps per direction; its queue splits I/O above 512 KiB (128 segments of 4 KiB pages), and each part counts as one I/O, so 1 MiB requests run at about 100 MiB/s"
+note "emulated HDD: loop device with --direct-io=on, blkio throttle $iops IOPS and $bps per direction; its queue splits I/O above 512 KiB (128 segments of 4 KiB pages), and each part counts as one I/O, so 1 MiB requests run at 100-170 MiB/s"
 note "regions: hot $((WBC_HOT_SIZE >> 20)) MiB at 0 (random writes, mixed, fsync); hit $((WBC_HIT_SIZE >> 20)) MiB (pre-warmed); sequential $((WBC_SEQ_SIZE >> 20)) MiB; sustained $((WBC_BIG_SIZE >> 20)) MiB ($((WBC_BIG_SIZE / CB))x the cache); miss $((WBC_MISS_SIZE >> 20)) MiB untouched"
 note "pre-warming: writeback, ssd, fuseceiling: 256k random writes over the hit region + fsync + flush, then two 256k random read passes; writethrough, writearound: one 4k write + fsync (wbcache promotes nothing while any write it sent around the cache is unsynced on the HDD), then the two read passes"
 note "ssd and fuseceiling read sparse files: reads of never-written regions (the miss job) do no device I/O there"
