@@ -168,7 +168,8 @@ func TestMemoryPerSlot(t *testing.T) {
 		var before, after runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&before)
-		tab := newSlotTable(g.SlotCount)
+		tab := new(slotTable)
+		tab.init(g.SlotCount, 0)
 		for s := uint64(0); s < g.SlotCount; s++ {
 			tab.free.add(uint32(s))
 		}
@@ -177,6 +178,6 @@ func TestMemoryPerSlot(t *testing.T) {
 		per := float64(after.HeapAlloc-before.HeapAlloc) / float64(g.SlotCount)
 		t.Logf("cache %d GiB: %d slots, %.1f bytes of RAM per slot", size>>30, g.SlotCount, per)
 		require.LessOrEqual(t, per, 32.0)
-		runtime.KeepAlive(&tab)
+		runtime.KeepAlive(tab)
 	}
 }

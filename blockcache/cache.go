@@ -71,6 +71,9 @@ type Options struct {
 	NoPrefill bool
 	// Now is the clock (tests inject one). Default time.Now.
 	Now func() time.Time
+	// shardSlots is the least slots per shard of the slot table (0: the
+	// default); tests lower it to give small caches several shards.
+	shardSlots int
 }
 
 // Cache is an open cache device in front of a backing device.
@@ -85,7 +88,8 @@ type Cache struct {
 	start    time.Time
 
 	// Locks, in the order they are taken: ckptMu, stripes, journal room
-	// (j.reserve), mu, j.mu. What each guards: doc.go, "Concurrency".
+	// (j.reserve), mu (all of the table's shards, or one), j.mu. What
+	// each guards: doc.go, "Concurrency".
 	stripes [nStripes]sync.RWMutex // per-LBA locks, by LBA hash
 	gens    [nStripes]uint64       // mapping changes per stripe (see stripeGen)
 
@@ -95,19 +99,9 @@ type Cache struct {
 	seqReads     seqTracker
 	seqWrites    seqTracker
 	pressure     chan struct{} // signalled when a writer waits for a free slot
+	sketch       lockedSketch
 
-	mu struct {
-		sync.Mutex
-		t          slotTable
-		freed      *sync.Cond     // broadcast when slots become free or clean
-		pending    []pendingFree  // unmapped slots waiting for a durable record
-		inflight   map[uint64]int // LBAs with a destage in flight
-		discarding []lbaRange     // ranges a Discard is zeroing on the backing
-		sketch     promoteSketch
-		through    []DirtyBlock // write-through blocks waiting for a backing sync
-		zeroing    int          // free slots the prefill pass holds (prefill.go)
-		order      orderState
-	}
+	mu tableState
 
 	j *journal
 	// ssdAligned: the cache device takes only aligned buffers, so data
@@ -146,6 +140,91 @@ type Cache struct {
 	snapSeq atomic.Uint64
 
 	stats counters
+}
+
+// tableState is the slot table and what is kept with it. Lock and Unlock
+// take every shard's lock (the whole table); the paths that touch one
+// block take its shard's alone (Cache.lockLBA). The fields outside the
+// table are guarded by the whole table's lock.
+type tableState struct {
+	t          slotTable
+	freed      *sync.Cond     // broadcast when slots become free or clean
+	inflight   map[uint64]int // LBAs with a destage in flight
+	discarding []lbaRange     // ranges a Discard is zeroing on the backing
+	through    []DirtyBlock   // write-through blocks waiting for a backing sync
+	zeroing    int            // free slots the prefill pass holds (prefill.go)
+	order      orderState
+}
+
+// Lock locks the whole table: every shard, in order. It does not hold
+// some shards while it waits for another: writers of the shards it holds
+// would queue behind it, and the holder it waits for may itself be
+// waiting to run. So it tries each lock; at the first busy one it lets
+// go of those it took, waits for that one to be free, and tries again.
+// After a few rounds it waits for each in turn, so it cannot starve.
+func (m *tableState) Lock() {
+	sh := m.t.shards
+	for round := 0; round < 4; round++ {
+		i := 0
+		for i < len(sh) && sh[i].mu.TryLock() {
+			i++
+		}
+		if i == len(sh) {
+			return
+		}
+		for k := i - 1; k >= 0; k-- {
+			sh[k].mu.Unlock()
+		}
+		sh[i].mu.Lock()
+		sh[i].mu.Unlock()
+	}
+	for i := range sh {
+		sh[i].mu.Lock()
+	}
+}
+
+// Unlock unlocks the whole table.
+func (m *tableState) Unlock() {
+	for i := len(m.t.shards) - 1; i >= 0; i-- {
+		m.t.shards[i].mu.Unlock()
+	}
+}
+
+// lockLBA locks the table for a change or lookup of block lba: its
+// shard alone, unless ordered write-back is in force (ordered.go), whose
+// decisions span the table; then the whole table. It returns the shard
+// locked, nil for the whole table (unlockLBA).
+func (c *Cache) lockLBA(lba uint64) *tableShard {
+	sh := c.mu.t.shardOf(lba)
+	sh.mu.Lock()
+	if len(c.mu.t.shards) > 1 && c.orderingLocked() {
+		// The order setting changes only under the whole table's lock,
+		// which this shard's lock excludes: what was read holds.
+		sh.mu.Unlock()
+		c.mu.Lock()
+		return nil
+	}
+	return sh
+}
+
+func (c *Cache) unlockLBA(sh *tableShard) {
+	if sh != nil {
+		sh.mu.Unlock()
+	} else {
+		c.mu.Unlock()
+	}
+}
+
+// lockedSketch is the promotion sketch, with a lock of its own.
+type lockedSketch struct {
+	mu sync.Mutex
+	s  promoteSketch
+}
+
+func (l *lockedSketch) hit(lba uint64, after int) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.s.hit(lba, after)
 }
 
 type pendingFree struct {
@@ -329,11 +408,11 @@ func Open(ssd, hdd device.Device, opts Options) (*Cache, error) {
 	}
 	c.carryDirtyAge(opts.Now())
 	c.ssdAligned = device.NeedsAlignment(ssd)
-	c.mu.freed = sync.NewCond(&c.mu.Mutex)
+	c.mu.freed = sync.NewCond(&c.mu)
 	c.promoteAfter.Store(int32(opts.PromoteAfter))
 	c.applySettings(sb.Settings)
 	c.mu.inflight = make(map[uint64]int)
-	c.mu.sketch = newPromoteSketch()
+	c.sketch.s = newPromoteSketch()
 	t0 := opts.Now()
 	rec, err := c.recover()
 	if err != nil {

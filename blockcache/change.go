@@ -14,10 +14,14 @@ import "github.com/wbcache/wbcache/layout"
 // followed by unmapLocked: both queue the slot until that record is
 // durable (invariant 1).
 type metaChange struct {
-	c     *Cache
-	n     int
-	gen   uint64 // sync generation of the newest record (journal.appendGen)
-	epoch uint32 // the flush epoch, read under Cache.mu: records carry it
+	c  *Cache
+	n  int
+	sh *tableShard // the shard locked; nil: the whole table
+	// direct: no room reserved; records go in only if the ring has room
+	// right now (tryRecord, inPlace).
+	direct bool
+	gen    uint64 // sync generation of the newest record (journal.appendGen)
+	epoch  uint32 // the flush epoch, read under the lock: records carry it
 }
 
 // beginChange reserves room for n records and takes Cache.mu. An error
@@ -28,6 +32,44 @@ func (c *Cache) beginChange(n int) (metaChange, error) {
 	}
 	c.mu.Lock()
 	return metaChange{c: c, n: n, epoch: c.epoch.Load()}, nil
+}
+
+// beginChangeAt begins a change of block lba's mapping that journals one
+// record, under lba's shard lock (Cache.lockLBA): changes of blocks in
+// different shards proceed in parallel, and the journal's order is still
+// the order of the changes of each block and of each slot (a slot moves
+// to another shard's block only once the record that unmapped it is
+// durable). With reserve it reserves journal room first, as beginChange
+// does; without, it reserves none, and tryRecord and inPlace append only
+// if the ring has room right now.
+func (c *Cache) beginChangeAt(lba uint64, reserve bool) (metaChange, error) {
+	n := 0
+	if reserve {
+		n = 1
+		if err := c.j.reserve(n); err != nil {
+			return metaChange{}, err
+		}
+	}
+	sh := c.lockLBA(lba)
+	return metaChange{c: c, n: n, sh: sh, direct: !reserve, epoch: c.epoch.Load()}, nil
+}
+
+// tryRecord is record for a change begun by beginChangeAt: without room
+// reserved it appends r only if the ring has room right now, else it
+// fails with errNoRoom, having appended nothing (the caller ends the
+// change and begins it again with room reserved). Any other error is
+// the journal's (dead or closed).
+func (m *metaChange) tryRecord(r layout.Record) (uint64, error) {
+	if !m.direct {
+		return m.record(r), nil
+	}
+	r.Epoch = m.epoch
+	seq, gen, err := m.c.j.tryAppendGen(r)
+	if err != nil {
+		return 0, err
+	}
+	m.gen = gen
+	return seq, nil
 }
 
 // record appends r, stamped with the change's flush epoch, and returns
@@ -64,15 +106,15 @@ func (m *metaChange) clean(b DirtyBlock) {
 // as written before them (ordered.go).
 func (m *metaChange) inPlace(gen uint64, r layout.Record) (seq uint64, claimed bool, err error) {
 	r.Epoch = m.c.mu.t.epoch[r.Slot]
-	return m.c.j.appendInPlace(gen, r)
+	return m.c.j.appendInPlace(gen, r, m.direct)
 }
 
-// handOff releases Cache.mu but keeps the reservation (see inPlace).
-func (m *metaChange) handOff() { m.c.mu.Unlock() }
+// handOff releases the lock but keeps the reservation (see inPlace).
+func (m *metaChange) handOff() { m.c.unlockLBA(m.sh) }
 
-// end releases Cache.mu and the reservation, if any.
+// end releases the lock and the reservation, if any.
 func (m *metaChange) end() {
-	m.c.mu.Unlock()
+	m.c.unlockLBA(m.sh)
 	if m.n > 0 {
 		m.c.j.release(m.n)
 	}

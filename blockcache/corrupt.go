@@ -93,7 +93,7 @@ func (c *Cache) LostBlocks() []uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	t := &c.mu.t
-	if t.lost == 0 {
+	if t.lostCount() == 0 {
 		return nil
 	}
 	var out []uint64
@@ -139,5 +139,5 @@ func FormatLBAs(lbas []uint64, max int) string {
 func (c *Cache) Destageable() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.mu.t.dirty - c.mu.t.lost
+	return c.mu.t.dirtyCount() - c.mu.t.lostCount()
 }

@@ -238,6 +238,9 @@ func (c *Cache) ReadSlots(blocks []DirtyBlock, buf []byte) error {
 // written false they stay dirty. Either way they are unpinned.
 func (c *Cache) Complete(blocks []DirtyBlock, written bool) error {
 	var err error
+	// For release: read after the syncs that made the pinned slots' FREE
+	// records durable (fFreeOK).
+	gen := c.j.syncGen()
 	for i := 0; i < len(blocks); {
 		n := min(len(blocks)-i, layout.RecordsPerBlock)
 		var m metaChange
@@ -254,7 +257,7 @@ func (c *Cache) Complete(blocks []DirtyBlock, written bool) error {
 		if !written {
 			m = c.lockedChange()
 		}
-		c.completeBatch(&m, blocks[i:i+n], written)
+		c.completeBatch(&m, blocks[i:i+n], written, gen)
 		m.end()
 		i += n
 	}
@@ -267,8 +270,9 @@ func (c *Cache) Complete(blocks []DirtyBlock, written bool) error {
 }
 
 // completeBatch completes one batch of at most RecordsPerBlock blocks in
-// change m (with written, m has room for their CLEAN records).
-func (c *Cache) completeBatch(m *metaChange, blocks []DirtyBlock, written bool) {
+// change m (with written, m has room for their CLEAN records); gen is
+// the journal's sync generation (slotTable.release).
+func (c *Cache) completeBatch(m *metaChange, blocks []DirtyBlock, written bool, gen uint64) {
 	t := &c.mu.t
 	for _, b := range blocks {
 		if b.Backing {
@@ -288,8 +292,7 @@ func (c *Cache) completeBatch(m *metaChange, blocks []DirtyBlock, written bool) 
 		}
 		t.flags[s] &^= fPinned
 		if t.flags[s]&fFreeOK != 0 {
-			t.flags[s] = 0
-			t.free.add(s)
+			t.release(s, gen)
 		}
 		c.uninflightLocked(b.LBA)
 	}
@@ -307,7 +310,7 @@ func (c *Cache) uninflightLocked(lba uint64) {
 func (c *Cache) DirtyCount() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.mu.t.dirty
+	return c.mu.t.dirtyCount()
 }
 
 // SlotCount is the number of cache slots.

@@ -2,6 +2,7 @@ package blockcache
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/wbcache/wbcache/device"
@@ -109,14 +110,14 @@ func (c *Cache) readCached(lba uint64, dst []byte) (bool, uint64, error) {
 	st := c.stripe(lba)
 	st.RLock()
 	defer st.RUnlock()
-	c.mu.Lock()
+	sh := c.lockLBA(lba)
 	s, ok := c.mu.t.lookup(lba)
 	var crc uint32
 	if ok {
 		c.mu.t.flags[s] |= fRef
 		crc = c.mu.t.crc[s]
 	}
-	c.mu.Unlock()
+	c.unlockLBA(sh)
 	if !ok {
 		return false, c.stripeGen(lba), nil
 	}
@@ -150,9 +151,9 @@ func (c *Cache) probe(lba uint64) (uint64, bool) {
 	st := c.stripe(lba)
 	st.RLock()
 	defer st.RUnlock()
-	c.mu.Lock()
+	sh := c.lockLBA(lba)
 	_, ok := c.mu.t.lookup(lba)
-	c.mu.Unlock()
+	c.unlockLBA(sh)
 	return c.stripeGen(lba), ok
 }
 
@@ -310,15 +311,21 @@ func (c *Cache) writeBlock(lba uint64, inBlock int, data []byte, mode Mode, bypa
 	st := c.stripe(lba)
 	st.Lock()
 	defer st.Unlock()
+	if len(data) == BlockSize && mode == ModeWriteback && !bypass {
+		return c.writeFast(lba, data)
+	}
 	// Under the stripe lock nothing else maps or unmaps lba, so old stays
 	// the slot holding it until this write changes that.
-	c.mu.Lock()
+	sh := c.lockLBA(lba)
 	old, cached := c.mu.t.lookup(lba)
 	// An older version still to be written back counts as dirty: the
 	// backing device must not get this version before it (invariant 4).
 	older := c.mu.t.olderLBA[lba] > 0
 	dirty := cached && c.mu.t.flags[old]&fDirty != 0 || older
-	oldCRC := c.mu.t.crc[old]
+	var oldCRC uint32
+	if cached {
+		oldCRC = c.mu.t.crc[old]
+	}
 	// Ordered write-back behind: nothing goes to the backing device in
 	// place before the older epochs' versions (ordered.go).
 	behind := c.behindLocked(c.epoch.Load())
@@ -327,7 +334,7 @@ func (c *Cache) writeBlock(lba uint64, inBlock int, data []byte, mode Mode, bypa
 	// backing device keeps its data, and recovery would then bring back
 	// the dirty version under a backing device that is ahead of it.
 	overDirty := dirty && c.orderingLocked()
-	c.mu.Unlock()
+	c.unlockLBA(sh)
 	through := mode == ModeWritethrough && !bypass && !behind && !older && !overDirty
 	toCache := !through && (dirty || behind || (!bypass && mode == ModeWriteback))
 	var blk []byte
@@ -488,11 +495,11 @@ func (c *Cache) writeThrough(lba uint64, blk []byte, cached bool) (uint64, error
 // the old slot is freed once the new record is durable). Caller holds the
 // stripe lock.
 func (c *Cache) cacheBlock(lba uint64, blk []byte, dirty bool) (uint64, error) {
-	s, err := c.allocSlot(true)
+	s, err := c.allocSlot(lba, true)
 	if err != nil {
 		return 0, err
 	}
-	return c.fillSlot(s, lba, blk, dirty)
+	return c.fillSlot(s, lba, blk, layout.DataCRC(blk), dirty)
 }
 
 // rewriteInPlace writes blk over slot s, which holds lba (the caller
@@ -509,24 +516,35 @@ func (c *Cache) cacheBlock(lba uint64, blk []byte, dirty bool) (uint64, error) {
 // flight). It reports false, having done nothing, when the slot does not
 // qualify. Caller holds the stripe lock.
 func (c *Cache) rewriteInPlace(lba uint64, s uint32, blk []byte) (uint64, bool, error) {
-	// Reserve journal room first: waiting for room can wait for a
+	// No journal room is reserved: the record goes in only if the ring
+	// has room right now (else the block is written out of place, which
+	// waits for room). Waiting for room here could wait for a
 	// checkpoint's sync, which waits for in-place rewrites to end.
 	crc := layout.DataCRC(blk)
-	m, err := c.beginChange(1)
+	m, err := c.beginChangeAt(lba, false)
 	if err != nil {
 		return 0, false, c.fail(err)
 	}
+	seq, claimed, err := c.inPlaceLocked(&m, lba, s, blk, crc)
+	if !claimed {
+		m.end()
+	}
+	return seq, claimed, err
+}
+
+// inPlaceLocked is rewriteInPlace within the change m, begun without
+// room reserved, for blk of checksum crc. Unless it claims the slot it
+// returns with m still held, for the caller to end.
+func (c *Cache) inPlaceLocked(m *metaChange, lba uint64, s uint32, blk []byte, crc uint32) (uint64, bool, error) {
 	t := &c.mu.t
 	if t.lba[s] != lba || t.flags[s]&(fValid|fDirty|fPinned|fFresh|fWriting|fLost) != fValid|fDirty|fFresh {
-		m.end()
 		return 0, false, nil
 	}
 	// The table takes the new CRC with the record, so a checkpoint that
 	// copies this slot before its replay point has passed the record
 	// names the new version (its sync waits for the data write).
-	seq, claimed, err := m.inPlace(t.freshGen, layout.Record{Type: layout.RecMap, Flags: layout.RecordDirty | layout.RecordInPlace, Slot: s, LBA: lba, CRC: crc})
+	seq, claimed, err := m.inPlace(t.shardOf(lba).freshGen, layout.Record{Type: layout.RecMap, Flags: layout.RecordDirty | layout.RecordInPlace, Slot: s, LBA: lba, CRC: crc})
 	if !claimed {
-		m.end()
 		return 0, false, nil
 	}
 	t.crc[s] = crc
@@ -540,10 +558,10 @@ func (c *Cache) rewriteInPlace(lba uint64, s uint32, blk []byte) (uint64, bool, 
 			err = fmt.Errorf("rewriting cache slot %d in place: %w", s, werr)
 		}
 	}
-	c.mu.Lock()
+	sh := c.lockLBA(lba)
 	t.flags[s] &^= fWriting
-	c.mu.Unlock()
-	c.j.endInPlace(1)
+	c.unlockLBA(sh)
+	c.j.endInPlace(m.n)
 	if err != nil {
 		return 0, false, c.fail(err)
 	}
@@ -552,27 +570,87 @@ func (c *Cache) rewriteInPlace(lba uint64, s uint32, blk []byte) (uint64, bool, 
 	return seq, true, nil
 }
 
+// writeFast is writeBlock for a whole block written back into the cache
+// (writeback mode, not going around it), the common write. Under one
+// hold of the block's shard lock it looks the block up and either claims
+// its slot for an rewrite in place or takes a spare slot for the new
+// version, which it then fills and maps (fillSlot). Caller holds the
+// stripe lock.
+func (c *Cache) writeFast(lba uint64, data []byte) (uint64, error) {
+	blk := data
+	if c.ssdAligned {
+		b := getBlock()
+		defer putBlock(b)
+		blk = *b
+		copy(blk, data)
+	}
+	crc := layout.DataCRC(blk)
+	m, err := c.beginChangeAt(lba, false)
+	if err != nil {
+		return 0, c.fail(err)
+	}
+	t := &c.mu.t
+	if old, cached := t.lookup(lba); cached {
+		if seq, claimed, err := c.inPlaceLocked(&m, lba, old, blk, crc); claimed || err != nil {
+			return seq, err
+		}
+	}
+	var s uint32
+	spare := false
+	if m.sh != nil && len(t.shards) > 1 {
+		s, spare = c.takeSpare(m.sh)
+	}
+	m.end()
+	if !spare {
+		if s, err = c.allocSlot(lba, true); err != nil {
+			return 0, err
+		}
+	}
+	return c.fillSlot(s, lba, blk, crc, true)
+}
+
 // cacheBlockIfFree caches a clean copy when a slot is free right now.
 func (c *Cache) cacheBlockIfFree(lba uint64, blk []byte) (uint64, error) {
-	s, err := c.allocSlot(false)
+	s, err := c.allocSlot(lba, false)
 	if err != nil {
 		return 0, nil // no room: the block is simply not cached
 	}
-	return c.fillSlot(s, lba, blk, false)
+	return c.fillSlot(s, lba, blk, layout.DataCRC(blk), false)
 }
 
-func (c *Cache) fillSlot(s uint32, lba uint64, blk []byte, dirty bool) (uint64, error) {
-	crc := layout.DataCRC(blk)
+// fillSlot writes blk (checksum crc) into free slot s and maps lba to it.
+func (c *Cache) fillSlot(s uint32, lba uint64, blk []byte, crc uint32, dirty bool) (uint64, error) {
 	if _, err := c.ssd.WriteAt(blk, c.g.SlotOffset(uint64(s))); err != nil {
 		c.putFree(s)
 		c.stats.cacheErrors.Add(1)
 		return 0, fmt.Errorf("writing cache slot %d: %w", s, err)
 	}
-	m, err := c.beginChange(1)
-	if err != nil {
-		c.putFree(s)
-		return 0, c.fail(err)
+	// First without journal room reserved (the record goes in if the
+	// ring has room right now), then, if it had none, waiting for room.
+	for reserve := false; ; reserve = true {
+		seq, err := c.mapFilled(s, lba, crc, dirty, reserve)
+		if err == errNoRoom {
+			continue
+		}
+		if err != nil {
+			c.putFree(s)
+			return 0, c.fail(err)
+		}
+		c.bumpGen(lba)
+		return seq, nil
 	}
+}
+
+// mapFilled maps lba to slot s, just written with data of checksum crc,
+// under lba's shard lock, journaling the MAP record. Without reserve it
+// reserves no journal room and fails with errNoRoom, having changed
+// nothing, if the ring has none right now.
+func (c *Cache) mapFilled(s uint32, lba uint64, crc uint32, dirty, reserve bool) (uint64, error) {
+	m, err := c.beginChangeAt(lba, reserve)
+	if err != nil {
+		return 0, err
+	}
+	defer m.end()
 	var fl uint8
 	if dirty {
 		fl = layout.RecordDirty
@@ -585,7 +663,10 @@ func (c *Cache) fillSlot(s uint32, lba uint64, blk []byte, dirty bool) (uint64, 
 		rec.Flags |= layout.RecordKeepOld
 		rec.Old = old
 	}
-	seq := m.record(rec)
+	seq, err := m.tryRecord(rec)
+	if err != nil {
+		return 0, err
+	}
 	switch {
 	case keep:
 		t.makeOlder(old)
@@ -597,8 +678,6 @@ func (c *Cache) fillSlot(s uint32, lba uint64, blk []byte, dirty bool) (uint64, 
 	if dirty {
 		t.markFresh(s, m.gen)
 	}
-	m.end()
-	c.bumpGen(lba)
 	return seq, nil
 }
 
@@ -610,10 +689,7 @@ func (c *Cache) maybePromote(lba uint64, blk []byte, gen uint64) {
 	if after < 0 || c.Mode() == ModeNone {
 		return
 	}
-	c.mu.Lock()
-	ok := c.mu.sketch.hit(lba, after)
-	c.mu.Unlock()
-	if !ok {
+	if !c.sketch.hit(lba, after) {
 		return
 	}
 	st := c.stripe(lba)
@@ -624,9 +700,9 @@ func (c *Cache) maybePromote(lba uint64, blk []byte, gen uint64) {
 	if c.stripeGen(lba) != gen {
 		return
 	}
-	c.mu.Lock()
+	sh := c.lockLBA(lba)
 	_, cached := c.mu.t.lookup(lba)
-	c.mu.Unlock()
+	c.unlockLBA(sh)
 	if cached {
 		return
 	}
@@ -635,15 +711,31 @@ func (c *Cache) maybePromote(lba uint64, blk []byte, gen uint64) {
 	}
 }
 
-// allocSlot takes a free slot. With wait it blocks until one is free
+// allocSlot takes a free slot for block lba: from the spare slots of
+// lba's shard, which takes them from the free set a batch at a time
+// (next-fit, so a shard's writes still land in neighbouring slots). When
+// the free set is empty too it locks the whole table, takes the spares
+// of every shard back, and with wait blocks until a slot is free
 // (back-pressure: the reclaimer evicts clean blocks, the destager cleans
 // dirty ones); without, it fails at once when none is free.
-func (c *Cache) allocSlot(wait bool) (uint32, error) {
+func (c *Cache) allocSlot(lba uint64, wait bool) (uint32, error) {
+	t := &c.mu.t
+	if len(t.shards) > 1 {
+		sh := t.shardOf(lba)
+		sh.mu.Lock()
+		s, ok := c.takeSpare(sh)
+		sh.mu.Unlock()
+		if ok {
+			return s, nil
+		}
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	t := &c.mu.t
 	waited := false
 	for t.free.len() == 0 {
+		if t.returnSpares(); t.free.len() > 0 {
+			break
+		}
 		if err := c.usable(); err != nil {
 			return 0, err
 		}
@@ -663,6 +755,36 @@ func (c *Cache) allocSlot(wait bool) (uint32, error) {
 		c.kickReclaim()
 	}
 	return s, nil
+}
+
+// takeSpare takes one of shard sh's spare slots, refilling them from the
+// free set first if there are none (sh locked).
+func (c *Cache) takeSpare(sh *tableShard) (uint32, bool) {
+	t := &c.mu.t
+	if len(sh.spare) == 0 {
+		t.freeMu.Lock()
+		for len(sh.spare) < t.spareBatch {
+			s, ok := t.free.take()
+			if !ok {
+				break
+			}
+			sh.spare = append(sh.spare, s)
+		}
+		low := t.free.len() < c.opts.ReserveFree
+		t.freeMu.Unlock()
+		if low {
+			c.kickReclaim()
+		}
+		// Handed out from the end: lowest slot first.
+		slices.Reverse(sh.spare)
+	}
+	n := len(sh.spare)
+	if n == 0 {
+		return 0, false
+	}
+	s := sh.spare[n-1]
+	sh.spare = sh.spare[:n-1]
+	return s, true
 }
 
 func (c *Cache) putFree(s uint32) {
@@ -766,10 +888,14 @@ func (c *Cache) cleanThrough(blocks []DirtyBlock) error {
 // is durable, or recovery could bring back a copy that differs from it
 // (invariant 3; writeBackingAt waits).
 func (c *Cache) unmapLocked(s uint32, seq uint64, clean bool) {
+	sh := c.mu.t.shardOfSlot(s)
 	c.mu.t.unmap(s)
-	c.mu.pending = append(c.mu.pending, pendingFree{s, seq})
-	if clean {
-		c.cleanUnmapSeq.Store(seq)
+	sh.pending = append(sh.pending, pendingFree{s, seq})
+	for clean {
+		old := c.cleanUnmapSeq.Load()
+		if old >= seq || c.cleanUnmapSeq.CompareAndSwap(old, seq) {
+			break
+		}
 	}
 }
 
@@ -791,21 +917,28 @@ func (c *Cache) journalSynced(err error) error {
 // free list (pinned ones go when unpinned).
 func (c *Cache) releaseDurable() {
 	d := c.j.durable()
+	gen := c.j.syncGen()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	t := &c.mu.t
-	i := 0
-	for ; i < len(c.mu.pending) && c.mu.pending[i].seq <= d; i++ {
-		s := c.mu.pending[i].slot
-		if t.flags[s]&fPinned != 0 {
-			t.flags[s] |= fFreeOK
-			continue
+	freed := false
+	for k := range t.shards {
+		sh := &t.shards[k]
+		i := 0
+		for ; i < len(sh.pending) && sh.pending[i].seq <= d; i++ {
+			s := sh.pending[i].slot
+			if t.flags[s]&fPinned != 0 {
+				t.flags[s] |= fFreeOK
+				continue
+			}
+			t.release(s, gen)
 		}
-		t.flags[s] = 0
-		t.free.add(s)
+		if i > 0 {
+			sh.pending = append(sh.pending[:0], sh.pending[i:]...)
+			freed = true
+		}
 	}
-	if i > 0 {
-		c.mu.pending = append(c.mu.pending[:0], c.mu.pending[i:]...)
+	if freed {
 		c.mu.freed.Broadcast()
 	}
 }
@@ -837,10 +970,11 @@ func (c *Cache) MayWait(write bool, off, n int64) bool {
 		}
 	}
 	first, last := uint64(off)/BlockSize, uint64(off+n-1)/BlockSize
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	for lba := first; lba <= last; lba++ {
-		if _, ok := c.mu.t.lookup(lba); !ok {
+		sh := c.lockLBA(lba)
+		_, ok := c.mu.t.lookup(lba)
+		c.unlockLBA(sh)
+		if !ok {
 			return true
 		}
 	}

@@ -1,8 +1,10 @@
 package blockcache
 
 import (
+	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/wbcache/wbcache/device"
 	"github.com/wbcache/wbcache/layout"
@@ -32,16 +34,22 @@ type journal struct {
 	mu   sync.Mutex
 	cond *sync.Cond
 
-	reserved    uint64 // blocks promised to reservations not appended yet
-	roomWaiters int    // reservations waiting for room
-	appendSeq   uint64 // last record appended
-	writtenSeq  uint64 // last record in the journal region
-	syncedSeq   uint64 // last record durable
-	syncNeed    uint64 // a caller waits for this many completed syncs
-	syncStart   uint64 // syncs started
-	syncDone    uint64 // syncs completed (they run one at a time, in order)
-	syncing     bool   // a sync is in flight
-	inPlace     int    // in-place rewrites in flight (no sync may start)
+	reserved    uint64        // blocks promised to reservations not appended yet
+	roomWaiters int           // reservations waiting for room
+	appendSeq   uint64        // last record appended
+	writtenSeq  uint64        // last record in the journal region
+	written     atomic.Uint64 // writtenSeq, for appended without mu
+	syncedSeq   uint64        // last record durable
+	syncNeed    uint64        // a caller waits for this many completed syncs
+	syncStart   uint64        // syncs started
+	syncDone    uint64        // syncs completed (they run one at a time, in order)
+	syncing     bool          // a sync is in flight
+	// inPlace counts the in-place rewrites in flight (no sync may start).
+	// It grows under mu; endInPlace lowers it without mu, and takes mu
+	// to wake the journal goroutine only if that waits for it to reach
+	// zero (inPlaceWait).
+	inPlace     atomic.Int32
+	inPlaceWait atomic.Bool
 	openLSN     uint64 // block that receives the next record
 	openCount   int    // records in it (0: not started, nothing written)
 	prevCount   int    // records in block openLSN-1, for openLSN's header
@@ -154,6 +162,38 @@ func (j *journal) appendGen(r layout.Record) (uint64, uint64) {
 	return j.appendLocked(r), j.syncStart
 }
 
+// errNoRoom: the ring has no room for a record right now; the caller
+// reserves room (which may wait for a checkpoint) and tries again.
+var errNoRoom = errors.New("journal: no room without waiting")
+
+// tryAppendGen is appendGen for a change that reserved no room: it
+// appends r only if a reservation of one record would be granted now
+// without waiting, and fails with errNoRoom otherwise. A dead or closed
+// journal fails it with its error, as reserve would.
+func (j *journal) tryAppendGen(r layout.Record) (uint64, uint64, error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if err := j.roomLocked(); err != nil {
+		return 0, 0, err
+	}
+	return j.appendLocked(r), j.syncStart, nil
+}
+
+// roomLocked reports whether one record may be appended without a
+// reservation: what reserve(1) would grant now without waiting (and
+// none waits for room before it).
+func (j *journal) roomLocked() error {
+	switch {
+	case j.err != nil:
+		return j.err
+	case j.closed:
+		return ErrClosed
+	case j.roomWaiters > 0 || j.usedLocked()+batchBlocks(1) > j.capacity():
+		return errNoRoom
+	}
+	return nil
+}
+
 func (j *journal) appendLocked(r layout.Record) uint64 {
 	j.appendSeq++
 	seq := j.appendSeq
@@ -182,6 +222,7 @@ func (j *journal) appendLocked(r layout.Record) uint64 {
 	}
 	j.openCount++
 	j.writtenSeq = seq
+	j.written.Store(seq)
 	if j.halfUsedLocked() {
 		j.kick()
 	}
@@ -195,23 +236,36 @@ func (j *journal) appendLocked(r layout.Record) uint64 {
 // until endInPlace: the rewrite and its MAP record must both come before
 // any sync that covers the old record, or a power cut could leave that
 // durable record pointing at rewritten data. err is what kept a claimed
-// record out of the journal region (as appended reports it).
-func (j *journal) appendInPlace(gen uint64, r layout.Record) (seq uint64, claimed bool, err error) {
+// record out of the journal region (as appended reports it). With direct
+// (no room reserved) it also declines when the ring has no room right
+// now (tryAppendGen).
+func (j *journal) appendInPlace(gen uint64, r layout.Record, direct bool) (seq uint64, claimed bool, err error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.err != nil || j.closed || j.syncStart != gen || j.syncNeed > j.syncStart {
 		return 0, false, nil
 	}
-	j.inPlace++
+	if direct && j.roomLocked() != nil {
+		return 0, false, nil
+	}
+	j.inPlace.Add(1)
 	seq = j.appendLocked(r)
 	return seq, true, j.appendedLocked(seq)
 }
 
 // endInPlace ends a claimed in-place rewrite and releases the
-// reservation of n records it was appended under.
+// reservation of n records it was appended under (none if n is 0).
 func (j *journal) endInPlace(n int) {
+	if n == 0 {
+		if j.inPlace.Add(-1) == 0 && j.inPlaceWait.Load() {
+			j.mu.Lock()
+			j.cond.Broadcast()
+			j.mu.Unlock()
+		}
+		return
+	}
 	j.mu.Lock()
-	j.inPlace--
+	j.inPlace.Add(-1)
 	j.reserved -= batchBlocks(n)
 	j.cond.Broadcast()
 	j.mu.Unlock()
@@ -231,6 +285,9 @@ func (j *journal) sealLocked() {
 // did, else the error that kept it out. append writes the record itself,
 // so there is nothing to wait for.
 func (j *journal) appended(seq uint64) error {
+	if j.written.Load() >= seq {
+		return nil
+	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	return j.appendedLocked(seq)
@@ -262,7 +319,7 @@ func (j *journal) syncBy(here bool) error {
 	defer j.mu.Unlock()
 	need := j.syncStart + 1
 	j.syncNeed = max(j.syncNeed, need)
-	if here && !j.syncing && j.inPlace == 0 && j.err == nil && !j.closed {
+	if here && !j.syncing && j.inPlace.Load() == 0 && j.err == nil && !j.closed {
 		covered := j.beginSyncLocked()
 		j.mu.Unlock()
 		err := j.dev.Sync()
@@ -281,6 +338,13 @@ func (j *journal) syncBy(here bool) error {
 		return j.err
 	}
 	return ErrClosed
+}
+
+// syncGen is the number of syncs started.
+func (j *journal) syncGen() uint64 {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.syncStart
 }
 
 // lastSeq is the sequence number of the newest record appended.
@@ -362,9 +426,16 @@ func (j *journal) run() {
 			return
 		}
 		if !j.syncing && j.syncNeed > j.syncStart {
-			for j.inPlace > 0 && j.err == nil {
+			for j.inPlace.Load() > 0 && j.err == nil {
+				// Set before looking again: an endInPlace that brings
+				// it to zero after that look sees it and wakes us.
+				j.inPlaceWait.Store(true)
+				if j.inPlace.Load() == 0 {
+					break
+				}
 				j.cond.Wait()
 			}
+			j.inPlaceWait.Store(false)
 			if j.err == nil {
 				j.startSyncLocked()
 			}

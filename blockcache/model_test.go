@@ -293,18 +293,21 @@ func fill(rng *rand.Rand, b []byte, tag uint64) {
 }
 
 type modelRun struct {
-	t      testing.TB
-	rng    *rand.Rand
-	blocks int
-	r      *device.CrashRig
-	ssd    *device.Mem // the live devices the rig watches
-	hdd    *device.Mem
-	c      *Cache
-	m      *model
-	tag    uint64
-	cycles int
-	ops    map[string]int
-	log    []string
+	// shardSlots: Options.shardSlots of every open (0: the default, one
+	// shard for the model's few slots).
+	shardSlots int
+	t          testing.TB
+	rng        *rand.Rand
+	blocks     int
+	r          *device.CrashRig
+	ssd        *device.Mem // the live devices the rig watches
+	hdd        *device.Mem
+	c          *Cache
+	m          *model
+	tag        uint64
+	cycles     int
+	ops        map[string]int
+	log        []string
 	// hot, when set, sends most I/O to the first hot blocks, so blocks are
 	// rewritten between syncs (in place) far more often.
 	hot     int
@@ -376,11 +379,17 @@ const (
 )
 
 func newModelRun(t testing.TB, seed uint64) *modelRun {
+	return newModelRunShards(t, seed, 0)
+}
+
+// newModelRunShards is newModelRun with a slot table in shards of at
+// least shardSlots slots (0: one shard).
+func newModelRunShards(t testing.TB, seed uint64, shardSlots int) *modelRun {
 	id := [16]byte{1, 2, 3}
 	ssd := device.NewMem(modelCacheBlk*BlockSize, [16]byte{9})
 	hdd := device.NewMem(modelBlocks*BlockSize, id)
 	require.NoError(t, Format(ssd, hdd, FormatOptions{JournalBlocks: modelJournal}))
-	mr := &modelRun{t: t, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), blocks: modelBlocks, m: newModel(modelBlocks), ops: map[string]int{}}
+	mr := &modelRun{t: t, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), blocks: modelBlocks, m: newModel(modelBlocks), ops: map[string]int{}, shardSlots: shardSlots}
 	mr.open(ssd, hdd)
 	// A short sequential cutoff, so streams (step) go around the cache or
 	// are placed in it whole (it is saved: every reopen keeps it).
@@ -395,7 +404,7 @@ const modelSeqCutoff = 2 * BlockSize
 func (mr *modelRun) open(ssd, hdd *device.Mem) {
 	mr.ssd, mr.hdd = ssd, hdd
 	mr.r = device.NewCrashRig(ssd, hdd)
-	c, err := Open(mr.r.Dev(ssd), mr.r.Dev(hdd), Options{CheckpointInterval: -1, ReserveFree: 2})
+	c, err := Open(mr.r.Dev(ssd), mr.r.Dev(hdd), Options{CheckpointInterval: -1, ReserveFree: 2, shardSlots: mr.shardSlots})
 	require.NoError(mr.t, err)
 	mr.c = c
 }
@@ -535,8 +544,9 @@ func (mr *modelRun) engineState() map[uint64][]string {
 	}
 	o := &c.mu.order
 	oe, ok := t.oldestEpoch()
+	u, uset := o.unkeptEpoch()
 	st[orderKey] = []string{fmt.Sprintf("order: suspended %q broken %v unkept %d %v; epoch %d oldest %d %v",
-		o.suspended, o.broken, o.unkept, o.unkeptSet, c.epoch.Load(), oe, ok)}
+		o.suspended, o.broken, u, uset, c.epoch.Load(), oe, ok)}
 	return st
 }
 
@@ -589,7 +599,7 @@ func (mr *modelRun) makeRoom() {
 		defer c.mu.Unlock()
 		o, ok := c.mu.t.oldestEpoch()
 		mr.t.Fatalf("destaging cannot bring the dirty blocks (%d) down: offered %d, oldest epoch %d %v, epochs %v, older %v, suspended %q; log %v",
-			n, offered, o, ok, c.mu.t.epochs, c.mu.t.olderLBA, c.mu.order.suspended, mr.log)
+			n, offered, o, ok, c.mu.t.epochCounts(), c.mu.t.olderLBA, c.mu.order.suspended, mr.log)
 	}
 }
 
@@ -847,9 +857,17 @@ func modelCrashRecoveryOrder(t *testing.T, hot, seeds int, order uint8) {
 		base = b
 	}
 	for seed := base + 1; seed <= base+uint64(seeds); seed++ {
+		// Even seeds split the slot table into four shards of five
+		// slots, so records of different shards interleave, slots move
+		// between shards, and shards run out of slots of their own.
+		shardSlots, shards := 0, 1
+		if seed%2 == 0 {
+			shardSlots, shards = modelSlots/4, 4
+		}
 		t.Run(fmt.Sprintf("seed%d", seed), func(t *testing.T) {
 			t.Parallel()
-			mr := newModelRun(t, seed)
+			mr := newModelRunShards(t, seed, shardSlots)
+			require.Len(t, mr.c.mu.t.shards, shards)
 			mr.hot = hot
 			if order == layout.OrderOrdered {
 				mr.ordered = true
@@ -907,11 +925,13 @@ func (mr *modelRun) checkClean(what string) {
 	a := make([]byte, BlockSize)
 	b := make([]byte, BlockSize)
 	entries := 0
-	for _, v := range t.index.b {
-		if v != 0 {
-			entries++
-			if t.flags[v-1]&fValid == 0 {
-				mr.t.Fatalf("after %s: index points at invalid slot %d; log %v", what, v-1, mr.log)
+	for i := range t.shards {
+		for _, v := range t.shards[i].index.b {
+			if v != 0 {
+				entries++
+				if t.flags[v-1]&fValid == 0 {
+					mr.t.Fatalf("after %s: index points at invalid slot %d; log %v", what, v-1, mr.log)
+				}
 			}
 		}
 	}
@@ -947,11 +967,31 @@ func (mr *modelRun) checkClean(what string) {
 			}
 		}
 	}
-	if !maps.Equal(epochs, t.epochs) || !maps.Equal(olderLBA, t.olderLBA) {
-		mr.t.Fatalf("after %s: dirty versions per epoch %v, counted %v; older per block %v, counted %v; log %v", what, epochs, t.epochs, olderLBA, t.olderLBA, mr.log)
+	if counted := t.epochCounts(); !maps.Equal(epochs, counted) || !maps.Equal(olderLBA, t.olderLBA) {
+		mr.t.Fatalf("after %s: dirty versions per epoch %v, counted %v; older per block %v, counted %v; log %v", what, epochs, counted, olderLBA, t.olderLBA, mr.log)
 	}
-	if entries != t.valid-len(t.older) {
-		mr.t.Fatalf("after %s: index has %d entries, %d valid slots; log %v", what, entries, t.valid, mr.log)
+	if entries != t.validCount()-len(t.older) {
+		mr.t.Fatalf("after %s: index has %d entries, %d valid slots; log %v", what, entries, t.validCount(), mr.log)
+	}
+	for i := range t.shards {
+		sh := &t.shards[i]
+		n := 0
+		for _, v := range sh.index.b {
+			if v != 0 {
+				n++
+				if t.shardOfSlot(v-1) != sh {
+					mr.t.Fatalf("after %s: slot %d (block %d) is in the index of shard %d, not its own; log %v", what, v-1, t.lba[v-1], i, mr.log)
+				}
+			}
+		}
+		if n != sh.index.n {
+			mr.t.Fatalf("after %s: shard %d's index counts %d entries and holds %d; log %v", what, i, sh.index.n, n, mr.log)
+		}
+		for _, s := range sh.spare {
+			if t.flags[s] != 0 || t.free.has(s) {
+				mr.t.Fatalf("after %s: spare slot %d of shard %d has flags %x (in the free set: %v); log %v", what, s, i, t.flags[s], t.free.has(s), mr.log)
+			}
+		}
 	}
 	for s, f := range t.flags {
 		if f&(fValid|fDirty) != fValid {

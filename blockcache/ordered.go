@@ -68,9 +68,30 @@ type orderState struct {
 	// unkept is the newest epoch in which a write superseded a dirty
 	// version of an earlier epoch without keeping it (ordering off): that
 	// block's state as of the end of the epoch before is lost, so
-	// ordering can resume only in a later epoch. unkeptSet: there was one.
-	unkept    uint32
-	unkeptSet bool
+	// ordering can resume only in a later epoch. Such writes hold only
+	// their block's shard, so it is atomic: 0 when there was none, else
+	// 1<<32 | epoch (noteUnkept, unkeptEpoch).
+	unkept atomic.Uint64
+}
+
+// noteUnkept records that a write of epoch e superseded a dirty version
+// without keeping it, keeping the newest such epoch.
+func (o *orderState) noteUnkept(e uint32) {
+	for {
+		old := o.unkept.Load()
+		if old != 0 && !epochBefore(uint32(old), e) {
+			return
+		}
+		if o.unkept.CompareAndSwap(old, 1<<32|uint64(e)) {
+			return
+		}
+	}
+}
+
+// unkeptEpoch returns the newest epoch noted by noteUnkept.
+func (o *orderState) unkeptEpoch() (uint32, bool) {
+	v := o.unkept.Load()
+	return uint32(v), v != 0
 }
 
 // note updates inForce after a change.
@@ -112,7 +133,7 @@ func (c *Cache) keepOlderLocked(old, e uint32) bool {
 		return false
 	}
 	if !c.orderingLocked() {
-		c.mu.order.unkept, c.mu.order.unkeptSet = e, true
+		c.mu.order.noteUnkept(e)
 		return false
 	}
 	if n := len(t.older); n >= c.maxOlder() {
@@ -207,7 +228,7 @@ func (c *Cache) maybeResumeLocked() {
 	}
 	// With no dirty version at all the backing device holds every block
 	// as it is now, whatever was superseded before.
-	if dirty && o.unkeptSet && !epochBefore(o.unkept, cur) {
+	if u, set := o.unkeptEpoch(); dirty && set && !epochBefore(u, cur) {
 		return
 	}
 	if len(c.mu.t.older) > 0 {
@@ -237,7 +258,7 @@ func (c *Cache) setOrderLocked(ordered, broken bool) {
 		o.suspended, o.since = "the backing device was written out of order before; waiting for the write-back to catch up", c.opts.Now()
 		// What superseded what before is not known: resume no sooner
 		// than the epoch after this one.
-		o.unkept, o.unkeptSet = c.epoch.Load(), true
+		o.unkept.Store(1<<32 | uint64(c.epoch.Load()))
 	}
 	o.note()
 }

@@ -134,19 +134,18 @@ func TestOrderedDiscardCatchesUp(t *testing.T) {
 // entry for every epoch since Open, whether the oldest epoch is written
 // back (the front empties) or stays dirty while later epochs come and go.
 func TestEpochQueueBounded(t *testing.T) {
-	tb := newSlotTable(16)
+	var tb slotTable
+	tb.init(16, 0)
 	tb.mapSlot(0, 100, 0, true, 0, 1) // epoch 1 stays dirty
 	for e := uint32(2); e < 100000; e++ {
 		tb.mapSlot(1, 5, 0, true, 0, e) // a block rewritten once per epoch
 		tb.setClean(1)
-		tb.flags[1] = 0
-		tb.valid--
-		tb.index.del(5, 1, tb.lba)
+		tb.unmap(1)
 	}
 	o, ok := tb.oldestEpoch()
 	require.True(t, ok)
 	require.EqualValues(t, 1, o)
-	require.Less(t, len(tb.epochQ), 200, "queue entries while the oldest epoch stays dirty")
+	require.Less(t, len(tb.shards[0].epochQ), 200, "queue entries while the oldest epoch stays dirty")
 
 	tb.setClean(0)
 	for e := uint32(100000); e < 200000; e++ {
@@ -155,15 +154,11 @@ func TestEpochQueueBounded(t *testing.T) {
 			t.Fatalf("oldest epoch %d, want %d", o, e)
 		}
 		tb.setClean(1)
-		tb.flags[1] = 0
-		tb.valid--
-		tb.index.del(5, 1, tb.lba)
+		tb.unmap(1)
 		tb.mapSlot(2, 6, 0, true, 0, e) // the front empties as the next comes
 		tb.oldestEpoch()
 		tb.setClean(2)
-		tb.flags[2] = 0
-		tb.valid--
-		tb.index.del(6, 2, tb.lba)
+		tb.unmap(2)
 	}
-	require.Less(t, cap(tb.epochQ), 1000, "queue capacity once the front keeps emptying")
+	require.Less(t, cap(tb.shards[0].epochQ), 1000, "queue capacity once the front keeps emptying")
 }

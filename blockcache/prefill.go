@@ -2,6 +2,7 @@ package blockcache
 
 import (
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/wbcache/wbcache/device"
@@ -146,11 +147,14 @@ func (c *Cache) prefill(wa writeAhead, ranges [][2]uint32) {
 	c.log.Info("free cache slots written once", "took", time.Since(start).Round(time.Millisecond))
 }
 
-// zeroFree writes zeros over the free slots of [lo, hi), holding them out
-// of the free set meanwhile, and returns how long the writing took.
+// zeroFree writes zeros over the free slots of [lo, hi) (in the free set
+// or spare in a shard), holding them out of the free set meanwhile, and
+// returns how long the writing took.
 func (c *Cache) zeroFree(wa writeAhead, lo, hi uint32) (time.Duration, error) {
 	c.mu.Lock()
-	taken := c.mu.t.free.takeRange(lo, hi)
+	taken := c.mu.t.takeSpares(lo, hi)
+	taken = append(taken, c.mu.t.free.takeRange(lo, hi)...)
+	slices.Sort(taken)
 	c.mu.zeroing = len(taken)
 	c.mu.Unlock()
 	t0 := time.Now()

@@ -63,7 +63,7 @@ func (c *Cache) reclaimer() {
 // for nothing.
 func (c *Cache) reclaim() error {
 	c.mu.Lock()
-	free, pending := c.mu.t.free.len(), len(c.mu.pending)
+	free, pending := c.mu.t.freeCount(), c.mu.t.pendingCount()
 	c.mu.Unlock()
 	short := c.opts.ReserveFree - free - pending
 	evicted := 0

@@ -76,7 +76,7 @@ func (c *Cache) recover() (recoveryResult, error) {
 // loadState loads the checkpoint into a new slot table and reads the
 // journal after it (see readJournal for the results).
 func (c *Cache) loadState() ([]layout.Record, uint64, int, uint64, error) {
-	c.mu.t = newSlotTable(c.g.SlotCount)
+	c.mu.t.init(c.g.SlotCount, uint64(c.opts.shardSlots))
 	if err := c.loadCheckpoint(); err != nil {
 		return nil, 0, 0, 0, err
 	}
@@ -113,7 +113,12 @@ func (c *Cache) applyReplay(recs []layout.Record, void map[int]bool, res *recove
 			t.flags[s] = 0
 		}
 	}
-	t.valid, t.dirty = 0, 0
+	for i := range t.shards {
+		sh := &t.shards[i]
+		sh.valid, sh.dirty = 0, 0
+		clear(sh.epochs)
+		sh.epochQ, sh.epochHead = sh.epochQ[:0], 0
+	}
 	clear(t.olderLBA)
 	for s := len(t.flags) - 1; s >= 0; s-- {
 		f := t.flags[s]
@@ -122,9 +127,10 @@ func (c *Cache) applyReplay(recs []layout.Record, void map[int]bool, res *recove
 			t.flags[s] = 0
 			t.free.add(uint32(s))
 		case f&fDirty != 0:
-			t.valid++
-			t.dirty++
-			t.countEpoch(t.epoch[s], 1)
+			sh := t.shardOfSlot(uint32(s))
+			sh.valid++
+			sh.dirty++
+			t.countEpoch(sh, t.epoch[s], 1)
 			if t.isOlder(uint32(s)) {
 				t.countOlder(t.lba[s], 1)
 			}
@@ -132,10 +138,10 @@ func (c *Cache) applyReplay(recs []layout.Record, void map[int]bool, res *recove
 				res.epoch = t.epoch[s]
 			}
 		default:
-			t.valid++
+			t.shardOfSlot(uint32(s)).valid++
 		}
 	}
-	res.valid, res.dirty = t.valid, t.dirty
+	res.valid, res.dirty = t.validCount(), t.dirtyCount()
 }
 
 // loadCheckpoint reads the slot map and dirty bitmap named by the
@@ -177,7 +183,7 @@ func (c *Cache) loadCheckpoint() error {
 					if me.Older {
 						t.older[s] = struct{}{}
 					} else {
-						t.index.put(me.LBA, s, t.lba)
+						t.shardOf(me.LBA).index.put(me.LBA, s, t.lba)
 					}
 				}
 				continue
@@ -489,7 +495,7 @@ func applyRecord(t *slotTable, r layout.Record) {
 		if o := r.Old; r.Flags&layout.RecordKeepOld != 0 && t.flags[o]&fValid != 0 && t.lba[o] == r.LBA && !t.isOlder(o) {
 			// The version it supersedes stays, older (counters are
 			// rebuilt afterwards).
-			t.index.del(r.LBA, o, t.lba)
+			t.shardOf(r.LBA).index.del(r.LBA, o, t.lba)
 			t.older[o] = struct{}{}
 		}
 		if old, ok := t.lookup(r.LBA); ok {
@@ -501,7 +507,7 @@ func applyRecord(t *slotTable, r layout.Record) {
 		if r.Flags&layout.RecordDirty != 0 {
 			t.flags[s] |= fDirty
 		}
-		t.index.put(r.LBA, s, t.lba)
+		t.shardOf(r.LBA).index.put(r.LBA, s, t.lba)
 	case layout.RecClean:
 		if t.flags[s]&fValid != 0 && t.lba[s] == r.LBA && t.crc[s] == r.CRC {
 			t.flags[s] &^= fDirty
@@ -518,7 +524,7 @@ func dropSlot(t *slotTable, s uint32) {
 	if t.isOlder(s) {
 		delete(t.older, s)
 	} else {
-		t.index.del(t.lba[s], s, t.lba)
+		t.shardOfSlot(s).index.del(t.lba[s], s, t.lba)
 	}
 	t.flags[s] = 0
 }

@@ -3,6 +3,7 @@ package blockcache
 import (
 	"math/bits"
 	"slices"
+	"sync"
 )
 
 // Slot flags, one byte per slot.
@@ -22,19 +23,49 @@ const (
 // uint32 buckets), 1 byte per slot of fresh list and a little over 1 bit
 // per slot of free set: 30.1 bytes in all, plus a map entry per older
 // version and per flush epoch with dirty blocks.
-// All fields are guarded by Cache.mu.
+//
+// The blocks are split into shards by LBA hash (shardOf), each with its
+// own lock, index, counters, fresh list, epoch counts, pending slots and
+// a few spare free slots, so writes to blocks of different shards change
+// the table in parallel. A slot's entries belong to the shard of the
+// block it holds; a free slot's to whoever took it from the free set.
+// Cache.mu locks every shard (the whole table); the write and read paths
+// lock one (Cache.lockLBA). The free set and the fields outside the
+// shards are changed only under the whole table's lock, but for the free
+// set, which a shard also takes spare slots from under freeMu.
 type slotTable struct {
-	lba   []uint64
-	crc   []uint32
-	flags []uint8
-	since []uint32 // age tick at which the slot became dirty
-	epoch []uint32 // flush epoch of the slot's version (see epochs)
+	lba    []uint64
+	crc    []uint32
+	flags  []uint8
+	since  []uint32 // age tick at which the slot became dirty
+	epoch  []uint32 // flush epoch of the slot's version (see epochs)
+	shards []tableShard
+	mask   uint64 // len(shards)-1
+	freeMu sync.Mutex
+	free   freeSet
+	// spareBatch is how many free slots a shard takes at a time.
+	spareBatch int
+	hand       int // CLOCK hand
+
+	// older holds the slots that keep an older dirty version of their
+	// block for ordered write-back (ordered.go): valid and dirty, but not
+	// in the index, which points at the newest version. olderLBA counts
+	// them per block, the lost ones excepted. Only written under the
+	// whole table's lock (older versions are kept only while ordering
+	// is in force, when writes take it).
+	older    map[uint32]struct{}
+	olderLBA map[uint64]int
+	// startOf returns when an epoch began (unix ns, 0 if unknown).
+	startOf func(uint32) int64
+}
+
+// tableShard is the part of the table for the blocks that hash to it.
+type tableShard struct {
+	mu    sync.Mutex
 	index lbaIndex
-	free  freeSet
 	dirty int
 	valid int
 	lost  int // valid slots marked fLost
-	hand  int // CLOCK hand
 
 	// fresh lists the slots marked fFresh: dirty slots whose MAP record
 	// was appended while the journal's sync generation was freshGen (no
@@ -45,73 +76,208 @@ type slotTable struct {
 	fresh    []uint32
 	freshGen uint64
 
-	// older holds the slots that keep an older dirty version of their
-	// block for ordered write-back (ordered.go): valid and dirty, but not
-	// in the index, which points at the newest version. olderLBA counts
-	// them per block, the lost ones excepted.
-	older    map[uint32]struct{}
-	olderLBA map[uint64]int
 	// epochs counts the dirty versions, lost ones excepted, per flush
 	// epoch; epochQ lists those epochs in ascending order from epochHead
 	// (empty ones are dropped from the front lazily).
 	epochs    map[uint32]int
 	epochQ    []epochStart
 	epochHead int
-	// startOf returns when an epoch began (unix ns, 0 if unknown).
-	startOf func(uint32) int64
+
+	// pending lists the slots this shard unmapped, in record order,
+	// until their records are durable (unmapLocked, releaseDurable).
+	pending []pendingFree
+	// spare holds free slots taken from the free set in a batch (see
+	// Cache.allocSlot); they count as free.
+	spare []uint32
+
+	_ [64]byte // keep shards' locks off each other's cache lines
 }
 
-func newSlotTable(n uint64) slotTable {
-	return slotTable{
-		lba:   make([]uint64, n),
-		crc:   make([]uint32, n),
-		flags: make([]uint8, n),
-		since: make([]uint32, n),
-		epoch: make([]uint32, n),
-		index: newLBAIndex(n),
-		older: map[uint32]struct{}{}, olderLBA: map[uint64]int{},
-		epochs: map[uint32]int{},
-		free:   newFreeSet(n),
-		fresh:  make([]uint32, 0, max(n/4, 1)),
+// maxShards bounds the table's shards, and shardSlots the slots per
+// shard (Options.shardSlots sets it for tests): small caches have one
+// shard, which behaves as one lock. A shard takes at most maxSpare free
+// slots at a time, and at most an eighth of its share of the slots.
+const (
+	maxShards  = 64
+	shardSlots = 512
+	maxSpare   = 16
+)
+
+// shardCount is the number of shards for n slots, at least per slots
+// each: a power of two.
+func shardCount(n, per uint64) int {
+	s := 1
+	for s < maxShards && uint64(2*s)*per <= n {
+		s *= 2
+	}
+	return s
+}
+
+// init makes t an empty table of n slots, in shards of at least per
+// slots (0: shardSlots).
+func (t *slotTable) init(n, per uint64) {
+	if per == 0 {
+		per = shardSlots
+	}
+	ns := shardCount(n, per)
+	t.lba = make([]uint64, n)
+	t.crc = make([]uint32, n)
+	t.flags = make([]uint8, n)
+	t.since = make([]uint32, n)
+	t.epoch = make([]uint32, n)
+	t.shards = make([]tableShard, ns)
+	t.mask = uint64(ns - 1)
+	t.older, t.olderLBA = map[uint32]struct{}{}, map[uint64]int{}
+	t.free = newFreeSet(n)
+	t.hand = 0
+	per = n / uint64(ns)
+	t.spareBatch = int(min(max(per/8, 1), maxSpare))
+	for i := range t.shards {
+		sh := &t.shards[i]
+		sh.index = newLBAIndex(per)
+		sh.epochs = map[uint32]int{}
+		sh.fresh = make([]uint32, 0, max(per/4, 1))
 	}
 }
+
+// shardOf returns the shard of block lba. It uses the hash's low bits,
+// as the stripes do (a stripe's blocks share a shard), and the index its
+// high bits.
+func (t *slotTable) shardOf(lba uint64) *tableShard {
+	return &t.shards[hashLBA(lba)&t.mask]
+}
+
+// shardOfSlot returns the shard of the block slot s holds.
+func (t *slotTable) shardOfSlot(s uint32) *tableShard { return t.shardOf(t.lba[s]) }
 
 // markFresh marks s, just mapped by a record appended in sync generation
 // gen, as rewritable in place.
 func (t *slotTable) markFresh(s uint32, gen uint64) {
-	if gen > t.freshGen {
-		for _, x := range t.fresh {
+	sh := t.shardOfSlot(s)
+	if gen > sh.freshGen {
+		for _, x := range sh.fresh {
 			t.flags[x] &^= fFresh
 		}
-		t.fresh, t.freshGen = t.fresh[:0], gen
+		sh.fresh, sh.freshGen = sh.fresh[:0], gen
 	}
-	if gen == t.freshGen && len(t.fresh) < cap(t.fresh) {
+	if gen == sh.freshGen && len(sh.fresh) < cap(sh.fresh) {
 		t.flags[s] |= fFresh
-		t.fresh = append(t.fresh, s)
+		sh.fresh = append(sh.fresh, s)
 	}
+}
+
+// release returns s, unmapped by a record that is durable now, to the
+// free set (whole table locked); gen is the journal's sync generation.
+// The fresh list of the shard of the block s held may still name s
+// (marks are cleared lazily), and must not clear its mark once another
+// shard has mapped it: that list is stale (a sync has begun since s was
+// marked, the one that made its unmapping durable), so it is cleared
+// first.
+func (t *slotTable) release(s uint32, gen uint64) {
+	if sh := t.shardOfSlot(s); sh.freshGen < gen {
+		for _, x := range sh.fresh {
+			t.flags[x] &^= fFresh
+		}
+		sh.fresh, sh.freshGen = sh.fresh[:0], gen
+	}
+	t.flags[s] = 0
+	t.free.add(s)
 }
 
 func (t *slotTable) n() int { return len(t.lba) }
 
+// dirtyCount, validCount and lostCount add up the shards' counters
+// (whole table locked).
+func (t *slotTable) dirtyCount() (n int) {
+	for i := range t.shards {
+		n += t.shards[i].dirty
+	}
+	return n
+}
+
+func (t *slotTable) validCount() (n int) {
+	for i := range t.shards {
+		n += t.shards[i].valid
+	}
+	return n
+}
+
+func (t *slotTable) lostCount() (n int) {
+	for i := range t.shards {
+		n += t.shards[i].lost
+	}
+	return n
+}
+
+// freeCount counts the free slots: the free set and the shards' spares
+// (whole table locked).
+func (t *slotTable) freeCount() int {
+	n := t.free.len()
+	for i := range t.shards {
+		n += len(t.shards[i].spare)
+	}
+	return n
+}
+
+// returnSpares puts the shards' spare slots back into the free set
+// (whole table locked).
+func (t *slotTable) returnSpares() {
+	for i := range t.shards {
+		sh := &t.shards[i]
+		for _, s := range sh.spare {
+			t.free.add(s)
+		}
+		sh.spare = sh.spare[:0]
+	}
+}
+
+// takeSpares removes the shards' spare slots in [lo, hi) and returns
+// them (whole table locked).
+func (t *slotTable) takeSpares(lo, hi uint32) []uint32 {
+	var out []uint32
+	for i := range t.shards {
+		sh := &t.shards[i]
+		keep := sh.spare[:0]
+		for _, s := range sh.spare {
+			if s >= lo && s < hi {
+				out = append(out, s)
+			} else {
+				keep = append(keep, s)
+			}
+		}
+		sh.spare = keep
+	}
+	return out
+}
+
+// pendingCount counts the unmapped slots waiting for a durable record.
+func (t *slotTable) pendingCount() (n int) {
+	for i := range t.shards {
+		n += len(t.shards[i].pending)
+	}
+	return n
+}
+
 // lookup returns the slot holding lba.
 func (t *slotTable) lookup(lba uint64) (uint32, bool) {
-	return t.index.get(lba, t.lba)
+	return t.shardOf(lba).index.get(lba, t.lba)
 }
 
 // mapSlot makes s hold lba, written in flush epoch epoch (unmapping
 // whatever held lba before is the caller's job).
 func (t *slotTable) mapSlot(s uint32, lba uint64, crc uint32, dirty bool, tick, epoch uint32) {
+	sh := t.shardOf(lba)
 	t.lba[s], t.crc[s] = lba, crc
 	t.flags[s] = fValid
 	t.epoch[s] = epoch
-	t.valid++
+	sh.valid++
 	if dirty {
 		t.flags[s] |= fDirty
 		t.since[s] = tick
-		t.dirty++
-		t.countEpoch(epoch, 1)
+		sh.dirty++
+		t.countEpoch(sh, epoch, 1)
 	}
-	t.index.put(lba, s, t.lba)
+	sh.index.put(lba, s, t.lba)
 }
 
 // unmap removes s from the index (or from the older versions); the slot
@@ -121,33 +287,35 @@ func (t *slotTable) unmap(s uint32) {
 	if f&fValid == 0 {
 		return
 	}
+	sh := t.shardOfSlot(s)
 	if t.isOlder(s) {
 		delete(t.older, s)
 		if f&fLost == 0 {
 			t.countOlder(t.lba[s], -1)
 		}
 	} else {
-		t.index.del(t.lba[s], s, t.lba)
+		sh.index.del(t.lba[s], s, t.lba)
 	}
 	if f&fDirty != 0 {
-		t.dirty--
+		sh.dirty--
 		if f&fLost == 0 {
-			t.countEpoch(t.epoch[s], -1)
+			t.countEpoch(sh, t.epoch[s], -1)
 		}
 	}
 	if f&fLost != 0 {
-		t.lost--
+		sh.lost--
 	}
-	t.valid--
+	sh.valid--
 	t.flags[s] = f & fPinned
 }
 
 func (t *slotTable) setClean(s uint32) {
 	if f := t.flags[s]; f&fDirty != 0 {
+		sh := t.shardOfSlot(s)
 		t.flags[s] &^= fDirty
-		t.dirty--
+		sh.dirty--
 		if f&fLost == 0 {
-			t.countEpoch(t.epoch[s], -1)
+			t.countEpoch(sh, t.epoch[s], -1)
 		}
 	}
 }
@@ -164,7 +332,7 @@ func (t *slotTable) isOlder(s uint32) bool {
 // makeOlder turns s, the dirty current version of its block, into an
 // older version: out of the index, still valid and dirty.
 func (t *slotTable) makeOlder(s uint32) {
-	t.index.del(t.lba[s], s, t.lba)
+	t.shardOfSlot(s).index.del(t.lba[s], s, t.lba)
 	t.older[s] = struct{}{}
 	if t.flags[s]&fLost == 0 {
 		t.countOlder(t.lba[s], 1)
@@ -179,43 +347,56 @@ func (t *slotTable) countOlder(lba uint64, d int) {
 	}
 }
 
-// countEpoch adds d to the dirty versions of epoch e. Versions are added
-// in ascending epoch order (records are appended under Cache.mu with the
-// epoch read under it), except by recovery, which rebuilds the queue.
-func (t *slotTable) countEpoch(e uint32, d int) {
-	n := t.epochs[e] + d
+// countEpoch adds d to shard sh's dirty versions of epoch e. A shard's
+// versions are added in ascending epoch order (its records are appended
+// under its lock with the epoch read under it), except by recovery,
+// which rebuilds the queues.
+func (t *slotTable) countEpoch(sh *tableShard, e uint32, d int) {
+	n := sh.epochs[e] + d
 	switch {
 	case n > 0 && d > 0 && n == d:
-		t.epochs[e] = n
-		i := len(t.epochQ)
-		for i > t.epochHead && epochBefore(e, t.epochQ[i-1].e) {
+		sh.epochs[e] = n
+		i := len(sh.epochQ)
+		for i > sh.epochHead && epochBefore(e, sh.epochQ[i-1].e) {
 			i-- // only recovery adds out of order
 		}
 		var at int64
 		if t.startOf != nil {
 			at = t.startOf(e)
 		}
-		t.epochQ = slices.Insert(t.epochQ, i, epochStart{e: e, at: at})
-		if live := len(t.epochQ) - t.epochHead; live > 2*len(t.epochs)+64 {
+		sh.epochQ = slices.Insert(sh.epochQ, i, epochStart{e: e, at: at})
+		if live := len(sh.epochQ) - sh.epochHead; live > 2*len(sh.epochs)+64 {
 			// Epochs emptied behind the oldest one stay queued until it
 			// is written back: drop them while it is not.
-			q := t.epochQ[:0]
-			for _, x := range t.epochQ[t.epochHead:] {
-				if t.epochs[x.e] > 0 && (len(q) == 0 || q[len(q)-1].e != x.e) {
+			q := sh.epochQ[:0]
+			for _, x := range sh.epochQ[sh.epochHead:] {
+				if sh.epochs[x.e] > 0 && (len(q) == 0 || q[len(q)-1].e != x.e) {
 					q = append(q, x)
 				}
 			}
-			t.epochQ, t.epochHead = q, 0
+			sh.epochQ, sh.epochHead = q, 0
 		}
 	case n > 0:
-		t.epochs[e] = n
+		sh.epochs[e] = n
 	default:
-		delete(t.epochs, e)
+		delete(sh.epochs, e)
 	}
 }
 
+// epochCounts adds up the shards' dirty versions per epoch (whole table
+// locked; for tests and logs).
+func (t *slotTable) epochCounts() map[uint32]int {
+	m := map[uint32]int{}
+	for i := range t.shards {
+		for e, n := range t.shards[i].epochs {
+			m[e] += n
+		}
+	}
+	return m
+}
+
 // oldestEpoch returns the oldest epoch with dirty versions (lost ones
-// excepted).
+// excepted). Whole table locked.
 func (t *slotTable) oldestEpoch() (uint32, bool) {
 	s, ok := t.oldestEpochStart()
 	return s.e, ok
@@ -223,21 +404,33 @@ func (t *slotTable) oldestEpoch() (uint32, bool) {
 
 // oldestEpochStart is oldestEpoch with the time the epoch began.
 func (t *slotTable) oldestEpochStart() (epochStart, bool) {
-	for t.epochHead < len(t.epochQ) {
-		s := t.epochQ[t.epochHead]
-		if t.epochs[s.e] > 0 {
+	var best epochStart
+	found := false
+	for i := range t.shards {
+		s, ok := t.shards[i].oldestEpochStart()
+		if ok && (!found || epochBefore(s.e, best.e)) {
+			best, found = s, true
+		}
+	}
+	return best, found
+}
+
+func (sh *tableShard) oldestEpochStart() (epochStart, bool) {
+	for sh.epochHead < len(sh.epochQ) {
+		s := sh.epochQ[sh.epochHead]
+		if sh.epochs[s.e] > 0 {
 			// Drop the dead front once it is half the queue: a cache
 			// that is never wholly clean would otherwise keep an entry
 			// for every epoch since Open.
-			if t.epochHead >= 64 && 2*t.epochHead >= len(t.epochQ) {
-				t.epochQ = append(t.epochQ[:0], t.epochQ[t.epochHead:]...)
-				t.epochHead = 0
+			if sh.epochHead >= 64 && 2*sh.epochHead >= len(sh.epochQ) {
+				sh.epochQ = append(sh.epochQ[:0], sh.epochQ[sh.epochHead:]...)
+				sh.epochHead = 0
 			}
 			return s, true
 		}
-		t.epochHead++
+		sh.epochHead++
 	}
-	t.epochQ, t.epochHead = t.epochQ[:0], 0
+	sh.epochQ, sh.epochHead = sh.epochQ[:0], 0
 	return epochStart{}, false
 }
 
@@ -248,10 +441,11 @@ func (t *slotTable) markLost(s uint32) bool {
 	if f&fLost != 0 {
 		return false
 	}
+	sh := t.shardOfSlot(s)
 	t.flags[s] |= fLost
-	t.lost++
+	sh.lost++
 	if f&fDirty != 0 {
-		t.countEpoch(t.epoch[s], -1)
+		t.countEpoch(sh, t.epoch[s], -1)
 	}
 	if t.isOlder(s) {
 		t.countOlder(t.lba[s], -1)
@@ -264,10 +458,13 @@ func epochBefore(a, b uint32) bool { return int32(a-b) < 0 }
 
 // lbaIndex is an open-addressing hash table from LBA to slot with linear
 // probing. Buckets hold slot+1 (0 = empty); the key is read from the slot
-// table, so a bucket costs 4 bytes. It has twice as many buckets as slots
-// (load factor at most 1/2), whatever the slot count.
+// table, so a bucket costs 4 bytes. A shard's index starts with twice as
+// many buckets as the shard's share of the slots and doubles when it is
+// half full (a shard whose blocks take more than their share of the
+// cache), so the load factor stays at most 1/2.
 type lbaIndex struct {
 	b []uint32
+	n int // entries
 }
 
 func newLBAIndex(slots uint64) lbaIndex {
@@ -311,7 +508,24 @@ func (x *lbaIndex) put(lba uint64, s uint32, keys []uint64) {
 		v := x.b[i]
 		if v == 0 || keys[v-1] == lba {
 			x.b[i] = s + 1
+			if v == 0 {
+				x.n++
+				if 2*x.n > len(x.b) {
+					x.grow(keys)
+				}
+			}
 			return
+		}
+	}
+}
+
+// grow doubles the buckets and puts every entry again.
+func (x *lbaIndex) grow(keys []uint64) {
+	old := x.b
+	x.b, x.n = make([]uint32, 2*len(old)), 0
+	for _, v := range old {
+		if v != 0 {
+			x.put(keys[v-1], v-1, keys)
 		}
 	}
 }
@@ -332,6 +546,7 @@ func (x *lbaIndex) del(lba uint64, s uint32, keys []uint64) {
 		}
 		i = x.next(i)
 	}
+	x.n--
 	for j := x.next(i); ; j = x.next(j) {
 		v := x.b[j]
 		if v == 0 {

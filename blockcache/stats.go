@@ -117,7 +117,7 @@ func (c *Cache) Stats() Stats {
 	c.mu.Lock()
 	t := &c.mu.t
 	// Slots the prefill pass holds for a moment are free all the same.
-	s.Used, s.Dirty, s.Free, s.LostBlocks = t.valid, t.dirty, t.free.len()+c.mu.zeroing, t.lost
+	s.Used, s.Dirty, s.Free, s.LostBlocks = t.validCount(), t.dirtyCount(), t.freeCount()+c.mu.zeroing, t.lostCount()
 	oldest := now
 	for i, f := range t.flags {
 		if f&(fValid|fDirty) == fValid|fDirty && t.since[i] < oldest {

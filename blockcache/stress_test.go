@@ -30,8 +30,11 @@ func TestParallelStress(t *testing.T) {
 	ssd := device.NewMem(int64(2+2*2+64+slots)*BlockSize, [16]byte{1})
 	hdd := device.NewMem(blocks*BlockSize, [16]byte{2})
 	require.NoError(t, Format(ssd, hdd, FormatOptions{JournalBlocks: 64}))
-	c, err := Open(ssd, hdd, Options{CheckpointInterval: -1})
+	// The slot table in shards of a few dozen slots: writers of
+	// different shards change it at once, and slots move between shards.
+	c, err := Open(ssd, hdd, Options{CheckpointInterval: -1, shardSlots: 16})
 	require.NoError(t, err)
+	require.GreaterOrEqual(t, len(c.mu.t.shards), 8, "shards")
 
 	models := make([][]byte, writers)
 	var wg sync.WaitGroup
