@@ -98,17 +98,37 @@
 //     hold it shared while they read a slot, so its content stays put.
 //     Several are taken in ascending index order (lockStripes).
 //  3. journal room (journal.reserve): may wait for a checkpoint to free
-//     ring space, so it is never waited for under Cache.mu, nor by a
-//     claimed in-place rewrite (a checkpoint's sync waits for those).
-//  4. Cache.mu: the slot table, index, pending and free lists, in-flight
-//     destages; never held across I/O.
-//  5. journal.mu: the open journal block and sync state; held for a
+//     ring space, so it is never waited for under a table lock, nor by
+//     a claimed in-place rewrite (a checkpoint's sync waits for those).
+//  4. the slot table's shards (slotTable.shards, by LBA hash, as the
+//     stripes: a stripe's blocks share a shard). Each guards its blocks'
+//     index, counters, fresh list, epoch counts, pending slots, spare
+//     free slots, and the entries of the slots its blocks hold. A write
+//     or read locks the shard of its block (Cache.lockLBA); Cache.mu
+//     locks them all (tableState.Lock, in index order, holding none while
+//     it waits for one) and guards the rest: the free set, older
+//     versions, in-flight destages, the write-back order. While ordered
+//     write-back is in force lockLBA takes Cache.mu: its decisions span
+//     blocks. Never held across I/O.
+//  5. slotTable.freeMu: the free set, for a shard that takes spare slots
+//     from it (Cache.takeSpare) while holding only its own lock.
+//  6. journal.mu: the open journal block and sync state; held for a
 //     memory copy per record (a pwrite of the block for its first).
 //
+// No lock is shared by all writes but journal.mu, held for one record's
+// copy. A whole-block write back into the cache (Cache.writeFast) takes
+// its stripe, then its shard twice: once to look the block up and claim
+// its slot for a rewrite in place (appending the record) or take a spare
+// slot, once to map the new slot (or end the rewrite).
+//
 // Every change to the slot table that journals goes through metaChange
-// (change.go): reserve, lock Cache.mu, append each record where its effect
-// is applied (so the journal's order is the order of the changes),
-// unlock, release. Syncs of the cache device run one at a time, started
+// (change.go): reserve, lock (the shard of the block, or all of them),
+// append each record where its effect is applied (so the journal's order
+// is the order of the changes of each block and each slot: a slot moves
+// to another shard's block only once the record that unmapped it is
+// durable), unlock, release. A write reserves no room: its record goes in
+// if the ring has room now, else the change is begun again after
+// reserve. Syncs of the cache device run one at a time, started
 // by the journal goroutine, except that a client's Sync runs one itself
 // when none is in flight and no in-place rewrite holds it off. Background
 // goroutines: journal syncer, checkpointer,
@@ -117,13 +137,14 @@
 // file's filesystem has not written yet, holding them out of the free
 // set meanwhile; prefill.go); Close stops them all.
 //
-// BenchmarkConcurrentWrite measures the waiting on these locks per write.
+// BenchmarkConcurrentWrite and its variants measure the waiting on these
+// locks per write (docs/bench/concurrency-2026-12-05.md).
 //
 // # Memory
 //
-// 26.1 bytes of RAM per slot (slot table 17, index 8, list of slots
-// rewritable in place 1, free-slot bitmap 0.13), measured by
-// TestMemoryPerSlot.
+// 30.2 bytes of RAM per slot (slot table 21, index 8, lists of slots
+// rewritable in place 1, free-slot bitmap 0.13, the shards' own fields
+// and locks a few KiB in all), measured by TestMemoryPerSlot.
 //
 // # Slot allocation
 //
