@@ -124,7 +124,8 @@ func concurrentWrite(b *testing.B, newCache func(*testing.B) *Cache, yield bool)
 			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "writes/s")
 			b.ReportMetric(float64(mutex.total.Nanoseconds())/float64(b.N), "mutex-ns/write")
 			b.ReportMetric(float64(block.total.Nanoseconds())/float64(b.N), "block-ns/write")
-			b.Logf("%d writes: mutex wait %v (%d contentions), blocked %v", b.N, mutex.total, mutex.count, block.total)
+			st := c.Stats()
+			b.Logf("%d writes (%d in place): mutex wait %v (%d contentions), blocked %v", b.N, st.WritesInPlace, mutex.total, mutex.count, block.total)
 			for _, f := range mutex.top(6) {
 				b.Logf("  mutex %-60s %v", f.name, f.wait)
 			}

@@ -136,7 +136,7 @@ func (t *slotTable) init(n, per uint64) {
 		sh := &t.shards[i]
 		sh.index = newLBAIndex(per)
 		sh.epochs = map[uint32]int{}
-		sh.fresh = make([]uint32, 0, max(per/4, 1))
+		sh.fresh = make([]uint32, 0, max(per/2, 1))
 	}
 }
 

@@ -4,7 +4,9 @@
 # 4 KiB random-write QD32 target: each round runs the same fio job against
 # the ceiling, then against each wbcache build on a freshly formatted cache
 # (so every round pays the same cold-cache costs), and the script prints
-# every round and the medians, as IOPS and as a share of the ceiling.
+# every round and the medians, as IOPS and as a share of the ceiling, and
+# for each wbcache build the daemon's CPU time (user + system, from
+# /proc/PID/stat) during the fio run per write completed.
 #
 # The backing device is a plain sparse file (what is measured is the
 # write path into the cache, which never waits for the HDD here), the
@@ -71,12 +73,19 @@ done
 [ -e "$WORK/ceil/disk" ] || die "fuseceiling did not mount"
 
 # run_fio FILE: print the write IOPS of one run (empty on failure).
+# run_fio FILE: prints the IOPS and the writes completed.
 run_fio() {
 	fio --name=ab --filename="$1" --direct=1 --rw=randwrite --bs=4k --ioengine=libaio \
 		--iodepth="$qd" --offset=0 --size="$region" --runtime="$runtime" --time_based \
 		--randrepeat=0 --output-format=json 2>>"$WORK/fio.err" |
-		python3 -c 'import json, sys; print(int(json.load(sys.stdin)["jobs"][0]["write"]["iops"]))' 2>/dev/null
+		python3 -c 'import json, sys; w = json.load(sys.stdin)["jobs"][0]["write"]; print(int(w["iops"]), w["total_ios"])' 2>/dev/null
 }
+
+# cpu_ticks PID: user + system CPU time of PID, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+hz=$(getconf CLK_TCK)
+
+declare -A cpu=()
 
 declare -A res=()
 names=(ceiling)
@@ -84,7 +93,7 @@ failed=0
 for b in "${builds[@]}"; do names+=("${b%%=*}"); done
 log "ceiling-ab: $rounds rounds, randwrite 4k QD$qd over $region for ${runtime}s; cache $csize ${fargs:+($fargs)}${WBC_FUSE_URING:+; --fuse-uring $WBC_FUSE_URING}"
 for ((r = 1; r <= rounds; r++)); do
-	v=$(run_fio "$WORK/ceil/disk")
+	read -r v _ < <(run_fio "$WORK/ceil/disk")
 	[ -n "$v" ] || { warn "fio against the ceiling failed"; failed=1; }
 	res[ceiling]+=" ${v:-0}"
 	line="round $r: ceiling ${v:-fail}"
@@ -94,8 +103,11 @@ for ((r = 1; r <= rounds; r++)); do
 		# shellcheck disable=SC2086 # format args are words
 		wbc_format "$WORK/cache.img" "$WORK/backing.img" "$csize" $fargs >/dev/null || die "$name: format failed"
 		wbc_mount_ready "$WORK/mnt" "$WORK/cache.img" "$WORK/backing.img" "$WORK/$name.log" || die "$name: mount failed"
-		v=$(run_fio "$WORK/mnt/disk")
+		t0=$(cpu_ticks "$WBC_DPID")
+		read -r v ios < <(run_fio "$WORK/mnt/disk")
+		t1=$(cpu_ticks "$WBC_DPID")
 		[ -n "$v" ] || { warn "fio against $name failed"; failed=1; }
+		cpu[$name]+=" $(awk -v d=$((t1 - t0)) -v hz="$hz" -v n="${ios:-0}" 'BEGIN { if (n > 0) printf "%.2f", d / hz / n * 1e6; else print 0 }')"
 		wbc_stop "$WBC_DPID" "$WORK/mnt" >/dev/null || warn "$name: unclean stop"
 		res[$name]+=" ${v:-0}"
 		line+=", $name ${v:-fail}"
@@ -106,11 +118,13 @@ done
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 ceil=$(echo "${res[ceiling]}" | median)
 echo
-echo "| target | IOPS per round | median | of ceiling |"
-echo "|---|---|--:|--:|"
+echo "| target | IOPS per round | median | of ceiling | daemon CPU per write, median (per round) |"
+echo "|---|---|--:|--:|---|"
 for n in "${names[@]}"; do
 	m=$(echo "${res[$n]}" | median)
 	pct=$(awk -v a="$m" -v b="$ceil" 'BEGIN { if (b > 0) printf "%.0f%%", 100 * a / b; else print "-" }')
-	echo "| $n |${res[$n]} | $m | $pct |"
+	c=-
+	[ -n "${cpu[$n]:-}" ] && c="$(echo "${cpu[$n]}" | median) µs ($(echo "${cpu[$n]}" | sed 's/^ //'))"
+	echo "| $n |${res[$n]} | $m | $pct | $c |"
 done
 exit $failed
