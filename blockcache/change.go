@@ -6,9 +6,10 @@ import "github.com/wbcache/wbcache/layout"
 // records, and the only way records are appended. beginChange reserves
 // journal room for n records first (waiting for room can wait for a
 // checkpoint, which takes Cache.mu, so it must happen before the lock),
-// then takes Cache.mu; each record is appended where its effect on the
-// table is applied, so the journal's order is the order of the changes;
-// end releases the lock and the reservation.
+// then takes Cache.mu (the whole table; beginChangeAt takes one block's
+// shard); each record is appended where its effect on the table is
+// applied, so the journal's order is the order of the changes; end
+// releases the lock and the reservation.
 //
 // A slot leaves its block only through free or through a superseding MAP
 // followed by unmapLocked: both queue the slot until that record is
@@ -73,8 +74,8 @@ func (m *metaChange) tryRecord(r layout.Record) (uint64, error) {
 }
 
 // record appends r, stamped with the change's flush epoch, and returns
-// its sequence number. The epoch is read under Cache.mu, so versions are
-// mapped in ascending epoch order.
+// its sequence number. The epoch is read under the change's lock, so the
+// versions of each shard are mapped in ascending epoch order.
 func (m *metaChange) record(r layout.Record) uint64 {
 	r.Epoch = m.epoch
 	var seq uint64

@@ -15,8 +15,10 @@ import (
 // the client's fsync barriers.
 //
 // Every Sync begins a new flush epoch; each dirty version carries the
-// epoch its write belongs to (slotTable.epoch), read under Cache.mu when
-// its record is appended, so versions are mapped in ascending epoch order.
+// epoch its write belongs to (slotTable.epoch), read under the lock of
+// its block's shard when its record is appended, so each shard's versions
+// are mapped in ascending epoch order (while ordering is in force writes
+// lock the whole table, so all are).
 // While ordering is in force:
 //
 //   - DirtyBlocks offers only the versions of the oldest epoch with dirty
@@ -52,9 +54,10 @@ import (
 // newest: checkpoints keep 24 bits of each version's epoch.
 const maxEpochSpan = 1 << (layout.EpochBits - 1)
 
-// orderState is the write-back order, guarded by Cache.mu (but inForce,
-// which notes() keeps equal to what Order reports as in force, for
-// readers that must not take Cache.mu).
+// orderState is the write-back order, guarded by Cache.mu (the whole
+// table; a shard's lock is enough to read it), but inForce, which note()
+// keeps equal to what Order reports as in force, for readers that must
+// not take Cache.mu, and unkept (atomic).
 type orderState struct {
 	inForce atomic.Bool
 	ordered bool // the setting
