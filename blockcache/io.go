@@ -534,7 +534,9 @@ func (c *Cache) rewriteInPlace(lba uint64, s uint32, blk []byte) (uint64, bool, 
 
 // inPlaceLocked is rewriteInPlace within the change m, begun without
 // room reserved, for blk of checksum crc. Unless it claims the slot it
-// returns with m still held, for the caller to end.
+// returns with m still held, for the caller to end; once it has claimed
+// the slot it has ended m, and reports it claimed even if the rewrite
+// then fails (with the error).
 func (c *Cache) inPlaceLocked(m *metaChange, lba uint64, s uint32, blk []byte, crc uint32) (uint64, bool, error) {
 	t := &c.mu.t
 	if t.lba[s] != lba || t.flags[s]&(fValid|fDirty|fPinned|fFresh|fWriting|fLost) != fValid|fDirty|fFresh {
@@ -563,7 +565,7 @@ func (c *Cache) inPlaceLocked(m *metaChange, lba uint64, s uint32, blk []byte, c
 	c.unlockLBA(sh)
 	c.j.endInPlace(m.n)
 	if err != nil {
-		return 0, false, c.fail(err)
+		return 0, true, c.fail(err)
 	}
 	c.stats.inPlace.Add(1)
 	c.bumpGen(lba)
