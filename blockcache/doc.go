@@ -153,5 +153,10 @@
 // in neighbouring slots, so the cache file's dirty pages form runs and a
 // sync writes them back in few large requests. Under 4 KiB random writes
 // at QD32 on a 512 MiB cache that took the cache device's write requests
-// from 322,893 (7.1 KiB each) to 6,172 (380 KiB each) in a 6 s run.
+// from 322,893 (7.1 KiB each) to 6,172 (380 KiB each) in a 6 s run. Each
+// shard of the table takes its free slots from the free set in batches
+// of up to 16 neighbouring ones, so the shards' writes interleave in
+// runs: in the same job through FUSE (6 s, six rounds) the disk saw
+// 2,852-3,827 write requests of 318-326 KiB on average, against
+// 1,160-1,610 of 712-959 KiB before the table was sharded.
 package blockcache
