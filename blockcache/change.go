@@ -15,14 +15,11 @@ import "github.com/wbcache/wbcache/layout"
 // followed by unmapLocked: both queue the slot until that record is
 // durable (invariant 1).
 type metaChange struct {
-	c  *Cache
-	n  int
-	sh *tableShard // the shard locked; nil: the whole table
-	// direct: no room reserved; records go in only if the ring has room
-	// right now (tryRecord, inPlace).
-	direct bool
-	gen    uint64 // sync generation of the newest record (journal.appendGen)
-	epoch  uint32 // the flush epoch, read under the lock: records carry it
+	c     *Cache
+	n     int         // records reserved; 0 for beginChangeAt without room
+	sh    *tableShard // the shard locked; nil: the whole table
+	gen   uint64      // sync generation of the newest record (journal.appendGen)
+	epoch uint32      // the flush epoch, read under the lock: records carry it
 }
 
 // beginChange reserves room for n records and takes Cache.mu. An error
@@ -52,7 +49,7 @@ func (c *Cache) beginChangeAt(lba uint64, reserve bool) (metaChange, error) {
 		}
 	}
 	sh := c.lockLBA(lba)
-	return metaChange{c: c, n: n, sh: sh, direct: !reserve, epoch: c.epoch.Load()}, nil
+	return metaChange{c: c, n: n, sh: sh, epoch: c.epoch.Load()}, nil
 }
 
 // tryRecord is record for a change begun by beginChangeAt: without room
@@ -61,7 +58,7 @@ func (c *Cache) beginChangeAt(lba uint64, reserve bool) (metaChange, error) {
 // change and begins it again with room reserved). Any other error is
 // the journal's (dead or closed).
 func (m *metaChange) tryRecord(r layout.Record) (uint64, error) {
-	if !m.direct {
+	if m.n > 0 {
 		return m.record(r), nil
 	}
 	r.Epoch = m.epoch
@@ -98,19 +95,21 @@ func (m *metaChange) clean(b DirtyBlock) {
 }
 
 // inPlace appends the MAP record of an in-place rewrite of slot s, mapped
-// by a record of sync generation gen (journal.appendInPlace). When the
-// rewrite is claimed, the reservation passes to it: the caller ends the
-// change with handOff and, once the data is written, journal.endInPlace.
+// by a record of sync generation gen (journal.appendInPlace), in a change
+// begun by beginChangeAt without room. When the rewrite is claimed the
+// caller releases the lock with handOff and, once the data is written,
+// calls journal.endInPlace.
 // The record keeps the slot's epoch: no sync of the journal has begun
 // since the slot was mapped, so every Sync begun since then is still
 // running, and the new data, written concurrently with them, may count
 // as written before them (ordered.go).
 func (m *metaChange) inPlace(gen uint64, r layout.Record) (seq uint64, claimed bool, err error) {
 	r.Epoch = m.c.mu.t.epoch[r.Slot]
-	return m.c.j.appendInPlace(gen, r, m.direct)
+	return m.c.j.appendInPlace(gen, r)
 }
 
-// handOff releases the lock but keeps the reservation (see inPlace).
+// handOff releases the lock of a change whose in-place rewrite is
+// claimed (see inPlace).
 func (m *metaChange) handOff() { m.c.unlockLBA(m.sh) }
 
 // end releases the lock and the reservation, if any.

@@ -563,7 +563,7 @@ func (c *Cache) inPlaceLocked(m *metaChange, lba uint64, s uint32, blk []byte, c
 	sh := c.lockLBA(lba)
 	t.flags[s] &^= fWriting
 	c.unlockLBA(sh)
-	c.j.endInPlace(m.n)
+	c.j.endInPlace()
 	if err != nil {
 		return 0, true, c.fail(err)
 	}
@@ -893,11 +893,11 @@ func (c *Cache) unmapLocked(s uint32, seq uint64, clean bool) {
 	sh := c.mu.t.shardOfSlot(s)
 	c.mu.t.unmap(s)
 	sh.pending = append(sh.pending, pendingFree{s, seq})
-	for clean {
-		old := c.cleanUnmapSeq.Load()
-		if old >= seq || c.cleanUnmapSeq.CompareAndSwap(old, seq) {
-			break
-		}
+	if clean {
+		// Only changes under the whole table's lock drop clean copies
+		// (the paths that hold one shard pass clean false), so the
+		// sequence numbers stored here only grow.
+		c.cleanUnmapSeq.Store(seq)
 	}
 }
 

@@ -45,9 +45,9 @@ type journal struct {
 	syncDone    uint64        // syncs completed (they run one at a time, in order)
 	syncing     bool          // a sync is in flight
 	// inPlace counts the in-place rewrites in flight (no sync may start).
-	// It grows under mu; endInPlace lowers it without mu, and takes mu
-	// to wake the journal goroutine only if that waits for it to reach
-	// zero (inPlaceWait).
+	// It grows under mu (appendInPlace); endInPlace lowers it without mu,
+	// and takes mu to wake the journal goroutine only if that waits for
+	// it to reach zero (inPlaceWait).
 	inPlace     atomic.Int32
 	inPlaceWait atomic.Bool
 	openLSN     uint64 // block that receives the next record
@@ -236,16 +236,14 @@ func (j *journal) appendLocked(r layout.Record) uint64 {
 // until endInPlace: the rewrite and its MAP record must both come before
 // any sync that covers the old record, or a power cut could leave that
 // durable record pointing at rewritten data. err is what kept a claimed
-// record out of the journal region (as appended reports it). With direct
-// (no room reserved) it also declines when the ring has no room right
-// now (tryAppendGen).
-func (j *journal) appendInPlace(gen uint64, r layout.Record, direct bool) (seq uint64, claimed bool, err error) {
+// record out of the journal region (as appended reports it). No room is
+// reserved for it: it also declines when the ring has none right now
+// (roomLocked; the caller then writes the block out of place, which
+// waits for room).
+func (j *journal) appendInPlace(gen uint64, r layout.Record) (seq uint64, claimed bool, err error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if j.err != nil || j.closed || j.syncStart != gen || j.syncNeed > j.syncStart {
-		return 0, false, nil
-	}
-	if direct && j.roomLocked() != nil {
+	if j.syncStart != gen || j.syncNeed > j.syncStart || j.roomLocked() != nil {
 		return 0, false, nil
 	}
 	j.inPlace.Add(1)
@@ -253,22 +251,13 @@ func (j *journal) appendInPlace(gen uint64, r layout.Record, direct bool) (seq u
 	return seq, true, j.appendedLocked(seq)
 }
 
-// endInPlace ends a claimed in-place rewrite and releases the
-// reservation of n records it was appended under (none if n is 0).
-func (j *journal) endInPlace(n int) {
-	if n == 0 {
-		if j.inPlace.Add(-1) == 0 && j.inPlaceWait.Load() {
-			j.mu.Lock()
-			j.cond.Broadcast()
-			j.mu.Unlock()
-		}
-		return
+// endInPlace ends a claimed in-place rewrite.
+func (j *journal) endInPlace() {
+	if j.inPlace.Add(-1) == 0 && j.inPlaceWait.Load() {
+		j.mu.Lock()
+		j.cond.Broadcast()
+		j.mu.Unlock()
 	}
-	j.mu.Lock()
-	j.inPlace.Add(-1)
-	j.reserved -= batchBlocks(n)
-	j.cond.Broadcast()
-	j.mu.Unlock()
 }
 
 // sealLocked ends the open block: later records go to the next one.

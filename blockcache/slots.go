@@ -20,9 +20,10 @@ const (
 
 // slotTable is the in-memory state of every cache slot plus the LBA index.
 // It costs 8+4+1+4+4 bytes per slot, 8 bytes per slot of index (two
-// uint32 buckets), 1 byte per slot of fresh list and a little over 1 bit
-// per slot of free set: 30.1 bytes in all, plus a map entry per older
-// version and per flush epoch with dirty blocks.
+// uint32 buckets), 2 bytes per slot of fresh lists (half of each shard's
+// share of the slots) and a little over 1 bit per slot of free set: 31.2
+// bytes in all (TestMemoryPerSlot), plus a map entry per older version
+// and per flush epoch with dirty blocks.
 //
 // The blocks are split into shards by LBA hash (shardOf), each with its
 // own lock, index, counters, fresh list, epoch counts, pending slots and
@@ -154,12 +155,7 @@ func (t *slotTable) shardOfSlot(s uint32) *tableShard { return t.shardOf(t.lba[s
 // gen, as rewritable in place.
 func (t *slotTable) markFresh(s uint32, gen uint64) {
 	sh := t.shardOfSlot(s)
-	if gen > sh.freshGen {
-		for _, x := range sh.fresh {
-			t.flags[x] &^= fFresh
-		}
-		sh.fresh, sh.freshGen = sh.fresh[:0], gen
-	}
+	t.newFreshGen(sh, gen)
 	if gen == sh.freshGen && len(sh.fresh) < cap(sh.fresh) {
 		t.flags[s] |= fFresh
 		sh.fresh = append(sh.fresh, s)
@@ -174,49 +170,45 @@ func (t *slotTable) markFresh(s uint32, gen uint64) {
 // marked, the one that made its unmapping durable), so it is cleared
 // first.
 func (t *slotTable) release(s uint32, gen uint64) {
-	if sh := t.shardOfSlot(s); sh.freshGen < gen {
+	t.newFreshGen(t.shardOfSlot(s), gen)
+	t.flags[s] = 0
+	t.free.add(s)
+}
+
+// newFreshGen clears shard sh's fresh marks if they are of a sync
+// generation before gen, and starts gen's list.
+func (t *slotTable) newFreshGen(sh *tableShard, gen uint64) {
+	if gen > sh.freshGen {
 		for _, x := range sh.fresh {
 			t.flags[x] &^= fFresh
 		}
 		sh.fresh, sh.freshGen = sh.fresh[:0], gen
 	}
-	t.flags[s] = 0
-	t.free.add(s)
 }
 
 func (t *slotTable) n() int { return len(t.lba) }
 
-// dirtyCount, validCount and lostCount add up the shards' counters
-// (whole table locked).
-func (t *slotTable) dirtyCount() (n int) {
+// sum adds up f over the shards (whole table locked): dirtyCount,
+// validCount, lostCount, pendingCount and freeCount are its uses.
+func (t *slotTable) sum(f func(*tableShard) int) (n int) {
 	for i := range t.shards {
-		n += t.shards[i].dirty
+		n += f(&t.shards[i])
 	}
 	return n
 }
 
-func (t *slotTable) validCount() (n int) {
-	for i := range t.shards {
-		n += t.shards[i].valid
-	}
-	return n
+func (t *slotTable) dirtyCount() int { return t.sum(func(sh *tableShard) int { return sh.dirty }) }
+func (t *slotTable) validCount() int { return t.sum(func(sh *tableShard) int { return sh.valid }) }
+func (t *slotTable) lostCount() int  { return t.sum(func(sh *tableShard) int { return sh.lost }) }
+
+// pendingCount counts the unmapped slots waiting for a durable record.
+func (t *slotTable) pendingCount() int {
+	return t.sum(func(sh *tableShard) int { return len(sh.pending) })
 }
 
-func (t *slotTable) lostCount() (n int) {
-	for i := range t.shards {
-		n += t.shards[i].lost
-	}
-	return n
-}
-
-// freeCount counts the free slots: the free set and the shards' spares
-// (whole table locked).
+// freeCount counts the free slots: the free set and the shards' spares.
 func (t *slotTable) freeCount() int {
-	n := t.free.len()
-	for i := range t.shards {
-		n += len(t.shards[i].spare)
-	}
-	return n
+	return t.free.len() + t.sum(func(sh *tableShard) int { return len(sh.spare) })
 }
 
 // returnSpares puts the shards' spare slots back into the free set
@@ -248,14 +240,6 @@ func (t *slotTable) takeSpares(lo, hi uint32) []uint32 {
 		sh.spare = keep
 	}
 	return out
-}
-
-// pendingCount counts the unmapped slots waiting for a durable record.
-func (t *slotTable) pendingCount() (n int) {
-	for i := range t.shards {
-		n += len(t.shards[i].pending)
-	}
-	return n
 }
 
 // lookup returns the slot holding lba.
