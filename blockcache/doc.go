@@ -102,16 +102,18 @@
 //     a claimed in-place rewrite (a checkpoint's sync waits for those).
 //  4. the slot table's shards (slotTable.shards, by LBA hash, as the
 //     stripes: a stripe's blocks share a shard). Each guards its blocks'
-//     index, counters, fresh list, epoch counts, pending slots, spare
-//     free slots, and the entries of the slots its blocks hold. A write
+//     index, counters, fresh list, epoch counts, pending slots, and the
+//     entries of the slots its blocks hold. A write
 //     or read locks the shard of its block (Cache.lockLBA); Cache.mu
 //     locks them all (tableState.Lock, in index order, holding none while
 //     it waits for one) and guards the rest: the free set, older
 //     versions, in-flight destages, the write-back order. While ordered
 //     write-back is in force lockLBA takes Cache.mu: its decisions span
 //     blocks. Never held across I/O.
-//  5. slotTable.freeMu: the free set, for a shard that takes spare slots
-//     from it (Cache.takeSpare) while holding only its own lock.
+//  5. slotTable.freeMu: the free set, for a write that refills the
+//     spare run from it (Cache.takeSpare) while holding only its shard's
+//     lock, once per batch of slots; the run's slots are taken with an
+//     atomic add and no lock.
 //  6. journal.mu: the open journal block and sync state; held for a
 //     memory copy per record (a pwrite of the block for its first).
 //
@@ -153,10 +155,13 @@
 // in neighbouring slots, so the cache file's dirty pages form runs and a
 // sync writes them back in few large requests. Under 4 KiB random writes
 // at QD32 on a 512 MiB cache that took the cache device's write requests
-// from 322,893 (7.1 KiB each) to 6,172 (380 KiB each) in a 6 s run. Each
-// shard of the table takes its free slots from the free set in batches
-// of up to 16 neighbouring ones, so the shards' writes interleave in
-// runs: in the same job through FUSE (6 s, six rounds) the disk saw
-// 2,852-3,827 write requests of 318-326 KiB on average, against
-// 1,160-1,610 of 712-959 KiB before the table was sharded.
+// from 322,893 (7.1 KiB each) to 6,172 (380 KiB each) in a 6 s run. The
+// spare run (slotTable.run) holds the next batch of up to 64 free slots
+// in that order, and a write of any shard takes the next one with an
+// atomic add, so the order survives the sharding. When each shard took
+// batches of 16 neighbouring slots of its own instead, the shards' writes
+// interleaved and the runs shortened: in the same job through FUSE the
+// disk saw 4,636 write requests of 357 KiB on average, against 2,096 of
+// 788 KiB before the table was sharded and 2,102 of 784 KiB with the
+// shared run (scripts/ceiling-ab.sh, medians of five rounds).
 package blockcache

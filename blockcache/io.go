@@ -2,7 +2,6 @@ package blockcache
 
 import (
 	"fmt"
-	"slices"
 	"sync"
 
 	"github.com/wbcache/wbcache/device"
@@ -575,7 +574,7 @@ func (c *Cache) inPlaceLocked(m *metaChange, lba uint64, s uint32, blk []byte, c
 // writeFast is writeBlock for a whole block written back into the cache
 // (writeback mode, not going around it), the common write. Under one
 // hold of the block's shard lock it looks the block up and either claims
-// its slot for an rewrite in place or takes a spare slot for the new
+// its slot for a rewrite in place or takes a spare slot for the new
 // version, which it then fills and maps (fillSlot). Caller holds the
 // stripe lock.
 func (c *Cache) writeFast(lba uint64, data []byte) (uint64, error) {
@@ -600,7 +599,7 @@ func (c *Cache) writeFast(lba uint64, data []byte) (uint64, error) {
 	var s uint32
 	spare := false
 	if m.sh != nil && len(t.shards) > 1 {
-		s, spare = c.takeSpare(m.sh)
+		s, spare = c.takeSpare()
 	}
 	m.end()
 	if !spare {
@@ -713,19 +712,19 @@ func (c *Cache) maybePromote(lba uint64, blk []byte, gen uint64) {
 	}
 }
 
-// allocSlot takes a free slot for block lba: from the spare slots of
-// lba's shard, which takes them from the free set a batch at a time
-// (next-fit, so a shard's writes still land in neighbouring slots). When
-// the free set is empty too it locks the whole table, takes the spares
-// of every shard back, and with wait blocks until a slot is free
-// (back-pressure: the reclaimer evicts clean blocks, the destager cleans
-// dirty ones); without, it fails at once when none is free.
+// allocSlot takes a free slot for block lba: from the spare run, which
+// takes them from the free set a batch at a time (next-fit, so writes
+// still land in neighbouring slots). When the free set is empty too it
+// locks the whole table, returns the spare run, and with wait blocks
+// until a slot is free (back-pressure: the reclaimer evicts clean
+// blocks, the destager cleans dirty ones); without, it fails at once
+// when none is free.
 func (c *Cache) allocSlot(lba uint64, wait bool) (uint32, error) {
 	t := &c.mu.t
 	if len(t.shards) > 1 {
 		sh := t.shardOf(lba)
 		sh.mu.Lock()
-		s, ok := c.takeSpare(sh)
+		s, ok := c.takeSpare()
 		sh.mu.Unlock()
 		if ok {
 			return s, nil
@@ -759,34 +758,43 @@ func (c *Cache) allocSlot(lba uint64, wait bool) (uint32, error) {
 	return s, nil
 }
 
-// takeSpare takes one of shard sh's spare slots, refilling them from the
-// free set first if there are none (sh locked).
-func (c *Cache) takeSpare(sh *tableShard) (uint32, bool) {
+// takeSpare takes the next slot of the spare run, refilling the run from
+// the free set first if it is used up. The caller holds a shard lock, so
+// the whole table is not locked meanwhile (returnSpares).
+func (c *Cache) takeSpare() (uint32, bool) {
 	t := &c.mu.t
-	if len(sh.spare) == 0 {
+	for {
+		r := t.run.Load()
+		if r != nil {
+			if i := r.next.Add(1) - 1; i < int64(len(r.slots)) {
+				return r.slots[i], true
+			}
+		}
 		t.freeMu.Lock()
-		for len(sh.spare) < t.spareBatch {
+		if t.run.Load() != r {
+			t.freeMu.Unlock() // refilled meanwhile
+			continue
+		}
+		nr := &spareRun{slots: make([]uint32, 0, t.spareBatch)}
+		for len(nr.slots) < t.spareBatch {
 			s, ok := t.free.take()
 			if !ok {
 				break
 			}
-			sh.spare = append(sh.spare, s)
+			nr.slots = append(nr.slots, s)
 		}
 		low := t.free.len() < c.opts.ReserveFree
+		if len(nr.slots) > 0 {
+			t.run.Store(nr)
+		}
 		t.freeMu.Unlock()
 		if low {
 			c.kickReclaim()
 		}
-		// Handed out from the end: lowest slot first.
-		slices.Reverse(sh.spare)
+		if len(nr.slots) == 0 {
+			return 0, false
+		}
 	}
-	n := len(sh.spare)
-	if n == 0 {
-		return 0, false
-	}
-	s := sh.spare[n-1]
-	sh.spare = sh.spare[:n-1]
-	return s, true
 }
 
 func (c *Cache) putFree(s uint32) {

@@ -987,10 +987,10 @@ func (mr *modelRun) checkClean(what string) {
 		if n != sh.index.n {
 			mr.t.Fatalf("after %s: shard %d's index counts %d entries and holds %d; log %v", what, i, sh.index.n, n, mr.log)
 		}
-		for _, s := range sh.spare {
-			if t.flags[s] != 0 || t.free.has(s) {
-				mr.t.Fatalf("after %s: spare slot %d of shard %d has flags %x (in the free set: %v); log %v", what, s, i, t.flags[s], t.free.has(s), mr.log)
-			}
+	}
+	for _, s := range t.run.Load().left() {
+		if t.flags[s] != 0 || t.free.has(s) {
+			mr.t.Fatalf("after %s: spare slot %d has flags %x (in the free set: %v); log %v", what, s, t.flags[s], t.free.has(s), mr.log)
 		}
 	}
 	for s, f := range t.flags {

@@ -2,7 +2,6 @@ package blockcache
 
 import (
 	"errors"
-	"slices"
 	"time"
 
 	"github.com/wbcache/wbcache/device"
@@ -148,13 +147,12 @@ func (c *Cache) prefill(wa writeAhead, ranges [][2]uint32) {
 }
 
 // zeroFree writes zeros over the free slots of [lo, hi) (in the free set
-// or spare in a shard), holding them out of the free set meanwhile, and
+// or the spare run), holding them out of the free set meanwhile, and
 // returns how long the writing took.
 func (c *Cache) zeroFree(wa writeAhead, lo, hi uint32) (time.Duration, error) {
 	c.mu.Lock()
-	taken := c.mu.t.takeSpares(lo, hi)
-	taken = append(taken, c.mu.t.free.takeRange(lo, hi)...)
-	slices.Sort(taken)
+	c.mu.t.returnSpares()
+	taken := c.mu.t.free.takeRange(lo, hi)
 	c.mu.zeroing = len(taken)
 	c.mu.Unlock()
 	t0 := time.Now()

@@ -4,6 +4,7 @@ import (
 	"math/bits"
 	"slices"
 	"sync"
+	"sync/atomic"
 )
 
 // Slot flags, one byte per slot.
@@ -26,14 +27,14 @@ const (
 // and per flush epoch with dirty blocks.
 //
 // The blocks are split into shards by LBA hash (shardOf), each with its
-// own lock, index, counters, fresh list, epoch counts, pending slots and
-// a few spare free slots, so writes to blocks of different shards change
-// the table in parallel. A slot's entries belong to the shard of the
-// block it holds; a free slot's to whoever took it from the free set.
-// Cache.mu locks every shard (the whole table); the write and read paths
-// lock one (Cache.lockLBA). The free set and the fields outside the
-// shards are changed only under the whole table's lock, but for the free
-// set, which a shard also takes spare slots from under freeMu.
+// own lock, index, counters, fresh list, epoch counts and pending slots,
+// so writes to blocks of different shards change the table in parallel.
+// A slot's entries belong to the shard of the block it holds; a free
+// slot's to whoever took it from the free set or the spare run. Cache.mu
+// locks every shard (the whole table); the write and read paths lock one
+// (Cache.lockLBA). The free set and the fields outside the shards are
+// changed only under the whole table's lock, but for the free set, which
+// a write also refills the spare run from under freeMu.
 type slotTable struct {
 	lba    []uint64
 	crc    []uint32
@@ -44,7 +45,13 @@ type slotTable struct {
 	mask   uint64 // len(shards)-1
 	freeMu sync.Mutex
 	free   freeSet
-	// spareBatch is how many free slots a shard takes at a time.
+	// run holds the spare slots: a batch of free slots taken from the free
+	// set in next-fit order, which writes of every shard take one at a
+	// time with an atomic add (Cache.takeSpare), so consecutive writes
+	// land in neighbouring slots as they did from one free set. Its
+	// untaken slots count as free. Refilled under freeMu, emptied back
+	// into the free set under the whole table's lock.
+	run        atomic.Pointer[spareRun]
 	spareBatch int
 	hand       int // CLOCK hand
 
@@ -87,21 +94,34 @@ type tableShard struct {
 	// pending lists the slots this shard unmapped, in record order,
 	// until their records are durable (unmapLocked, releaseDurable).
 	pending []pendingFree
-	// spare holds free slots taken from the free set in a batch (see
-	// Cache.allocSlot); they count as free.
-	spare []uint32
 
 	_ [64]byte // keep shards' locks off each other's cache lines
 }
 
+// spareRun is a batch of free slots in the order the free set handed
+// them out; next counts the takes (it runs past len(slots) once the
+// batch is used up).
+type spareRun struct {
+	slots []uint32
+	next  atomic.Int64
+}
+
+// left returns the slots of r not taken yet.
+func (r *spareRun) left() []uint32 {
+	if r == nil {
+		return nil
+	}
+	return r.slots[min(r.next.Load(), int64(len(r.slots))):]
+}
+
 // maxShards bounds the table's shards, and shardSlots the slots per
 // shard (Options.shardSlots sets it for tests): small caches have one
-// shard, which behaves as one lock. A shard takes at most maxSpare free
-// slots at a time, and at most an eighth of its share of the slots.
+// shard, which behaves as one lock. The spare run holds at most maxSpare
+// free slots, and at most 1/64 of them all.
 const (
 	maxShards  = 64
 	shardSlots = 512
-	maxSpare   = 16
+	maxSpare   = 64
 )
 
 // shardCount is the number of shards for n slots, at least per slots
@@ -131,8 +151,9 @@ func (t *slotTable) init(n, per uint64) {
 	t.older, t.olderLBA = map[uint32]struct{}{}, map[uint64]int{}
 	t.free = newFreeSet(n)
 	t.hand = 0
+	t.run.Store(nil)
+	t.spareBatch = int(min(max(n/64, 1), maxSpare))
 	per = n / uint64(ns)
-	t.spareBatch = int(min(max(per/8, 1), maxSpare))
 	for i := range t.shards {
 		sh := &t.shards[i]
 		sh.index = newLBAIndex(per)
@@ -206,40 +227,19 @@ func (t *slotTable) pendingCount() int {
 	return t.sum(func(sh *tableShard) int { return len(sh.pending) })
 }
 
-// freeCount counts the free slots: the free set and the shards' spares.
+// freeCount counts the free slots: the free set and the spare run's
+// (whole table locked, so no write is taking one).
 func (t *slotTable) freeCount() int {
-	return t.free.len() + t.sum(func(sh *tableShard) int { return len(sh.spare) })
+	return t.free.len() + len(t.run.Load().left())
 }
 
-// returnSpares puts the shards' spare slots back into the free set
-// (whole table locked).
+// returnSpares puts the spare run's slots back into the free set (whole
+// table locked).
 func (t *slotTable) returnSpares() {
-	for i := range t.shards {
-		sh := &t.shards[i]
-		for _, s := range sh.spare {
-			t.free.add(s)
-		}
-		sh.spare = sh.spare[:0]
+	for _, s := range t.run.Load().left() {
+		t.free.add(s)
 	}
-}
-
-// takeSpares removes the shards' spare slots in [lo, hi) and returns
-// them (whole table locked).
-func (t *slotTable) takeSpares(lo, hi uint32) []uint32 {
-	var out []uint32
-	for i := range t.shards {
-		sh := &t.shards[i]
-		keep := sh.spare[:0]
-		for _, s := range sh.spare {
-			if s >= lo && s < hi {
-				out = append(out, s)
-			} else {
-				keep = append(keep, s)
-			}
-		}
-		sh.spare = keep
-	}
-	return out
+	t.run.Store(nil)
 }
 
 // lookup returns the slot holding lba.

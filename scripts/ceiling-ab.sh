@@ -6,7 +6,11 @@
 # (so every round pays the same cold-cache costs), and the script prints
 # every round and the medians, as IOPS and as a share of the ceiling, and
 # for each wbcache build the daemon's CPU time (user + system, from
-# /proc/PID/stat) during the fio run per write completed.
+# /proc/PID/stat) during the fio run per write completed, and the write
+# requests the disk under WBC_TMP served from the start of the run to
+# the end of the unmount (from /sys/dev/block/MAJ:MIN/stat, after a
+# sync), with their average size: how well the cache file's dirty pages
+# were laid out in runs.
 #
 # The backing device is a plain sparse file (what is measured is the
 # write path into the cache, which never waits for the HDD here), the
@@ -85,7 +89,11 @@ run_fio() {
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 hz=$(getconf CLK_TCK)
 
-declare -A cpu=()
+# disk_writes: write requests and sectors the disk under WORK has served.
+devstat=/sys/dev/block/$(stat -c '%Hd:%Ld' "$WORK")/stat
+disk_writes() { awk '{ print $5, $7 }' "$devstat" 2>/dev/null || echo 0 0; }
+
+declare -A cpu=() dreq=() dsize=()
 
 declare -A res=()
 names=(ceiling)
@@ -103,12 +111,17 @@ for ((r = 1; r <= rounds; r++)); do
 		# shellcheck disable=SC2086 # format args are words
 		wbc_format "$WORK/cache.img" "$WORK/backing.img" "$csize" $fargs >/dev/null || die "$name: format failed"
 		wbc_mount_ready "$WORK/mnt" "$WORK/cache.img" "$WORK/backing.img" "$WORK/$name.log" || die "$name: mount failed"
+		sync
+		read -r w0 s0 < <(disk_writes)
 		t0=$(cpu_ticks "$WBC_DPID")
 		read -r v ios < <(run_fio "$WORK/mnt/disk")
 		t1=$(cpu_ticks "$WBC_DPID")
 		[ -n "$v" ] || { warn "fio against $name failed"; failed=1; }
 		cpu[$name]+=" $(awk -v d=$((t1 - t0)) -v hz="$hz" -v n="${ios:-0}" 'BEGIN { if (n > 0) printf "%.2f", d / hz / n * 1e6; else print 0 }')"
 		wbc_stop "$WBC_DPID" "$WORK/mnt" >/dev/null || warn "$name: unclean stop"
+		read -r w1 s1 < <(disk_writes)
+		dreq[$name]+=" $((w1 - w0))"
+		dsize[$name]+=" $(awk -v r=$((w1 - w0)) -v s=$((s1 - s0)) 'BEGIN { if (r > 0) printf "%.0f", s * 512 / r / 1024; else print 0 }')"
 		res[$name]+=" ${v:-0}"
 		line+=", $name ${v:-fail}"
 	done
@@ -118,13 +131,14 @@ done
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 ceil=$(echo "${res[ceiling]}" | median)
 echo
-echo "| target | IOPS per round | median | of ceiling | daemon CPU per write, median (per round) |"
-echo "|---|---|--:|--:|---|"
+echo "| target | IOPS per round | median | of ceiling | daemon CPU per write, median (per round) | disk write requests, median (KiB each, median) |"
+echo "|---|---|--:|--:|---|---|"
 for n in "${names[@]}"; do
 	m=$(echo "${res[$n]}" | median)
 	pct=$(awk -v a="$m" -v b="$ceil" 'BEGIN { if (b > 0) printf "%.0f%%", 100 * a / b; else print "-" }')
-	c=-
+	c=- d=-
 	[ -n "${cpu[$n]:-}" ] && c="$(echo "${cpu[$n]}" | median) µs ($(echo "${cpu[$n]}" | sed 's/^ //'))"
-	echo "| $n |${res[$n]} | $m | $pct | $c |"
+	[ -n "${dreq[$n]:-}" ] && d="$(echo "${dreq[$n]}" | median) ($(echo "${dsize[$n]}" | median))"
+	echo "| $n |${res[$n]} | $m | $pct | $c | $d |"
 done
 exit $failed
