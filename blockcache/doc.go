@@ -117,6 +117,10 @@
 //  6. journal.mu: the open journal block and sync state; held for a
 //     memory copy per record (a pwrite of the block for its first).
 //
+// Leaf locks, taken alone: the sequential-stream trackers' parts
+// (seqTracker, by the hash of where a request starts and where it
+// ends, one at a time, before the stripe), the promotion sketch's.
+//
 // No lock is shared by all writes but journal.mu, held for one record's
 // copy. A whole-block write back into the cache (Cache.writeFast) takes
 // its stripe, then its shard twice: once to look the block up and claim

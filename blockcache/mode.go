@@ -140,35 +140,93 @@ func PromoteAfter(s layout.Settings) int {
 	return 1
 }
 
-// seqTracker spots sequential streams: a request that starts where a recent
-// one ended extends that stream.
+// seqTracker spots sequential streams: a request that starts where a
+// recent one ended extends that stream. The recent requests are kept by
+// the hash of where they ended, in seqParts parts of seqWays entries, each
+// part with its own lock, as bcache keeps its recent I/Os in a hash by end
+// sector: a request looks for the stream it continues in the part of its
+// start and records the extended stream in the part of its end, so
+// requests to unrelated places take no lock in common, and a stream
+// survives until seqWays newer requests have ended in its part (with one
+// part of 8 entries, any 8 random writes in between broke a stream off).
 type seqTracker struct {
+	parts [seqParts]seqPart
+}
+
+const (
+	seqParts = 64
+	seqWays  = 8
+)
+
+type seqPart struct {
 	mu      sync.Mutex
-	streams [8]struct{ end, length int64 }
+	streams [seqWays]struct{ end, length int64 }
 	next    int
 }
 
-// seqDetect records a request and reports whether its stream is longer
-// than the sequential cutoff.
+func (t *seqTracker) part(end int64) *seqPart {
+	return &t.parts[hashLBA(uint64(end))%seqParts]
+}
+
+// take removes the stream that ends at off, if one is tracked, and
+// returns its length (0 if none).
+func (t *seqTracker) take(off int64) int64 {
+	p := t.part(off)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i := range p.streams {
+		if s := &p.streams[i]; s.end == off && s.length > 0 {
+			n := s.length
+			s.length = 0
+			return n
+		}
+	}
+	return 0
+}
+
+// continues reports whether a stream ending at off is tracked.
+func (t *seqTracker) continues(off int64) bool {
+	p := t.part(off)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, s := range p.streams {
+		if s.end == off && s.length > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// put records a stream of length bytes ending at end, in a free entry of
+// its part if there is one, else in place of the part's oldest.
+func (t *seqTracker) put(end, length int64) {
+	p := t.part(end)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	i := p.next
+	for k := range p.streams {
+		if p.streams[k].length == 0 {
+			i = k
+			break
+		}
+	}
+	if i == p.next {
+		p.next = (p.next + 1) % seqWays
+	}
+	p.streams[i].end, p.streams[i].length = end, length
+}
+
+// seqDetect records a request and reports whether it continues a stream
+// that is now longer than the sequential cutoff (a request that starts a
+// stream never does, however long).
 func (c *Cache) seqDetect(t *seqTracker, off, n int64) bool {
 	cut := c.seqCutoff.Load()
 	if cut <= 0 {
 		return false
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for i := range t.streams {
-		s := &t.streams[i]
-		if s.end == off && s.length > 0 {
-			s.end += n
-			s.length += n
-			return s.length > cut
-		}
-	}
-	s := &t.streams[t.next]
-	t.next = (t.next + 1) % len(t.streams)
-	s.end, s.length = off+n, n
-	return false
+	prev := t.take(off)
+	t.put(off+n, prev+n)
+	return prev > 0 && prev+n > cut
 }
 
 // promoteSketch counts read misses per block in a small fixed table

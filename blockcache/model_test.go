@@ -611,17 +611,7 @@ func (mr *modelRun) write(off int64, n int) {
 
 // continuesStream reports whether a write at off continues a sequential
 // stream the engine tracks: past the cutoff it may bypass the cache.
-func (c *Cache) continuesStream(off int64) bool {
-	t := &c.seqWrites
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for _, s := range t.streams {
-		if s.end == off && s.length > 0 {
-			return true
-		}
-	}
-	return false
-}
+func (c *Cache) continuesStream(off int64) bool { return c.seqWrites.continues(off) }
 
 // stream writes three runs of 2-4 whole blocks back to back, so the last
 // ones pass the sequential cutoff: each goes to the backing device whole,

@@ -63,6 +63,44 @@ func TestSequentialCutoff(t *testing.T) {
 	}
 }
 
+// TestSeqDetectAmidRandomRequests: a stream is recognised past the cutoff
+// while random requests from other writers come between its requests (32
+// between each pair, more than one part of the tracker holds), two
+// interleaved streams each on their own, and the random requests never.
+func TestSeqDetectAmidRandomRequests(t *testing.T) {
+	c := &Cache{}
+	c.seqCutoff.Store(64 << 10)
+	var tr seqTracker
+	rng := rand.New(rand.NewPCG(4, 4))
+	const req = 16 << 10
+	a, b := int64(1<<30), int64(3<<30)
+	var aBypass, bBypass, randBypass int
+	for i := 0; i < 16; i++ {
+		if c.seqDetect(&tr, a, req) {
+			aBypass++
+		}
+		a += req
+		for k := 0; k < 32; k++ {
+			if c.seqDetect(&tr, rng.Int64N(1<<20)*BlockSize, BlockSize) {
+				randBypass++
+			}
+		}
+		if c.seqDetect(&tr, b, req) {
+			bBypass++
+		}
+		b += req
+	}
+	// 64 KiB is passed from the fifth request of each stream on.
+	require.Equal(t, 12, aBypass, "stream a")
+	require.Equal(t, 12, bBypass, "stream b")
+	require.Zero(t, randBypass, "random requests")
+	require.True(t, tr.continues(a), "stream a is still tracked")
+	require.False(t, tr.continues(a+BlockSize), "no stream ends inside a request")
+	require.False(t, c.seqDetect(&tr, 5<<30, 1<<20), "a request that starts a stream never bypasses, however long")
+	c.seqCutoff.Store(0)
+	require.False(t, c.seqDetect(&tr, a, req), "cutoff 0 never bypasses")
+}
+
 // TestPromotion: with promote-after 2, the first miss of a block does not
 // copy it into the cache, the second does, and later reads hit.
 func TestPromotion(t *testing.T) {
