@@ -2,6 +2,7 @@ package crashtest
 
 import (
 	"flag"
+	"fmt"
 	"os"
 	"testing"
 )
@@ -28,6 +29,14 @@ var binDir string
 
 func TestMain(m *testing.M) {
 	flag.Parse()
+	switch *flagOrder {
+	case "", "ordered", "unordered":
+	default:
+		// Every daemon would refuse it: say so once instead of failing
+		// each iteration.
+		fmt.Fprintf(os.Stderr, "-crash.order %q: want ordered or unordered, or no flag for the daemon's default\n", *flagOrder)
+		os.Exit(2)
+	}
 	dir, err := os.MkdirTemp("", "wbc-crashtest-bin.")
 	if err != nil {
 		panic(err)
