@@ -598,12 +598,12 @@ func (c *Cache) writeFast(lba uint64, data []byte) (uint64, error) {
 	}
 	var s uint32
 	spare := false
-	if m.sh != nil && len(t.shards) > 1 {
+	if len(t.shards) > 1 {
 		s, spare = c.takeSpare()
 	}
 	m.end()
 	if !spare {
-		if s, err = c.allocSlot(lba, true); err != nil {
+		if s, err = c.allocFree(true); err != nil {
 			return 0, err
 		}
 	}
@@ -714,11 +714,7 @@ func (c *Cache) maybePromote(lba uint64, blk []byte, gen uint64) {
 
 // allocSlot takes a free slot for block lba: from the spare run, which
 // takes them from the free set a batch at a time (next-fit, so writes
-// still land in neighbouring slots). When the free set is empty too it
-// locks the whole table, returns the spare run, and with wait blocks
-// until a slot is free (back-pressure: the reclaimer evicts clean
-// blocks, the destager cleans dirty ones); without, it fails at once
-// when none is free.
+// still land in neighbouring slots), else as allocFree does.
 func (c *Cache) allocSlot(lba uint64, wait bool) (uint32, error) {
 	t := &c.mu.t
 	if len(t.shards) > 1 {
@@ -730,6 +726,16 @@ func (c *Cache) allocSlot(lba uint64, wait bool) (uint32, error) {
 			return s, nil
 		}
 	}
+	return c.allocFree(wait)
+}
+
+// allocFree takes a free slot under the whole table's lock, the spare
+// run returned to the free set first if the free set is empty. With wait
+// it blocks until a slot is free (back-pressure: the reclaimer evicts
+// clean blocks, the destager cleans dirty ones); without, it fails at
+// once when none is free.
+func (c *Cache) allocFree(wait bool) (uint32, error) {
+	t := &c.mu.t
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	waited := false
@@ -759,8 +765,8 @@ func (c *Cache) allocSlot(lba uint64, wait bool) (uint32, error) {
 }
 
 // takeSpare takes the next slot of the spare run, refilling the run from
-// the free set first if it is used up. The caller holds a shard lock, so
-// the whole table is not locked meanwhile (returnSpares).
+// the free set first if it is used up. The caller holds a shard lock (or
+// the whole table's), so returnSpares cannot run meanwhile.
 func (c *Cache) takeSpare() (uint32, bool) {
 	t := &c.mu.t
 	for {

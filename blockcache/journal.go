@@ -37,8 +37,7 @@ type journal struct {
 	reserved    uint64        // blocks promised to reservations not appended yet
 	roomWaiters int           // reservations waiting for room
 	appendSeq   uint64        // last record appended
-	writtenSeq  uint64        // last record in the journal region
-	written     atomic.Uint64 // writtenSeq, for appended without mu
+	written     atomic.Uint64 // last record in the journal region (read without mu by appended)
 	syncedSeq   uint64        // last record durable
 	syncNeed    uint64        // a caller waits for this many completed syncs
 	syncStart   uint64        // syncs started
@@ -221,7 +220,6 @@ func (j *journal) appendLocked(r layout.Record) uint64 {
 		return seq
 	}
 	j.openCount++
-	j.writtenSeq = seq
 	j.written.Store(seq)
 	if j.halfUsedLocked() {
 		j.kick()
@@ -283,7 +281,7 @@ func (j *journal) appended(seq uint64) error {
 }
 
 func (j *journal) appendedLocked(seq uint64) error {
-	if j.writtenSeq >= seq {
+	if j.written.Load() >= seq {
 		return nil
 	}
 	if j.err != nil {
@@ -454,7 +452,7 @@ func (j *journal) startSyncLocked() {
 // flight.
 func (j *journal) beginSyncLocked() (covered uint64) {
 	j.sealLocked()
-	covered = j.writtenSeq
+	covered = j.written.Load()
 	j.syncStart++
 	j.syncing = true
 	return covered

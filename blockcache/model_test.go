@@ -721,7 +721,7 @@ func (mr *modelRun) cycle() {
 	}
 	mr.r.Take()
 	mr.c.j.mu.Lock()
-	mr.log = append(mr.log, fmt.Sprintf("CRASH(open %d tail %d written %d appended %d)", mr.c.j.openLSN, mr.c.j.tail, mr.c.j.writtenSeq, mr.c.j.appendSeq))
+	mr.log = append(mr.log, fmt.Sprintf("CRASH(open %d tail %d written %d appended %d)", mr.c.j.openLSN, mr.c.j.tail, mr.c.j.written.Load(), mr.c.j.appendSeq))
 	mr.c.j.mu.Unlock()
 	ssd, hdd := mr.r.Images()
 	mr.checkBackingAlone(hdd, power)
