@@ -221,6 +221,7 @@ func (c *Cache) WriteAt(p []byte, off int64) (int, error) {
 			return 0, c.fail(err)
 		}
 	}
+	c.j.prepareAhead()
 	return done, nil
 }
 

@@ -21,6 +21,18 @@ import (
 // A journal block that has been covered by a sync is never written again
 // (it is "sealed"): the records after a sync go to the next block, so a
 // torn rewrite can never take synced records with it.
+//
+// On a mapped region the block after the open one is prepared while
+// records still go to the open one, once that is half full: written
+// with zeros, its page faulted into the mapping (device.Region.Prepare),
+// by a writer once it holds no lock or by the journal goroutine.
+// Opening a prepared block is then a memory copy of its header and first
+// record, like any other append, rather than a pwrite of the whole block
+// and a page fault on the next record, both under mu. Every write holds
+// its shard's lock while it appends, so a pwrite that sleeps on the cache
+// file's inode lock (held by the data writes of other goroutines), or a
+// fault after which the kernel runs another thread, kept every writer
+// that reached mu waiting, and every writer of their shards behind them.
 type journal struct {
 	dev  device.Device
 	reg  device.Region
@@ -60,7 +72,20 @@ type journal struct {
 	stopping    bool   // no new reservations (the cache is closing)
 	blocks      uint64 // blocks started
 	done        chan struct{}
+
+	// Preparing the next block (prepareLocked), on a mapped region only.
+	mapped    bool        // reg is a shared mapping, so prepared blocks open with a copy
+	zero      []byte      // a block of zeros, what Prepare writes
+	prepWant  uint64      // the block to prepare next (0: none)
+	prepAsk   atomic.Bool // prepWant was set: a writer done with its locks may prepare it (prepareAhead)
+	preparing uint64      // the block being prepared, with mu released (0: none); no append may open it meanwhile
+	prepEnd   uint64      // the newest block prepared (its page holds zeros, mapped writable), plus one; 0: none
+	prepOpens uint64      // blocks opened into a prepared page
 }
+
+// tracePrepare, when set by a test, is called as the journal goroutine
+// starts preparing a block, before it writes it.
+var tracePrepare atomic.Pointer[func(lsn uint64)]
 
 // newJournal continues the journal at block lsn; prevCount is how many
 // records replay found in block lsn-1.
@@ -71,6 +96,9 @@ func newJournal(dev device.Device, g layout.Geometry, uuid [16]byte, inc, lsn ui
 	}
 	j := &journal{dev: dev, reg: reg, g: g, uuid: uuid, inc: inc, openLSN: lsn, prevCount: prevCount, tail: lsn,
 		kick: kick, openBuf: make([]byte, layout.BlockSize), done: make(chan struct{})}
+	if j.mapped, _ = device.Mapped(reg); j.mapped {
+		j.zero = make([]byte, layout.BlockSize)
+	}
 	j.cond = sync.NewCond(&j.mu)
 	go j.run()
 	return j, nil
@@ -151,13 +179,17 @@ func (j *journal) release(n int) {
 
 // appendGen writes a record into the journal region and returns its
 // sequence number and the sync generation it was appended in: the number
-// of syncs started before it, none of which covers it. It never blocks on
-// I/O; the caller holds Cache.mu (metaChange) so that the order of records
-// equals the order in which their effects were applied in memory. A
-// failure makes the journal dead: appended reports it.
+// of syncs started before it, none of which covers it. It does no I/O of
+// its own but the write of a new block that was not prepared ahead, and
+// waits only for a preparation of the block it opens that is under way;
+// the caller holds the lock of the records' blocks (metaChange) so that
+// the order of records equals the order in which their effects were
+// applied in memory. A failure makes the journal dead: appended reports
+// it.
 func (j *journal) appendGen(r layout.Record) (uint64, uint64) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	j.waitPreparedLocked()
 	return j.appendLocked(r), j.syncStart
 }
 
@@ -172,6 +204,7 @@ var errNoRoom = errors.New("journal: no room without waiting")
 func (j *journal) tryAppendGen(r layout.Record) (uint64, uint64, error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	j.waitPreparedLocked()
 	if err := j.roomLocked(); err != nil {
 		return 0, 0, err
 	}
@@ -208,10 +241,15 @@ func (j *journal) appendLocked(r layout.Record) uint64 {
 	}
 	from, to := layout.RecordOffset(j.openCount), layout.RecordOffset(j.openCount+1)
 	if j.openCount == 0 {
-		// A new block is written whole: header, first record, zeros.
+		// A new block is written whole: header, first record, zeros. A
+		// prepared one holds the zeros already, mapped: copy the rest.
 		clear(j.openBuf)
 		j.chain = layout.EncodeJournalHeader(j.openBuf, j.uuid, layout.JournalHeader{LSN: j.openLSN, Incarnation: j.inc, PrevCount: j.prevCount})
 		from, to = 0, layout.BlockSize
+		if j.prepEnd == j.openLSN+1 {
+			to = layout.RecordOffset(1)
+			j.prepOpens++
+		}
 		j.blocks++
 	}
 	j.chain = layout.EncodeJournalRecord(j.openBuf, j.openCount, j.chain, r)
@@ -221,6 +259,13 @@ func (j *journal) appendLocked(r layout.Record) uint64 {
 	}
 	j.openCount++
 	j.written.Store(seq)
+	if j.mapped && j.openCount == prepareAt {
+		// Prepared by the first writer to finish its write
+		// (prepareAhead), else by the journal goroutine.
+		j.prepWant = j.openLSN + 1
+		j.prepAsk.Store(true)
+		j.cond.Broadcast()
+	}
 	if j.halfUsedLocked() {
 		j.kick()
 	}
@@ -241,6 +286,7 @@ func (j *journal) appendLocked(r layout.Record) uint64 {
 func (j *journal) appendInPlace(gen uint64, r layout.Record) (seq uint64, claimed bool, err error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	j.waitPreparedLocked()
 	if j.syncStart != gen || j.syncNeed > j.syncStart || j.roomLocked() != nil {
 		return 0, false, nil
 	}
@@ -256,6 +302,86 @@ func (j *journal) endInPlace() {
 		j.cond.Broadcast()
 		j.mu.Unlock()
 	}
+}
+
+// prepareAt is how many records the open block holds when the next one
+// is prepared. Not at once: where every write is followed by an fsync
+// (which ends the open block), a block prepared at every open is one more
+// page of zeros for each fsync to write back, and such writes do not
+// contend for mu anyway (4 KiB write + fsync at QD1: 5% fewer IOPS, with
+// requests of 4.8-5.1 KiB against 3.7). Half a block ahead leaves the
+// preparation the time of RecordsPerBlock/2 appends.
+const prepareAt = layout.RecordsPerBlock / 2
+
+// waitPreparedLocked waits while the block the next append would open is
+// being prepared: the preparation writes zeros over it with mu released,
+// and must not land over a record. It returns at once almost always (a
+// block takes RecordsPerBlock appends or a sync to fill, its successor's
+// preparation a write of one block); waiting before an append, not in
+// it, keeps sequence numbers in the order of the records on disk and
+// lets the caller's checks (room, sync generation) see the state the
+// append will.
+func (j *journal) waitPreparedLocked() {
+	for j.preparing != 0 && j.err == nil && !j.closed {
+		next := j.openLSN
+		if j.openCount == layout.RecordsPerBlock {
+			next++ // the next append seals the open block first
+		} else if j.openCount > 0 {
+			return
+		}
+		if j.preparing != next {
+			return
+		}
+		j.cond.Wait()
+	}
+}
+
+// prepWantedLocked: a block should be prepared now. It must not be open
+// already, and its place in the ring must hold no block still needed
+// (one before the tail, from an earlier pass of the ring).
+func (j *journal) prepWantedLocked() bool {
+	w := j.prepWant
+	return w != 0 && w >= j.prepEnd && j.preparing == 0 && j.err == nil && !j.closed && !j.stopping &&
+		(w > j.openLSN || (w == j.openLSN && j.openCount == 0)) && w-j.tail < j.capacity()
+}
+
+// prepareAhead prepares the block after the open one if the journal
+// wants that and no one is at it. Writers call it once they hold no lock,
+// so that the block is ready before the open one fills: left to the
+// journal goroutine alone, which must wait for a processor among the
+// writers' goroutines, a third of the blocks were not prepared in time
+// under 64 synchronous writers through /dev/fuse. Otherwise it costs an
+// atomic load.
+func (j *journal) prepareAhead() {
+	if !j.prepAsk.Load() || !j.prepAsk.CompareAndSwap(true, false) {
+		return
+	}
+	j.mu.Lock()
+	if j.prepWantedLocked() {
+		j.prepareLocked()
+	}
+	j.mu.Unlock()
+}
+
+// prepareLocked prepares block prepWant with mu released (appends that
+// would open it wait for it: waitPreparedLocked). A failure only leaves
+// the block to be opened with a write of its own, which reports it.
+func (j *journal) prepareLocked() {
+	lsn := j.prepWant
+	j.preparing = lsn
+	j.mu.Unlock()
+	if h := tracePrepare.Load(); h != nil {
+		(*h)(lsn)
+	}
+	ready, err := j.reg.Prepare(j.zero, j.g.JournalOffset(lsn))
+	j.mu.Lock()
+	j.preparing = 0
+	if err == nil && ready {
+		j.prepEnd = lsn + 1
+	} else {
+		j.prepWant = 0
+	}
+	j.cond.Broadcast()
 }
 
 // sealLocked ends the open block: later records go to the next one.
@@ -399,7 +525,7 @@ func (j *journal) run() {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	for {
-		for (j.syncing || j.syncNeed <= j.syncStart) && !j.closed && j.err == nil {
+		for (j.syncing || j.syncNeed <= j.syncStart) && !j.prepWantedLocked() && !j.closed && j.err == nil {
 			j.cond.Wait()
 		}
 		if j.err != nil || (j.closed && j.syncNeed <= j.syncStart) {
@@ -426,6 +552,10 @@ func (j *journal) run() {
 			if j.err == nil {
 				j.startSyncLocked()
 			}
+			continue
+		}
+		if j.prepWantedLocked() {
+			j.prepareLocked()
 			continue
 		}
 		j.cond.Wait()

@@ -398,3 +398,149 @@ func TestPinTakesCurrentVersion(t *testing.T) {
 	require.NoError(t, c.Complete(pinned, true))
 	require.Zero(t, c.Stats().Dirty)
 }
+
+// waitPrepared waits until the journal has prepared block lsn.
+func waitPrepared(t *testing.T, j *journal, lsn uint64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		j.mu.Lock()
+		done := j.prepEnd > lsn
+		j.mu.Unlock()
+		if done {
+			return
+		}
+		require.True(t, time.Now().Before(deadline), "journal block %d was never prepared", lsn)
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestJournalOpensPreparedBlocks: on a mapped journal every block after
+// the first is prepared ahead by the journal goroutine and opened with a
+// copy, and the blocks so written read back, from another handle, as the
+// journal's format says (header, the records, zeros after them), and
+// replay to every write.
+func TestJournalOpensPreparedBlocks(t *testing.T) {
+	c, ssdPath, hddPath := fileCache(t, false)
+	defer c.Close()
+	require.True(t, c.j.mapped)
+	first := c.j.checkpointLSN()
+	const blocks = 6
+	n := 0
+	for b := 0; b < blocks; b++ {
+		if b > 0 {
+			waitPrepared(t, c.j, first+uint64(b))
+		}
+		for k := 0; k < layout.RecordsPerBlock; k++ {
+			_, err := c.WriteAt(pattern(n), int64(n)*BlockSize)
+			require.NoError(t, err)
+			n++
+		}
+	}
+	c.j.mu.Lock()
+	opens, blocksStarted := c.j.prepOpens, c.j.blocks
+	c.j.mu.Unlock()
+	require.Equal(t, uint64(blocks), blocksStarted)
+	require.Equal(t, uint64(blocks-1), opens, "every block after the first opens prepared")
+
+	other, err := device.Open(ssdPath, device.Options{ReadOnly: true})
+	require.NoError(t, err)
+	defer other.Close()
+	blk := make([]byte, BlockSize)
+	lba := 0
+	for b := 0; b < blocks; b++ {
+		_, err = other.ReadAt(blk, c.g.JournalOffset(first+uint64(b)))
+		require.NoError(t, err)
+		h, recs, err := layout.DecodeJournalBlock(blk, c.uuid, nil)
+		require.NoError(t, err, "block %d", b)
+		require.Equal(t, first+uint64(b), h.LSN)
+		require.Equal(t, layout.RecordsPerBlock, h.Count, "block %d", b)
+		for _, r := range recs {
+			require.Equal(t, uint64(lba), r.LBA)
+			lba++
+		}
+	}
+	// The block prepared after the last one holds zeros: no block at all.
+	_, err = other.ReadAt(blk, c.g.JournalOffset(first+blocks))
+	require.NoError(t, err)
+	waitPrepared(t, c.j, first+blocks)
+	_, err = other.ReadAt(blk, c.g.JournalOffset(first+blocks))
+	require.NoError(t, err)
+	require.Equal(t, make([]byte, BlockSize), blk)
+
+	ssd2, hdd2 := openFiles(t, ssdPath, hddPath, false)
+	c2, err := Open(ssd2, hdd2, Options{CheckpointInterval: -1, NoBackgroundBackingSync: true})
+	require.NoError(t, err)
+	defer c2.Close()
+	buf := make([]byte, BlockSize)
+	for lba := 0; lba < n; lba++ {
+		_, err := c2.ReadAt(buf, int64(lba)*BlockSize)
+		require.NoError(t, err)
+		require.Equal(t, pattern(lba), buf, "block %d", lba)
+	}
+}
+
+// TestJournalWaitsForPreparation: a write that would open the block the
+// journal goroutine is preparing waits until the zeros are written, so
+// they cannot land over its record, then opens it prepared.
+func TestJournalWaitsForPreparation(t *testing.T) {
+	c, ssdPath, _ := fileCache(t, false)
+	defer c.Close()
+	first := c.j.checkpointLSN()
+	started, release := make(chan uint64, 4), make(chan struct{})
+	hook := func(lsn uint64) {
+		started <- lsn
+		<-release
+	}
+	tracePrepare.Store(&hook)
+	defer tracePrepare.Store(nil)
+
+	n := 0
+	for ; n < prepareAt-1; n++ {
+		_, err := c.WriteAt(pattern(n), int64(n)*BlockSize)
+		require.NoError(t, err)
+	}
+	// The write that makes the block half full asks for the next one and
+	// prepares it itself once it holds no lock (or the journal goroutine
+	// does): the hook holds the preparation there.
+	asked := make(chan error, 1)
+	go func(n int) {
+		_, err := c.WriteAt(pattern(n), int64(n)*BlockSize)
+		asked <- err
+	}(n)
+	n++
+	require.Equal(t, first+1, <-started, "block %d half full asks for the next one", first)
+	// A sync ends the open block: the next record opens the one being
+	// prepared.
+	require.NoError(t, c.Sync())
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.WriteAt(pattern(n), int64(n)*BlockSize)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("the write returned (%v) while its journal block was being prepared", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	tracePrepare.Store(nil)
+	close(release)
+	require.NoError(t, <-done)
+	require.NoError(t, <-asked)
+
+	c.j.mu.Lock()
+	opens := c.j.prepOpens
+	c.j.mu.Unlock()
+	require.Equal(t, uint64(1), opens)
+	other, err := device.Open(ssdPath, device.Options{ReadOnly: true})
+	require.NoError(t, err)
+	defer other.Close()
+	blk := make([]byte, BlockSize)
+	_, err = other.ReadAt(blk, c.g.JournalOffset(first+1))
+	require.NoError(t, err)
+	h, recs, err := layout.DecodeJournalBlock(blk, c.uuid, nil)
+	require.NoError(t, err)
+	require.Equal(t, first+1, h.LSN)
+	require.Equal(t, 1, h.Count)
+	require.Equal(t, uint64(n), recs[0].LBA)
+}

@@ -25,6 +25,13 @@ type Region interface {
 	// [from, to) of b may differ from what the last Update of the same
 	// range wrote. off and len(b) must lie inside the region.
 	Update(b []byte, off int64, from, to int) error
+	// Prepare writes b, whole pages, at off and readies those pages for
+	// Updates of part of them: on a mapping it also stores into each page
+	// through it, so that the next Update there is a copy that neither
+	// faults nor enters the kernel (until a sync of the device cleans the
+	// page again). It reports whether the pages are ready in that sense;
+	// a region that is not mapped writes nothing and reports false.
+	Prepare(b []byte, off int64) (bool, error)
 	// Close unmaps the region. The device stays open.
 	Close() error
 }
@@ -109,6 +116,9 @@ func (r *writeRegion) Update(b []byte, off int64, from, to int) error {
 	return err
 }
 
+// Prepare has nothing to ready: every Update is a WriteAt.
+func (r *writeRegion) Prepare(b []byte, off int64) (bool, error) { return false, nil }
+
 func (r *writeRegion) Close() error { return nil }
 
 // mapRegion maps [off, off+n) of f shared, read-write.
@@ -171,6 +181,33 @@ func (r *mapRegion) Update(b []byte, off int64, from, to int) (err error) {
 	}()
 	copy(r.mem[off-r.base+int64(from):], b[from:to])
 	return nil
+}
+
+func (r *mapRegion) Prepare(b []byte, off int64) (ready bool, err error) {
+	page := int64(os.Getpagesize())
+	if off < r.off || off+int64(len(b)) > r.off+r.n || off%page != 0 || int64(len(b))%page != 0 {
+		return false, fmt.Errorf("device: prepare at %d length %d is not whole pages inside the region [%d, %d)", off, len(b), r.off, r.off+r.n)
+	}
+	if r.mem == nil {
+		return false, ErrClosed
+	}
+	// Written, not stored, for the reasons Update gives.
+	if _, err := r.f.WriteAt(b, off); err != nil {
+		return false, err
+	}
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if p := recover(); p != nil {
+			ready, err = false, &os.PathError{Op: "write (mapped)", Path: r.f.path, Err: r.f.faultError(off, p)}
+		}
+	}()
+	// Storing the byte the page already holds faults the page into the
+	// mapping, writable: the fault (and the filesystem's page_mkwrite)
+	// happens here rather than in the next Update.
+	for p := int64(0); p < int64(len(b)); p += page {
+		r.mem[off-r.base+p] = b[p]
+	}
+	return true, nil
 }
 
 func (r *mapRegion) Close() error {

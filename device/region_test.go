@@ -95,3 +95,60 @@ func TestRegionWriteThrough(t *testing.T) {
 		require.NoError(t, f.Close())
 	}
 }
+
+// TestRegionPrepare: Prepare writes whole pages and, on a mapping, leaves
+// them mapped writable, so the next partial Update is a plain copy; the
+// content is the same as if the pages had been written by Update. A region
+// that is not mapped writes nothing and says the pages are not ready.
+func TestRegionPrepare(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "f")
+	require.NoError(t, Create(path, 1<<20))
+	f, err := Open(path, Options{})
+	require.NoError(t, err)
+	defer f.Close()
+	r, err := NewRegion(f, 64<<10, 256<<10)
+	require.NoError(t, err)
+	off := int64(64<<10 + 3*BlockSize)
+	old := bytes.Repeat([]byte{0x5a}, 2*BlockSize)
+	_, err = f.WriteAt(old, off)
+	require.NoError(t, err)
+
+	zero := make([]byte, 2*BlockSize)
+	ready, err := r.Prepare(zero, off)
+	require.NoError(t, err)
+	require.True(t, ready, "a mapped region readies its pages")
+	g, err := Open(path, Options{ReadOnly: true})
+	require.NoError(t, err)
+	defer g.Close()
+	got := make([]byte, 2*BlockSize)
+	_, err = g.ReadAt(got, off)
+	require.NoError(t, err)
+	require.Equal(t, zero, got, "Prepare writes b over what was there")
+
+	part := bytes.Repeat([]byte{0x77}, BlockSize)
+	require.NoError(t, r.Update(part, off+BlockSize, 0, 40))
+	_, err = g.ReadAt(got, off)
+	require.NoError(t, err)
+	want := bytes.Clone(zero)
+	copy(want[BlockSize:], part[:40])
+	require.Equal(t, want, got)
+
+	require.Error(t, func() error { _, err := r.Prepare(zero, off+1); return err }(), "not page aligned")
+	require.Error(t, func() error { _, err := r.Prepare(zero[:100], off); return err }(), "not whole pages")
+	require.Error(t, func() error { _, err := r.Prepare(zero, 64<<10+256<<10-BlockSize); return err }(), "past the region")
+	require.NoError(t, r.Close())
+	_, err = r.Prepare(zero, off)
+	require.ErrorIs(t, err, ErrClosed)
+
+	m := NewMem(1<<20, [16]byte{9})
+	w, err := NewRegion(m, 0, 1<<20)
+	require.NoError(t, err)
+	_, err = m.WriteAt(old[:BlockSize], 2*BlockSize)
+	require.NoError(t, err)
+	ready, err = w.Prepare(zero[:BlockSize], 2*BlockSize)
+	require.NoError(t, err)
+	require.False(t, ready, "a region that is not mapped has nothing to ready")
+	_, err = m.ReadAt(got[:BlockSize], 2*BlockSize)
+	require.NoError(t, err)
+	require.Equal(t, old[:BlockSize], got[:BlockSize], "and writes nothing")
+}
