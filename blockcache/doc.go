@@ -12,7 +12,8 @@
 // block costs one slot and one page of writeback, not one per write.
 // The journal ring is mapped shared into memory (device.Region): appending
 // a record is a memory copy into the cache file's page cache (the first
-// of a block, a pwrite of the whole block), so WriteAt
+// of a block too, once the block is prepared ahead: journal.go; else a
+// pwrite of the whole block), so WriteAt
 // returns, with no journal I/O and no hand-off to another goroutine, once
 // data and record are both in the page cache (they survive a process
 // crash). On devices that cannot be mapped the record is written with
