@@ -130,12 +130,20 @@ func TestJournalMappedOnFile(t *testing.T) {
 
 	// A cache opened from a second handle of the same file (what a
 	// restarted process sees) recovers every write, with no sync done.
+	reopenReads(t, ssdPath, hddPath, 50)
+}
+
+// reopenReads opens the cache again through new handles of its files
+// (what a restarted process sees) and checks that blocks 0 to n-1 read as
+// pattern.
+func reopenReads(t *testing.T, ssdPath, hddPath string, n int) {
+	t.Helper()
 	ssd2, hdd2 := openFiles(t, ssdPath, hddPath, false)
 	c2, err := Open(ssd2, hdd2, Options{CheckpointInterval: -1, NoBackgroundBackingSync: true})
 	require.NoError(t, err)
 	defer c2.Close()
 	buf := make([]byte, BlockSize)
-	for lba := 0; lba < 50; lba++ {
+	for lba := 0; lba < n; lba++ {
 		_, err := c2.ReadAt(buf, int64(lba)*BlockSize)
 		require.NoError(t, err)
 		require.Equal(t, pattern(lba), buf, "block %d", lba)
@@ -467,17 +475,7 @@ func TestJournalOpensPreparedBlocks(t *testing.T) {
 	_, err = other.ReadAt(blk, c.g.JournalOffset(first+blocks))
 	require.NoError(t, err)
 	require.Equal(t, make([]byte, BlockSize), blk)
-
-	ssd2, hdd2 := openFiles(t, ssdPath, hddPath, false)
-	c2, err := Open(ssd2, hdd2, Options{CheckpointInterval: -1, NoBackgroundBackingSync: true})
-	require.NoError(t, err)
-	defer c2.Close()
-	buf := make([]byte, BlockSize)
-	for lba := 0; lba < n; lba++ {
-		_, err := c2.ReadAt(buf, int64(lba)*BlockSize)
-		require.NoError(t, err)
-		require.Equal(t, pattern(lba), buf, "block %d", lba)
-	}
+	reopenReads(t, ssdPath, hddPath, n)
 }
 
 // TestJournalWaitsForPreparation: a write that would open the block the

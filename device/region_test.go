@@ -8,15 +8,23 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func TestRegionMappedFile(t *testing.T) {
+// mappedRegion maps [64 KiB, 320 KiB) of a new 1 MiB file, closed when
+// the test ends.
+func mappedRegion(t *testing.T) (*File, string, Region) {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "f")
 	require.NoError(t, Create(path, 1<<20))
 	f, err := Open(path, Options{})
 	require.NoError(t, err)
-	defer f.Close()
+	t.Cleanup(func() { f.Close() })
 	r, err := NewRegion(f, 64<<10, 256<<10)
 	require.NoError(t, err)
 	require.IsType(t, &mapRegion{}, r)
+	return f, path, r
+}
+
+func TestRegionMappedFile(t *testing.T) {
+	f, path, r := mappedRegion(t)
 
 	blk := bytes.Repeat([]byte{0xab}, BlockSize)
 	require.NoError(t, r.Update(blk, 64<<10+BlockSize, 0, BlockSize))
@@ -101,16 +109,10 @@ func TestRegionWriteThrough(t *testing.T) {
 // content is the same as if the pages had been written by Update. A region
 // that is not mapped writes nothing and says the pages are not ready.
 func TestRegionPrepare(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "f")
-	require.NoError(t, Create(path, 1<<20))
-	f, err := Open(path, Options{})
-	require.NoError(t, err)
-	defer f.Close()
-	r, err := NewRegion(f, 64<<10, 256<<10)
-	require.NoError(t, err)
+	f, path, r := mappedRegion(t)
 	off := int64(64<<10 + 3*BlockSize)
 	old := bytes.Repeat([]byte{0x5a}, 2*BlockSize)
-	_, err = f.WriteAt(old, off)
+	_, err := f.WriteAt(old, off)
 	require.NoError(t, err)
 
 	zero := make([]byte, 2*BlockSize)
