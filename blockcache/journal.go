@@ -495,6 +495,13 @@ func (j *journal) stats() (seq, synced, syncs, blocks, used uint64) {
 	return j.appendSeq, j.syncedSeq, j.syncDone, j.blocks, j.openLSN - j.tail + 1
 }
 
+// preparedOpens is how many blocks were opened into a prepared page.
+func (j *journal) preparedOpens() uint64 {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.prepOpens
+}
+
 // stop makes waiting and future reservations that do not fit fail, so
 // background work can wind down while the final checkpoint is written.
 func (j *journal) stop() {

@@ -450,6 +450,7 @@ func TestJournalOpensPreparedBlocks(t *testing.T) {
 	c.j.mu.Unlock()
 	require.Equal(t, uint64(blocks), blocksStarted)
 	require.Equal(t, uint64(blocks-1), opens, "every block after the first opens prepared")
+	require.Equal(t, opens, c.Stats().JournalPrepared, "the status counts them")
 
 	other, err := device.Open(ssdPath, device.Options{ReadOnly: true})
 	require.NoError(t, err)

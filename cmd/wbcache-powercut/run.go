@@ -555,10 +555,11 @@ func (r *runner) round(round int) error {
 
 	r.logf("round %d/%d: checked %d blocks in %.1fs: %d violations (%d written: %d newest acknowledged, %d older [unsynced, lost], %d newer [in flight], %d back to zeros)",
 		round, r.cfg.rounds, vs.blocks, vdur.Seconds(), len(viols), vs.written, vs.newest, vs.lostUnsync, vs.inflight, vs.lostToZeros)
-	r.logf("  ready in %.2fs (recovery %.3fs, %.0f records replayed); wrote %d times (%d blocks), %d fsyncs, %d random reads, %s after %.2fs (writers stopped by: %s); before the kill %.0f dirty / %.0f used slots, %.0f evictions, %.0f blocks written back, %.0f journal syncs; %s; %d floors raised; %.1fs",
+	r.logf("  ready in %.2fs (recovery %.3fs, %.0f records replayed); wrote %d times (%d blocks), %d fsyncs, %d random reads, %s after %.2fs (writers stopped by: %s); before the kill %.0f dirty / %.0f used slots, %.0f evictions, %.0f blocks written back, %.0f journal syncs, %.0f of %.0f journal blocks prepared; %s; %d floors raised; %.1fs",
 		ready.Seconds(), num(st, "recovery_seconds"), num(st, "recovery_replayed_records"),
 		ws.writes, ws.blocks, ws.fsyncs, ws.reads, orderNames[order], runFor.Seconds(), ws.stopReason(),
 		num(ws.status, "slots_dirty"), num(ws.status, "slots_used"), num(ws.status, "evictions"), num(ws.status, "destaged_blocks"), num(ws.status, "journal_syncs"),
+		num(ws.status, "journal_blocks_prepared"), num(ws.status, "journal_blocks_written"),
 		strings.TrimPrefix(cutLine, "wbcache-powercut: "), raised, time.Since(t0).Seconds())
 	return nil
 }

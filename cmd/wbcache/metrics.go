@@ -129,6 +129,7 @@ func formatMetrics(s *Status) []byte {
 	metric("wbcache_journal_records_total", "counter", "Metadata journal records.", u(s.JournalRecords))
 	metric("wbcache_journal_commits_total", "counter", "Journal commits (cache device syncs).", u(s.JournalSyncs))
 	metric("wbcache_journal_blocks_written_total", "counter", "Journal blocks started (up to 127 records each).", u(s.JournalBlocks))
+	metric("wbcache_journal_blocks_prepared_total", "counter", "Journal blocks opened into a page prepared ahead, outside the journal's lock.", u(s.JournalPrepared))
 	metric("wbcache_journal_used_blocks", "gauge", "Journal blocks in use.", u(s.JournalUsed))
 	metric("wbcache_journal_blocks", "gauge", "Journal size in blocks.", u(s.JournalSize))
 	metric("wbcache_checkpoints_total", "counter", "Checkpoints written.", u(s.Checkpoints))
