@@ -57,10 +57,7 @@ need_root
 need_tools fio fusermount3 go python3
 wbc_install_traps
 mk_workdir wbc-ab
-if [ ${#builds[@]} -eq 0 ]; then
-	wbc_build "$WORK/bin"
-	builds=("head=$WBCACHE")
-fi
+wbc_builds_or_head builds
 CEIL_SRC=${FUSECEILING_SRC:-$WBC_REPO/../shared/bench/fuseceiling}
 [ -f "$CEIL_SRC/main.go" ] || die "fuseceiling source not found in $CEIL_SRC (set FUSECEILING_SRC)"
 (cd "$CEIL_SRC" && go build -o "$WORK/fuseceiling" .) || die "building fuseceiling failed"
@@ -84,10 +81,6 @@ run_fio() {
 		--randrepeat=0 --output-format=json 2>>"$WORK/fio.err" |
 		python3 -c 'import json, sys; w = json.load(sys.stdin)["jobs"][0]["write"]; print(int(w["iops"]), w["total_ios"])' 2>/dev/null
 }
-
-# cpu_ticks PID: user + system CPU time of PID, in clock ticks.
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
-hz=$(getconf CLK_TCK)
 
 # disk_writes: write requests and sectors the disk under WORK has served.
 devstat=/sys/dev/block/$(stat -c '%Hd:%Ld' "$WORK")/stat
@@ -117,7 +110,7 @@ for ((r = 1; r <= rounds; r++)); do
 		read -r v ios < <(run_fio "$WORK/mnt/disk")
 		t1=$(cpu_ticks "$WBC_DPID")
 		[ -n "$v" ] || { warn "fio against $name failed"; failed=1; }
-		cpu[$name]+=" $(awk -v d=$((t1 - t0)) -v hz="$hz" -v n="${ios:-0}" 'BEGIN { if (n > 0) printf "%.2f", d / hz / n * 1e6; else print 0 }')"
+		cpu[$name]+=" $(cpu_us_per $((t1 - t0)) "${ios:-0}")"
 		wbc_stop "$WBC_DPID" "$WORK/mnt" >/dev/null || warn "$name: unclean stop"
 		read -r w1 s1 < <(disk_writes)
 		dreq[$name]+=" $((w1 - w0))"
@@ -128,7 +121,6 @@ for ((r = 1; r <= rounds; r++)); do
 	log "$line"
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 ceil=$(echo "${res[ceiling]}" | median)
 echo
 echo "| target | IOPS per round | median | of ceiling | daemon CPU per write, median (per round) | disk write requests, median (KiB each, median) |"

@@ -215,6 +215,31 @@ wbc_build() {
 	export WBCACHE WBCHECK
 }
 
+# wbc_builds_or_head ARRAY: the A/B scripts' builds (NAME=BINARY words in
+# the array named ARRAY); when none were given, this tree's wbcache,
+# built into $WORK/bin, as "head".
+wbc_builds_or_head() {
+	local -n builds_ref=$1
+	if [ ${#builds_ref[@]} -eq 0 ]; then
+		wbc_build "$WORK/bin"
+		builds_ref=("head=$WBCACHE")
+	fi
+}
+
+# ---------------------------------------------------------------- measuring
+
+# cpu_ticks PID: user + system CPU time of PID, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+# cpu_us_per TICKS N: TICKS of CPU time per one of N operations, in µs
+# (0 when N is 0).
+cpu_us_per() {
+	awk -v d="$1" -v hz="$(getconf CLK_TCK)" -v n="$2" 'BEGIN { if (n > 0) printf "%.2f", d / hz / n * 1e6; else print 0 }'
+}
+
+# median: the median of the numbers on stdin (whitespace separated).
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+
 # ---------------------------------------------------------------- daemon
 
 # wbc_format CACHE BACKING CACHE_SIZE [extra format args...]

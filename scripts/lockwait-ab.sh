@@ -54,10 +54,7 @@ need_root
 need_tools fio go python3 curl
 wbc_install_traps
 mk_workdir wbc-lockwait
-if [ ${#builds[@]} -eq 0 ]; then
-	wbc_build "$WORK/bin"
-	builds=("head=$WBCACHE")
-fi
+wbc_builds_or_head builds
 truncate -s 4G "$WORK/backing.img"
 mkdir -p "$WORK/mnt"
 
@@ -68,10 +65,6 @@ run_fio() {
 		--randrepeat=0 --output-format=json 2>>"$WORK/fio.err" |
 		python3 -c 'import json, sys; print(int(json.load(sys.stdin)["jobs"][0]["write"]["iops"]))' 2>/dev/null
 }
-
-# cpu_ticks PID: user + system CPU time of PID, in clock ticks.
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
-hz=$(getconf CLK_TCK)
 
 writes() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["writes"])' "$WORK/mnt/stats" 2>/dev/null; }
 
@@ -118,13 +111,12 @@ for ((r = 1; r <= rounds; r++)); do
 		iops[$name]+=" $v"
 		wait[$name]+=" $(awk -v d="$d" -v n="$n" 'BEGIN { printf "%.0f", d / n }')"
 		cont[$name]+=" $(awk -v c="$c" -v n="$n" 'BEGIN { printf "%.2f", 1000 * c / n }')"
-		cpu[$name]+=" $(awk -v d=$((t1 - t0)) -v hz="$hz" -v n="$n" 'BEGIN { printf "%.2f", d / hz / n * 1e6 }')"
+		cpu[$name]+=" $(cpu_us_per $((t1 - t0)) "$n")"
 		line+=" $name $v IOPS, $(awk -v d="$d" -v n="$n" 'BEGIN { printf "%.0f", d / n }') ns wait/write;"
 	done
 	log "$line"
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 echo
 echo "| build | IOPS, median (per round) | engine lock wait per write, median (per round) | contentions per 1,000 writes, median | daemon CPU per write, median (per round) |"
 echo "|---|---|---|---|---|"
