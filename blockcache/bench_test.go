@@ -108,7 +108,7 @@ func BenchmarkRecovery(b *testing.B) {
 		require.NoError(b, err)
 	}
 	require.NoError(b, c.j.sync())
-	seq, _, _, _, used := c.j.stats()
+	seq, _, _, _, _, used := c.j.stats()
 	// Abandon the cache without a checkpoint: what a kill -9 leaves.
 	c.closed.Store(true)
 	close(c.stop)

@@ -176,11 +176,11 @@ func (c *Cache) checkpointer() {
 				continue
 			}
 		case <-tick:
-			if seq, _, _, _, _ := c.j.stats(); seq == lastSeq {
+			if seq, _, _, _, _, _ := c.j.stats(); seq == lastSeq {
 				continue
 			}
 		}
-		lastSeq, _, _, _, _ = c.j.stats()
+		lastSeq, _, _, _, _, _ = c.j.stats()
 		if err := c.checkpoint(false); err != nil {
 			c.log.Error("checkpoint failed", "err", err)
 		}

@@ -116,9 +116,10 @@
 //     lock, once per batch of slots; the run's slots are taken with an
 //     atomic add and no lock.
 //  6. journal.mu: the open journal block and sync state; held for a
-//     memory copy per record. The journal goroutine writes the next
-//     block with zeros and faults it into the mapping ahead, with mu
-//     released, so that opening it is a copy too (a pwrite of the whole
+//     memory copy per record. Once the open block is half full the next
+//     one is written with zeros and faulted into the mapping, with mu
+//     released, by a write that holds no lock or by the journal
+//     goroutine, so that opening it is a copy too (a pwrite of the whole
 //     block when it is not prepared in time, or not mapped).
 //
 // Leaf locks, taken alone: the sequential-stream trackers' parts

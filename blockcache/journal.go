@@ -83,8 +83,8 @@ type journal struct {
 	prepOpens uint64      // blocks opened into a prepared page
 }
 
-// tracePrepare, when set by a test, is called as the journal goroutine
-// starts preparing a block, before it writes it.
+// tracePrepare, when set by a test, is called as a block's preparation
+// starts (in a writer or the journal goroutine), before it writes it.
 var tracePrepare atomic.Pointer[func(lsn uint64)]
 
 // newJournal continues the journal at block lsn; prevCount is how many
@@ -322,18 +322,21 @@ const prepareAt = layout.RecordsPerBlock / 2
 // lets the caller's checks (room, sync generation) see the state the
 // append will.
 func (j *journal) waitPreparedLocked() {
-	for j.preparing != 0 && j.err == nil && !j.closed {
-		next := j.openLSN
-		if j.openCount == layout.RecordsPerBlock {
-			next++ // the next append seals the open block first
-		} else if j.openCount > 0 {
-			return
-		}
-		if j.preparing != next {
-			return
-		}
+	for j.preparing != 0 && j.opensLocked(j.preparing) && j.err == nil && !j.closed {
 		j.cond.Wait()
 	}
+}
+
+// opensLocked reports whether the next append opens block lsn: the open
+// block is lsn and has no record yet, or is full and lsn follows it.
+func (j *journal) opensLocked(lsn uint64) bool {
+	return (j.openCount == 0 && lsn == j.openLSN) || (j.openCount == layout.RecordsPerBlock && lsn == j.openLSN+1)
+}
+
+// openedLocked reports whether block lsn has records already (it is the
+// open block, with some, or an earlier one).
+func (j *journal) openedLocked(lsn uint64) bool {
+	return lsn < j.openLSN || (lsn == j.openLSN && j.openCount > 0)
 }
 
 // prepWantedLocked: a block should be prepared now. It must not be open
@@ -342,7 +345,7 @@ func (j *journal) waitPreparedLocked() {
 func (j *journal) prepWantedLocked() bool {
 	w := j.prepWant
 	return w != 0 && w >= j.prepEnd && j.preparing == 0 && j.err == nil && !j.closed && !j.stopping &&
-		(w > j.openLSN || (w == j.openLSN && j.openCount == 0)) && w-j.tail < j.capacity()
+		!j.openedLocked(w) && w-j.tail < j.capacity()
 }
 
 // prepareAhead prepares the block after the open one if the journal
@@ -489,17 +492,12 @@ func (j *journal) checkpointLSN() uint64 {
 	return j.openLSN
 }
 
-func (j *journal) stats() (seq, synced, syncs, blocks, used uint64) {
+// stats: records appended and durable, syncs done, blocks started and of
+// those opened prepared, blocks in use.
+func (j *journal) stats() (seq, synced, syncs, blocks, prepared, used uint64) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	return j.appendSeq, j.syncedSeq, j.syncDone, j.blocks, j.openLSN - j.tail + 1
-}
-
-// preparedOpens is how many blocks were opened into a prepared page.
-func (j *journal) preparedOpens() uint64 {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return j.prepOpens
+	return j.appendSeq, j.syncedSeq, j.syncDone, j.blocks, j.prepOpens, j.openLSN - j.tail + 1
 }
 
 // stop makes waiting and future reservations that do not fit fail, so

@@ -168,7 +168,7 @@ func TestJournalDirectFileWrites(t *testing.T) {
 func TestPinSyncsOncePerSnapshot(t *testing.T) {
 	_, _, c := memCache(t)
 	defer c.Close()
-	syncs := func() uint64 { _, _, n, _, _ := c.j.stats(); return n }
+	syncs := func() uint64 { _, _, n, _, _, _ := c.j.stats(); return n }
 	for lba := 0; lba < 40; lba++ {
 		_, err := c.WriteAt(pattern(lba), int64(lba)*BlockSize)
 		require.NoError(t, err)
@@ -424,8 +424,8 @@ func waitPrepared(t *testing.T, j *journal, lsn uint64) {
 }
 
 // TestJournalOpensPreparedBlocks: on a mapped journal every block after
-// the first is prepared ahead by the journal goroutine and opened with a
-// copy, and the blocks so written read back, from another handle, as the
+// the first is prepared ahead (by a write done with its locks, or the
+// journal goroutine) and opened with a copy, and the blocks so written read back, from another handle, as the
 // journal's format says (header, the records, zeros after them), and
 // replay to every write.
 func TestJournalOpensPreparedBlocks(t *testing.T) {
@@ -479,8 +479,8 @@ func TestJournalOpensPreparedBlocks(t *testing.T) {
 	reopenReads(t, ssdPath, hddPath, n)
 }
 
-// TestJournalWaitsForPreparation: a write that would open the block the
-// journal goroutine is preparing waits until the zeros are written, so
+// TestJournalWaitsForPreparation: a write that would open a block under
+// preparation waits until the zeros are written, so
 // they cannot land over its record, then opens it prepared.
 func TestJournalWaitsForPreparation(t *testing.T) {
 	c, ssdPath, _ := fileCache(t, false)

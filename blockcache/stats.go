@@ -153,8 +153,7 @@ func (c *Cache) Stats() Stats {
 	s.CacheErrors, s.BackingErrors, s.HealedBlocks = st.cacheErrors.Load(), st.backingErrors.Load(), st.healed.Load()
 	s.RecoverySecs = time.Duration(st.recoveryNanos.Load()).Seconds()
 	s.UnwrittenBytes = st.unwritten.Load()
-	s.JournalRecords, _, s.JournalSyncs, s.JournalBlocks, s.JournalUsed = c.j.stats()
-	s.JournalPrepared = c.j.preparedOpens()
+	s.JournalRecords, _, s.JournalSyncs, s.JournalBlocks, s.JournalPrepared, s.JournalUsed = c.j.stats()
 	s.JournalSize = c.g.JournalBlocks
 	if p := c.failed.Load(); p != nil {
 		s.Failed = (*p).Error()
