@@ -79,7 +79,8 @@ steady_sequence() {
 		timed_fio "$name" "$t" "$file" "$opts"
 		read -r -a after <<<"$([ "$wbc" = 1 ] && status_vals || echo "0 0 0 0 0 0 0 0")"
 		dirty=$((after[1] * 4096)) byp=$((after[7] - before[7]))
-		printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$t" "${FIO_RES// /$'\t'}" "$dirty" "$byp" >>"$RAW/steady.tsv"
+		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$t" "${FIO_RES// /$'\t'}" "$dirty" "$byp" \
+			$((after[5] - before[5])) $((after[6] - before[6])) >>"$RAW/steady.tsv"
 		log "  $name on $t: $(steady_line "$FIO_RES"); dirty $((dirty >> 20)) MiB"
 	done
 }
@@ -228,6 +229,7 @@ steady_table() {
 	FILENAME ~ /steady.tsv$/ {
 		v[$1, $2] = ($1 ~ /1m/ ? $4 : $3); r[$1, $2] = rate($3, $4, $1 ~ /1m/); p[$1, $2] = $5; d[$1, $2] = $7
 		if ($2 == "writeback" && $1 ~ /1m/ && $6 > 0) byp = sprintf("%.0f%%", 100 * $8 / $6)
+		if ($2 == "writeback" && $1 ~ /read/ && $9 + $10 > 0) hit = sprintf("%.0f%%", 100 * $9 / ($9 + $10))
 		next
 	}
 	{ dt[$1] = $2; ds[$1] = $3 }
@@ -251,6 +253,7 @@ steady_table() {
 			print "."
 		}
 		if (byp != "") print "\nWrite requests of the 1 MiB job that bypassed the cache (writeback): " byp "."
+		if (hit != "") print "\nReads of the 4 KiB randread job served from the cache (writeback): " hit "; the rest went to the HDD. The write jobs before it are timed, so how much of the region they covered depends on the machine."
 	}' "$RAW/steady.tsv" "$RAW/drain.tsv"
 }
 
