@@ -108,7 +108,8 @@ func BenchmarkRecovery(b *testing.B) {
 		require.NoError(b, err)
 	}
 	require.NoError(b, c.j.sync())
-	seq, _, _, _, _, used := c.j.stats()
+	js := c.j.stats()
+	seq, used := js.records, js.used
 	// Abandon the cache without a checkpoint: what a kill -9 leaves.
 	c.closed.Store(true)
 	close(c.stop)

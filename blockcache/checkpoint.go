@@ -176,11 +176,11 @@ func (c *Cache) checkpointer() {
 				continue
 			}
 		case <-tick:
-			if seq, _, _, _, _, _ := c.j.stats(); seq == lastSeq {
+			if c.j.lastSeq() == lastSeq {
 				continue
 			}
 		}
-		lastSeq, _, _, _, _, _ = c.j.stats()
+		lastSeq = c.j.lastSeq()
 		if err := c.checkpoint(false); err != nil {
 			c.log.Error("checkpoint failed", "err", err)
 		}

@@ -492,12 +492,19 @@ func (j *journal) checkpointLSN() uint64 {
 	return j.openLSN
 }
 
-// stats: records appended and durable, syncs done, blocks started and of
-// those opened prepared, blocks in use.
-func (j *journal) stats() (seq, synced, syncs, blocks, prepared, used uint64) {
+// journalStats are the journal's counters, read together.
+type journalStats struct {
+	records  uint64 // records appended (the newest one's sequence number)
+	syncs    uint64 // syncs done
+	blocks   uint64 // blocks started
+	prepared uint64 // of those, opened into a page prepared ahead
+	used     uint64 // blocks from the tail through the open one
+}
+
+func (j *journal) stats() journalStats {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	return j.appendSeq, j.syncedSeq, j.syncDone, j.blocks, j.prepOpens, j.openLSN - j.tail + 1
+	return journalStats{records: j.appendSeq, syncs: j.syncDone, blocks: j.blocks, prepared: j.prepOpens, used: j.openLSN - j.tail + 1}
 }
 
 // stop makes waiting and future reservations that do not fit fail, so

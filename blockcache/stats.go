@@ -153,7 +153,8 @@ func (c *Cache) Stats() Stats {
 	s.CacheErrors, s.BackingErrors, s.HealedBlocks = st.cacheErrors.Load(), st.backingErrors.Load(), st.healed.Load()
 	s.RecoverySecs = time.Duration(st.recoveryNanos.Load()).Seconds()
 	s.UnwrittenBytes = st.unwritten.Load()
-	s.JournalRecords, _, s.JournalSyncs, s.JournalBlocks, s.JournalPrepared, s.JournalUsed = c.j.stats()
+	js := c.j.stats()
+	s.JournalRecords, s.JournalSyncs, s.JournalBlocks, s.JournalPrepared, s.JournalUsed = js.records, js.syncs, js.blocks, js.prepared, js.used
 	s.JournalSize = c.g.JournalBlocks
 	if p := c.failed.Load(); p != nil {
 		s.Failed = (*p).Error()

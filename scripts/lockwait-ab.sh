@@ -108,11 +108,12 @@ for ((r = 1; r <= rounds; r++)); do
 			failed=1
 			continue
 		fi
+		per=$(awk -v d="$d" -v n="$n" 'BEGIN { printf "%.0f", d / n }')
 		iops[$name]+=" $v"
-		wait[$name]+=" $(awk -v d="$d" -v n="$n" 'BEGIN { printf "%.0f", d / n }')"
+		wait[$name]+=" $per"
 		cont[$name]+=" $(awk -v c="$c" -v n="$n" 'BEGIN { printf "%.2f", 1000 * c / n }')"
 		cpu[$name]+=" $(cpu_us_per $((t1 - t0)) "$n")"
-		line+=" $name $v IOPS, $(awk -v d="$d" -v n="$n" 'BEGIN { printf "%.0f", d / n }') ns wait/write;"
+		line+=" $name $v IOPS, $per ns wait/write;"
 	done
 	log "$line"
 done
