@@ -3,6 +3,7 @@ package blockcache
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"strconv"
@@ -132,12 +133,15 @@ func TestCheckPageUpTo(t *testing.T) {
 // random device operation) caches that wrote several checkpoints since
 // they were opened, most of them rewriting only the pages that changed,
 // and checks after each recovery that every block reads as its newest
-// synced version or a newer acknowledged one.
+// synced version or a newer acknowledged one. Two seeds (7 and 8, or
+// WBC_MODEL_SEED and the next) run side by side, each with half the
+// rounds: the rounds of one seed form a chain (each opens the images the
+// last one left), so one seed would keep a single CPU busy.
 func TestCheckpointCrashes(t *testing.T) {
 	rounds := 200
 	switch {
 	case os.Getenv("WBC_LONG") != "" && raceDetector:
-		rounds = 400 // .ci/run: about a minute and a half under -race
+		rounds = 400 // .ci/run
 	case os.Getenv("WBC_LONG") != "":
 		rounds = 1000
 	case testing.Short():
@@ -149,6 +153,16 @@ func TestCheckpointCrashes(t *testing.T) {
 		require.NoError(t, err)
 		seed = n
 	}
+	for i := range uint64(2) {
+		t.Run(fmt.Sprintf("seed%d", seed+i), func(t *testing.T) {
+			t.Parallel()
+			checkpointCrashes(t, seed+i, rounds/2)
+		})
+	}
+}
+
+// checkpointCrashes is one seed's chain of TestCheckpointCrashes rounds.
+func checkpointCrashes(t *testing.T, seed uint64, rounds int) {
 	const region = 2000
 	rng := rand.New(rand.NewPCG(seed, 11))
 	ssd := device.NewMem(16<<20, [16]byte{1})
