@@ -227,10 +227,8 @@ func TestFormat(t *testing.T) {
 // TestServingProcs: the daemon serves with two Go processors per CPU it
 // may use, unless GOMAXPROCS was set in the environment.
 func TestServingProcs(t *testing.T) {
-	require.Equal(t, 4, servingProcs("", 2, false))
-	require.Equal(t, 16, servingProcs("", 8, false))
-	require.Equal(t, 2, servingProcs("2", 2, false), "GOMAXPROCS from the environment is kept")
-	require.Equal(t, 3, servingProcs("3", 3, false))
-	require.Equal(t, 2, servingProcs("", 2, true), "one processor per CPU with io_uring")
-	require.Equal(t, 3, servingProcs("3", 3, true))
+	require.Equal(t, 4, servingProcs("", 2))
+	require.Equal(t, 16, servingProcs("", 8))
+	require.Equal(t, 2, servingProcs("2", 2), "GOMAXPROCS from the environment is kept")
+	require.Equal(t, 3, servingProcs("3", 3))
 }

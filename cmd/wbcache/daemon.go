@@ -89,7 +89,7 @@ func startDaemon(cfg daemonConfig) (_ *daemon, err error) {
 	d := &daemon{cfg: cfg, log: cfg.log, mountpoint: mp, started: time.Now(), mountGone: make(chan struct{}),
 		stopReq: make(chan struct{}), force: make(chan struct{}), closed: make(chan struct{})}
 	startPprof(cfg.log)
-	setServingProcs(false)
+	setServingProcs()
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
@@ -236,9 +236,6 @@ func (d *daemon) serve() error {
 	})
 	if err != nil {
 		return mountError(d.mountpoint, err)
-	}
-	if d.srv.IOUring() {
-		setServingProcs(true)
 	}
 	go func() {
 		d.srv.Wait()
@@ -474,31 +471,40 @@ func resolvePath(p string) (string, error) {
 // process may use) or as the environment set it.
 var baseProcs = runtime.GOMAXPROCS(0)
 
-// setServingProcs sets GOMAXPROCS for the FUSE transport in use, unless the
-// GOMAXPROCS environment variable chose it.
-func setServingProcs(ring bool) {
-	runtime.GOMAXPROCS(servingProcs(os.Getenv("GOMAXPROCS"), baseProcs, ring))
+// setServingProcs sets GOMAXPROCS for serving, unless the GOMAXPROCS
+// environment variable chose it.
+func setServingProcs() {
+	runtime.GOMAXPROCS(servingProcs(os.Getenv("GOMAXPROCS"), baseProcs))
 }
 
 // servingProcs is the GOMAXPROCS to serve with, given the environment
-// variable's value, the runtime's default and the transport.
+// variable's value and the runtime's default: two per CPU, whatever the
+// transport. A thread serving FUSE requests holds its processor while it
+// sleeps in a system call until the runtime's monitor takes it back, tens
+// of microseconds later; meanwhile goroutines that are ready to run wait
+// while CPUs idle, and taking the processor back, then getting one again
+// when the call returns, costs the thread a switch and the monitor a
+// wakeup. Such sleeps are most of a request's life: through /dev/fuse,
+// reading the next request and waiting for the cache file's inode lock in
+// a pwrite; through io_uring, the ring threads (two per CPU, each locked
+// to its OS thread and answering writes itself) waiting for the next
+// requests and for the same inode lock. With one processor per CPU the
+// ring threads alone outnumbered the processors, and the journal
+// goroutine, the destager and requests answered from goroutines waited
+// for one to come free.
 //
-// Through /dev/fuse, it is two per CPU. The goroutines serving requests
-// then spend much of their time in system calls that block: reading
-// /dev/fuse, waiting for the cache file's inode lock in a pwrite. A blocked
-// call keeps its processor until the runtime's monitor takes it back, tens
-// of microseconds later, and meanwhile goroutines that are ready to run
-// wait while CPUs idle. On a 2-CPU machine, 4 KiB random writes at QD32
-// against the FUSE ceiling (scripts/ceiling-ab.sh): 49% of the ceiling
-// with 2 processors, 57% with 3, 61% with 4, 60% with 6, 56% with 8 and
-// 54% with 16.
-//
-// Through io_uring, nothing sleeps in read(2) and the ring threads answer
-// many requests per system call, so extra processors only add contention.
-// Two ceiling-ab runs: 2 processors 104% of the ceiling against 94% with 4;
-// 2 processors 100% against 94% with 3.
-func servingProcs(env string, base int, ring bool) int {
-	if env != "" || ring {
+// On a 2-CPU VM, 4 KiB random writes against the FUSE ceiling
+// (scripts/ceiling-ab.sh, 5 rounds each): through /dev/fuse at QD32, 49%
+// of the ceiling with 2 processors, 57% with 3, 61% with 4, 60% with 6,
+// 56% with 8 and 54% with 16; through io_uring at QD32 (on a VM where
+// system calls are dear, docs/bench/dear-syscalls-2026-12-05.md) 124% and
+// 128% with 2 against 146% and 141% with 4 (140% with 3), at QD1 131-132%
+// against 134%, and sixteen synchronous writers (scripts/lockwait-ab.sh)
+// 38,240 and 46,394 IOPS with 2 against 57,500 and 58,235 with 4. Earlier
+// runs of the engine of 2026-11-26 on another VM had put 2 processors
+// ahead through io_uring (100-104% of the ceiling against 94%).
+func servingProcs(env string, base int) int {
+	if env != "" {
 		return base
 	}
 	return 2 * base
