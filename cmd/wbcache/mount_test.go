@@ -386,6 +386,11 @@ func TestModeAndSet(t *testing.T) {
 	wantCode(t, 2, "set", r.mnt, "speed=11")
 
 	// Dirty some blocks, then leave writeback: the switch drains them.
+	// 1 MiB is an eighth of the cache: above a low watermark of 5% the
+	// destager writes it back as soon as the foreground is idle, maybe
+	// before the status below. Under a low watermark of 50% it stays
+	// dirty for max-dirty-age (7 s).
+	wantCode(t, 0, "set", r.mnt, "low-watermark=50")
 	writeDisk(t, r.disk(), bytes.Repeat([]byte{7}, 1<<20), 0)
 	require.Greater(t, r.status(t).Dirty, 0)
 	res = wantCode(t, 0, "mode", r.mnt, "writethrough")
