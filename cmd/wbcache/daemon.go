@@ -494,9 +494,9 @@ func setServingProcs() {
 // for one to come free.
 //
 // On a 2-CPU VM, 4 KiB random writes against the FUSE ceiling
-// (scripts/ceiling-ab.sh, 5 rounds each): through /dev/fuse at QD32, 49%
-// of the ceiling with 2 processors, 57% with 3, 61% with 4, 60% with 6,
-// 56% with 8 and 54% with 16; through io_uring at QD32 (on a VM where
+// (scripts/ceiling-ab.sh): through /dev/fuse at QD32, 49% of the ceiling
+// with 2 processors, 57% with 3, 61% with 4, 60% with 6, 56% with 8 and
+// 54% with 16; through io_uring at QD32 (on a VM where
 // system calls are dear, docs/bench/dear-syscalls-2026-12-05.md) 124% and
 // 128% with 2 against 146% and 141% with 4 (140% with 3), at QD1 131-132%
 // against 134%, and sixteen synchronous writers (scripts/lockwait-ab.sh)
