@@ -484,9 +484,9 @@ func setServingProcs() {
 // of microseconds later; meanwhile goroutines that are ready to run wait
 // while CPUs idle, and taking the processor back, then getting one again
 // when the call returns, costs the thread a switch and the monitor a
-// wakeup. Such sleeps are most of a request's life: through /dev/fuse,
-// reading the next request and waiting for the cache file's inode lock in
-// a pwrite; through io_uring, the ring threads (two per CPU, each locked
+// wakeup. Serving threads sleep often: through /dev/fuse, reading the
+// next request and waiting for the cache file's inode lock in a pwrite;
+// through io_uring, the ring threads (two per CPU, each locked
 // to its OS thread and answering writes itself) waiting for the next
 // requests and for the same inode lock. With one processor per CPU the
 // ring threads alone outnumbered the processors, and the journal
@@ -496,13 +496,13 @@ func setServingProcs() {
 // On a 2-CPU VM, 4 KiB random writes against the FUSE ceiling
 // (scripts/ceiling-ab.sh): through /dev/fuse at QD32, 49% of the ceiling
 // with 2 processors, 57% with 3, 61% with 4, 60% with 6, 56% with 8 and
-// 54% with 16; through io_uring at QD32 (on a VM where
-// system calls are dear, docs/bench/dear-syscalls-2026-12-05.md) 124% and
-// 128% with 2 against 146% and 141% with 4 (140% with 3), at QD1 131-132%
-// against 134%, and sixteen synchronous writers (scripts/lockwait-ab.sh)
-// 38,240 and 46,394 IOPS with 2 against 57,500 and 58,235 with 4. Earlier
-// runs of the engine of 2026-11-26 on another VM had put 2 processors
-// ahead through io_uring (100-104% of the ceiling against 94%).
+// 54% with 16. Through io_uring, on a VM where system calls are dear
+// (docs/bench/dear-syscalls-2026-12-05.md, "Processors through
+// io_uring"): QD32 124-128% with 2 against 141-146% with 4, QD1 level,
+// sixteen synchronous writers (scripts/lockwait-ab.sh) 38-46k IOPS with 2
+// against 57-58k with 4. Earlier runs of the engine of 2026-11-26 on
+// another VM had put 2 processors ahead through io_uring (100-104% of the
+// ceiling against 94%).
 func servingProcs(env string, base int) int {
 	if env != "" {
 		return base
