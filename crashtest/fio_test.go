@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 	"time"
 )
@@ -49,7 +50,10 @@ func (k *kill9) genJobs(dir string, trigger bool) fioJobs {
 		}
 		body.WriteString("\n")
 	}
-	write := global + "filename=" + k.disk() + "\ndo_verify=0\nverify_state_save=1\n\n" + body.String()
+	// The completion latency log, one line per write fio saw succeed
+	// (log_offset adds its offset), is the list of acknowledged writes.
+	write := global + "filename=" + k.disk() + "\ndo_verify=0\nverify_state_save=1\n" +
+		"write_lat_log=" + filepath.Join(dir, "acked") + "\nlog_offset=1\ndisable_slat=1\ndisable_lat=1\n\n" + body.String()
 	verify := "do_verify=1\nverify_only=1\nverify_state_load=1\nverify_fatal=1\nverify_state_save=0\n\n" + body.String()
 	k.writeFile(filepath.Join(dir, "write.fio"), write)
 	k.writeFile(filepath.Join(dir, "verify-disk.fio"), global+"filename="+k.disk()+"\n"+verify)
@@ -101,10 +105,7 @@ func freshState(dir string) error {
 	return os.CopyFS(aux, os.DirFS(orig))
 }
 
-var (
-	unackedRE  = regexp.MustCompile(`write offset=(\d+), buflen=(\d+)`)
-	badBlockRE = regexp.MustCompile(`requested block: offset=(\d+), length=(\d+)`)
-)
+var badBlockRE = regexp.MustCompile(`requested block: offset=(\d+), length=(\d+)`)
 
 // matches lists "OFFSET LENGTH" of every match of re in s.
 func matches(re *regexp.Regexp, s string) map[string]bool {
@@ -115,38 +116,77 @@ func matches(re *regexp.Regexp, s string) map[string]bool {
 	return m
 }
 
+// ackedWrites lists "OFFSET LENGTH" of every write the write phase saw
+// succeed, from its completion latency logs (DIR/acked_clat.N.log, lines
+// "msec, nsec, ddir, length, offset, prio"; ddir 1 is a write). It
+// returns nil when there is no log or a line does not parse.
+func ackedWrites(dir string) map[string]bool {
+	logs, _ := filepath.Glob(filepath.Join(dir, "acked_clat.*.log"))
+	if len(logs) == 0 {
+		return nil
+	}
+	acked := map[string]bool{}
+	for _, l := range logs {
+		data, err := os.ReadFile(l)
+		if err != nil {
+			return nil
+		}
+		for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+			if line == "" {
+				continue
+			}
+			f := strings.Split(line, ",")
+			if len(f) < 5 {
+				return nil
+			}
+			if strings.TrimSpace(f[2]) == "1" {
+				acked[strings.TrimSpace(f[4])+" "+strings.TrimSpace(f[3])] = true
+			}
+		}
+	}
+	return acked
+}
+
 // excusedBlocks decides, after a failed verify of target, whether every
-// bad block is a write that fio itself saw fail at the kill (in flight,
+// bad block is a write that fio never saw succeed (in flight at the kill,
 // never acknowledged: the contract says nothing about it). fio's verify
-// state cannot represent such holes: it treats every write older than the
-// last iodepth as complete, which is exact only when writes complete in
-// order, and wbcache completes a 1 MiB write sent around the cache long
-// after small cached ones (fio's trigger does not wait for writes in
-// flight either). It re-runs the verify with verify_fatal=0 to list every
-// bad block and returns their count, or 0 when any is not excused or a
-// read failed (never excused).
-func excusedBlocks(dir, target string) int {
-	werr, _ := os.ReadFile(filepath.Join(dir, "write.err"))
-	unacked := matches(unackedRE, string(werr))
-	if len(unacked) == 0 {
-		return 0
+// state cannot represent such holes: fio 3.33 counts its window of
+// writes that may not have completed from the verify reads completed,
+// not issued, so it verifies up to an iodepth of writes that were still
+// in flight when the state was saved, and wbcache completes a 1 MiB
+// write sent around the cache long after small cached ones. It re-runs
+// the verify with verify_fatal=0 to list every bad block and returns
+// their count, or 0 and why not when any is a write fio saw succeed, the
+// log of acknowledged writes is missing, or a read failed (never excused).
+func excusedBlocks(dir, target string) (int, string) {
+	acked := ackedWrites(dir)
+	if acked == nil {
+		return 0, "no log of acknowledged writes"
 	}
 	job, _ := os.ReadFile(filepath.Join(dir, "verify-"+target+".fio"))
 	all := "verify-" + target + "-all"
 	_ = os.WriteFile(filepath.Join(dir, all+".fio"), bytes.Replace(job, []byte("verify_fatal=1"), []byte("verify_fatal=0"), 1), 0o644)
-	if freshState(dir) != nil {
-		return 0
+	if err := freshState(dir); err != nil {
+		return 0, err.Error()
 	}
 	fio(dir, all, 15*time.Minute)
 	verr, _ := os.ReadFile(filepath.Join(dir, all+".err"))
 	if bytes.Contains(verr, []byte("io_u error")) {
-		return 0
+		return 0, "a verify read failed"
 	}
 	bad := matches(badBlockRE, string(verr))
+	var lost []string
 	for b := range bad {
-		if !unacked[b] {
-			return 0
+		if acked[b] {
+			lost = append(lost, b)
 		}
 	}
-	return len(bad)
+	if len(lost) > 0 {
+		sort.Strings(lost)
+		return 0, fmt.Sprintf("%d of %d bad blocks are writes fio saw succeed (offset length: %s)", len(lost), len(bad), oneLine(strings.Join(lost, ", "), 300))
+	}
+	if len(bad) == 0 {
+		return 0, "the verify failed without naming a bad block"
+	}
+	return len(bad), ""
 }

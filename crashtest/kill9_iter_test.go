@@ -166,15 +166,15 @@ func (k *kill9) verify(target string) int64 {
 	}
 	name := "verify-" + target
 	if code := fio(k.dir, name, 15*time.Minute); code != 0 {
-		n := excusedBlocks(k.dir, target)
+		n, why := excusedBlocks(k.dir, target)
 		if n == 0 {
 			b, _ := os.ReadFile(filepath.Join(k.dir, name+".err"))
-			k.fail("fio verify on the %s failed (exit %d): %s", target, code, oneLine(grepLines(string(b), "verify", "bad", "error", "fio:"), 600))
+			k.fail("fio verify on the %s failed (exit %d; %s): %s", target, code, why, oneLine(grepLines(string(b), "verify", "bad", "error", "fio:"), 600))
 			return 0
 		}
 		k.st.exemptBlocks += n
 		k.st.exemptRuns++
-		k.t.Logf("iteration %d: verify on the %s flagged %d blocks, all of them writes fio saw fail at the kill (never acknowledged): not a failure (fio verify-state limitation)", k.it, target, n)
+		k.t.Logf("iteration %d: verify on the %s flagged %d blocks, none of them a write fio saw succeed (in flight at the kill, never acknowledged): not a failure (fio verify-state limitation)", k.it, target, n)
 		name += "-all"
 	}
 	read, _ := fioBytes(filepath.Join(k.dir, name+".json"))

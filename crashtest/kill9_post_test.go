@@ -87,7 +87,7 @@ func (k *kill9) summary(variant string) {
 	line("writes verified via wbcache:", "%s (%d 4 KiB blocks, %d fio verify runs)", human(s.verified), s.verified/4096, s.verifyRuns)
 	line("verified on backing alone:", "%s (%d runs: %d after flush, %d after detach)", human(s.backingVerified), s.backingRuns, s.flushes, s.detaches)
 	line("wbcache check runs:", "%d (crashes chained without clean stop: %d)", s.checks, s.chained)
-	line("unacked blocks fio flagged:", "%d in %d verify runs (writes fio saw fail at the kill, so never acknowledged)", s.exemptBlocks, s.exemptRuns)
+	line("unacked blocks fio flagged:", "%d in %d verify runs (writes fio never saw succeed: in flight at the kill)", s.exemptBlocks, s.exemptRuns)
 	line("failures:", "%d", len(s.fails))
 	line("time to ready after crash:", "%s", percentiles(s.ready))
 	line("recovery_seconds (status):", "%s", percentiles(s.recovery))

@@ -72,10 +72,11 @@ func TestParseSize(t *testing.T) {
 	}
 }
 
-// TestFioOutputParsing: the byte counts of fio's JSON and the blocks its
-// error lines name.
+// TestFioOutputParsing: the byte counts of fio's JSON, the blocks its
+// verify errors name and the writes its completion logs acknowledge.
 func TestFioOutputParsing(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "out.json")
+	dir := t.TempDir()
+	path := filepath.Join(dir, "out.json")
 	json := `fio: note before the JSON
 {"jobs": [{"jobname": "j0", "read": {"io_bytes": 4096, "iops": 1.5}, "write": {"io_bytes": 8192}},
           {"jobname": "j1", "read": {"io_bytes": 1}, "write": {"io_bytes": 2}}]}`
@@ -85,13 +86,31 @@ func TestFioOutputParsing(t *testing.T) {
 	if r, w := fioBytes(path); r != 4097 || w != 8194 {
 		t.Errorf("fioBytes = %d, %d; want 4097, 8194", r, w)
 	}
-	errs := "fio: io_u error on file x: Transport endpoint is not connected: write offset=1048576, buflen=65536\n" +
-		"verify: bad magic header 0, wanted acca at file x offset 1048576, length 65536 (requested block: offset=1048576, length=65536)\n"
-	if u := matches(unackedRE, errs); len(u) != 1 || !u["1048576 65536"] {
-		t.Errorf("unacked writes %v", u)
-	}
+	errs := "verify: bad magic header 0, wanted acca at file x offset 1048576, length 65536 (requested block: offset=1048576, length=65536)\n"
 	if b := matches(badBlockRE, errs); len(b) != 1 || !b["1048576 65536"] {
 		t.Errorf("bad blocks %v", b)
+	}
+	if a := ackedWrites(dir); a != nil {
+		t.Errorf("ackedWrites without logs = %v, want nil", a)
+	}
+	logs := map[string]string{
+		"acked_clat.1.log": "2, 1699560, 1, 4096, 249856, 0\n5, 2246679, 1, 65536, 3104768, 0\n6, 100, 0, 4096, 0, 0\n",
+		"acked_clat.2.log": "9, 2249724, 1, 1048576, 1048576, 0\n",
+	}
+	for name, s := range logs {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := ackedWrites(dir)
+	if len(a) != 3 || !a["249856 4096"] || !a["3104768 65536"] || !a["1048576 1048576"] {
+		t.Errorf("ackedWrites = %v, want the three writes (not the read)", a)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "acked_clat.3.log"), []byte("garbage\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if a := ackedWrites(dir); a != nil {
+		t.Errorf("ackedWrites with a bad line = %v, want nil", a)
 	}
 }
 
