@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -118,18 +119,20 @@ func matches(re *regexp.Regexp, s string) map[string]bool {
 
 // ackedWrites lists "OFFSET LENGTH" of every write the write phase saw
 // succeed, from its completion latency logs (DIR/acked_clat.N.log, lines
-// "msec, nsec, ddir, length, offset, prio"; ddir 1 is a write). It
-// returns nil when there is no log or a line does not parse.
-func ackedWrites(dir string) map[string]bool {
+// "msec, nsec, ddir, length, offset, prio"; ddir 1 is a write), and the
+// bytes they add up to. It returns nil when there is no log or a line
+// does not parse.
+func ackedWrites(dir string) (map[string]bool, int64) {
 	logs, _ := filepath.Glob(filepath.Join(dir, "acked_clat.*.log"))
 	if len(logs) == 0 {
-		return nil
+		return nil, 0
 	}
 	acked := map[string]bool{}
+	var total int64
 	for _, l := range logs {
 		data, err := os.ReadFile(l)
 		if err != nil {
-			return nil
+			return nil, 0
 		}
 		for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
 			if line == "" {
@@ -137,14 +140,20 @@ func ackedWrites(dir string) map[string]bool {
 			}
 			f := strings.Split(line, ",")
 			if len(f) < 5 {
-				return nil
+				return nil, 0
 			}
-			if strings.TrimSpace(f[2]) == "1" {
-				acked[strings.TrimSpace(f[4])+" "+strings.TrimSpace(f[3])] = true
+			if strings.TrimSpace(f[2]) != "1" {
+				continue
 			}
+			n, err := strconv.ParseInt(strings.TrimSpace(f[3]), 10, 64)
+			if err != nil {
+				return nil, 0
+			}
+			acked[strings.TrimSpace(f[4])+" "+strings.TrimSpace(f[3])] = true
+			total += n
 		}
 	}
-	return acked
+	return acked, total
 }
 
 // excusedBlocks decides, after a failed verify of target, whether every
@@ -159,9 +168,12 @@ func ackedWrites(dir string) map[string]bool {
 // their count, or 0 and why not when any is a write fio saw succeed, the
 // log of acknowledged writes is missing, or a read failed (never excused).
 func excusedBlocks(dir, target string) (int, string) {
-	acked := ackedWrites(dir)
+	acked, ackedBytes := ackedWrites(dir)
 	if acked == nil {
 		return 0, "no log of acknowledged writes"
+	}
+	if _, written := fioBytes(filepath.Join(dir, "write.json")); written != ackedBytes {
+		return 0, fmt.Sprintf("the log of acknowledged writes adds up to %d bytes, fio reported %d written", ackedBytes, written)
 	}
 	job, _ := os.ReadFile(filepath.Join(dir, "verify-"+target+".fio"))
 	all := "verify-" + target + "-all"

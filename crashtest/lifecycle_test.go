@@ -90,7 +90,7 @@ func TestFioOutputParsing(t *testing.T) {
 	if b := matches(badBlockRE, errs); len(b) != 1 || !b["1048576 65536"] {
 		t.Errorf("bad blocks %v", b)
 	}
-	if a := ackedWrites(dir); a != nil {
+	if a, _ := ackedWrites(dir); a != nil {
 		t.Errorf("ackedWrites without logs = %v, want nil", a)
 	}
 	logs := map[string]string{
@@ -102,14 +102,14 @@ func TestFioOutputParsing(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	a := ackedWrites(dir)
-	if len(a) != 3 || !a["249856 4096"] || !a["3104768 65536"] || !a["1048576 1048576"] {
-		t.Errorf("ackedWrites = %v, want the three writes (not the read)", a)
+	a, n := ackedWrites(dir)
+	if len(a) != 3 || !a["249856 4096"] || !a["3104768 65536"] || !a["1048576 1048576"] || n != 4096+65536+1048576 {
+		t.Errorf("ackedWrites = %v, %d bytes; want the three writes (not the read), 1118208 bytes", a, n)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "acked_clat.3.log"), []byte("garbage\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if a := ackedWrites(dir); a != nil {
+	if a, _ := ackedWrites(dir); a != nil {
 		t.Errorf("ackedWrites with a bad line = %v, want nil", a)
 	}
 }
