@@ -108,6 +108,27 @@ func (m *Mem) record(off int64, data []byte, n int64) {
 	}
 }
 
+// ReadDurable copies into p the len(p) bytes at off as they were at the
+// last Sync: what the device holds whatever a power cut does now. It
+// copies no more than p, whatever the device's size.
+func (m *Mem) ReadDurable(p []byte, off int64) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := checkRange("read durable", off, int64(len(p)), int64(len(m.image))); err != nil {
+		return 0, err
+	}
+	end := off + int64(len(p))
+	copy(p, m.image[off:end])
+	for i := len(m.pending) - 1; i >= 0; i-- {
+		w := m.pending[i]
+		from, to := max(off, w.off), min(end, w.off+int64(len(w.old)))
+		if from < to {
+			copy(p[from-off:to-off], w.old[from-w.off:to-w.off])
+		}
+	}
+	return len(p), nil
+}
+
 // Sync makes every write so far durable.
 func (m *Mem) Sync() error {
 	m.mu.Lock()

@@ -2,6 +2,7 @@ package device
 
 import (
 	"bytes"
+	"errors"
 	"math/rand/v2"
 	"sync"
 	"testing"
@@ -97,6 +98,42 @@ func TestMemSyncedSurvivesPowerCut(t *testing.T) {
 		if p.Unsynced() != 0 || p.Identity() != memID {
 			t.Fatalf("seed %d: unsynced %d identity %x", seed, p.Unsynced(), p.Identity())
 		}
+	}
+}
+
+// TestMemReadDurable: ReadDurable returns every byte as of the last Sync,
+// under overlapping unsynced writes and zeroes, and reads see them all.
+func TestMemReadDurable(t *testing.T) {
+	m := NewMem(1<<16, memID)
+	synced := pattern(20000, 1)
+	mustWrite(t, m, synced, 0)
+	m.Zero(4000, 1000)
+	m.Sync()
+	durable := append([]byte(nil), synced...)
+	clear(durable[4000:5000])
+	durable = append(durable, make([]byte, 1<<16-len(durable))...)
+	mustWrite(t, m, pattern(9000, 2), 3000) // over the zeroed range
+	m.Zero(6000, 20000)                     // over that write and past the synced data
+	mustWrite(t, m, pattern(100, 3), 7000)
+	for _, r := range [][2]int64{{0, 1 << 16}, {3500, 100}, {5999, 2}, {7050, 10}, {19990, 20}, {65535, 1}, {0, 0}} {
+		got := make([]byte, r[1])
+		if n, err := m.ReadDurable(got, r[0]); err != nil || n != int(r[1]) {
+			t.Fatalf("ReadDurable(%d bytes at %d) = %d, %v", r[1], r[0], n, err)
+		}
+		if !bytes.Equal(got, durable[r[0]:r[0]+r[1]]) {
+			t.Errorf("ReadDurable(%d bytes at %d) differs from the synced image", r[1], r[0])
+		}
+	}
+	if got := mustRead(t, m, 7000, 100); !bytes.Equal(got, pattern(100, 3)) {
+		t.Error("ReadDurable changed what reads see")
+	}
+	if _, err := m.ReadDurable(make([]byte, 2), 1<<16-1); !errors.Is(err, ErrOutOfRange) {
+		t.Errorf("ReadDurable past the end: %v, want ErrOutOfRange", err)
+	}
+	m.Sync()
+	got := make([]byte, 100)
+	if _, err := m.ReadDurable(got, 7000); err != nil || !bytes.Equal(got, pattern(100, 3)) {
+		t.Errorf("after Sync, ReadDurable = %v; want the last write", err)
 	}
 }
 
