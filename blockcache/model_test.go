@@ -732,7 +732,7 @@ func (mr *modelRun) cycle() {
 		mr.m.noteTorn(hdd)
 	}
 	mr.kill()
-	mr.keepSSD, mr.keepHDD = ssd.CrashProcess(), hdd.CrashProcess()
+	mr.keepSSD, mr.keepHDD = ssd.CrashProcessInto(mr.keepSSD), hdd.CrashProcessInto(mr.keepHDD)
 	mr.open(ssd, hdd)
 	got := make([][]byte, mr.blocks)
 	for lba := range got {

@@ -178,6 +178,22 @@ func (m *Mem) CrashProcess() *Mem {
 	return &Mem{id: m.id, image: append([]byte(nil), m.image...)}
 }
 
+// CrashProcessInto is CrashProcess into dst's memory when dst (a Mem that
+// nothing else uses any more, or nil) is of the same size: tests that take
+// an image per crash then reuse one buffer instead of allocating one.
+func (m *Mem) CrashProcessInto(dst *Mem) *Mem {
+	if dst == nil || dst == m || len(dst.image) != len(m.image) {
+		return m.CrashProcess()
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	dst.mu.Lock()
+	defer dst.mu.Unlock()
+	copy(dst.image, m.image)
+	dst.id, dst.pending, dst.closed, dst.stats = m.id, nil, false, MemStats{}
+	return dst
+}
+
 // PowerCut returns a new Mem holding what the device might contain after
 // losing power now: the durable image, then each unsynced write replayed
 // in order and, chosen independently with probability 1/3 each, kept whole,

@@ -79,6 +79,42 @@ func TestMemCrashProcessKeepsEverything(t *testing.T) {
 	}
 }
 
+// TestMemCrashProcessInto: the image lands in the given Mem when the sizes
+// match (unsynced writes included, none pending, open again), in a new
+// one otherwise, and the source is left as it was.
+func TestMemCrashProcessInto(t *testing.T) {
+	m := NewMem(1<<12, memID)
+	mustWrite(t, m, pattern(100, 1), 0)
+	m.Sync()
+	mustWrite(t, m, pattern(50, 2), 200)
+	dst := NewMem(1<<12, [16]byte{7})
+	mustWrite(t, dst, pattern(4096, 3), 0)
+	dst.Close()
+	got := m.CrashProcessInto(dst)
+	if got != dst {
+		t.Fatal("same size: the image did not land in dst")
+	}
+	if got.Unsynced() != 0 || got.Identity() != memID {
+		t.Errorf("unsynced %d identity %x; want 0, the source's", got.Unsynced(), got.Identity())
+	}
+	want := make([]byte, 1<<12)
+	copy(want, pattern(100, 1))
+	copy(want[200:], pattern(50, 2))
+	if b := mustRead(t, got, 0, 1<<12); !bytes.Equal(b, want) {
+		t.Error("the image differs from the source's")
+	}
+	mustWrite(t, got, []byte{0xff}, 0)
+	if b := mustRead(t, m, 0, 1); b[0] == 0xff || m.Unsynced() != 1 {
+		t.Error("writing the image changed the source")
+	}
+	if other := m.CrashProcessInto(NewMem(1<<13, memID)); other.Size() != 1<<12 {
+		t.Errorf("other size: image of %d bytes, want a new one of %d", other.Size(), 1<<12)
+	}
+	if n := m.CrashProcessInto(nil); n == nil || n.Size() != 1<<12 {
+		t.Error("nil dst: no new image")
+	}
+}
+
 func TestMemSyncedSurvivesPowerCut(t *testing.T) {
 	for seed := range uint64(100) {
 		m := NewMem(1<<16, memID)
