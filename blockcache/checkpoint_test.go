@@ -182,8 +182,10 @@ func checkpointCrashes(t *testing.T, seed uint64, rounds int) {
 	acked := make([][]uint32, region) // tags written since, acknowledged or in flight
 	var tag uint32
 	incremental, cuts, mixed := 0, 0, 0
+	var spareSSD, spareHDD *device.Mem // the last round's devices, closed
 	for round := 0; round < rounds; round++ {
 		r := device.NewCrashRig(ssd, hdd)
+		r.Recycle(spareSSD, spareHDD)
 		c, err := Open(r.Dev(ssd), r.Dev(hdd), Options{CheckpointInterval: -1})
 		require.NoError(t, err)
 		phases := 2 + rng.IntN(5)
@@ -237,7 +239,7 @@ func checkpointCrashes(t *testing.T, seed uint64, rounds int) {
 		ssd.Close()
 		hdd.Close()
 		c.Close()
-		ssd, hdd = img, himg
+		ssd, hdd, spareSSD, spareHDD = img, himg, ssd, hdd
 		c2, err := Open(ssd, hdd, Options{CheckpointInterval: -1})
 		require.NoError(t, err, "round %d", round)
 		got := make([]byte, BlockSize)

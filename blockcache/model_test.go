@@ -321,6 +321,7 @@ type modelRun struct {
 	ordered bool
 
 	keepSSD, keepHDD *device.Mem // the last crash image, for tracing
+	hddNow           *device.Mem // checkBackingNow's copy of the backing device
 	// the engine's slots per block just after the last crash, and the
 	// crash's kind, for diagnostics
 	preCrash map[uint64][]string
@@ -402,8 +403,12 @@ func newModelRunShards(t testing.TB, seed uint64, shardSlots int) *modelRun {
 const modelSeqCutoff = 2 * BlockSize
 
 func (mr *modelRun) open(ssd, hdd *device.Mem) {
+	// The devices of the last run (closed, and its cache with them) take
+	// the next crash's images.
+	spareSSD, spareHDD := mr.ssd, mr.hdd
 	mr.ssd, mr.hdd = ssd, hdd
 	mr.r = device.NewCrashRig(ssd, hdd)
+	mr.r.Recycle(spareSSD, spareHDD)
 	c, err := Open(mr.r.Dev(ssd), mr.r.Dev(hdd), Options{CheckpointInterval: -1, ReserveFree: 2, shardSlots: mr.shardSlots})
 	require.NoError(mr.t, err)
 	mr.c = c
@@ -569,7 +574,8 @@ func (mr *modelRun) checkBackingNow() {
 		return
 	}
 	mr.m.mu.Lock()
-	_, bad := mr.m.backingValidLocked(mr.hdd.CrashProcess(), false, nil)
+	mr.hddNow = mr.hdd.CrashProcessInto(mr.hddNow)
+	_, bad := mr.m.backingValidLocked(mr.hddNow, false, nil)
 	mr.m.mu.Unlock()
 	if bad < 0 {
 		return

@@ -22,6 +22,8 @@ type CrashRig struct {
 	snapped  atomic.Bool
 	snapSSD  *Mem
 	snapHDD  *Mem
+	spareSSD *Mem // Recycle's: Take's images go into them
+	spareHDD *Mem
 }
 
 // NewCrashRig watches ssd and hdd; use Dev to get the devices to run on.
@@ -56,14 +58,24 @@ func (r *CrashRig) Take() {
 	}
 	r.trigger.Store(0)
 	if r.power {
-		r.snapSSD, r.snapHDD = r.ssd.PowerCut(r.rng), r.hdd.PowerCut(r.rng)
+		r.snapSSD, r.snapHDD = r.ssd.PowerCutInto(r.spareSSD, r.rng), r.hdd.PowerCutInto(r.spareHDD, r.rng)
 	} else {
-		r.snapSSD, r.snapHDD = r.ssd.CrashProcess(), r.hdd.CrashProcess()
+		r.snapSSD, r.snapHDD = r.ssd.CrashProcessInto(r.spareSSD), r.hdd.CrashProcessInto(r.spareHDD)
 	}
+	r.spareSSD, r.spareHDD = nil, nil
 	if r.onSnap != nil {
 		r.onSnap()
 	}
 	r.snapped.Store(true)
+}
+
+// Recycle gives the rig two Mems nothing uses any more (either may be
+// nil); Take builds its images in them when the sizes match instead of
+// allocating new ones.
+func (r *CrashRig) Recycle(ssd, hdd *Mem) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.spareSSD, r.spareHDD = ssd, hdd
 }
 
 // Snapped reports whether the images were taken since the last Arm.

@@ -39,3 +39,24 @@ func TestCrashRig(t *testing.T) {
 	require.Equal(t, blk(3), mustRead(t, img, 0, BlockSize), "synced data survives a power cut")
 	r.Disarm()
 }
+
+// TestCrashRigRecycle: Take builds its images in the Mems given to
+// Recycle (once), with the same content as in new ones.
+func TestCrashRigRecycle(t *testing.T) {
+	ssd, hdd := NewMem(8*BlockSize, [16]byte{1}), NewMem(16*BlockSize, [16]byte{2})
+	mustWrite(t, ssd, bytes.Repeat([]byte{5}, BlockSize), 0)
+	mustWrite(t, hdd, bytes.Repeat([]byte{6}, BlockSize), BlockSize)
+	spareS, spareH := NewMem(8*BlockSize, [16]byte{9}), NewMem(16*BlockSize, [16]byte{9})
+	mustWrite(t, spareS, bytes.Repeat([]byte{7}, 8*BlockSize), 0)
+	r := NewCrashRig(ssd, hdd)
+	r.Recycle(spareS, spareH)
+	r.Arm(0, false, nil, nil)
+	img, imgH := r.Images()
+	require.True(t, img == spareS && imgH == spareH, "the images are not in the recycled Mems")
+	require.Equal(t, mustRead(t, ssd, 0, 8*BlockSize), mustRead(t, img, 0, 8*BlockSize))
+	require.Equal(t, mustRead(t, hdd, 0, 16*BlockSize), mustRead(t, imgH, 0, 16*BlockSize))
+	require.Equal(t, [16]byte{1}, img.Identity())
+	r.Arm(0, true, rand.New(rand.NewPCG(1, 2)), nil)
+	img2, _ := r.Images()
+	require.True(t, img2 != spareS, "a recycled Mem was used twice")
+}

@@ -172,21 +172,24 @@ func (m *Mem) Stats() MemStats {
 // find after this process died: everything written, synced or not, since
 // the kernel's page cache survives a process crash. The receiver is left
 // as it was.
-func (m *Mem) CrashProcess() *Mem {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return &Mem{id: m.id, image: append([]byte(nil), m.image...)}
-}
+func (m *Mem) CrashProcess() *Mem { return m.CrashProcessInto(nil) }
 
 // CrashProcessInto is CrashProcess into dst's memory when dst (a Mem that
-// nothing else uses any more, or nil) is of the same size: tests that take
-// an image per crash then reuse one buffer instead of allocating one.
+// nothing uses any more, or nil) is of the same size: tests that take an
+// image per crash then reuse a buffer instead of allocating one.
 func (m *Mem) CrashProcessInto(dst *Mem) *Mem {
-	if dst == nil || dst == m || len(dst.image) != len(m.image) {
-		return m.CrashProcess()
-	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	return m.imageInto(dst)
+}
+
+// imageInto returns an open Mem with nothing pending whose image is a
+// copy of m's: dst reset, if it can take it, else a new one. Callers
+// hold m.mu; nothing else may use dst.
+func (m *Mem) imageInto(dst *Mem) *Mem {
+	if dst == nil || dst == m || len(dst.image) != len(m.image) {
+		return &Mem{id: m.id, image: append([]byte(nil), m.image...)}
+	}
 	dst.mu.Lock()
 	defer dst.mu.Unlock()
 	copy(dst.image, m.image)
@@ -200,10 +203,14 @@ func (m *Mem) CrashProcessInto(dst *Mem) *Mem {
 // dropped, or torn. A torn write keeps a random subset of its sectors: the
 // 512-byte-aligned ranges of the device it touches, each kept with
 // probability 1/2. The receiver is left as it was.
-func (m *Mem) PowerCut(rng *rand.Rand) *Mem {
+func (m *Mem) PowerCut(rng *rand.Rand) *Mem { return m.PowerCutInto(nil, rng) }
+
+// PowerCutInto is PowerCut into dst's memory, as CrashProcessInto.
+func (m *Mem) PowerCutInto(dst *Mem, rng *rand.Rand) *Mem {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	img := append([]byte(nil), m.image...)
+	out := m.imageInto(dst)
+	img := out.image
 	for i := len(m.pending) - 1; i >= 0; i-- {
 		w := m.pending[i]
 		copy(img[w.off:], w.old)
@@ -222,7 +229,7 @@ func (m *Mem) PowerCut(rng *rand.Rand) *Mem {
 			}
 		}
 	}
-	return &Mem{id: m.id, image: img}
+	return out
 }
 
 // apply copies the part of w covering device range [from, to) into img.

@@ -115,6 +115,29 @@ func TestMemCrashProcessInto(t *testing.T) {
 	}
 }
 
+// TestMemPowerCutInto: into a used Mem of the same size, a power cut
+// leaves exactly the image PowerCut makes with the same random choices.
+func TestMemPowerCutInto(t *testing.T) {
+	m := NewMem(1<<14, memID)
+	mustWrite(t, m, pattern(5000, 1), 0)
+	m.Sync()
+	mustWrite(t, m, pattern(3000, 2), 1000)
+	m.Zero(2500, 3000)
+	mustWrite(t, m, pattern(700, 3), 9001)
+	dst := NewMem(1<<14, [16]byte{7})
+	for seed := range uint64(50) {
+		mustWrite(t, dst, pattern(1<<14, 4), 0)
+		want := mustRead(t, m.PowerCut(rand.New(rand.NewPCG(seed, 9))), 0, 1<<14)
+		got := m.PowerCutInto(dst, rand.New(rand.NewPCG(seed, 9)))
+		if got != dst || got.Unsynced() != 0 || got.Identity() != memID {
+			t.Fatalf("seed %d: not reset into dst (unsynced %d)", seed, got.Unsynced())
+		}
+		if !bytes.Equal(mustRead(t, got, 0, 1<<14), want) {
+			t.Fatalf("seed %d: the image differs from PowerCut's", seed)
+		}
+	}
+}
+
 func TestMemSyncedSurvivesPowerCut(t *testing.T) {
 	for seed := range uint64(100) {
 		m := NewMem(1<<16, memID)
