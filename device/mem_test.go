@@ -54,64 +54,47 @@ func TestMemBasics(t *testing.T) {
 	wantErr(t, "close", m.Close(), ErrClosed)
 }
 
+// TestMemCrashProcessKeepsEverything: a process crash image holds every
+// write, synced or not, with nothing pending, whether it is built in new
+// memory (CrashProcess, or CrashProcessInto a Mem of another size) or in
+// a used Mem of the same size, which comes back open; writing it does
+// not reach the original.
 func TestMemCrashProcessKeepsEverything(t *testing.T) {
-	m := NewMem(1<<16, memID)
-	mustWrite(t, m, pattern(5000, 1), 0)
-	m.Sync()
-	mustWrite(t, m, pattern(5000, 2), 3000)
-	m.Zero(9000, 10)
-	m.Close() // closing neither syncs nor prevents a crash image
+	for _, into := range []string{"new", "same size", "other size"} {
+		m := NewMem(1<<16, memID)
+		mustWrite(t, m, pattern(5000, 1), 0)
+		m.Sync()
+		mustWrite(t, m, pattern(5000, 2), 3000)
+		m.Zero(9000, 10)
+		m.Close() // closing neither syncs nor prevents a crash image
 
-	c := m.CrashProcess()
-	if c.Identity() != memID || c.Size() != m.Size() || c.Unsynced() != 0 {
-		t.Fatalf("crash image: identity %x size %d unsynced %d", c.Identity(), c.Size(), c.Unsynced())
-	}
-	want := make([]byte, 1<<16)
-	copy(want, pattern(5000, 1))
-	copy(want[3000:], pattern(5000, 2))
-	if got := mustRead(t, c, 0, 1<<16); !bytes.Equal(got, want) {
-		t.Error("CrashProcess lost data")
-	}
-	// The two are independent.
-	mustWrite(t, c, []byte{0}, 0)
-	if m.image[0] == 0 {
-		t.Error("writing the crash image changed the original")
-	}
-}
-
-// TestMemCrashProcessInto: the image lands in the given Mem when the sizes
-// match (unsynced writes included, none pending, open again), in a new
-// one otherwise, and the source is left as it was.
-func TestMemCrashProcessInto(t *testing.T) {
-	m := NewMem(1<<12, memID)
-	mustWrite(t, m, pattern(100, 1), 0)
-	m.Sync()
-	mustWrite(t, m, pattern(50, 2), 200)
-	dst := NewMem(1<<12, [16]byte{7})
-	mustWrite(t, dst, pattern(4096, 3), 0)
-	dst.Close()
-	got := m.CrashProcessInto(dst)
-	if got != dst {
-		t.Fatal("same size: the image did not land in dst")
-	}
-	if got.Unsynced() != 0 || got.Identity() != memID {
-		t.Errorf("unsynced %d identity %x; want 0, the source's", got.Unsynced(), got.Identity())
-	}
-	want := make([]byte, 1<<12)
-	copy(want, pattern(100, 1))
-	copy(want[200:], pattern(50, 2))
-	if b := mustRead(t, got, 0, 1<<12); !bytes.Equal(b, want) {
-		t.Error("the image differs from the source's")
-	}
-	mustWrite(t, got, []byte{0xff}, 0)
-	if b := mustRead(t, m, 0, 1); b[0] == 0xff || m.Unsynced() != 1 {
-		t.Error("writing the image changed the source")
-	}
-	if other := m.CrashProcessInto(NewMem(1<<13, memID)); other.Size() != 1<<12 {
-		t.Errorf("other size: image of %d bytes, want a new one of %d", other.Size(), 1<<12)
-	}
-	if n := m.CrashProcessInto(nil); n == nil || n.Size() != 1<<12 {
-		t.Error("nil dst: no new image")
+		var c *Mem
+		switch into {
+		case "new":
+			c = m.CrashProcess()
+		case "same size":
+			dst := NewMem(1<<16, [16]byte{7})
+			mustWrite(t, dst, pattern(1<<16, 3), 0)
+			dst.Close()
+			if c = m.CrashProcessInto(dst); c != dst {
+				t.Fatal("same size: the image did not land in dst")
+			}
+		case "other size":
+			c = m.CrashProcessInto(NewMem(1<<12, memID))
+		}
+		if c.Identity() != memID || c.Size() != m.Size() || c.Unsynced() != 0 {
+			t.Fatalf("%s: crash image: identity %x size %d unsynced %d", into, c.Identity(), c.Size(), c.Unsynced())
+		}
+		want := make([]byte, 1<<16)
+		copy(want, pattern(5000, 1))
+		copy(want[3000:], pattern(5000, 2))
+		if got := mustRead(t, c, 0, 1<<16); !bytes.Equal(got, want) {
+			t.Errorf("%s: the crash image lost data", into)
+		}
+		mustWrite(t, c, []byte{0}, 0)
+		if m.image[0] == 0 {
+			t.Errorf("%s: writing the crash image changed the original", into)
+		}
 	}
 }
 
