@@ -792,7 +792,7 @@ func modelCycles(t *testing.T) int {
 	case testing.Short() || raceDetector && !long:
 		return 200 // WBC_LONG=1 (.ci/run) runs the long counts
 	case raceDetector:
-		return 500
+		return 1000
 	}
 	return 2500
 }
@@ -802,7 +802,7 @@ func modelCycles(t *testing.T) int {
 // the middle of writes, syncs, discards, checkpoints and destages. After
 // every recovery each block must read as a version the contract allows
 // (docs/design.md §2.1-2.3). Four seeds × 2500 cycles by default; under
-// the race detector 200, or 500 with WBC_LONG=1; 200 with -short.
+// the race detector 200, or 1000 with WBC_LONG=1; 200 with -short.
 func TestModelCrashRecovery(t *testing.T) {
 	modelCrashRecovery(t, 0, 4)
 }
