@@ -147,13 +147,13 @@ type Cache struct {
 // block take its shard's alone (Cache.lockLBA). The fields outside the
 // table are guarded by the whole table's lock.
 type tableState struct {
-	t          slotTable
-	freed      *sync.Cond     // broadcast when slots become free or clean
-	inflight   map[uint64]int // LBAs with a destage in flight
-	discarding []lbaRange     // ranges a Discard is zeroing on the backing
-	through    []DirtyBlock   // write-through blocks waiting for a backing sync
-	zeroing    int            // free slots the prefill pass holds (prefill.go)
-	order      orderState
+	t           slotTable
+	freed       *sync.Cond     // broadcast when slots become free or clean
+	inflight    map[uint64]int // LBAs with a destage in flight
+	overwriting []lbaRange     // ranges written on the backing device under their cached copies (holdOverwrite)
+	through     []DirtyBlock   // write-through blocks waiting for a backing sync
+	zeroing     int            // free slots the prefill pass holds (prefill.go)
+	order       orderState
 }
 
 // Lock locks the whole table: every shard, in order. It does not hold

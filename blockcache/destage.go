@@ -106,7 +106,7 @@ func (c *Cache) PinWait(blocks []DirtyBlock, wait func(durable func() bool)) (pi
 	t := &c.mu.t
 	out := blocks[:0]
 	for _, b := range blocks {
-		if c.mu.inflight[b.LBA] > 0 || c.discardingLocked(b.LBA) {
+		if c.mu.inflight[b.LBA] > 0 || c.overwritingLocked(b.LBA) {
 			continue
 		}
 		if o := b.Slot; t.isOlder(o) {

@@ -48,8 +48,34 @@ func (c *Cache) Discard(off, n int64) error {
 	return nil
 }
 
-func (c *Cache) discardingLocked(lba uint64) bool {
-	for _, r := range c.mu.discarding {
+// holdOverwriteLocked marks [lo, hi) as being written on the backing
+// device in place under its cached copies (Discard, a run written around
+// dirty copies): until the returned function is called, no destage pins
+// a block of it and no backing sync marks a write-through block of it
+// clean. It returns once the destages in flight in the range have ended:
+// their backing writes must land before the overwrite. The caller holds
+// the range's stripe locks and the whole table's lock, which it still
+// holds on return.
+func (c *Cache) holdOverwriteLocked(lo, hi uint64) (release func()) {
+	r := lbaRange{lo, hi}
+	c.mu.overwriting = append(c.mu.overwriting, r)
+	for c.inflightIn(lo, hi) && c.usable() == nil {
+		c.mu.freed.Wait()
+	}
+	return func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for i, x := range c.mu.overwriting {
+			if x == r {
+				c.mu.overwriting = append(c.mu.overwriting[:i], c.mu.overwriting[i+1:]...)
+				return
+			}
+		}
+	}
+}
+
+func (c *Cache) overwritingLocked(lba uint64) bool {
+	for _, r := range c.mu.overwriting {
 		if lba >= r.lo && lba < r.hi {
 			return true
 		}
@@ -76,24 +102,8 @@ func (c *Cache) discardBlocks(lo, hi uint64) error {
 		c.unlockStripes(locked)
 	}
 	defer c.unlockStripes(locked)
-	r := lbaRange{lo, hi}
-	c.mu.discarding = append(c.mu.discarding, r)
-	// Wait out destages in flight in the range: their backing writes must
-	// land before the zeroing.
-	for c.inflightIn(lo, hi) && c.usable() == nil {
-		c.mu.freed.Wait()
-	}
+	defer c.holdOverwriteLocked(lo, hi)()
 	c.mu.Unlock()
-	defer func() {
-		c.mu.Lock()
-		for i, x := range c.mu.discarding {
-			if x == r {
-				c.mu.discarding = append(c.mu.discarding[:i], c.mu.discarding[i+1:]...)
-				break
-			}
-		}
-		c.mu.Unlock()
-	}()
 	if err := c.usable(); err != nil {
 		return err
 	}

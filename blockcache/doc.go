@@ -55,16 +55,23 @@
 //     in flight, only the current dirty version is pinned (a pinned slot is
 //     never rewritten in place, so it stays that version), its MAP record is
 //     durable before Pin returns, and a block with a dirty cached version is
-//     always written into the cache, in every mode. A clean copy pinned to
+//     written into the cache, in every mode, unless a run of whole blocks
+//     written around the cache (modes writearound and none) supersedes it
+//     as a discard does (invariant 5, writeOverDirty). A clean copy pinned to
 //     fill a gap between dirty blocks (PinGaps) rewrites what the backing
 //     device already holds; a write around the cache to its block waits
 //     until that destage completes (writeBackingAt). A gap block read from
 //     the backing device (PinBackingGaps) is rewritten as read: it is
-//     taken only while no writer holds its stripe and no destage or
-//     discard holds it, and from then on writes in place wait for it.
+//     taken only while no writer holds its stripe and no destage,
+//     discard or overwrite holds it, and from then on writes in place
+//     wait for it.
 //  5. Discard drops clean copies first (durably), then zeroes and syncs the
 //     backing device, then drops dirty copies: each block reads as before or
-//     as zeros at every crash point.
+//     as zeros at every crash point. A run written around the cache over
+//     dirty cached versions (writeOverDirty) takes the same steps with its
+//     data for the zeros: each block reads as before or as written. Both
+//     mark their range (holdOverwriteLocked), so that no destage pins a
+//     block of it meanwhile.
 //  6. A failed sync or journal write of the cache device is fatal (ErrFailed):
 //     the page cache may have dropped what it could not write, so the cache
 //     refuses further I/O rather than pretend (fsyncgate).

@@ -39,7 +39,7 @@ func (c *Cache) gapCleanLocked(lo, hi uint64) bool {
 	for l := lo; l < hi; l++ {
 		s, ok := t.lookup(l)
 		if !ok || t.flags[s]&(fValid|fDirty|fPinned|fWriting|fLost) != fValid ||
-			c.mu.inflight[l] > 0 || c.discardingLocked(l) {
+			c.mu.inflight[l] > 0 || c.overwritingLocked(l) {
 			return false
 		}
 	}
@@ -101,7 +101,7 @@ func (c *Cache) PinBackingGaps(pinned []DirtyBlock, want func(lo, hi uint64) boo
 // [lo, hi) and no writer holds one of their stripes right now.
 func (c *Cache) gapFreeLocked(lo, hi uint64) bool {
 	for l := lo; l < hi; l++ {
-		if c.mu.inflight[l] > 0 || c.discardingLocked(l) {
+		if c.mu.inflight[l] > 0 || c.overwritingLocked(l) {
 			return false
 		}
 	}

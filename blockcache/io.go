@@ -187,7 +187,7 @@ func (c *Cache) WriteAt(p []byte, off int64) (int, error) {
 		if bypass && done >= perBlock && inBlock == 0 && len(p)-done >= 2*BlockSize {
 			// Whole blocks going around the cache: one backing I/O per run.
 			n := min((len(p)-done)/BlockSize, maxAroundRun) * BlockSize
-			ok, err := c.writeAroundRun(lba, p[done:done+n])
+			ok, err := c.writeAroundRun(lba, p[done:done+n], mode != ModeWriteback)
 			if err != nil {
 				return done, err
 			}
@@ -196,11 +196,12 @@ func (c *Cache) WriteAt(p []byte, off int64) (int, error) {
 				wentAround = true
 				continue
 			}
-			// A block of the run has a dirty cached version, which must
-			// be superseded in the cache: in writeback mode the whole run
-			// goes there, not a scatter of short backing writes around
-			// it; the other modes admit no new blocks, so theirs goes
-			// block by block.
+			// A block of the run has a dirty cached version the run may
+			// not go around: in writeback mode the whole run goes into
+			// the cache, not a scatter of short backing writes around
+			// it. The other modes admit no new blocks, so there (with
+			// ordered write-back holding the backing device back, the
+			// one case left) it goes block by block.
 			perBlock = done + n
 		}
 		around := bypass && (mode != ModeWriteback || done >= perBlock)
@@ -229,26 +230,41 @@ func (c *Cache) WriteAt(p []byte, off int64) (int, error) {
 const maxAroundRun = 256
 
 // writeAroundRun writes whole blocks straight to the backing device in one
-// I/O when none of them has a dirty cached version. Clean cached copies in
-// the run are dropped first, together, with FREE records that are durable
-// before the backing write (invariant 3: writeBackingAt waits for them).
-// It returns false, having written nothing, when a block has a dirty
-// cached version (invariant 4: that block must be written into the cache).
-func (c *Cache) writeAroundRun(lba uint64, data []byte) (bool, error) {
+// I/O. Clean cached copies in the run are dropped first, together, with
+// FREE records that are durable before the backing write (invariant 3:
+// writeBackingAt waits for them). A block with a dirty cached version must
+// not be written under it (invariant 4): with overDirty the run still goes
+// around, superseding those versions as Discard does (writeOverDirty);
+// without, or where the backing device may not be written in place (an
+// older version kept for ordered write-back, or ordering in force), it
+// returns false, having written nothing, and the run must go into the
+// cache.
+func (c *Cache) writeAroundRun(lba uint64, data []byte, overDirty bool) (bool, error) {
 	n := uint64(len(data) / BlockSize)
 	locked := c.lockStripes(lba, lba+n)
 	defer c.unlockStripes(locked)
-	clean, dirty := c.cachedIn(lba, n)
-	if dirty {
+	clean, plan, release := c.cachedIn(lba, n, overDirty)
+	if plan == aroundCache {
 		return false, nil
+	}
+	buf := device.AlignedBuffer(len(data))
+	copy(buf, data)
+	if plan == aroundOver {
+		err := c.writeOverDirty(lba, lba+n, buf)
+		release()
+		if err == nil {
+			c.stats.aroundOverDirty.Add(1)
+			for _, i := range locked {
+				c.gens[i]++
+			}
+		}
+		return err == nil, err
 	}
 	if len(clean) > 0 {
 		if err := c.dropClean(clean); err != nil {
 			return false, err
 		}
 	}
-	buf := device.AlignedBuffer(len(data))
-	copy(buf, data)
 	if err := c.writeBackingAt(lba, buf); err != nil {
 		return false, err
 	}
@@ -258,32 +274,83 @@ func (c *Cache) writeAroundRun(lba uint64, data []byte) (bool, error) {
 	return true, nil
 }
 
-// cachedIn lists the clean cached blocks among the n from lba, and
-// reports whether any has a dirty cached version (or ordered write-back
-// is behind: then the run must go into the cache too). The caller holds
-// their stripe locks.
-func (c *Cache) cachedIn(lba, n uint64) (clean []DirtyBlock, dirty bool) {
+// Where a run written around the cache goes (cachedIn).
+const (
+	aroundClear = iota // to the backing device: no block has a dirty cached version
+	aroundOver         // to the backing device, superseding dirty cached versions (writeOverDirty)
+	aroundCache        // into the cache
+)
+
+// cachedIn lists the clean cached blocks among the n from lba and tells
+// where a run written around the cache over them goes: into the cache
+// if a block has a dirty cached version (unless overDirty; with it, if
+// every block has one), an older version kept for ordered write-back,
+// or ordered write-back is behind or in force over a dirty block. For aroundOver it has marked the run
+// as overwritten (holdOverwriteLocked) until the caller calls release.
+// The caller holds their stripe locks.
+func (c *Cache) cachedIn(lba, n uint64, overDirty bool) (clean []DirtyBlock, plan int, release func()) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.behindLocked(c.epoch.Load()) {
 		// Ordered write-back is behind: the run must go into the cache.
-		return nil, true
+		return nil, aroundCache, nil
 	}
 	t := &c.mu.t
+	dirty := uint64(0)
 	for l := lba; l < lba+n; l++ {
 		s, ok := t.lookup(l)
 		if t.olderLBA[l] > 0 {
-			return nil, true
+			return nil, aroundCache, nil
 		}
 		if !ok {
 			continue
 		}
 		if t.flags[s]&fDirty != 0 {
-			return nil, true
+			// With ordering in force the backing device must not get
+			// a version ahead of a dirty one (as in writeBlock).
+			if !overDirty || c.orderingLocked() {
+				return nil, aroundCache, nil
+			}
+			plan = aroundOver
+			dirty++
+			continue
 		}
 		clean = append(clean, DirtyBlock{LBA: l, Slot: s})
 	}
-	return clean, false
+	if dirty == n {
+		// Every block has a dirty version to supersede in the cache:
+		// it admits no new block there, and costs no backing I/O.
+		return nil, aroundCache, nil
+	}
+	if plan == aroundOver {
+		release = c.holdOverwriteLocked(lba, lba+n)
+	}
+	return clean, plan, release
+}
+
+// writeOverDirty writes whole blocks [lo, hi) to the backing device in
+// place over dirty cached versions, which it supersedes the way Discard
+// does (invariant 5): clean copies are dropped durably first, the backing
+// device is written and synced, and only then are the dirty copies
+// dropped with FREE records. A crash before those records leaves the
+// dirty versions to be written back over the new data, as if the write
+// had not happened; after them, each block reads as written. The caller
+// holds the stripe locks, and cachedIn has marked the range as
+// overwritten.
+func (c *Cache) writeOverDirty(lo, hi uint64, buf []byte) error {
+	if err := c.usable(); err != nil {
+		return err
+	}
+	if err := c.freeMapped(lo, hi, false); err != nil {
+		return err
+	}
+	if err := c.writeBackingAt(lo, buf); err != nil {
+		return err
+	}
+	if err := c.syncBacking(); err != nil {
+		return err
+	}
+	return c.freeMapped(lo, hi, true)
 }
 
 // dropClean unmaps clean cached copies with FREE records, in batches of
@@ -878,7 +945,7 @@ func (c *Cache) cleanThrough(blocks []DirtyBlock) error {
 			s := b.Slot
 			// A Discard zeroing the block on the backing device has
 			// overwritten the version the sync covered.
-			if t.flags[s]&(fValid|fDirty|fPinned|fWriting) == fValid|fDirty && t.lba[s] == b.LBA && t.crc[s] == b.CRC && !c.discardingLocked(b.LBA) {
+			if t.flags[s]&(fValid|fDirty|fPinned|fWriting) == fValid|fDirty && t.lba[s] == b.LBA && t.crc[s] == b.CRC && !c.overwritingLocked(b.LBA) {
 				if t.isOlder(s) {
 					// Superseded since, and kept for ordered write-back:
 					// the backing device holds it, nothing to write back.

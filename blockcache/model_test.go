@@ -310,8 +310,9 @@ type modelRun struct {
 	log        []string
 	// hot, when set, sends most I/O to the first hot blocks, so blocks are
 	// rewritten between syncs (in place) far more often.
-	hot     int
-	inPlace uint64 // in-place rewrites done, over every reopen
+	hot       int
+	inPlace   uint64 // in-place rewrites done, over every reopen
+	overDirty uint64 // runs written around dirty blocks (writeOverDirty), over every reopen
 	// expectOrderFailure: the cache writes back unordered, and
 	// checkBackingAlone counts inconsistent images instead of failing.
 	expectOrderFailure bool
@@ -418,6 +419,7 @@ func (mr *modelRun) open(ssd, hdd *device.Mem) {
 // goroutines wind down without touching the snapshot.
 func (mr *modelRun) kill() {
 	mr.inPlace += mr.c.stats.inPlace.Load()
+	mr.overDirty += mr.c.stats.aroundOverDirty.Load()
 	mr.ssd.Close()
 	mr.hdd.Close()
 	mr.c.Close()
@@ -874,9 +876,12 @@ func modelCrashRecoveryOrder(t *testing.T, hot, seeds int, order uint8) {
 				mr.cycle()
 			}
 			mr.kill()
-			t.Logf("cycles %d ops %v in place %d", mr.cycles, mr.ops, mr.inPlace)
+			t.Logf("cycles %d ops %v in place %d, runs around dirty blocks %d", mr.cycles, mr.ops, mr.inPlace, mr.overDirty)
 			if hot > 0 {
 				require.Greater(t, mr.inPlace, uint64(n/10), "the hot run must rewrite in place often")
+			}
+			if hot == 0 && order == layout.OrderUnordered {
+				require.NotZero(t, mr.overDirty, "streams in modes writearound and none must go around dirty blocks")
 			}
 		})
 	}

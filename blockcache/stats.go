@@ -11,6 +11,7 @@ type counters struct {
 	readBytes, writeBytes            atomic.Uint64
 	readHits, readMisses, promotions atomic.Uint64
 	bypassed, evictions, allocWaits  atomic.Uint64
+	aroundOverDirty                  atomic.Uint64
 	inPlace, pinnedNewer             atomic.Uint64
 	gapReadBlocks                    atomic.Uint64
 	destagedBlocks, destageRuns      atomic.Uint64
@@ -56,19 +57,23 @@ type Stats struct {
 	WritesInPlace uint64 `json:"writes_in_place"`
 	// OlderKept counts writes that kept the version they superseded as an
 	// older version for ordered write-back.
-	OlderKept      uint64 `json:"older_versions_kept"`
-	Syncs          uint64 `json:"syncs"`
-	Discards       uint64 `json:"discards"`
-	ReadBytes      uint64 `json:"read_bytes"`
-	WriteBytes     uint64 `json:"write_bytes"`
-	ReadHits       uint64 `json:"read_hits"`
-	ReadMisses     uint64 `json:"read_misses"`
-	Promotions     uint64 `json:"promotions"`
-	Bypassed       uint64 `json:"bypassed"`
-	Evictions      uint64 `json:"evictions"`
-	AllocWaits     uint64 `json:"alloc_waits"`
-	DestagedBlocks uint64 `json:"destaged_blocks"`
-	DestageRuns    uint64 `json:"destage_runs"`
+	OlderKept  uint64 `json:"older_versions_kept"`
+	Syncs      uint64 `json:"syncs"`
+	Discards   uint64 `json:"discards"`
+	ReadBytes  uint64 `json:"read_bytes"`
+	WriteBytes uint64 `json:"write_bytes"`
+	ReadHits   uint64 `json:"read_hits"`
+	ReadMisses uint64 `json:"read_misses"`
+	Promotions uint64 `json:"promotions"`
+	Bypassed   uint64 `json:"bypassed"`
+	// BypassedOverDirty counts runs of whole blocks written around the
+	// cache over dirty cached versions (modes writearound and none),
+	// which they superseded after a backing sync.
+	BypassedOverDirty uint64 `json:"bypassed_over_dirty"`
+	Evictions         uint64 `json:"evictions"`
+	AllocWaits        uint64 `json:"alloc_waits"`
+	DestagedBlocks    uint64 `json:"destaged_blocks"`
+	DestageRuns       uint64 `json:"destage_runs"`
 	// DestageNewer counts blocks pinned for destaging at a version newer
 	// than their snapshot's (rewritten in between).
 	DestageNewer uint64 `json:"destage_newer_versions"`
@@ -142,6 +147,7 @@ func (c *Cache) Stats() Stats {
 	s.ReadBytes, s.WriteBytes = st.readBytes.Load(), st.writeBytes.Load()
 	s.ReadHits, s.ReadMisses, s.Promotions = st.readHits.Load(), st.readMisses.Load(), st.promotions.Load()
 	s.Bypassed, s.Evictions, s.AllocWaits = st.bypassed.Load(), st.evictions.Load(), st.allocWaits.Load()
+	s.BypassedOverDirty = st.aroundOverDirty.Load()
 	s.WritesInPlace = st.inPlace.Load()
 	s.OlderKept = st.olderKept.Load()
 	s.Order = c.Order()

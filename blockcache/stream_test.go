@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"math/rand/v2"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -13,26 +14,37 @@ import (
 
 // TestStreamOverCachedBlocks: a sequential stream past the cutoff over a
 // region whose blocks are cached at some density is placed whole, one
-// 1 MiB write at a time: into the cache when a block of it has a dirty
-// cached version (never a scatter of short backing writes between
-// them), else to the backing device in one I/O, clean cached copies
-// dropped first. Either way every block reads back as the stream wrote it.
+// 1 MiB write at a time, never as a scatter of short backing writes
+// between cached blocks. In writeback mode a write that covers a dirty
+// cached version goes into the cache. Modes writearound and none admit
+// no new blocks: there a write over dirty versions goes to the backing
+// device in one I/O and one backing sync, and the dirty versions it
+// supersedes are dropped, unless every block of it has one (100%: it
+// goes into the cache). A write over clean copies alone goes to the
+// backing device in one I/O, the copies dropped first. Every block reads
+// back as the stream wrote it.
 func TestStreamOverCachedBlocks(t *testing.T) {
 	for _, tc := range []struct {
 		density int // percent of the region's blocks cached before the stream
 		clean   bool
-	}{{0, false}, {25, false}, {50, false}, {75, false}, {100, false}, {25, true}, {100, true}} {
+		mode    Mode
+	}{
+		{0, false, ModeWriteback}, {25, false, ModeWriteback}, {50, false, ModeWriteback}, {75, false, ModeWriteback},
+		{100, false, ModeWriteback}, {25, true, ModeWriteback}, {100, true, ModeWriteback},
+		{25, false, ModeWritearound}, {50, false, ModeWritearound}, {75, false, ModeWritearound},
+		{100, false, ModeWritearound}, {50, false, ModeNone}, {25, true, ModeNone},
+	} {
 		kind := "dirty"
 		if tc.clean {
 			kind = "clean"
 		}
-		t.Run(fmt.Sprintf("%d%%-%s", tc.density, kind), func(t *testing.T) {
-			testStream(t, tc.density, tc.clean)
+		t.Run(fmt.Sprintf("%d%%-%s-%s", tc.density, kind, tc.mode), func(t *testing.T) {
+			testStream(t, tc.density, tc.clean, tc.mode)
 		})
 	}
 }
 
-func testStream(t *testing.T, density int, clean bool) {
+func testStream(t *testing.T, density int, clean bool, mode Mode) {
 	const (
 		mib    = 1 << 20
 		first  = 256  // the region starts at 1 MiB: the stream's first write is before it
@@ -59,6 +71,11 @@ func testStream(t *testing.T, density int, clean bool) {
 	}
 	require.Equal(t, region*density/100, c.cachedBetween(first, first+region), "blocks cached before the stream")
 	require.NoError(t, c.Sync())
+	// Set after the blocks are dirty: a mode other than writeback with
+	// dirty blocks is what a drain that follows a mode change sees (the
+	// engine alone runs no destager).
+	require.NoError(t, c.SetMode(mode))
+	dirtyBefore := c.DirtyCount()
 
 	stream := make([]byte, (first+region)*BlockSize)
 	for i := range stream {
@@ -66,20 +83,32 @@ func testStream(t *testing.T, density int, clean bool) {
 	}
 	_, err = c.WriteAt(stream[:mib], 0) // starts the stream
 	require.NoError(t, err)
-	writes, bypassed := hdd.Stats().Writes, c.Stats().Bypassed
+	writes, syncs, bypassed := hdd.Stats().Writes, hdd.Stats().Syncs, c.Stats().Bypassed
 	for off := mib; off < len(stream); off += mib {
 		_, err = c.WriteAt(stream[off:off+mib], int64(off))
 		require.NoError(t, err)
 	}
 	backing := hdd.Stats().Writes - writes
+	backingSyncs := hdd.Stats().Syncs - syncs
 	bypassed = c.Stats().Bypassed - bypassed
 
 	cached := c.cachedBetween(first, first+region)
-	if density > 0 && !clean {
+	overDirty := density > 0 && !clean
+	switch {
+	case overDirty && mode != ModeWriteback && density < 100:
+		mibs := region * BlockSize / mib
+		require.EqualValues(t, mibs, backing, "one backing write per 1 MiB write")
+		require.EqualValues(t, mibs, backingSyncs, "one backing sync per 1 MiB write over dirty blocks")
+		require.EqualValues(t, mibs, bypassed, "each 1 MiB write bypassed the cache")
+		require.EqualValues(t, mibs, c.Stats().BypassedOverDirty, "runs written over dirty blocks")
+		require.Zero(t, cached, "the dirty versions under the stream were dropped")
+		require.Equal(t, dirtyBefore-region*density/100, c.DirtyCount(), "dirty blocks left")
+	case overDirty:
 		require.Zero(t, backing, "backing writes of a stream over dirty cached blocks")
 		require.Zero(t, bypassed, "requests placed in the cache are not counted as bypassing it")
 		require.Equal(t, region, cached, "the whole stream went into the cache")
-	} else {
+	default:
+		require.Zero(t, c.Stats().BypassedOverDirty, "runs written over dirty blocks")
 		require.EqualValues(t, region*BlockSize/mib, backing, "one backing write per 1 MiB write")
 		require.EqualValues(t, region*BlockSize/mib, bypassed, "each 1 MiB write bypassed the cache")
 		require.Zero(t, cached, "clean copies under the stream were dropped")
@@ -103,4 +132,140 @@ func (c *Cache) cachedBetween(lo, hi int) int {
 		}
 	}
 	return n
+}
+
+// TestStreamOverDirtyCrashes crashes (process crash and power cut) at
+// every device operation of a run written around the cache over dirty
+// and clean cached blocks in mode writearound, and of the fsync after
+// it. After each recovery a block that had a dirty cached version reads
+// as that version or as the run wrote it, never torn; the others read as
+// before or as written (torn at sector boundaries only by a power cut,
+// as on the bare disk); once the write has returned (process crash) or
+// the fsync (power cut), every block reads as written. Clean cached
+// copies equal the backing device, and the crashes cover the window
+// where the backing device holds the run and the dirty versions are not
+// dropped yet.
+func TestStreamOverDirtyCrashes(t *testing.T) {
+	const (
+		lo, n  = 8, 16 // the run: blocks [8, 24)
+		blocks = 32
+	)
+	dirty := map[int]bool{9: true, 12: true, 13: true, 20: true}
+	clean := map[int]bool{15: true, 22: true}
+	version := func(lba int, v byte) []byte {
+		b := make([]byte, BlockSize)
+		for i := range b {
+			b[i] = byte(lba)*11 + v + byte(i/512) // sectors differ: a tear shows
+		}
+		return b
+	}
+	const vOld, vDirty, vNew = 1, 100, 200
+	run := make([]byte, 0, n*BlockSize)
+	for lba := lo; lba < lo+n; lba++ {
+		run = append(run, version(lba, vNew)...)
+	}
+	windows := 0
+	for _, power := range []bool{false, true} {
+		for k := int64(1); ; k++ {
+			ssd := device.NewMem(4<<20, [16]byte{1})
+			hdd := device.NewMem(1<<20, [16]byte{2})
+			require.NoError(t, Format(ssd, hdd, FormatOptions{}))
+			for lba := range blocks {
+				_, err := hdd.WriteAt(version(lba, vOld), int64(lba)*BlockSize)
+				require.NoError(t, err)
+			}
+			require.NoError(t, hdd.Sync())
+			r := device.NewCrashRig(ssd, hdd)
+			c, err := Open(r.Dev(ssd), r.Dev(hdd), Options{CheckpointInterval: -1, NoBackgroundBackingSync: true})
+			require.NoError(t, err)
+			for lba := range dirty {
+				_, err := c.WriteAt(version(lba, vDirty), int64(lba)*BlockSize)
+				require.NoError(t, err)
+			}
+			buf := make([]byte, BlockSize)
+			for lba := range clean {
+				_, err := c.ReadAt(buf, int64(lba)*BlockSize) // promoted
+				require.NoError(t, err)
+			}
+			require.Equal(t, len(dirty)+len(clean), c.cachedBetween(0, blocks))
+			require.NoError(t, c.Sync())
+			require.NoError(t, c.SetMode(ModeWritearound))
+
+			var phase, atSnap atomic.Int32 // 1: the write returned; 2: the fsync did
+			r.Arm(k, power, rand.New(rand.NewPCG(uint64(k), 7)), func() { atSnap.Store(phase.Load()) })
+			_, err = c.WriteAt(run, lo*BlockSize)
+			require.NoError(t, err)
+			phase.Store(1)
+			require.NoError(t, c.Sync())
+			phase.Store(2)
+			last := !r.Snapped()
+			r.Take()
+			over := c.Stats().BypassedOverDirty
+			ssd.Close()
+			hdd.Close()
+			c.Close()
+			require.EqualValues(t, 1, over, "the run went around the dirty blocks")
+
+			ssdImg, hddImg := r.Images()
+			c, err = Open(ssdImg, hddImg, Options{CheckpointInterval: -1, NoBackgroundBackingSync: true})
+			require.NoError(t, err)
+			done := atSnap.Load() == 2 || atSnap.Load() == 1 && !power
+			sawDirty, sawNew := false, false
+			for lba := range blocks {
+				_, err := c.ReadAt(buf, int64(lba)*BlockSize)
+				require.NoError(t, err)
+				where := fmt.Sprintf("power cut %v at operation %d (phase %d): block %d", power, k, atSnap.Load(), lba)
+				if lba < lo || lba >= lo+n {
+					require.True(t, bytes.Equal(version(lba, vOld), buf), "%s outside the run changed", where)
+					continue
+				}
+				before := version(lba, vOld)
+				if dirty[lba] {
+					before = version(lba, vDirty)
+				}
+				switch {
+				case done:
+					require.True(t, bytes.Equal(version(lba, vNew), buf), "%s does not read as written", where)
+				case dirty[lba]:
+					require.True(t, bytes.Equal(before, buf) || bytes.Equal(version(lba, vNew), buf), "%s reads neither its dirty version nor the new one", where)
+				default:
+					require.True(t, sectorsFrom(buf, [][]byte{before, version(lba, vNew)}, power), "%s reads neither as before nor as written", where)
+				}
+				sawDirty = sawDirty || dirty[lba] && bytes.Equal(before, buf)
+				sawNew = sawNew || !dirty[lba] && bytes.Equal(version(lba, vNew), buf)
+			}
+			if sawDirty && sawNew {
+				windows++ // the backing device has the run, the dirty versions are back
+			}
+			checkCleanCopies(t, c)
+			require.NoError(t, c.Close())
+			if last {
+				t.Logf("power cut %v: %d crash points", power, k-1)
+				break
+			}
+			require.Less(t, k, int64(200), "the run and its fsync end within 200 device operations")
+		}
+	}
+	require.NotZero(t, windows, "no crash fell between the backing sync and the dirty versions' FREE records")
+	t.Logf("crashes that brought dirty versions back over a written run: %d", windows)
+}
+
+// checkCleanCopies fails unless every clean cached copy equals what the
+// backing device holds (invariant 3).
+func checkCleanCopies(t *testing.T, c *Cache) {
+	t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	tb := &c.mu.t
+	a, b := make([]byte, BlockSize), make([]byte, BlockSize)
+	for s, f := range tb.flags {
+		if f&fValid == 0 || f&fDirty != 0 {
+			continue
+		}
+		_, err := c.ssd.ReadAt(a, c.g.SlotOffset(uint64(s)))
+		require.NoError(t, err)
+		_, err = c.hdd.ReadAt(b, int64(tb.lba[s])*BlockSize)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(a, b), "clean copy of block %d in slot %d differs from the backing device", tb.lba[s], s)
+	}
 }

@@ -104,6 +104,7 @@ func formatMetrics(s *Status) []byte {
 	metric("wbcache_read_misses_total", "counter", "Blocks read from the backing device.", u(s.ReadMisses))
 	metric("wbcache_promotions_total", "counter", "Blocks copied into the cache after read misses.", u(s.Promotions))
 	metric("wbcache_bypassed_total", "counter", "Write requests that bypassed the cache (sequential cutoff).", u(s.Bypassed))
+	metric("wbcache_bypassed_over_dirty_total", "counter", "Runs written around the cache over dirty cached blocks (modes writearound and none), superseding them after a backing sync.", u(s.BypassedOverDirty))
 	metric("wbcache_evictions_total", "counter", "Clean blocks evicted to free slots.", u(s.Evictions))
 	metric("wbcache_alloc_waits_total", "counter", "Times a writer waited for a free slot.", u(s.AllocWaits))
 	metric("wbcache_slots", "gauge", "Cache slots by state.",

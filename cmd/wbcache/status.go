@@ -129,8 +129,12 @@ func printStatus(w io.Writer, s *Status) {
 	}
 	fmt.Fprintf(w, "  reads:      %d (%s), hits %d, misses %d, hit ratio %.1f%%, promoted %d\n",
 		s.Reads, formatSize(int64(s.ReadBytes)), s.ReadHits, s.ReadMisses, 100*s.HitRatio, s.Promotions)
-	fmt.Fprintf(w, "  writes:     %d (%s), in place %d, bypassed %d, syncs %d, discards %d\n",
-		s.Writes, formatSize(int64(s.WriteBytes)), s.WritesInPlace, s.Bypassed, s.Syncs, s.Discards)
+	over := ""
+	if s.BypassedOverDirty > 0 {
+		over = fmt.Sprintf(" (%d runs over dirty blocks)", s.BypassedOverDirty)
+	}
+	fmt.Fprintf(w, "  writes:     %d (%s), in place %d, bypassed %d%s, syncs %d, discards %d\n",
+		s.Writes, formatSize(int64(s.WriteBytes)), s.WritesInPlace, s.Bypassed, over, s.Syncs, s.Discards)
 	gaps := "gap reads off (the backing device does not seek)"
 	if s.DestageGapReads {
 		gaps = fmt.Sprintf("%s of gaps read", formatSize(int64(s.GapReadBlocks)*blockcache.BlockSize))
