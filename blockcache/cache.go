@@ -147,12 +147,18 @@ type Cache struct {
 // block take its shard's alone (Cache.lockLBA). The fields outside the
 // table are guarded by the whole table's lock.
 type tableState struct {
-	t           slotTable
-	freed       *sync.Cond     // broadcast when slots become free or clean
-	inflight    map[uint64]int // LBAs with a destage in flight
-	overwriting []lbaRange     // ranges written on the backing device under their cached copies (holdOverwrite)
-	through     []DirtyBlock   // write-through blocks waiting for a backing sync
-	zeroing     int            // free slots the prefill pass holds (prefill.go)
+	t        slotTable
+	freed    *sync.Cond     // broadcast when slots become free or clean
+	inflight map[uint64]int // LBAs with a destage in flight
+	// Of those, the LBAs whose backing write is under way (BeginWriteBack
+	// to EndWriteBack), and those claimed by a writer of the backing
+	// device in place before it began (claimBackingLocked): their
+	// destage must not write them.
+	writing     map[uint64]int
+	claimed     map[uint64]bool
+	overwriting []lbaRange   // ranges written on the backing device under their cached copies (holdOverwrite)
+	through     []DirtyBlock // write-through blocks waiting for a backing sync
+	zeroing     int          // free slots the prefill pass holds (prefill.go)
 	order       orderState
 }
 
@@ -412,6 +418,8 @@ func Open(ssd, hdd device.Device, opts Options) (*Cache, error) {
 	c.promoteAfter.Store(int32(opts.PromoteAfter))
 	c.applySettings(sb.Settings)
 	c.mu.inflight = make(map[uint64]int)
+	c.mu.writing = make(map[uint64]int)
+	c.mu.claimed = make(map[uint64]bool)
 	c.sketch.s = newPromoteSketch()
 	t0 := opts.Now()
 	rec, err := c.recover()

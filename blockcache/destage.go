@@ -303,7 +303,50 @@ func (c *Cache) completeBatch(m *metaChange, blocks []DirtyBlock, written bool, 
 func (c *Cache) uninflightLocked(lba uint64) {
 	if c.mu.inflight[lba]--; c.mu.inflight[lba] <= 0 {
 		delete(c.mu.inflight, lba)
+		delete(c.mu.claimed, lba)
 	}
+}
+
+// BeginWriteBack is called by a destager right before it writes pinned
+// blocks (a run, or any set) to the backing device. It returns false when
+// a writer of the backing device in place has claimed one of them since
+// they were pinned (claimBackingLocked: a write around or through the
+// cache, or a discard, whose data must not be overwritten by this older
+// content): the caller must not write them, and completes them unwritten
+// (dirty blocks among them that the writer did not supersede stay dirty,
+// for a later destage). Otherwise the caller writes them and then calls
+// EndWriteBack; writers of those blocks wait for that.
+//
+// A destager writes a pinned block to the backing device only between a
+// BeginWriteBack that returned true and its EndWriteBack: that is what
+// lets writers of the backing device skip the pinned blocks not yet
+// written instead of waiting for the whole batch.
+func (c *Cache) BeginWriteBack(blocks []DirtyBlock) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, b := range blocks {
+		if c.mu.claimed[b.LBA] {
+			c.stats.writeBackClaimed.Add(1)
+			return false
+		}
+	}
+	for _, b := range blocks {
+		c.mu.writing[b.LBA]++
+	}
+	return true
+}
+
+// EndWriteBack ends the backing write that BeginWriteBack began, whether
+// it succeeded or not.
+func (c *Cache) EndWriteBack(blocks []DirtyBlock) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, b := range blocks {
+		if c.mu.writing[b.LBA]--; c.mu.writing[b.LBA] <= 0 {
+			delete(c.mu.writing, b.LBA)
+		}
+	}
+	c.mu.freed.Broadcast()
 }
 
 // DirtyCount is the number of dirty blocks.

@@ -59,9 +59,7 @@ func (c *Cache) Discard(off, n int64) error {
 func (c *Cache) holdOverwriteLocked(lo, hi uint64) (release func()) {
 	r := lbaRange{lo, hi}
 	c.mu.overwriting = append(c.mu.overwriting, r)
-	for c.inflightIn(lo, hi) && c.usable() == nil {
-		c.mu.freed.Wait()
-	}
+	c.claimBackingLocked(lo, hi)
 	return func() {
 		c.mu.Lock()
 		defer c.mu.Unlock()
@@ -163,23 +161,6 @@ func (c *Cache) freeMapped(lo, hi uint64, dirty bool) error {
 		}
 	}
 	return nil
-}
-
-func (c *Cache) inflightIn(lo, hi uint64) bool {
-	if hi-lo < uint64(len(c.mu.inflight)) {
-		for l := lo; l < hi; l++ {
-			if c.mu.inflight[l] > 0 {
-				return true
-			}
-		}
-		return false
-	}
-	for l := range c.mu.inflight {
-		if l >= lo && l < hi {
-			return true
-		}
-	}
-	return false
 }
 
 // mappedIn lists slots holding blocks in [lo, hi), older versions too.

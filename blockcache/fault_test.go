@@ -85,10 +85,17 @@ func (fs *faultScenario) run(ssd, hdd device.Device) (err error) {
 		}
 		buf := make([]byte, len(dirty)*BlockSize)
 		err = c.ReadSlots(dirty, buf)
+		began := err == nil && c.BeginWriteBack(dirty)
+		if err == nil && !began {
+			err = fmt.Errorf("pinned blocks claimed with no write running")
+		}
 		for i, b := range dirty {
 			if err == nil {
 				_, err = hdd.WriteAt(buf[i*BlockSize:(i+1)*BlockSize], int64(b.LBA)*BlockSize)
 			}
+		}
+		if began {
+			c.EndWriteBack(dirty)
 		}
 		if err == nil {
 			err = hdd.Sync()

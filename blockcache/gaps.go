@@ -118,14 +118,51 @@ func (c *Cache) gapFreeLocked(lo, hi uint64) bool {
 	return n == len(stripes)
 }
 
-// waitInflight waits until no destage holds a block of [lo, hi): the
-// backing device must not change under a destage's write of a clean gap
-// copy (PinGaps). Dirty blocks never get here: a block with a dirty
-// cached version is always written into the cache (invariant 4).
-func (c *Cache) waitInflight(lo, hi uint64) {
+// claimBacking is claimBackingLocked for a caller that does not hold
+// Cache.mu.
+func (c *Cache) claimBacking(lo, hi uint64) {
 	c.mu.Lock()
-	for len(c.mu.inflight) > 0 && c.inflightIn(lo, hi) && c.usable() == nil {
+	c.claimBackingLocked(lo, hi)
+	c.mu.Unlock()
+}
+
+// claimBackingLocked readies blocks [lo, hi) to be written on the backing
+// device in place by the caller, which holds their stripe locks: a
+// destage that holds one of them (pinned) must not write it afterwards,
+// or it would put older content over the caller's. A destage whose
+// backing write of such a block is under way is waited for; one that has
+// not begun it never will (BeginWriteBack refuses the block), so the
+// caller does not wait for a whole batch to be written and synced. The
+// blocks it claims are clean gap copies, gaps read from the backing
+// device, or dirty versions the caller supersedes; and until their
+// destage completes no new one pins them (Pin skips blocks in flight).
+func (c *Cache) claimBackingLocked(lo, hi uint64) {
+	for len(c.mu.inflight) > 0 && c.usable() == nil {
+		busy := false
+		each := func(l uint64) {
+			if c.mu.inflight[l] == 0 {
+				return
+			}
+			if c.mu.writing[l] > 0 {
+				busy = true
+			} else {
+				c.mu.claimed[l] = true
+			}
+		}
+		if hi-lo < uint64(len(c.mu.inflight)) {
+			for l := lo; l < hi; l++ {
+				each(l)
+			}
+		} else {
+			for l := range c.mu.inflight {
+				if l >= lo && l < hi {
+					each(l)
+				}
+			}
+		}
+		if !busy {
+			return
+		}
 		c.mu.freed.Wait()
 	}
-	c.mu.Unlock()
 }

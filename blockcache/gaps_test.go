@@ -39,10 +39,12 @@ func TestPinGaps(t *testing.T) {
 
 	data := make([]byte, len(run)*BlockSize)
 	require.NoError(t, c.ReadSlots(run, data))
+	require.True(t, c.BeginWriteBack(run))
 	for i, b := range run {
 		_, err := hdd.WriteAt(data[i*BlockSize:(i+1)*BlockSize], int64(b.LBA)*BlockSize)
 		require.NoError(t, err)
 	}
+	c.EndWriteBack(run)
 	require.NoError(t, hdd.Sync())
 	seq := c.j.lastSeq()
 	require.NoError(t, c.Complete(run, true))
@@ -60,11 +62,80 @@ func TestPinGaps(t *testing.T) {
 
 // TestWriteAroundWaitsForGapCopy: a write around the cache to a block
 // whose clean copy a destage is writing back (a gap filler) waits until
-// that destage completes, so the older copy can never land on the backing
-// device after the newer write.
+// that backing write ends (EndWriteBack), so the older copy can never
+// land on the backing device after the newer write; it does not wait for
+// the destage to sync and complete.
 func TestWriteAroundWaitsForGapCopy(t *testing.T) {
 	_, hdd, c := memCache(t)
 	defer c.Close()
+	run := pinGapRun(t, c)
+	data := make([]byte, len(run)*BlockSize)
+	require.NoError(t, c.ReadSlots(run, data))
+	require.True(t, c.BeginWriteBack(run), "nothing claimed the run")
+
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := c.WriteAt(pattern(101), 1*BlockSize)
+		wrote <- err
+	}()
+	select {
+	case err := <-wrote:
+		t.Fatalf("the write around the cache did not wait for the destage writing block 1 (err %v)", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	// The destage writes its (older) copy of block 1.
+	_, err := hdd.WriteAt(data, 0)
+	require.NoError(t, err)
+	c.EndWriteBack(run)
+	require.NoError(t, <-wrote)
+	require.NoError(t, hdd.Sync())
+	require.NoError(t, c.Complete(run, true))
+
+	buf := make([]byte, BlockSize)
+	_, err = hdd.ReadAt(buf, 1*BlockSize)
+	require.NoError(t, err)
+	require.Equal(t, pattern(101), buf, "the newer write is on the backing device")
+	_, err = c.ReadAt(buf, 1*BlockSize)
+	require.NoError(t, err)
+	require.Equal(t, pattern(101), buf)
+	require.Zero(t, c.DirtyCount())
+}
+
+// TestWriteAroundClaimsGapCopy: a write around the cache to a block that a
+// destage has pinned (a gap filler) but not begun to write goes ahead at
+// once and claims it: the destage may then not write the run
+// (BeginWriteBack refuses it), completes it unwritten, and its dirty
+// blocks stay dirty for the next one.
+func TestWriteAroundClaimsGapCopy(t *testing.T) {
+	_, hdd, c := memCache(t)
+	defer c.Close()
+	run := pinGapRun(t, c)
+	_, err := c.WriteAt(pattern(101), 1*BlockSize) // would block if it waited
+	require.NoError(t, err)
+	require.False(t, c.BeginWriteBack(run), "the run holds a block a write around the cache claimed")
+	require.EqualValues(t, 1, c.Stats().DestageClaimed)
+	require.NoError(t, c.Complete(run, false))
+	require.Equal(t, 2, c.DirtyCount(), "the run's dirty blocks stay dirty")
+
+	require.NoError(t, destageOnce(c))
+	require.Zero(t, c.DirtyCount())
+	buf := make([]byte, BlockSize)
+	for lba, want := range map[int][]byte{0: pattern(0), 1: pattern(101), 2: pattern(2)} {
+		_, err = hdd.ReadAt(buf, int64(lba)*BlockSize)
+		require.NoError(t, err)
+		require.Equal(t, want, buf, "block %d on the backing device", lba)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	require.Empty(t, c.mu.inflight)
+	require.Empty(t, c.mu.claimed)
+	require.Empty(t, c.mu.writing)
+}
+
+// pinGapRun pins dirty blocks 0 and 2 with the clean copy of block 1
+// between them (PinGaps), then sets mode writearound.
+func pinGapRun(t *testing.T, c *Cache) []DirtyBlock {
+	t.Helper()
 	buf := make([]byte, BlockSize)
 	_, err := c.ReadAt(buf, 1*BlockSize) // clean copy of block 1
 	require.NoError(t, err)
@@ -77,30 +148,5 @@ func TestWriteAroundWaitsForGapCopy(t *testing.T) {
 	run := c.PinGaps(pinned, 8, nil)
 	require.Len(t, run, 3)
 	require.NoError(t, c.SetMode(ModeWritearound))
-
-	wrote := make(chan error, 1)
-	go func() {
-		_, err := c.WriteAt(pattern(101), 1*BlockSize)
-		wrote <- err
-	}()
-	select {
-	case err := <-wrote:
-		t.Fatalf("the write around the cache did not wait for the destage holding block 1 (err %v)", err)
-	case <-time.After(100 * time.Millisecond):
-	}
-	// The destage writes its (older) copy of block 1, then completes.
-	data := make([]byte, len(run)*BlockSize)
-	require.NoError(t, c.ReadSlots(run, data))
-	_, err = hdd.WriteAt(data, 0)
-	require.NoError(t, err)
-	require.NoError(t, hdd.Sync())
-	require.NoError(t, c.Complete(run, true))
-	require.NoError(t, <-wrote)
-
-	_, err = hdd.ReadAt(buf, 1*BlockSize)
-	require.NoError(t, err)
-	require.Equal(t, pattern(101), buf, "the newer write is on the backing device")
-	_, err = c.ReadAt(buf, 1*BlockSize)
-	require.NoError(t, err)
-	require.Equal(t, pattern(101), buf)
+	return run
 }

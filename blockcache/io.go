@@ -488,7 +488,7 @@ func (c *Cache) writeBacking(lba uint64, blk []byte) error {
 // writeBackingAt writes whole blocks from lba in place on the backing
 // device; the caller holds their stripe locks and bumps their generations.
 func (c *Cache) writeBackingAt(lba uint64, blk []byte) error {
-	c.waitInflight(lba, lba+uint64(len(blk)/BlockSize))
+	c.claimBacking(lba, lba+uint64(len(blk)/BlockSize))
 	// A block that looks uncached may have lost its clean copy to an
 	// eviction whose FREE record is not durable yet; the backing device
 	// must not change under a copy that recovery could bring back.
@@ -540,9 +540,7 @@ func (c *Cache) writeThrough(lba uint64, blk []byte, cached bool) (uint64, error
 		c.mu.Unlock()
 		return seq, nil
 	}
-	for c.mu.inflight[lba] > 0 && c.usable() == nil {
-		c.mu.freed.Wait()
-	}
+	c.claimBackingLocked(lba, lba+1)
 	c.mu.Unlock()
 	if err := c.usable(); err != nil {
 		return 0, err

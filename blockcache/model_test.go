@@ -698,10 +698,12 @@ func (mr *modelRun) destage(all bool) {
 	}
 	buf := device.AlignedBuffer(len(pinned) * BlockSize)
 	require.NoError(mr.t, c.ReadSlots(pinned, buf))
+	require.True(mr.t, c.BeginWriteBack(pinned), "no write ran since Pin")
 	for i, b := range pinned {
 		_, err := c.Backing().WriteAt(buf[i*BlockSize:(i+1)*BlockSize], int64(b.LBA)*BlockSize)
 		require.NoError(mr.t, err)
 	}
+	c.EndWriteBack(pinned)
 	require.NoError(mr.t, c.Backing().Sync())
 	require.NoError(mr.t, c.Complete(pinned, true))
 }

@@ -414,6 +414,12 @@ func (c *Cache) writeBackPinned(blocks []DirtyBlock) error {
 		}
 		err = nil
 	}
+	if err == nil && !c.BeginWriteBack(blocks) {
+		// A write of the backing device in place claimed some of them:
+		// they are completed unwritten, and the caller pins again.
+		return c.Complete(blocks, false)
+	}
+	began := err == nil
 	// Runs of consecutive blocks (DirtyBlocks sorts them) go in one write.
 	for i := 0; i < len(blocks) && err == nil; {
 		if skip[i] {
@@ -429,6 +435,9 @@ func (c *Cache) writeBackPinned(blocks []DirtyBlock) error {
 			err = fmt.Errorf("writing back blocks %d-%d before a discard: %w", blocks[i].LBA, blocks[j-1].LBA, werr)
 		}
 		i = j
+	}
+	if began {
+		c.EndWriteBack(blocks)
 	}
 	if err == nil {
 		if serr := c.hdd.Sync(); serr != nil {

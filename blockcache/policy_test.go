@@ -2,6 +2,7 @@ package blockcache
 
 import (
 	"bytes"
+	"errors"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -242,12 +243,18 @@ func destageOnce(c *Cache) error {
 		return err
 	}
 	buf := device.AlignedBuffer(len(pinned) * BlockSize)
-	err = c.ReadSlots(pinned, buf)
+	if err := c.ReadSlots(pinned, buf); err != nil {
+		return errors.Join(err, c.Complete(pinned, false))
+	}
+	if !c.BeginWriteBack(pinned) {
+		return c.Complete(pinned, false) // claimed by a write of the backing device
+	}
 	for i, b := range pinned {
 		if err == nil {
 			_, err = c.Backing().WriteAt(buf[i*BlockSize:(i+1)*BlockSize], int64(b.LBA)*BlockSize)
 		}
 	}
+	c.EndWriteBack(pinned)
 	if err == nil {
 		err = c.Backing().Sync()
 	}
@@ -340,8 +347,9 @@ func (g *slotGate) WriteAt(p []byte, off int64) (int, error) {
 }
 
 // TestWriteThroughWaitsForOlderDestage: a write-through of a block whose
-// older version a destage pins just before the new version is mapped
-// writes the backing device only after that destage has landed. Otherwise
+// older version a destage pins and begins to write back just before the
+// new version is mapped writes the backing device only after that
+// destage's write has landed (EndWriteBack). Otherwise
 // the older version could land over it after the backing sync that marks
 // the new one clean, and the block, once evicted, would read stale.
 func TestWriteThroughWaitsForOlderDestage(t *testing.T) {
@@ -372,6 +380,7 @@ func TestWriteThroughWaitsForOlderDestage(t *testing.T) {
 	pinned, err := c.Pin(c.DirtyBlocks(nil))
 	require.NoError(t, err)
 	require.Len(t, pinned, 1)
+	require.True(t, c.BeginWriteBack(pinned))
 	close(ssd.release)
 	select {
 	case <-hdd.wrote:
@@ -383,6 +392,7 @@ func TestWriteThroughWaitsForOlderDestage(t *testing.T) {
 	// The destage lands, then the write-through.
 	_, err = mem.WriteAt(v1, 5*BlockSize)
 	require.NoError(t, err)
+	c.EndWriteBack(pinned)
 	require.NoError(t, mem.Sync())
 	require.NoError(t, c.Complete(pinned, true))
 	require.NoError(t, <-done)

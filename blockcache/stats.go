@@ -12,6 +12,7 @@ type counters struct {
 	readHits, readMisses, promotions atomic.Uint64
 	bypassed, evictions, allocWaits  atomic.Uint64
 	aroundOverDirty                  atomic.Uint64
+	writeBackClaimed                 atomic.Uint64
 	inPlace, pinnedNewer             atomic.Uint64
 	gapReadBlocks                    atomic.Uint64
 	destagedBlocks, destageRuns      atomic.Uint64
@@ -77,6 +78,10 @@ type Stats struct {
 	// DestageNewer counts blocks pinned for destaging at a version newer
 	// than their snapshot's (rewritten in between).
 	DestageNewer uint64 `json:"destage_newer_versions"`
+	// DestageClaimed counts write-back runs not written because a write
+	// of the backing device in place (around or through the cache, a
+	// discard) claimed a block of theirs first (BeginWriteBack).
+	DestageClaimed uint64 `json:"destage_runs_claimed"`
 	// GapReadBlocks counts blocks read from the backing device to fill
 	// gaps between dirty blocks, so that a destage writes one run
 	// (PinBackingGaps).
@@ -154,6 +159,7 @@ func (c *Cache) Stats() Stats {
 	s.DestagedBlocks, s.DestageRuns = st.destagedBlocks.Load(), st.destageRuns.Load()
 	s.DestageNewer = st.pinnedNewer.Load()
 	s.GapReadBlocks = st.gapReadBlocks.Load()
+	s.DestageClaimed = st.writeBackClaimed.Load()
 	s.Checkpoints, s.Replayed = st.checkpoints.Load(), st.replayed.Load()
 	s.CheckpointPages = st.checkpointPages.Load()
 	s.CacheErrors, s.BackingErrors, s.HealedBlocks = st.cacheErrors.Load(), st.backingErrors.Load(), st.healed.Load()

@@ -185,8 +185,14 @@ func (l *loop) worker() {
 			r.err = err
 		case l.quitting():
 			// Stopping: runs not yet on the disk stay dirty.
+		case !l.c.BeginWriteBack(r.blocks):
+			// A write of the backing device in place claimed a block
+			// of the run since it was pinned: what the run holds there
+			// is older. Its other dirty blocks stay dirty, for the next
+			// batch.
 		default:
 			r.err = l.writeRun(r.blocks, b, lost)
+			l.c.EndWriteBack(r.blocks)
 			r.backing = r.err != nil
 			if r.err == nil {
 				r.written = true
