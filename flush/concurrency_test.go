@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -124,6 +125,77 @@ func TestDiscardDuringDestage(t *testing.T) {
 	e.checkReads("after discards and FlushAll")
 	e.checkBacking("after discards and FlushAll", e.hddMem)
 	require.Zero(t, e.ver.bad.Load())
+	e.close()
+}
+
+// TestRunsAroundDuringDestage: writers send runs of whole blocks around
+// the cache (mode writearound) over blocks the destager has pinned, dirty
+// or filling gaps, while the mode keeps returning to writeback to dirty
+// more. A run claims the pinned blocks its destage has not begun to write
+// (BeginWriteBack then refuses that run) and waits for one under way; the
+// backing device never goes backwards, and after a final FlushAll it
+// holds exactly the newest versions.
+func TestRunsAroundDuringDestage(t *testing.T) {
+	const blocks, writers, rounds = 64, 4, 200
+	e := newEnv(t, envConfig{hddBlocks: blocks, slots: 80, reserve: 8})
+	d := newTestDestager(t, e.c, Policy{LowWatermark: -1, HighWatermark: -1, MaxRun: 8 * bs, Workers: 2}, options{syncRuns: 4})
+	d.Start()
+	var wg, modes sync.WaitGroup
+	var stop atomic.Bool
+	modes.Add(1)
+	go func() {
+		defer modes.Done()
+		for i := 0; !stop.Load(); i++ {
+			m := blockcache.ModeWriteback
+			if i%2 == 1 {
+				m = blockcache.ModeWritearound
+			}
+			require.NoError(t, e.c.SetMode(m))
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Writer w owns blocks [w*16, w*16+16).
+			base := uint64(w * blocks / writers)
+			rng := rand.New(rand.NewPCG(uint64(w), 3))
+			for i := 0; i < rounds; i++ {
+				lo := uint64(rng.IntN(15))
+				n := min(2+uint64(rng.IntN(6)), 16-lo)
+				if rng.IntN(3) == 0 {
+					n = 1
+				}
+				buf := make([]byte, 0, n*bs)
+				vers := make([]uint64, n)
+				for k := range n {
+					vers[k] = e.m.newVersion()
+					buf = append(buf, blockData(base+lo+k, vers[k])...)
+				}
+				_, err := e.c.WriteAt(buf, int64(base+lo)*bs)
+				require.NoError(t, err)
+				for k := range n {
+					e.m.set(base+lo+k, vers[k], false)
+				}
+				if i%40 == 0 {
+					require.NoError(t, e.c.Sync())
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	stop.Store(true)
+	modes.Wait()
+	flushAll(t, d)
+	d.Stop()
+	e.checkReads("after runs around the cache and FlushAll")
+	e.checkBacking("after runs around the cache and FlushAll", e.hddMem)
+	require.Zero(t, e.ver.bad.Load())
+	st := e.c.Stats()
+	t.Logf("runs over dirty blocks %d, destage runs claimed %d, destaged blocks %d", st.BypassedOverDirty, st.DestageClaimed, st.DestagedBlocks)
+	require.NotZero(t, st.BypassedOverDirty, "runs written around dirty blocks")
+	require.NotZero(t, st.DestageClaimed, "destage runs claimed by writes")
 	e.close()
 }
 
