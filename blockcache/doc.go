@@ -59,12 +59,15 @@
 //     written around the cache (modes writearound and none) supersedes it
 //     as a discard does (invariant 5, writeOverDirty). A clean copy pinned to
 //     fill a gap between dirty blocks (PinGaps) rewrites what the backing
-//     device already holds; a write around the cache to its block waits
-//     until that destage completes (writeBackingAt). A gap block read from
+//     device already holds. A destager writes a pinned block only between
+//     BeginWriteBack and EndWriteBack; a writer of the backing device in
+//     place claims the pinned blocks in its range whose write has not
+//     begun, so it is never done, and waits for one under way
+//     (claimBackingLocked). A gap block read from
 //     the backing device (PinBackingGaps) is rewritten as read: it is
 //     taken only while no writer holds its stripe and no destage,
 //     discard or overwrite holds it, and from then on writes in place
-//     wait for it.
+//     claim it or wait for its write, as for any pinned block.
 //  5. Discard drops clean copies first (durably), then zeroes and syncs the
 //     backing device, then drops dirty copies: each block reads as before or
 //     as zeros at every crash point. A run written around the cache over

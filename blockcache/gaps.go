@@ -14,8 +14,10 @@ package blockcache
 // Writing a clean copy back writes what the backing device already holds
 // durably (invariant 3), so it changes nothing there, even torn by a power
 // cut. While it is pinned nothing else writes the block on the backing
-// device: writes around the cache wait for it (writeBackingAt), a write
-// into the cache maps a new slot, and Discard waits. ReadSlots reads gap
+// device unless it claims it first, so that the destage never writes it
+// (claimBackingLocked: writes around or through the cache, Discard), or
+// waits for the destage's write under way; a write into the cache maps
+// a new slot. ReadSlots reads gap
 // copies like the rest, and Complete only unpins them.
 func (c *Cache) PinGaps(pinned []DirtyBlock, maxGap int, dst []DirtyBlock) []DirtyBlock {
 	c.mu.Lock()
@@ -75,8 +77,9 @@ func (c *Cache) pinGapLocked(lo, hi uint64, dst []DirtyBlock) []DirtyBlock {
 // write (writes around or through the cache, streams, Discard) or being a
 // destage of it (inflight): a gap is taken only when no destage or discard
 // holds any of its blocks and no writer holds their stripes, and once
-// taken (inflight, under Cache.mu all along) writers wait for it in
-// writeBackingAt, Pin skips its blocks and Discard waits. A write into the
+// taken (inflight, under Cache.mu all along) writers of the backing device
+// claim it or wait for its write (claimBackingLocked) and Pin skips its
+// blocks. A write into the
 // cache meanwhile maps a new dirty version, written back after this one.
 func (c *Cache) PinBackingGaps(pinned []DirtyBlock, want func(lo, hi uint64) bool, dst []DirtyBlock) []DirtyBlock {
 	c.mu.Lock()

@@ -882,7 +882,8 @@ func modelCrashRecoveryOrder(t *testing.T, hot, seeds int, order uint8) {
 			if hot > 0 {
 				require.Greater(t, mr.inPlace, uint64(n/10), "the hot run must rewrite in place often")
 			}
-			if hot == 0 && order == layout.OrderUnordered {
+			if hot == 0 && order == layout.OrderUnordered && n >= 1000 {
+				// (14-25 in 2500 cycles: too few to count on in 200.)
 				require.NotZero(t, mr.overDirty, "streams in modes writearound and none must go around dirty blocks")
 			}
 		})

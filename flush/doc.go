@@ -33,7 +33,13 @@
 //     production backing devices are opened O_DIRECT) and write it to the
 //     backing device with one WriteAt. A batch with Backing blocks is read
 //     whole before its first write (one ascending read pass, then one
-//     write pass).
+//     write pass). Each run's write is bracketed by
+//     Cache.BeginWriteBack and Cache.EndWriteBack: a write of the backing
+//     device in place (around or through the cache, a discard) that
+//     reached a block of the run first has claimed it, BeginWriteBack
+//     refuses the run, and it is skipped (completed unwritten, so its
+//     other dirty blocks stay dirty for a later batch); a writer that comes
+//     later waits for that run's write alone, not for the batch.
 //  5. One Backing().Sync() (fdatasync) for the whole batch, after all of its
 //     writes returned.
 //  6. Only then Cache.Complete(run, true) per run: CLEAN records, the
@@ -52,8 +58,9 @@
 //     passed to Complete exactly once (even on errors and on Stop), and a
 //     run's write has returned before its Complete. A newer version of an
 //     LBA can therefore only be pinned after the older one's write is over.
-//   - Every pinned block is released before the batch ends, so Stop and
-//     Cache.Discard never wait for more than one batch.
+//   - Every pinned block is released before the batch ends, so Stop never
+//     waits for more than one batch, and writers of the backing device in
+//     place wait at most for one run's write.
 //
 // # Elevator order and batching
 //
