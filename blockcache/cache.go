@@ -151,9 +151,9 @@ type tableState struct {
 	freed    *sync.Cond     // broadcast when slots become free or clean
 	inflight map[uint64]int // LBAs with a destage in flight
 	// Of those, the LBAs whose backing write is under way (BeginWriteBack
-	// to EndWriteBack), and those claimed by a writer of the backing
-	// device in place before it began (claimBackingLocked): their
-	// destage must not write them.
+	// to EndWriteBack, even if claimed), and those claimed by a writer of
+	// the backing device in place before it began (claimBackingLocked):
+	// their destage must not write them.
 	writing     map[uint64]int
 	claimed     map[uint64]bool
 	overwriting []lbaRange   // ranges written on the backing device under their cached copies (holdOverwrite)

@@ -308,32 +308,44 @@ func (c *Cache) uninflightLocked(lba uint64) {
 }
 
 // BeginWriteBack is called by a destager right before it writes pinned
-// blocks (a run, or any set) to the backing device. It returns false when
-// a writer of the backing device in place has claimed one of them since
-// they were pinned (claimBackingLocked: a write around or through the
-// cache, or a discard, whose data must not be overwritten by this older
-// content): the caller must not write them, and completes them unwritten
-// (dirty blocks among them that the writer did not supersede stay dirty,
-// for a later destage). Otherwise the caller writes them and then calls
-// EndWriteBack; writers of those blocks wait for that.
+// blocks (a run, or any set) to the backing device. It returns the
+// indexes of those that a writer of the backing device in place has
+// claimed since they were pinned (claimBackingLocked: a write around or
+// through the cache, or a discard, whose data must not be overwritten by
+// this older content). The caller must not write those: it writes the
+// others (the pieces between) and completes the claimed ones unwritten
+// (Complete with false: a dirty one that the writer did not supersede
+// stays dirty, for a later destage). Until EndWriteBack, writers of any
+// of the blocks wait.
 //
 // A destager writes a pinned block to the backing device only between a
-// BeginWriteBack that returned true and its EndWriteBack: that is what
+// BeginWriteBack that did not claim it and its EndWriteBack: that is what
 // lets writers of the backing device skip the pinned blocks not yet
 // written instead of waiting for the whole batch.
-func (c *Cache) BeginWriteBack(blocks []DirtyBlock) bool {
+func (c *Cache) BeginWriteBack(blocks []DirtyBlock) (claimed []int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, b := range blocks {
+	for i, b := range blocks {
 		if c.mu.claimed[b.LBA] {
-			c.stats.writeBackClaimed.Add(1)
-			return false
+			claimed = append(claimed, i)
 		}
-	}
-	for _, b := range blocks {
 		c.mu.writing[b.LBA]++
 	}
-	return true
+	c.stats.writeBackClaimed.Add(uint64(len(claimed)))
+	return claimed
+}
+
+// SplitClaimed splits blocks into those to complete as written and those
+// that BeginWriteBack reported claimed (indexes into blocks, ascending).
+func SplitClaimed(blocks []DirtyBlock, claimed []int) (written, taken []DirtyBlock) {
+	for i, b := range blocks {
+		if len(taken) < len(claimed) && claimed[len(taken)] == i {
+			taken = append(taken, b)
+		} else {
+			written = append(written, b)
+		}
+	}
+	return written, taken
 }
 
 // EndWriteBack ends the backing write that BeginWriteBack began, whether

@@ -85,8 +85,8 @@ func (fs *faultScenario) run(ssd, hdd device.Device) (err error) {
 		}
 		buf := make([]byte, len(dirty)*BlockSize)
 		err = c.ReadSlots(dirty, buf)
-		began := err == nil && c.BeginWriteBack(dirty)
-		if err == nil && !began {
+		began := err == nil
+		if began && len(c.BeginWriteBack(dirty)) > 0 {
 			err = fmt.Errorf("pinned blocks claimed with no write running")
 		}
 		for i, b := range dirty {

@@ -134,7 +134,7 @@ func (c *Cache) claimBacking(lo, hi uint64) {
 // destage that holds one of them (pinned) must not write it afterwards,
 // or it would put older content over the caller's. A destage whose
 // backing write of such a block is under way is waited for; one that has
-// not begun it never will (BeginWriteBack refuses the block), so the
+// not begun it never will (BeginWriteBack reports it claimed), so the
 // caller does not wait for a whole batch to be written and synced. The
 // blocks it claims are clean gap copies, gaps read from the backing
 // device, or dirty versions the caller supersedes; and until their

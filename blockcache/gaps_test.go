@@ -39,7 +39,7 @@ func TestPinGaps(t *testing.T) {
 
 	data := make([]byte, len(run)*BlockSize)
 	require.NoError(t, c.ReadSlots(run, data))
-	require.True(t, c.BeginWriteBack(run))
+	require.Empty(t, c.BeginWriteBack(run))
 	for i, b := range run {
 		_, err := hdd.WriteAt(data[i*BlockSize:(i+1)*BlockSize], int64(b.LBA)*BlockSize)
 		require.NoError(t, err)
@@ -71,7 +71,7 @@ func TestWriteAroundWaitsForGapCopy(t *testing.T) {
 	run := pinGapRun(t, c)
 	data := make([]byte, len(run)*BlockSize)
 	require.NoError(t, c.ReadSlots(run, data))
-	require.True(t, c.BeginWriteBack(run), "nothing claimed the run")
+	require.Empty(t, c.BeginWriteBack(run), "nothing claimed the run")
 
 	wrote := make(chan error, 1)
 	go func() {
@@ -103,21 +103,29 @@ func TestWriteAroundWaitsForGapCopy(t *testing.T) {
 
 // TestWriteAroundClaimsGapCopy: a write around the cache to a block that a
 // destage has pinned (a gap filler) but not begun to write goes ahead at
-// once and claims it: the destage may then not write the run
-// (BeginWriteBack refuses it), completes it unwritten, and its dirty
-// blocks stay dirty for the next one.
+// once and claims it: the destage then writes the run around it
+// (BeginWriteBack reports it claimed) and completes it unwritten.
 func TestWriteAroundClaimsGapCopy(t *testing.T) {
 	_, hdd, c := memCache(t)
 	defer c.Close()
 	run := pinGapRun(t, c)
 	_, err := c.WriteAt(pattern(101), 1*BlockSize) // would block if it waited
 	require.NoError(t, err)
-	require.False(t, c.BeginWriteBack(run), "the run holds a block a write around the cache claimed")
+	claimed := c.BeginWriteBack(run)
+	require.Equal(t, []int{1}, claimed, "the write around the cache claimed block 1")
 	require.EqualValues(t, 1, c.Stats().DestageClaimed)
-	require.NoError(t, c.Complete(run, false))
-	require.Equal(t, 2, c.DirtyCount(), "the run's dirty blocks stay dirty")
-
-	require.NoError(t, destageOnce(c))
+	data := make([]byte, len(run)*BlockSize)
+	require.NoError(t, c.ReadSlots(run, data))
+	for _, i := range []int{0, 2} {
+		_, err := hdd.WriteAt(data[i*BlockSize:(i+1)*BlockSize], int64(run[i].LBA)*BlockSize)
+		require.NoError(t, err)
+	}
+	c.EndWriteBack(run)
+	require.NoError(t, hdd.Sync())
+	written, taken := SplitClaimed(run, claimed)
+	require.Len(t, written, 2)
+	require.NoError(t, c.Complete(taken, false))
+	require.NoError(t, c.Complete(written, true))
 	require.Zero(t, c.DirtyCount())
 	buf := make([]byte, BlockSize)
 	for lba, want := range map[int][]byte{0: pattern(0), 1: pattern(101), 2: pattern(2)} {

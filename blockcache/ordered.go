@@ -403,7 +403,8 @@ const maxCatchUpRun = 256
 
 // writeBackPinned writes pinned blocks to the backing device, syncs it and
 // completes them (blocks whose slots fail their checksums are left out, as
-// the destager does: Complete never cleans a lost one).
+// the destager does: Complete never cleans a lost one; so are blocks that
+// a write of the backing device in place claimed, completed unwritten).
 func (c *Cache) writeBackPinned(blocks []DirtyBlock) error {
 	buf := device.AlignedBuffer(len(blocks) * BlockSize)
 	err := c.ReadSlots(blocks, buf)
@@ -414,12 +415,14 @@ func (c *Cache) writeBackPinned(blocks []DirtyBlock) error {
 		}
 		err = nil
 	}
-	if err == nil && !c.BeginWriteBack(blocks) {
-		// A write of the backing device in place claimed some of them:
-		// they are completed unwritten, and the caller pins again.
-		return c.Complete(blocks, false)
-	}
 	began := err == nil
+	var claimed []int
+	if began {
+		claimed = c.BeginWriteBack(blocks)
+		for _, i := range claimed {
+			skip[i] = true
+		}
+	}
 	// Runs of consecutive blocks (DirtyBlocks sorts them) go in one write.
 	for i := 0; i < len(blocks) && err == nil; {
 		if skip[i] {
@@ -449,5 +452,9 @@ func (c *Cache) writeBackPinned(blocks []DirtyBlock) error {
 		c.Complete(blocks, false)
 		return err
 	}
-	return c.Complete(blocks, true)
+	if len(claimed) == 0 {
+		return c.Complete(blocks, true)
+	}
+	written, taken := SplitClaimed(blocks, claimed)
+	return errors.Join(c.Complete(taken, false), c.Complete(written, true))
 }

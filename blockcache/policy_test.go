@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -246,11 +247,11 @@ func destageOnce(c *Cache) error {
 	if err := c.ReadSlots(pinned, buf); err != nil {
 		return errors.Join(err, c.Complete(pinned, false))
 	}
-	if !c.BeginWriteBack(pinned) {
-		return c.Complete(pinned, false) // claimed by a write of the backing device
-	}
+	// Blocks a write of the backing device claimed since Pin are not
+	// written.
+	claimed := c.BeginWriteBack(pinned)
 	for i, b := range pinned {
-		if err == nil {
+		if err == nil && !slices.Contains(claimed, i) {
 			_, err = c.Backing().WriteAt(buf[i*BlockSize:(i+1)*BlockSize], int64(b.LBA)*BlockSize)
 		}
 	}
@@ -258,7 +259,8 @@ func destageOnce(c *Cache) error {
 	if err == nil {
 		err = c.Backing().Sync()
 	}
-	if cerr := c.Complete(pinned, err == nil); err == nil {
+	written, taken := SplitClaimed(pinned, claimed)
+	if cerr := errors.Join(c.Complete(taken, false), c.Complete(written, err == nil)); err == nil {
 		err = cerr
 	}
 	return err
@@ -380,7 +382,7 @@ func TestWriteThroughWaitsForOlderDestage(t *testing.T) {
 	pinned, err := c.Pin(c.DirtyBlocks(nil))
 	require.NoError(t, err)
 	require.Len(t, pinned, 1)
-	require.True(t, c.BeginWriteBack(pinned))
+	require.Empty(t, c.BeginWriteBack(pinned))
 	close(ssd.release)
 	select {
 	case <-hdd.wrote:

@@ -78,10 +78,10 @@ type Stats struct {
 	// DestageNewer counts blocks pinned for destaging at a version newer
 	// than their snapshot's (rewritten in between).
 	DestageNewer uint64 `json:"destage_newer_versions"`
-	// DestageClaimed counts write-back runs not written because a write
-	// of the backing device in place (around or through the cache, a
-	// discard) claimed a block of theirs first (BeginWriteBack).
-	DestageClaimed uint64 `json:"destage_runs_claimed"`
+	// DestageClaimed counts pinned blocks that write-back left unwritten
+	// because a write of the backing device in place (around or through
+	// the cache, a discard) claimed them first (BeginWriteBack).
+	DestageClaimed uint64 `json:"destage_blocks_claimed"`
 	// GapReadBlocks counts blocks read from the backing device to fill
 	// gaps between dirty blocks, so that a destage writes one run
 	// (PinBackingGaps).

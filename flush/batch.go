@@ -23,6 +23,10 @@ type run struct {
 	written bool
 	err     error
 	backing bool // err came from the backing device (else the cache device)
+	// claimed: blocks a write of the backing device in place took over
+	// before the run's write began (Cache.BeginWriteBack): not written,
+	// completed unwritten.
+	claimed []int
 }
 
 // batchResult is what runBatch reports to the scheduler.
@@ -84,12 +88,23 @@ func (l *loop) runBatch(pinned []blockcache.DirtyBlock, pol Policy) batchResult 
 	}
 	for _, r := range runs {
 		written := synced && r.written && res.fatal == nil
-		if h := l.d.o.beforeComplete; h != nil {
-			h(r.blocks, written)
+		blocks := r.blocks
+		if len(r.claimed) > 0 {
+			var claimed []blockcache.DirtyBlock
+			blocks, claimed = blockcache.SplitClaimed(r.blocks, r.claimed)
+			if err := l.c.Complete(claimed, false); err != nil && res.fatal == nil {
+				res.fatal = fmt.Errorf("completing a destage: %w", err)
+			}
+			if len(blocks) == 0 {
+				continue
+			}
 		}
-		err := l.c.Complete(r.blocks, written)
+		if h := l.d.o.beforeComplete; h != nil {
+			h(blocks, written)
+		}
+		err := l.c.Complete(blocks, written)
 		if h := l.d.o.afterComplete; h != nil {
-			h(r.blocks, written)
+			h(blocks, written)
 		}
 		if err != nil {
 			// Complete unpinned the blocks anyway; only a dead cache fails it.
@@ -97,7 +112,7 @@ func (l *loop) runBatch(pinned []blockcache.DirtyBlock, pol Policy) batchResult 
 			continue
 		}
 		if written {
-			n := blockcache.CountDirty(r.blocks)
+			n := blockcache.CountDirty(blocks)
 			res.bytes += n * blockSize
 			l.d.stats.destaged(l.now(), n)
 		}
@@ -185,13 +200,12 @@ func (l *loop) worker() {
 			r.err = err
 		case l.quitting():
 			// Stopping: runs not yet on the disk stay dirty.
-		case !l.c.BeginWriteBack(r.blocks):
-			// A write of the backing device in place claimed a block
-			// of the run since it was pinned: what the run holds there
-			// is older. Its other dirty blocks stay dirty, for the next
-			// batch.
 		default:
-			r.err = l.writeRun(r.blocks, b, lost)
+			// Blocks that a write of the backing device in place
+			// claimed since they were pinned are not written: the run
+			// holds older content for them. The pieces between are.
+			r.claimed = l.c.BeginWriteBack(r.blocks)
+			r.err = l.writeRun(r.blocks, b, lost, r.claimed)
 			l.c.EndWriteBack(r.blocks)
 			r.backing = r.err != nil
 			if r.err == nil {
@@ -206,13 +220,16 @@ func (l *loop) worker() {
 }
 
 // writeRun writes a run read into b to the backing device: in one I/O, or,
-// when some of its blocks are lost, as the pieces between them.
-func (l *loop) writeRun(blocks []blockcache.DirtyBlock, b []byte, lost *blockcache.LostBlocksError) error {
+// when some of its blocks are lost or claimed, as the pieces between them.
+func (l *loop) writeRun(blocks []blockcache.DirtyBlock, b []byte, lost *blockcache.LostBlocksError, claimed []int) error {
 	skip := make([]bool, len(blocks))
 	if lost != nil {
 		for _, i := range lost.Lost {
 			skip[i] = true
 		}
+	}
+	for _, i := range claimed {
+		skip[i] = true
 	}
 	for i := 0; i < len(blocks); {
 		if skip[i] {

@@ -132,7 +132,7 @@ func TestDiscardDuringDestage(t *testing.T) {
 // the cache (mode writearound) over blocks the destager has pinned, dirty
 // or filling gaps, while the mode keeps returning to writeback to dirty
 // more. A run claims the pinned blocks its destage has not begun to write
-// (BeginWriteBack then refuses that run) and waits for one under way; the
+// (the run is then written around them) and waits for one under way; the
 // backing device never goes backwards, and after a final FlushAll it
 // holds exactly the newest versions.
 func TestRunsAroundDuringDestage(t *testing.T) {
@@ -193,9 +193,9 @@ func TestRunsAroundDuringDestage(t *testing.T) {
 	e.checkBacking("after runs around the cache and FlushAll", e.hddMem)
 	require.Zero(t, e.ver.bad.Load())
 	st := e.c.Stats()
-	t.Logf("runs over dirty blocks %d, destage runs claimed %d, destaged blocks %d", st.BypassedOverDirty, st.DestageClaimed, st.DestagedBlocks)
+	t.Logf("runs over dirty blocks %d, blocks claimed from destages %d, destaged blocks %d", st.BypassedOverDirty, st.DestageClaimed, st.DestagedBlocks)
 	require.NotZero(t, st.BypassedOverDirty, "runs written around dirty blocks")
-	require.NotZero(t, st.DestageClaimed, "destage runs claimed by writes")
+	require.NotZero(t, st.DestageClaimed, "blocks claimed from destages by writes")
 	e.close()
 }
 

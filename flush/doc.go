@@ -36,9 +36,10 @@
 //     write pass). Each run's write is bracketed by
 //     Cache.BeginWriteBack and Cache.EndWriteBack: a write of the backing
 //     device in place (around or through the cache, a discard) that
-//     reached a block of the run first has claimed it, BeginWriteBack
-//     refuses the run, and it is skipped (completed unwritten, so its
-//     other dirty blocks stay dirty for a later batch); a writer that comes
+//     reached a block of the run first has claimed it: BeginWriteBack
+//     reports it, the run is written as the pieces around it, and the
+//     claimed blocks are completed unwritten (a dirty one the writer did
+//     not supersede stays dirty, for a later batch). A writer that comes
 //     later waits for that run's write alone, not for the batch.
 //  5. One Backing().Sync() (fdatasync) for the whole batch, after all of its
 //     writes returned.
