@@ -25,7 +25,10 @@ type fioJobs struct {
 // writes with a bssplit of 4k-64k (sometimes a sequential 128k/1M stream,
 // which the sequential cutoff sends around the cache), fsync=N on some,
 // crc32c verify headers and a fresh randseed. trigger runs libaio at QD
-// 4-32, otherwise psync at QD 1.
+// 4-32, otherwise psync at QD 1. DIR/dirty.fio, which variant drain-around
+// runs first, writes a quarter of each job's blocks (4 KiB, random, no
+// verify headers: the jobs' verify checks only what they write), so that
+// the jobs then write over dirty cached blocks.
 func (k *kill9) genJobs(dir string, trigger bool) fioJobs {
 	e := k.e
 	nj := e.between(2, 4)
@@ -36,7 +39,7 @@ func (k *kill9) genJobs(dir string, trigger bool) fioJobs {
 	}
 	global := fmt.Sprintf("[global]\ndirect=1\nioengine=%s\niodepth=%s\nverify=crc32c\nrandseed=%d\nfallocate=none\nthread=1\n",
 		eng, qd, e.between(1, 2000000000))
-	var body strings.Builder
+	var body, dirty strings.Builder
 	for j := range nj {
 		mib := int(region >> 20)
 		off := int64(j)*region + int64(e.between(0, mib/2))<<20
@@ -46,6 +49,7 @@ func (k *kill9) genJobs(dir string, trigger bool) fioJobs {
 			rw, bs = "write", "bssplit=128k/40:1m/60"
 		}
 		fmt.Fprintf(&body, "[j%d]\noffset=%d\nsize=%d\nrw=%s\n%s\n", j, off, length, rw, bs)
+		fmt.Fprintf(&dirty, "[d%d]\noffset=%d\nsize=%d\nrw=randwrite\nbs=4k\nnumber_ios=%d\n\n", j, off, length, length/4096/4)
 		if fs := e.pick("0", "0", "1", "4", "16", "64"); fs != "0" {
 			fmt.Fprintf(&body, "fsync=%s\n", fs)
 		}
@@ -59,6 +63,8 @@ func (k *kill9) genJobs(dir string, trigger bool) fioJobs {
 	k.writeFile(filepath.Join(dir, "write.fio"), write)
 	k.writeFile(filepath.Join(dir, "verify-disk.fio"), global+"filename="+k.disk()+"\n"+verify)
 	k.writeFile(filepath.Join(dir, "verify-backing.fio"), global+"filename="+k.backing+"\n"+verify)
+	k.writeFile(filepath.Join(dir, "dirty.fio"), fmt.Sprintf("[global]\ndirect=1\nioengine=libaio\niodepth=16\nrandseed=%d\nfallocate=none\nthread=1\nfilename=%s\n\n%s",
+		e.between(1, 2000000000), k.disk(), dirty.String()))
 	return fioJobs{dir: dir, desc: fmt.Sprintf("%d jobs %s QD%s", nj, eng, qd)}
 }
 

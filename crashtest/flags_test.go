@@ -13,7 +13,7 @@ import (
 var (
 	flagN        = flag.Int("crash.n", 0, "iterations (rounds, power cuts) of each crash loop; 0: a short smoke run at quick sizes")
 	flagSeed     = flag.Uint64("crash.seed", 0, "random seed (0: time based; printed)")
-	flagVariant  = flag.String("crash.variant", "all", "TestKill9Loop: plain, heavy-destage, checkpoint, recovery, mode-switch or all (rotates)")
+	flagVariant  = flag.String("crash.variant", "all", "TestKill9Loop: plain, heavy-destage, checkpoint, recovery, mode-switch, drain-around or all (rotates)")
 	flagQuick    = flag.Bool("crash.quick", false, "small sizes and short write phases (the smoke run always uses them)")
 	flagSize     = flag.String("crash.size", "", "backing size = disk size (kill -9: 2G, quick 512M; ext4: 2G, quick 1G; power cut: 512M, quick 256M)")
 	flagCache    = flag.String("crash.cache-size", "", "cache size (kill -9 and ext4: 256M, quick 64M; power cut: 128M, quick 32M)")

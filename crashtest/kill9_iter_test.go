@@ -79,9 +79,16 @@ func (k *kill9) ensureDaemon(bin, v string) bool {
 // flight). It returns how the kill came and the bytes fio wrote.
 func (k *kill9) writePhase(bin, v string, jobs fioJobs, trigger bool) (string, int64) {
 	var stopSwitch atomic.Bool
-	switches := make(chan int, 1)
-	if v == "mode-switch" {
-		go k.modeSwitcher(bin, rand.New(rand.NewPCG(k.e.rng.Uint64(), 1)), &stopSwitch, switches)
+	switches := make(chan switchStats, 1)
+	if v == "drain-around" {
+		if code := fio(k.dir, "dirty", 5*time.Minute); code != 0 {
+			b, _ := os.ReadFile(filepath.Join(k.dir, "dirty.err"))
+			k.fail("fio dirty phase failed (exit %d): %s", code, oneLine(string(b), 400))
+		}
+	}
+	switching := v == "mode-switch" || v == "drain-around"
+	if switching {
+		go k.modeSwitcher(bin, v, rand.New(rand.NewPCG(k.e.rng.Uint64(), 1)), &stopSwitch, switches)
 	}
 	killed := filepath.Join(k.dir, "killed")
 	var kdesc string
@@ -112,9 +119,12 @@ func (k *kill9) writePhase(bin, v string, jobs fioJobs, trigger bool) (string, i
 			_ = os.WriteFile(killed, nil, 0o644)
 		}
 	}
-	if v == "mode-switch" {
+	if switching {
 		stopSwitch.Store(true)
-		k.st.modeSwitches += <-switches
+		ss := <-switches
+		k.st.modeSwitches += ss.n
+		k.st.overDirty += ss.overDirty
+		k.st.claimed += ss.claimed
 	}
 	if _, err := os.Stat(killed); err != nil || early {
 		k.st.fioDoneFirst++ // fio ended before the kill: it wrote everything, or it failed

@@ -62,6 +62,7 @@ type kill9Stats struct {
 	written, verified, backingVerified          int64
 	verifyRuns, backingRuns, flushes, detaches  int
 	checks, chained, fioDoneFirst, modeSwitches int
+	overDirty, claimed                          int
 	rkTotal, rkBefore, rkOpen, rkStuck          int
 	exemptBlocks, exemptRuns                    int
 	ready, recovery                             []float64
@@ -82,7 +83,7 @@ func (k *kill9) summary(variant string) {
 	line("kill methods:", "%s (fio done before the kill: %d)", counts(s.methods), s.fioDoneFirst)
 	line("kills during startup:", "%d (%d before the ready line, %d of them before the cache was open; %d left an unkillable daemon)", s.rkTotal, s.rkBefore, s.rkOpen, s.rkStuck)
 	line("  startup kill points:", "%s", counts(s.rkPhase))
-	line("live mode switches:", "%d", s.modeSwitches)
+	line("live mode switches:", "%d (runs written around dirty blocks: %d, blocks claimed from write-back: %d)", s.modeSwitches, s.overDirty, s.claimed)
 	line("writes acknowledged:", "%s (%d bytes)", human(s.written), s.written)
 	line("writes verified via wbcache:", "%s (%d 4 KiB blocks, %d fio verify runs)", human(s.verified), s.verified/4096, s.verifyRuns)
 	line("verified on backing alone:", "%s (%d runs: %d after flush, %d after detach)", human(s.backingVerified), s.backingRuns, s.flushes, s.detaches)

@@ -12,7 +12,7 @@ import (
 	"time"
 )
 
-var kill9Variants = []string{"plain", "heavy-destage", "checkpoint", "recovery", "mode-switch"}
+var kill9Variants = []string{"plain", "heavy-destage", "checkpoint", "recovery", "mode-switch", "drain-around"}
 
 // defaultPolicy is passed by every variant that does not change it: mount
 // options are saved in the cache's superblock and stick.
@@ -29,10 +29,15 @@ func variantFormat(v string) []string {
 }
 
 // variantMount is the variant's mount options: heavy-destage writes back
-// all the time.
+// all the time; drain-around holds write-back back until the cache is
+// full, so that the drain its mode switch starts has dirty blocks among
+// the ones the writes go around.
 func variantMount(v string) []string {
-	if v == "heavy-destage" {
+	switch v {
+	case "heavy-destage":
 		return mountOptions("--mode", "writeback", "--low-watermark", "0", "--high-watermark", "1", "--max-dirty-age", "0", "--workers", "4", "--seq-cutoff", "4M")
+	case "drain-around":
+		return mountOptions("--mode", "writeback", "--low-watermark", "99", "--high-watermark", "100", "--max-dirty-age", "1h", "--workers", "2", "--seq-cutoff", "4M")
 	}
 	return mountOptions(append([]string{"--mode", "writeback"}, defaultPolicy...)...)
 }
@@ -274,11 +279,43 @@ func (k *kill9) startupKill(bin, v string, n int) {
 	}
 }
 
-// modeSwitcher switches modes every 0.1-0.8 s until stop is set and
-// returns how many switches it asked for.
-func (k *kill9) modeSwitcher(bin string, rng *rand.Rand, stop *atomic.Bool, done chan<- int) {
-	n := 0
-	logf, _ := os.Create(filepath.Join(k.dir, "modes.log"))
+// switchStats is what a mode switcher saw: the switches it made, and the
+// most the daemon's status reported of runs written around dirty blocks
+// (bypassed_over_dirty) and of blocks claimed from write-back by writes
+// of the backing device (destage_blocks_claimed).
+type switchStats struct{ n, overDirty, claimed int }
+
+// modeSwitcher switches modes every 0.1-0.8 s until stop is set (variant
+// mode-switch), or, for drain-around, once to writearound after 0.3-1.2 s,
+// which drains the dirty blocks while the writes go around the cache
+// over them. It reads the daemon's status as it goes, and returns what
+// it saw.
+func (k *kill9) modeSwitcher(bin, v string, rng *rand.Rand, stop *atomic.Bool, done chan<- switchStats) {
+	var ss switchStats
+	d := k.d
+	note := func() {
+		if st, err := d.Status(); err == nil {
+			over, _ := st["bypassed_over_dirty"].(float64)
+			claimed, _ := st["destage_blocks_claimed"].(float64)
+			ss.overDirty, ss.claimed = max(ss.overDirty, int(over)), max(ss.claimed, int(claimed))
+		}
+	}
+	logPath := filepath.Join(k.dir, "modes.log")
+	if v == "drain-around" {
+		time.Sleep(time.Duration(300+rng.IntN(900)) * time.Millisecond)
+		if !stop.Load() {
+			ss.n++
+			// It returns when the drain ends or the daemon is killed.
+			go run(logPath, time.Minute, bin, "mode", k.mnt, "writearound")
+		}
+		for !stop.Load() {
+			time.Sleep(100 * time.Millisecond)
+			note()
+		}
+		done <- ss
+		return
+	}
+	logf, _ := os.Create(logPath)
 	defer logf.Close()
 	for !stop.Load() {
 		time.Sleep(time.Duration(100+rng.IntN(700)) * time.Millisecond)
@@ -286,9 +323,10 @@ func (k *kill9) modeSwitcher(bin string, rng *rand.Rand, stop *atomic.Bool, done
 			break
 		}
 		m := [...]string{"writethrough", "writearound", "none", "writeback", "writeback"}[rng.IntN(5)]
-		n++
+		ss.n++
 		code, out := run("", time.Minute, bin, "mode", k.mnt, m)
 		fmt.Fprintf(logf, "%s mode %s: exit %d %s\n", time.Now().Format("15:04:05.000"), m, code, strings.TrimSpace(out))
+		note()
 	}
-	done <- n
+	done <- ss
 }

@@ -3,7 +3,7 @@
 # The four crash loops are the Go tests of crashtest/ (TestKill9Loop,
 # TestExt4Loop, TestLoseCacheExt4Loop, TestPowerCutLoop), run through
 # their scripts:
-#   crashtest.sh --quick -n 5 --variant all   (each kill -9 variant once,
+#   crashtest.sh --quick -n 6 --variant all   (each kill -9 variant once,
 #                                             FUSE over io_uring where the
 #                                             kernel has it; then -n 2 over
 #                                             /dev/fuse)
@@ -65,7 +65,7 @@ if [ ! -e /sys/module/fuse/parameters/enable_uring ]; then
 	ring=off
 fi
 if [ "$full" = 1 ]; then
-	step crashtest-$ring env WBC_FUSE_URING=$ring scripts/crashtest.sh --quick -n 5 --variant all -s "$seed" --failures "$WORK/crash-failures"
+	step crashtest-$ring env WBC_FUSE_URING=$ring scripts/crashtest.sh --quick -n 6 --variant all -s "$seed" --failures "$WORK/crash-failures"
 	step crashtest-off env WBC_FUSE_URING=off scripts/crashtest.sh --quick -n 2 --variant all -s "$((seed + 1))" --failures "$WORK/crash-failures-off"
 	step crashtest-ext4-$ring env WBC_FUSE_URING=$ring scripts/crashtest-ext4.sh --quick -n 2 -s "$seed" --failures "$WORK/ext4-failures"
 	step crashtest-losecache env WBC_FUSE_URING=$ring scripts/crashtest-losecache.sh --quick -n 2 -s "$seed" --failures "$WORK/losecache-failures"

@@ -28,7 +28,8 @@
 #   --size SIZE        backing file size (default 2G; --quick 512M)
 #   --cache-size SIZE  cache file size (default 256M; --quick 64M)
 #   --variant V        plain | heavy-destage | checkpoint | recovery |
-#                      mode-switch | all (rotates through every variant)
+#                      mode-switch | drain-around | all (rotates through
+#                      every variant)
 #                      (default plain)
 #   --quick            small sizes and short write phases (CI smoke)
 #   --stop-on-failure  stop at the first failure (default: record it and

@@ -484,3 +484,83 @@ cg_serviced() {
 	awk -v d="$2" '$1 == d && $2 == "Read" { r = $3 } $1 == d && $2 == "Write" { w = $3 } END { print r + 0, w + 0 }' \
 		"$1/blkio.throttle.io_serviced" 2>/dev/null || echo "0 0"
 }
+
+# ------------------------------------------ a region dirtied at a density
+# (drain-density.sh, stream-over-dirty.sh: builds side by side, alternating)
+
+# dens_args REGION DENSITIES HELPLINES ARGS...: parse --region SIZE,
+# --densities LIST, --rounds N and the binaries into region, densities,
+# rounds and bins (defaults: REGION, DENSITIES, 1 round, no binary); -h
+# prints lines HELPLINES (e.g. 2,23) of the calling script.
+dens_args() {
+	region=$1 densities=$2 rounds=1 bins=()
+	local help=$3
+	shift 3
+	while [ $# -gt 0 ]; do
+		case $1 in
+		--region) region=$2; shift 2 ;;
+		--densities) densities=$2; shift 2 ;;
+		--rounds) rounds=$2; shift 2 ;;
+		-h | --help) sed -n "${help}p" "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+		-*) die "unknown option $1 (see --help)" ;;
+		*) bins+=("$1"); shift ;;
+		esac
+	done
+}
+
+# dens_setup PREFIX: a work directory, a wbcache built from this tree when
+# no binary was given, and an emulated HDD four times the region; sets
+# work, mnt, name, region_bytes and blocks. wbc_cleanup undoes it all.
+dens_setup() {
+	command -v fio >/dev/null || die "fio is not installed (apt-get install -y fio)"
+	need_root
+	wbc_install_traps
+	mk_workdir "$1"
+	work=$WORK
+	if [ ${#bins[@]} -eq 0 ]; then
+		go build -o "$work/wbcache" ./cmd/wbcache
+		bins=("$work/wbcache")
+	fi
+	region_bytes=$(size_bytes "$region")
+	blocks=$((region_bytes / 4096))
+	mnt=$work/mnt
+	mkdir -p "$mnt"
+	name=$1-$$
+	hdd_up "$name" "$work/hdd.img" "$((region_bytes * 4))" 200 170M
+}
+
+# dens_mount BIN [OPTION...]: a new cache twice the region over the HDD,
+# mounted inside its throttle with write-back held back (watermarks
+# 99/100, max dirty age 1h) and the options given; sets dpid.
+dens_mount() {
+	local bin=$1
+	shift
+	rm -f "$work/cache.img"
+	"$bin" format --cache "$work/cache.img" --cache-size "$((region_bytes * 2 / 1048576))M" --backing "$HDD_LOOP" >/dev/null
+	hdd_exec "$HDD_CG" "$bin" mount --cache "$work/cache.img" --backing "$HDD_LOOP" \
+		--low-watermark 99 --high-watermark 100 --max-dirty-age 1h "$@" "$mnt" >"$work/daemon.log" 2>&1 &
+	dpid=$!
+	track_pid "$dpid"
+	track_fuse "$mnt"
+	for _ in $(seq 100); do grep -q serving "$work/daemon.log" && break; sleep 0.1; done
+	grep -q serving "$work/daemon.log" || die "the daemon did not start: $(cat "$work/daemon.log")"
+}
+
+# dens_fill PERCENT: fio writes that share of the region's 4 KiB blocks
+# once each, in random order (O_DIRECT, QD1).
+dens_fill() {
+	[ "$1" -gt 0 ] || return 0
+	fio --name=fill --filename="$mnt/disk" --direct=1 --rw=randwrite --bs=4k --size="$region_bytes" \
+		--number_ios=$((blocks * $1 / 100)) --ioengine=psync --randseed=7 --output=/dev/null
+}
+
+# dens_stop BIN: stop the daemon dens_mount started.
+dens_stop() {
+	"$1" stop "$mnt" >/dev/null
+	wait "$dpid" || true
+	untrack_pid "$dpid"
+	dpid=
+}
+
+# dens_json FIELD: FIELD of the status JSON on stdin (0 if absent).
+dens_json() { python3 -c 'import json,sys; print(json.load(sys.stdin).get(sys.argv[1], 0))' "$1"; }

@@ -26,74 +26,29 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 
-region=256M densities=0,25,50,75 rounds=1 bins=()
-while [ $# -gt 0 ]; do
-	case $1 in
-	--region) region=$2; shift 2 ;;
-	--densities) densities=$2; shift 2 ;;
-	--rounds) rounds=$2; shift 2 ;;
-	-h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-	-*) die "unknown option $1 (see --help)" ;;
-	*) bins+=("$1"); shift ;;
-	esac
-done
-command -v fio >/dev/null || die "fio is not installed (apt-get install -y fio)"
-work=$(mktemp -d /var/tmp/wbc-stream.XXXXXX)
-if [ ${#bins[@]} -eq 0 ]; then
-	go build -o "$work/wbcache" ./cmd/wbcache
-	bins=("$work/wbcache")
-fi
-region_bytes=$(numfmt --from=iec "$region")
-blocks=$((region_bytes / 4096))
-mnt=$work/mnt
-mkdir -p "$mnt"
-name=wbc-stream-$$
-dpid= mpid=
-cleanup() {
-	[ -z "$mpid" ] || { kill "$mpid" 2>/dev/null || true; wait "$mpid" 2>/dev/null || true; }
-	if [ -n "$dpid" ]; then
-		umount "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
-		kill "$dpid" 2>/dev/null || true
-		wait "$dpid" 2>/dev/null || true
-	fi
-	scripts/hdd.sh down --name "$name" --rm >/dev/null 2>&1 || true
-	rm -rf "$work"
-}
-trap cleanup EXIT
-eval "$(scripts/hdd.sh up --name "$name" --file "$work/hdd.img" --size "$((region_bytes * 4 / 1048576))M")"
-
-json() { python3 -c 'import json,sys; print(json.load(sys.stdin).get(sys.argv[1], 0))' "$1"; }
+dens_args 256M 0,25,50,75 2,23 "$@"
+dens_setup wbc-stream
 
 printf '| round | density | binary | dirty MiB | stream MiB/s | p99 ms | mode change s | runs over dirty |\n'
 printf '|--:|--:|---|--:|--:|--:|--:|--:|\n'
 for round in $(seq "$rounds"); do
 	for dens in ${densities//,/ }; do
 		for bin in "${bins[@]}"; do
-			rm -f "$work/cache.img"
-			"$bin" format --cache "$work/cache.img" --cache-size "$((region_bytes * 2 / 1048576))M" --backing "$HDD_LOOP" >/dev/null
-			scripts/hdd.sh exec --name "$name" -- "$bin" mount --cache "$work/cache.img" --backing "$HDD_LOOP" \
-				--low-watermark 99 --high-watermark 100 --max-dirty-age 1h "$mnt" >"$work/daemon.log" 2>&1 &
-			dpid=$!
-			for _ in $(seq 100); do grep -q serving "$work/daemon.log" && break; sleep 0.1; done
-			grep -q serving "$work/daemon.log" || die "the daemon did not start: $(cat "$work/daemon.log")"
-			if [ "$dens" -gt 0 ]; then
-				fio --name=fill --filename="$mnt/disk" --direct=1 --rw=randwrite --bs=4k --size="$region_bytes" \
-					--number_ios=$((blocks * dens / 100)) --ioengine=psync --randseed=7 --output=/dev/null
-			fi
-			dirty=$("$bin" status --json "$mnt" | json slots_dirty)
+			dens_mount "$bin"
+			dens_fill "$dens"
+			dirty=$("$bin" status --json "$mnt" | dens_json slots_dirty)
 			t0=$(date +%s.%N)
 			"$bin" mode "$mnt" writearound >/dev/null &
 			mpid=$!
+			track_pid "$mpid"
 			sleep 0.5
 			fio --name=stream --filename="$mnt/disk" --direct=1 --rw=write --bs=1m --iodepth=8 --ioengine=libaio \
 				--size="$region_bytes" --output-format=json >"$work/stream.json"
 			wait "$mpid"
-			mpid=
+			untrack_pid "$mpid"
 			t1=$(date +%s.%N)
-			over=$("$bin" status --json "$mnt" | json bypassed_over_dirty)
-			"$bin" stop "$mnt" >/dev/null
-			wait "$dpid" || true
-			dpid=
+			over=$("$bin" status --json "$mnt" | dens_json bypassed_over_dirty)
+			dens_stop "$bin"
 			read -r bw p99 < <(python3 -c 'import json,sys
 w = json.load(open(sys.argv[1]))["jobs"][0]["write"]
 print(w["bw"] / 1024, w["clat_ns"]["percentile"]["99.000000"] / 1e6)' "$work/stream.json")
