@@ -131,6 +131,14 @@ type Cache struct {
 	// how many of them the last backing sync covered.
 	hddWritten, hddSynced atomic.Uint64
 	backingSyncErr        atomic.Pointer[error] // sticky: a backing sync failed
+	// bsync runs one backing sync at a time and lets callers whose
+	// writes the one in flight covers wait for it (syncBacking).
+	bsync struct {
+		mu      sync.Mutex
+		done    *sync.Cond
+		running bool
+		from    uint64 // hddWritten when the running sync started
+	}
 	// Sequence number of the newest record that dropped a clean copy
 	// (written under mu, so it only grows).
 	cleanUnmapSeq atomic.Uint64
@@ -415,6 +423,7 @@ func Open(ssd, hdd device.Device, opts Options) (*Cache, error) {
 	c.carryDirtyAge(opts.Now())
 	c.ssdAligned = device.NeedsAlignment(ssd)
 	c.mu.freed = sync.NewCond(&c.mu)
+	c.bsync.done = sync.NewCond(&c.bsync.mu)
 	c.promoteAfter.Store(int32(opts.PromoteAfter))
 	c.applySettings(sb.Settings)
 	c.mu.inflight = make(map[uint64]int)

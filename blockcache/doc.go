@@ -134,7 +134,10 @@
 //
 // Leaf locks, taken alone: the sequential-stream trackers' parts
 // (seqTracker, by the hash of where a request starts and where it
-// ends, one at a time, before the stripe), the promotion sketch's.
+// ends, one at a time, before the stripe), the promotion sketch's, and
+// Cache.bsync.mu (one backing sync at a time; never held across the
+// sync, which its waiters wait for on a condition, holding their
+// stripes).
 //
 // No lock is shared by all writes but journal.mu, held for one record's
 // copy. A whole-block write back into the cache (Cache.writeFast) takes

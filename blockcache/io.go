@@ -893,17 +893,48 @@ func (c *Cache) Sync() error {
 
 // syncBacking syncs the backing device if anything was written to it in
 // place since its last sync, then marks the write-through blocks that the
-// sync covered clean. Sync calls it, and the reclaimer once a second, so
+// sync covered clean. Sync calls it, the reclaimer once a second, so
 // write-through blocks do not wait for a client fsync to become clean and
-// read promotion (which needs synced backing data) resumes.
+// read promotion (which needs synced backing data) resumes, and a run
+// written over dirty blocks before it drops them. One sync runs at a
+// time: a caller whose writes the running one covers (it started after
+// they ended) waits for it instead of starting another, so writers in
+// flight together share a sync, as a group commit does.
 func (c *Cache) syncBacking() error {
 	if p := c.backingSyncErr.Load(); p != nil {
 		return *p
 	}
 	w := c.hddWritten.Load()
-	if w == c.hddSynced.Load() {
+	if w <= c.hddSynced.Load() {
 		return nil
 	}
+	b := &c.bsync
+	b.mu.Lock()
+	for b.running {
+		covered := b.from >= w
+		b.done.Wait()
+		if covered || c.hddSynced.Load() >= w || c.backingSyncErr.Load() != nil {
+			b.mu.Unlock()
+			if p := c.backingSyncErr.Load(); p != nil {
+				return *p
+			}
+			return nil
+		}
+	}
+	b.running = true
+	b.from = c.hddWritten.Load()
+	b.mu.Unlock()
+	err := c.syncBackingNow(b.from)
+	b.mu.Lock()
+	b.running = false
+	b.done.Broadcast()
+	b.mu.Unlock()
+	return err
+}
+
+// syncBackingNow syncs the backing device, which covers the first w
+// writes to it, and marks the write-through blocks clean (syncBacking).
+func (c *Cache) syncBackingNow(w uint64) error {
 	c.mu.Lock()
 	through := c.mu.through
 	c.mu.through = nil
@@ -918,7 +949,7 @@ func (c *Cache) syncBacking() error {
 		if c.backingSyncErr.CompareAndSwap(nil, &err) {
 			c.noteBackingSyncFailure(err)
 		}
-		return err
+		return *c.backingSyncErr.Load()
 	}
 	for {
 		old := c.hddSynced.Load()

@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/wbcache/wbcache/device"
 	"github.com/wbcache/wbcache/layout"
@@ -267,5 +270,69 @@ func checkCleanCopies(t *testing.T, c *Cache) {
 		_, err = c.hdd.ReadAt(b, int64(tb.lba[s])*BlockSize)
 		require.NoError(t, err)
 		require.True(t, bytes.Equal(a, b), "clean copy of block %d in slot %d differs from the backing device", tb.lba[s], s)
+	}
+}
+
+// gatedSync holds the first backing sync until release is closed, and
+// counts syncs.
+type gatedSync struct {
+	*device.Mem
+	syncs   atomic.Int64
+	release chan struct{}
+}
+
+func (g *gatedSync) Sync() error {
+	if g.syncs.Add(1) == 1 {
+		<-g.release
+	}
+	return g.Mem.Sync()
+}
+
+// TestBackingSyncsShared: writers that go around the cache over dirty
+// blocks at once share backing syncs (one runs at a time; one that
+// started after a writer's write ended covers it): eight such writes,
+// the first sync held until all eight backing writes have ended, take two
+// syncs, not eight, and a power cut after them keeps every one.
+func TestBackingSyncsShared(t *testing.T) {
+	const writers = 8
+	ssd := device.NewMem(4<<20, [16]byte{1})
+	mem := device.NewMem(1<<20, [16]byte{2})
+	hdd := &gatedSync{Mem: mem, release: make(chan struct{})}
+	require.NoError(t, Format(ssd, hdd, FormatOptions{}))
+	c, err := Open(ssd, hdd, Options{CheckpointInterval: -1, NoBackgroundBackingSync: true})
+	require.NoError(t, err)
+	defer c.Close()
+	for i := range writers {
+		_, err := c.WriteAt(pattern(100+i), int64(16*i)*BlockSize)
+		require.NoError(t, err)
+	}
+	require.NoError(t, c.SetMode(ModeWritearound))
+	hdd.syncs.Store(0)
+	written := c.hddWritten.Load()
+	go func() {
+		for c.hddWritten.Load() < written+writers {
+			time.Sleep(time.Millisecond)
+		}
+		close(hdd.release)
+	}()
+	var wg sync.WaitGroup
+	for i := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := c.WriteAt(bytes.Repeat(pattern(i), 2), int64(16*i)*BlockSize)
+			assert.NoError(t, err)
+		}()
+	}
+	wg.Wait()
+	require.EqualValues(t, writers, c.Stats().BypassedOverDirty)
+	require.EqualValues(t, 2, hdd.syncs.Load(), "backing syncs for %d writes in flight together", writers)
+	require.Zero(t, c.DirtyCount())
+	img := mem.PowerCut(rand.New(rand.NewPCG(1, 2)))
+	buf := make([]byte, 2*BlockSize)
+	for i := range writers {
+		_, err := img.ReadAt(buf, int64(16*i)*BlockSize)
+		require.NoError(t, err)
+		require.Equal(t, bytes.Repeat(pattern(i), 2), buf, "writer %d's run after a power cut", i)
 	}
 }
