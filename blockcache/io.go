@@ -282,12 +282,13 @@ const (
 )
 
 // cachedIn lists the clean cached blocks among the n from lba and tells
-// where a run written around the cache over them goes: into the cache
-// if a block has a dirty cached version (unless overDirty; with it, if
-// every block has one), an older version kept for ordered write-back,
-// or ordered write-back is behind or in force over a dirty block. For aroundOver it has marked the run
-// as overwritten (holdOverwriteLocked) until the caller calls release.
-// The caller holds their stripe locks.
+// where a run written around the cache over them goes: into the cache if
+// a block has a dirty cached version (unless overDirty; with it, if every
+// block has one), if one has an older version kept for ordered
+// write-back, or if ordered write-back is behind or in force over a
+// dirty block. For aroundOver it has marked the run as overwritten
+// (holdOverwriteLocked) until the caller calls release. The caller holds
+// their stripe locks.
 func (c *Cache) cachedIn(lba, n uint64, overDirty bool) (clean []DirtyBlock, plan int, release func()) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -921,10 +922,10 @@ func (c *Cache) syncBacking() error {
 			return nil
 		}
 	}
-	b.running = true
-	b.from = c.hddWritten.Load()
+	from := c.hddWritten.Load()
+	b.running, b.from = true, from
 	b.mu.Unlock()
-	err := c.syncBackingNow(b.from)
+	err := c.syncBackingNow(from)
 	b.mu.Lock()
 	b.running = false
 	b.done.Broadcast()
