@@ -184,6 +184,21 @@ func (c *Cache) WriteAt(p []byte, off int64) (int, error) {
 		pos := off + int64(done)
 		lba := uint64(pos) / BlockSize
 		inBlock := int(pos % BlockSize)
+		if mode == ModeWritethrough && done >= perBlock && inBlock == 0 && len(p)-done >= 2*BlockSize {
+			// Whole blocks written through: one journal sync and one
+			// backing I/O per run, not one of each per block.
+			n := min((len(p)-done)/BlockSize, maxAroundRun) * BlockSize
+			seq, ok, err := c.writeThroughRun(lba, p[done:done+n])
+			if err != nil {
+				return done, err
+			}
+			if ok {
+				last = max(last, seq)
+				done += n
+				continue
+			}
+			perBlock = done + n // ordering is in force: writeBlock decides each
+		}
 		if bypass && done >= perBlock && inBlock == 0 && len(p)-done >= 2*BlockSize {
 			// Whole blocks going around the cache: one backing I/O per run.
 			n := min((len(p)-done)/BlockSize, maxAroundRun) * BlockSize
@@ -555,6 +570,86 @@ func (c *Cache) writeThrough(lba uint64, blk []byte, cached bool) (uint64, error
 	}
 	c.mu.Unlock()
 	return seq, nil
+}
+
+// writeThroughRun writes whole blocks in mode writethrough the way
+// writeThrough writes each (a new dirty version in the cache, the journal
+// synced if it superseded a cached copy, then the backing device in
+// place; the blocks stay dirty until a backing sync covers that write),
+// with one journal sync and one backing write for the run instead of one
+// of each per 4 KiB block: block by block, a 1 MiB stream on a disk of
+// 200 IOPS made 0.8 MiB/s. It returns false, having done nothing, while
+// ordered write-back is in force: writeBlock then decides each block.
+func (c *Cache) writeThroughRun(lba uint64, data []byte) (uint64, bool, error) {
+	n := uint64(len(data) / BlockSize)
+	locked := c.lockStripes(lba, lba+n)
+	defer c.unlockStripes(locked)
+	c.mu.Lock()
+	ordering, cached := c.orderingLocked(), false
+	for l := lba; l < lba+n && !cached; l++ {
+		_, cached = c.mu.t.lookup(l)
+	}
+	c.mu.Unlock()
+	if ordering {
+		return 0, false, nil
+	}
+	buf := device.AlignedBuffer(len(data))
+	copy(buf, data)
+	var last uint64
+	for i := range n {
+		seq, err := c.cacheBlock(lba+i, buf[i*BlockSize:(i+1)*BlockSize], true)
+		if err != nil {
+			return 0, true, err
+		}
+		last = max(last, seq)
+	}
+	if cached {
+		// The records superseding cached copies must be durable before
+		// the backing device changes under them.
+		if err := c.syncJournal(); err != nil {
+			return 0, true, err
+		}
+	}
+	// As in writeThrough: destages of older versions in flight land
+	// first or not at all, and a version kept for ordered write-back (a
+	// Sync began since, with ordering switched on) keeps this one off the
+	// backing device; it stays dirty, for the destager.
+	write := make([]bool, n)
+	c.mu.Lock()
+	for i := range n {
+		write[i] = c.mu.t.olderLBA[lba+i] == 0
+	}
+	c.claimBackingLocked(lba, lba+n)
+	c.mu.Unlock()
+	if err := c.usable(); err != nil {
+		return 0, true, err
+	}
+	for i := uint64(0); i < n; {
+		if !write[i] {
+			i++
+			continue
+		}
+		j := i + 1
+		for j < n && write[j] {
+			j++
+		}
+		if err := c.writeBackingAt(lba+i, buf[i*BlockSize:j*BlockSize]); err != nil {
+			return 0, true, err
+		}
+		i = j
+	}
+	for _, k := range locked {
+		c.gens[k]++
+	}
+	c.mu.Lock()
+	for i := range n {
+		if s, ok := c.mu.t.lookup(lba + i); ok && write[i] {
+			c.mu.through = append(c.mu.through, DirtyBlock{LBA: lba + i, Slot: s, CRC: c.mu.t.crc[s]})
+		}
+	}
+	c.mu.Unlock()
+	c.stats.throughRuns.Add(1)
+	return last, true, nil
 }
 
 // cacheBlock writes blk into a new slot and maps lba to it (out of place:

@@ -310,9 +310,10 @@ type modelRun struct {
 	log        []string
 	// hot, when set, sends most I/O to the first hot blocks, so blocks are
 	// rewritten between syncs (in place) far more often.
-	hot       int
-	inPlace   uint64 // in-place rewrites done, over every reopen
-	overDirty uint64 // runs written around dirty blocks (writeOverDirty), over every reopen
+	hot         int
+	inPlace     uint64 // in-place rewrites done, over every reopen
+	overDirty   uint64 // runs written around dirty blocks (writeOverDirty), over every reopen
+	throughRuns uint64 // runs written through (writeThroughRun), over every reopen
 	// expectOrderFailure: the cache writes back unordered, and
 	// checkBackingAlone counts inconsistent images instead of failing.
 	expectOrderFailure bool
@@ -420,6 +421,7 @@ func (mr *modelRun) open(ssd, hdd *device.Mem) {
 func (mr *modelRun) kill() {
 	mr.inPlace += mr.c.stats.inPlace.Load()
 	mr.overDirty += mr.c.stats.aroundOverDirty.Load()
+	mr.throughRuns += mr.c.stats.throughRuns.Load()
 	mr.ssd.Close()
 	mr.hdd.Close()
 	mr.c.Close()
@@ -878,13 +880,14 @@ func modelCrashRecoveryOrder(t *testing.T, hot, seeds int, order uint8) {
 				mr.cycle()
 			}
 			mr.kill()
-			t.Logf("cycles %d ops %v in place %d, runs around dirty blocks %d", mr.cycles, mr.ops, mr.inPlace, mr.overDirty)
+			t.Logf("cycles %d ops %v in place %d, runs around dirty blocks %d, runs written through %d", mr.cycles, mr.ops, mr.inPlace, mr.overDirty, mr.throughRuns)
 			if hot > 0 {
 				require.Greater(t, mr.inPlace, uint64(n/10), "the hot run must rewrite in place often")
 			}
 			if hot == 0 && order == layout.OrderUnordered && n >= 1000 {
-				// (14-25 in 2500 cycles: too few to count on in 200.)
+				// (8-25 in 2500 cycles: too few to count on in 200.)
 				require.NotZero(t, mr.overDirty, "streams in modes writearound and none must go around dirty blocks")
+				require.NotZero(t, mr.throughRuns, "writes of whole blocks in mode writethrough must go through as runs")
 			}
 		})
 	}

@@ -13,6 +13,7 @@ type counters struct {
 	bypassed, evictions, allocWaits  atomic.Uint64
 	aroundOverDirty                  atomic.Uint64
 	writeBackClaimed                 atomic.Uint64
+	throughRuns                      atomic.Uint64 // writeThroughRun calls that wrote (tests)
 	inPlace, pinnedNewer             atomic.Uint64
 	gapReadBlocks                    atomic.Uint64
 	destagedBlocks, destageRuns      atomic.Uint64

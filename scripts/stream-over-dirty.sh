@@ -1,23 +1,24 @@
 #!/usr/bin/env bash
 # scripts/stream-over-dirty.sh: a sequential stream over dirty blocks in
-# mode writearound, on the emulated HDD (scripts/hdd.sh: a throttled loop
-# device, 200 IOPS and 170 MiB/s). For each density and each wbcache
-# binary given: a new cache over the HDD, mounted with write-back held
-# back (watermarks 99/100, max dirty age 1h); fio writes that share of the
-# region's 4 KiB blocks once each in random order (O_DIRECT, QD1); then
-# `wbcache mode MNT writearound` starts (it saves the mode and drains the
-# dirty blocks) and, half a second later, fio writes the region once in
-# 1 MiB writes at QD8 (O_DIRECT, libaio) while the drain runs. Density 0
-# is the bare HDD through FUSE: the same stream with nothing dirty. It
-# prints one table row per run: dirty MiB, the stream's MiB/s and its p99
-# completion latency, how long the mode change (the drain) took, and
-# bypassed_over_dirty. Give two builds to compare them side by side in one
-# run (they alternate).
+# a mode other than writeback, on the emulated HDD (scripts/hdd.sh: a
+# throttled loop device, 200 IOPS and 170 MiB/s). For each density, mode
+# and wbcache binary given: a new cache over the HDD, mounted with
+# write-back held back (watermarks 99/100, max dirty age 1h); fio writes
+# that share of the region's 4 KiB blocks once each in random order
+# (O_DIRECT, QD1); then `wbcache mode MNT MODE` starts (it saves the mode
+# and drains the dirty blocks) and, half a second later, fio writes the
+# region once in 1 MiB writes at QD8 (O_DIRECT, libaio) while the drain
+# runs. Density 0 in mode none (or writearound) is the bare HDD through
+# FUSE: the same stream with nothing dirty. It prints one table row per
+# run: dirty MiB, the stream's MiB/s and its p99 completion latency, how
+# long the mode change (the drain) took, and bypassed_over_dirty. Give two
+# builds to compare them side by side in one run (they alternate).
 #
 # Usage: scripts/stream-over-dirty.sh [--region SIZE] [--densities LIST]
-#                                     [--rounds N] [BIN...]
+#                                     [--modes LIST] [--rounds N] [BIN...]
 #   --region SIZE      region written at offset 0 (default 256M)
 #   --densities LIST   comma-separated percentages (default 0,25,50,75)
+#   --modes LIST       comma-separated modes (default writearound)
 #   --rounds N         rounds over everything (default 1)
 #   BIN...             wbcache binaries (default: one built from this tree)
 # Needs root, fio, losetup and the cgroup v1 blkio controller.
@@ -26,35 +27,44 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 
-dens_args 256M 0,25,50,75 2,23 "$@"
+modes=writearound args=()
+while [ $# -gt 0 ]; do
+	case $1 in
+	--modes) modes=$2; shift 2 ;;
+	*) args+=("$1"); shift ;;
+	esac
+done
+dens_args 256M 0,25,50,75 2,24 "${args[@]}"
 dens_setup wbc-stream
 
-printf '| round | density | binary | dirty MiB | stream MiB/s | p99 ms | mode change s | runs over dirty |\n'
-printf '|--:|--:|---|--:|--:|--:|--:|--:|\n'
+printf '| round | density | mode | binary | dirty MiB | stream MiB/s | p99 ms | mode change s | runs over dirty |\n'
+printf '|--:|--:|---|---|--:|--:|--:|--:|--:|\n'
 for round in $(seq "$rounds"); do
 	for dens in ${densities//,/ }; do
-		for bin in "${bins[@]}"; do
-			dens_mount "$bin"
-			dens_fill "$dens"
-			dirty=$("$bin" status --json "$mnt" | dens_json slots_dirty)
-			t0=$(date +%s.%N)
-			"$bin" mode "$mnt" writearound >/dev/null &
-			mpid=$!
-			track_pid "$mpid"
-			sleep 0.5
-			fio --name=stream --filename="$mnt/disk" --direct=1 --rw=write --bs=1m --iodepth=8 --ioengine=libaio \
-				--size="$region_bytes" --output-format=json >"$work/stream.json"
-			wait "$mpid"
-			untrack_pid "$mpid"
-			t1=$(date +%s.%N)
-			over=$("$bin" status --json "$mnt" | dens_json bypassed_over_dirty)
-			dens_stop "$bin"
-			read -r bw p99 < <(python3 -c 'import json,sys
+		for mode in ${modes//,/ }; do
+			for bin in "${bins[@]}"; do
+				dens_mount "$bin"
+				dens_fill "$dens"
+				dirty=$("$bin" status --json "$mnt" | dens_json slots_dirty)
+				t0=$(date +%s.%N)
+				"$bin" mode "$mnt" "$mode" >/dev/null &
+				mpid=$!
+				track_pid "$mpid"
+				sleep 0.5
+				fio --name=stream --filename="$mnt/disk" --direct=1 --rw=write --bs=1m --iodepth=8 --ioengine=libaio \
+					--size="$region_bytes" --output-format=json >"$work/stream.json"
+				wait "$mpid"
+				untrack_pid "$mpid"
+				t1=$(date +%s.%N)
+				over=$("$bin" status --json "$mnt" | dens_json bypassed_over_dirty)
+				dens_stop "$bin"
+				read -r bw p99 < <(python3 -c 'import json,sys
 w = json.load(open(sys.argv[1]))["jobs"][0]["write"]
 print(w["bw"] / 1024, w["clat_ns"]["percentile"]["99.000000"] / 1e6)' "$work/stream.json")
-			awk -v r="$round" -v d="$dens" -v b="$(basename "$bin")" -v n="$dirty" -v t0="$t0" -v t1="$t1" \
-				-v bw="$bw" -v p99="$p99" -v o="$over" 'BEGIN {
-				printf "| %d | %d%% | %s | %.1f | %.1f | %.1f | %.2f | %d |\n", r, d, b, n * 4096 / 1048576, bw, p99, t1 - t0, o }'
+				awk -v r="$round" -v d="$dens" -v m="$mode" -v b="$(basename "$bin")" -v n="$dirty" -v t0="$t0" -v t1="$t1" \
+					-v bw="$bw" -v p99="$p99" -v o="$over" 'BEGIN {
+					printf "| %d | %d%% | %s | %s | %.1f | %.1f | %.1f | %.2f | %d |\n", r, d, m, b, n * 4096 / 1048576, bw, p99, t1 - t0, o }'
+			done
 		done
 	done
 done
