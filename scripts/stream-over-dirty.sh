@@ -10,8 +10,9 @@
 # region once in 1 MiB writes at QD8 (O_DIRECT, libaio) while the drain
 # runs. Density 0 in mode none (or writearound) is the bare HDD through
 # FUSE: the same stream with nothing dirty. It prints one table row per
-# run: dirty MiB, the stream's MiB/s and its p99 completion latency, how
-# long the mode change (the drain) took, and bypassed_over_dirty. Give two
+# run: dirty MiB, the stream's MiB/s, its p99 completion latency and how
+# long it took, how long the mode change (the drain) took from its
+# start, and bypassed_over_dirty. Give two
 # builds to compare them side by side in one run (they alternate).
 #
 # Usage: scripts/stream-over-dirty.sh [--region SIZE] [--densities LIST]
@@ -37,8 +38,8 @@ done
 dens_args 256M 0,25,50,75 2,24 "${args[@]}"
 dens_setup wbc-stream
 
-printf '| round | density | mode | binary | dirty MiB | stream MiB/s | p99 ms | mode change s | runs over dirty |\n'
-printf '|--:|--:|---|---|--:|--:|--:|--:|--:|\n'
+printf '| round | density | mode | binary | dirty MiB | stream MiB/s | p99 ms | stream s | mode change s | runs over dirty |\n'
+printf '|--:|--:|---|---|--:|--:|--:|--:|--:|--:|\n'
 for round in $(seq "$rounds"); do
 	for dens in ${densities//,/ }; do
 		for mode in ${modes//,/ }; do
@@ -46,24 +47,26 @@ for round in $(seq "$rounds"); do
 				dens_mount "$bin"
 				dens_fill "$dens"
 				dirty=$("$bin" status --json "$mnt" | dens_json slots_dirty)
+				rm -f "$work/mode.end"
 				t0=$(date +%s.%N)
-				"$bin" mode "$mnt" "$mode" >/dev/null &
+				("$bin" mode "$mnt" "$mode" >/dev/null && date +%s.%N >"$work/mode.end") &
 				mpid=$!
 				track_pid "$mpid"
 				sleep 0.5
 				fio --name=stream --filename="$mnt/disk" --direct=1 --rw=write --bs=1m --iodepth=8 --ioengine=libaio \
 					--size="$region_bytes" --output-format=json >"$work/stream.json"
+				t1=$(date +%s.%N)
 				wait "$mpid"
 				untrack_pid "$mpid"
-				t1=$(date +%s.%N)
+				t2=$(cat "$work/mode.end")
 				over=$("$bin" status --json "$mnt" | dens_json bypassed_over_dirty)
 				dens_stop "$bin"
 				read -r bw p99 < <(python3 -c 'import json,sys
 w = json.load(open(sys.argv[1]))["jobs"][0]["write"]
 print(w["bw"] / 1024, w["clat_ns"]["percentile"]["99.000000"] / 1e6)' "$work/stream.json")
 				awk -v r="$round" -v d="$dens" -v m="$mode" -v b="$(basename "$bin")" -v n="$dirty" -v t0="$t0" -v t1="$t1" \
-					-v bw="$bw" -v p99="$p99" -v o="$over" 'BEGIN {
-					printf "| %d | %d%% | %s | %s | %.1f | %.1f | %.1f | %.2f | %d |\n", r, d, m, b, n * 4096 / 1048576, bw, p99, t1 - t0, o }'
+					-v t2="$t2" -v bw="$bw" -v p99="$p99" -v o="$over" 'BEGIN {
+					printf "| %d | %d%% | %s | %s | %.1f | %.1f | %.1f | %.2f | %.2f | %d |\n", r, d, m, b, n * 4096 / 1048576, bw, p99, t1 - t0 - 0.5, t2 - t0, o }'
 			done
 		done
 	done
