@@ -52,10 +52,11 @@ func (c *Cache) Discard(off, n int64) error {
 // device in place under its cached copies (Discard, a run written around
 // dirty copies): until the returned function is called, no destage pins
 // a block of it and no backing sync marks a write-through block of it
-// clean. It returns once the destages in flight in the range have ended:
-// their backing writes must land before the overwrite. The caller holds
-// the range's stripe locks and the whole table's lock, which it still
-// holds on return.
+// clean. It returns once no destage is writing a block of the range (its
+// write must land before the overwrite), the destages holding blocks of
+// it that have not begun to write them having been claimed
+// (claimBackingLocked). The caller holds the range's stripe locks and the
+// whole table's lock, which it still holds on return.
 func (c *Cache) holdOverwriteLocked(lo, hi uint64) (release func()) {
 	r := lbaRange{lo, hi}
 	c.mu.overwriting = append(c.mu.overwriting, r)

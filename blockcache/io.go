@@ -525,61 +525,87 @@ func (c *Cache) writeBackingAt(lba uint64, blk []byte) error {
 	return nil
 }
 
-// writeThrough caches blk as a dirty block and writes it to the backing
-// device too. It stays dirty until a Sync has made the backing write
-// durable (then Sync marks it clean), so a power cut can never leave a
-// clean cached copy that the backing device lacks. Caller holds the
-// stripe lock.
-func (c *Cache) writeThrough(lba uint64, blk []byte, cached bool) (uint64, error) {
-	seq, err := c.cacheBlock(lba, blk, true)
-	if err != nil {
-		return 0, err
+// writeThrough caches the whole blocks of buf, from lba on, as dirty
+// blocks and writes them to the backing device too, with one journal sync
+// (when one superseded a cached copy) and one backing write for them all.
+// They stay dirty until a Sync has made the backing write durable (then
+// Sync marks them clean), so a power cut can never leave a clean cached
+// copy that the backing device lacks. buf is aligned for the backing
+// device. Caller holds the blocks' stripe locks; cached says one of them
+// had a cached copy.
+func (c *Cache) writeThrough(lba uint64, buf []byte, cached bool) (uint64, error) {
+	n := uint64(len(buf) / BlockSize)
+	var last uint64
+	for i := range n {
+		seq, err := c.cacheBlock(lba+i, buf[i*BlockSize:(i+1)*BlockSize], true)
+		if err != nil {
+			return 0, err
+		}
+		last = max(last, seq)
 	}
 	if cached {
-		// The record superseding the old clean copy must be durable before
-		// the backing device changes under that copy.
+		// The records superseding old clean copies must be durable before
+		// the backing device changes under them.
 		if err := c.syncJournal(); err != nil {
 			return 0, err
 		}
 	}
 	// A destage of an older version still in flight must land before this
 	// version's backing write, or it would put the older version over it
-	// after the backing sync that marks this one clean. Waiting only after
-	// the new version is mapped closes the window: from then on Pin takes
-	// this version, never an older one.
-	c.mu.Lock()
-	if c.mu.t.olderLBA[lba] > 0 {
-		// A Sync began since the caller looked: the version this one
-		// superseded is kept for ordered write-back, and the backing
-		// device must not get this one first. It stays dirty, for the
-		// destager.
-		c.mu.Unlock()
-		return seq, nil
+	// after the backing sync that marks this one clean; one that has not
+	// begun is claimed, and never will (claimBackingLocked). Doing so only
+	// after the new versions are mapped closes the window: from then on Pin
+	// takes them, never an older one. A block whose superseded version is
+	// kept for ordered write-back (a Sync began since the caller looked)
+	// must not reach the backing device before it: it stays dirty, for the
+	// destager.
+	var one [1]bool // a single block (writeBlock) allocates nothing
+	write := one[:]
+	if n > 1 {
+		write = make([]bool, n)
 	}
-	c.claimBackingLocked(lba, lba+1)
+	c.mu.Lock()
+	for i := range n {
+		write[i] = c.mu.t.olderLBA[lba+i] == 0
+	}
+	c.claimBackingLocked(lba, lba+n)
 	c.mu.Unlock()
 	if err := c.usable(); err != nil {
 		return 0, err
 	}
-	if err := c.writeBacking(lba, blk); err != nil {
-		return 0, err
+	for i := uint64(0); i < n; {
+		if !write[i] {
+			i++
+			continue
+		}
+		j := i + 1
+		for j < n && write[j] {
+			j++
+		}
+		if err := c.writeBackingAt(lba+i, buf[i*BlockSize:j*BlockSize]); err != nil {
+			return 0, err
+		}
+		for l := lba + i; l < lba+j; l++ {
+			c.bumpGen(l)
+		}
+		i = j
 	}
 	c.mu.Lock()
-	if s, ok := c.mu.t.lookup(lba); ok {
-		c.mu.through = append(c.mu.through, DirtyBlock{LBA: lba, Slot: s, CRC: c.mu.t.crc[s]})
+	for i := range n {
+		if s, ok := c.mu.t.lookup(lba + i); ok && write[i] {
+			c.mu.through = append(c.mu.through, DirtyBlock{LBA: lba + i, Slot: s, CRC: c.mu.t.crc[s]})
+		}
 	}
 	c.mu.Unlock()
-	return seq, nil
+	return last, nil
 }
 
-// writeThroughRun writes whole blocks in mode writethrough the way
-// writeThrough writes each (a new dirty version in the cache, the journal
-// synced if it superseded a cached copy, then the backing device in
-// place; the blocks stay dirty until a backing sync covers that write),
-// with one journal sync and one backing write for the run instead of one
-// of each per 4 KiB block: block by block, a 1 MiB stream on a disk of
-// 200 IOPS made 0.8 MiB/s. It returns false, having done nothing, while
-// ordered write-back is in force: writeBlock then decides each block.
+// writeThroughRun writes whole blocks in mode writethrough as one run
+// (writeThrough), instead of block by block through writeBlock: one
+// journal sync and one backing write for the run, not one of each per
+// 4 KiB block (block by block, a 1 MiB stream on a disk of 200 IOPS made
+// 0.8 MiB/s). It returns false, having done nothing, while ordered
+// write-back is in force: writeBlock then decides each block.
 func (c *Cache) writeThroughRun(lba uint64, data []byte) (uint64, bool, error) {
 	n := uint64(len(data) / BlockSize)
 	locked := c.lockStripes(lba, lba+n)
@@ -595,61 +621,11 @@ func (c *Cache) writeThroughRun(lba uint64, data []byte) (uint64, bool, error) {
 	}
 	buf := device.AlignedBuffer(len(data))
 	copy(buf, data)
-	var last uint64
-	for i := range n {
-		seq, err := c.cacheBlock(lba+i, buf[i*BlockSize:(i+1)*BlockSize], true)
-		if err != nil {
-			return 0, true, err
-		}
-		last = max(last, seq)
+	seq, err := c.writeThrough(lba, buf, cached)
+	if err == nil {
+		c.stats.throughRuns.Add(1)
 	}
-	if cached {
-		// The records superseding cached copies must be durable before
-		// the backing device changes under them.
-		if err := c.syncJournal(); err != nil {
-			return 0, true, err
-		}
-	}
-	// As in writeThrough: destages of older versions in flight land
-	// first or not at all, and a version kept for ordered write-back (a
-	// Sync began since, with ordering switched on) keeps this one off the
-	// backing device; it stays dirty, for the destager.
-	write := make([]bool, n)
-	c.mu.Lock()
-	for i := range n {
-		write[i] = c.mu.t.olderLBA[lba+i] == 0
-	}
-	c.claimBackingLocked(lba, lba+n)
-	c.mu.Unlock()
-	if err := c.usable(); err != nil {
-		return 0, true, err
-	}
-	for i := uint64(0); i < n; {
-		if !write[i] {
-			i++
-			continue
-		}
-		j := i + 1
-		for j < n && write[j] {
-			j++
-		}
-		if err := c.writeBackingAt(lba+i, buf[i*BlockSize:j*BlockSize]); err != nil {
-			return 0, true, err
-		}
-		i = j
-	}
-	for _, k := range locked {
-		c.gens[k]++
-	}
-	c.mu.Lock()
-	for i := range n {
-		if s, ok := c.mu.t.lookup(lba + i); ok && write[i] {
-			c.mu.through = append(c.mu.through, DirtyBlock{LBA: lba + i, Slot: s, CRC: c.mu.t.crc[s]})
-		}
-	}
-	c.mu.Unlock()
-	c.stats.throughRuns.Add(1)
-	return last, true, nil
+	return seq, true, err
 }
 
 // cacheBlock writes blk into a new slot and maps lba to it (out of place:
