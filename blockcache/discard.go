@@ -197,10 +197,10 @@ func (t *slotTable) olderIn(lo, hi uint64) []uint32 {
 	return out
 }
 
-// lockStripes write-locks every stripe that blocks [lo, hi) hash to, in
-// stripe order: the only places that hold more than one stripe (Discard and
-// runs written around the cache) all lock in that order, so they cannot
-// deadlock. It returns the stripes locked.
+// lockStripes write-locks the stripes of blocks [lo, hi), in stripe
+// order: the only places that hold more than one stripe (Discard and
+// runs written around or through the cache) all lock in that order, so
+// they cannot deadlock. It returns the stripes locked.
 func (c *Cache) lockStripes(lo, hi uint64) []int {
 	locked := stripesOf(lo, hi)
 	for _, i := range locked {
@@ -209,26 +209,22 @@ func (c *Cache) lockStripes(lo, hi uint64) []int {
 	return locked
 }
 
-// stripesOf lists the stripes that blocks [lo, hi) hash to, each once, in
+// stripesOf lists the stripes of blocks [lo, hi), each once, in
 // ascending order.
 func stripesOf(lo, hi uint64) []int {
-	var out []int
 	if hi-lo >= nStripes {
-		for i := range nStripes {
-			out = append(out, i)
+		out := make([]int, nStripes)
+		for i := range out {
+			out[i] = i
 		}
 		return out
 	}
-	seen := make(map[int]bool)
+	out := make([]int, 0, hi-lo)
 	for l := lo; l < hi; l++ {
-		i := int(hashLBA(l) % nStripes)
-		if !seen[i] {
-			seen[i] = true
-			out = append(out, i)
-		}
+		out = append(out, stripeOf(l))
 	}
 	slices.Sort(out)
-	return out
+	return slices.Compact(out)
 }
 
 func (c *Cache) unlockStripes(locked []int) {

@@ -104,18 +104,20 @@
 // below it is held):
 //
 //  1. Cache.ckptMu: one checkpoint or superblock write at a time.
-//  2. Cache.stripes: per-LBA RWMutexes, by LBA hash. A writer of a block
-//     holds its stripe exclusively from lookup to mapping change; readers
-//     hold it shared while they read a slot, so its content stays put.
-//     Several are taken in ascending index order (lockStripes).
+//  2. Cache.stripes: per-LBA RWMutexes (stripeOf: each aligned 16 MiB
+//     window onto all the stripes, rotated by a hash of the window, so
+//     that neighbouring runs share none). A writer of a block holds its
+//     stripe exclusively from lookup to mapping change; readers hold it
+//     shared while they read a slot, so its content stays put. Several
+//     are taken in ascending index order (lockStripes): a run written
+//     around or through the cache, or discarded, holds all of its own.
 //  3. journal room (journal.reserve): may wait for a checkpoint to free
 //     ring space, so it is never waited for under a table lock, nor by
 //     a claimed in-place rewrite (a checkpoint's sync waits for those).
-//  4. the slot table's shards (slotTable.shards, by LBA hash, as the
-//     stripes: a stripe's blocks share a shard). Each guards its blocks'
-//     index, counters, fresh list, epoch counts, pending slots, and the
-//     entries of the slots its blocks hold. A write
-//     or read locks the shard of its block (Cache.lockLBA); Cache.mu
+//  4. the slot table's shards (slotTable.shards, by LBA hash). Each
+//     guards its blocks' index, counters, fresh list, epoch counts,
+//     pending slots, and the entries of the slots its blocks hold. A
+//     write or read locks the shard of its block (Cache.lockLBA); Cache.mu
 //     locks them all (tableState.Lock, in index order, holding none while
 //     it waits for one) and guards the rest: the free set, older
 //     versions, in-flight destages, the write-back order. While ordered

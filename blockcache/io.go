@@ -158,8 +158,8 @@ func (c *Cache) probe(lba uint64) (uint64, bool) {
 
 // gens counts mapping changes per stripe; written under the stripe's
 // write lock, read under either lock.
-func (c *Cache) stripeGen(lba uint64) uint64 { return c.gens[hashLBA(lba)%nStripes] }
-func (c *Cache) bumpGen(lba uint64)          { c.gens[hashLBA(lba)%nStripes]++ }
+func (c *Cache) stripeGen(lba uint64) uint64 { return c.gens[stripeOf(lba)] }
+func (c *Cache) bumpGen(lba uint64)          { c.gens[stripeOf(lba)]++ }
 
 // WriteAt writes p at off. It returns once every block is in the cache
 // device's page cache and journaled (it survives a process crash); Sync

@@ -163,8 +163,7 @@ func (t *slotTable) init(n, per uint64) {
 }
 
 // shardOf returns the shard of block lba. It uses the hash's low bits,
-// as the stripes do (a stripe's blocks share a shard), and the index its
-// high bits.
+// and the index its high bits.
 func (t *slotTable) shardOf(lba uint64) *tableShard {
 	return &t.shards[hashLBA(lba)&t.mask]
 }

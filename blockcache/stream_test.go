@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -292,25 +293,43 @@ func (g *gatedSync) Sync() error {
 // blocks at once share backing syncs (one runs at a time; one that
 // started after a writer's write ended covers it): eight such writes,
 // the first sync held until all eight backing writes have ended, take two
-// syncs, not eight, and a power cut after them keeps every one.
+// syncs, not eight, and a power cut after them keeps every one. The
+// writes are short runs far apart, or the 1 MiB requests of a stream in
+// flight together: neighbouring runs, each holding the stripes of all
+// its blocks (stripeOf). Were two of them to share a stripe, they would
+// go one at a time, each with a sync of its own; the first sync is then
+// released after a few seconds rather than never, so that the test
+// fails with a count instead of hanging.
 func TestBackingSyncsShared(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		blocks, stride int
+	}{
+		{"scattered", 2, 16},
+		{"stream", 256, 256},
+	} {
+		t.Run(tc.name, func(t *testing.T) { backingSyncsShared(t, tc.blocks, tc.stride) })
+	}
+}
+
+func backingSyncsShared(t *testing.T, blocks, stride int) {
 	const writers = 8
 	ssd := device.NewMem(4<<20, [16]byte{1})
-	mem := device.NewMem(1<<20, [16]byte{2})
+	mem := device.NewMem(int64(max(writers*stride*BlockSize, 1<<20)), [16]byte{2})
 	hdd := &gatedSync{Mem: mem, release: make(chan struct{})}
 	require.NoError(t, Format(ssd, hdd, FormatOptions{}))
 	c, err := Open(ssd, hdd, Options{CheckpointInterval: -1, NoBackgroundBackingSync: true})
 	require.NoError(t, err)
 	defer c.Close()
 	for i := range writers {
-		_, err := c.WriteAt(pattern(100+i), int64(16*i)*BlockSize)
+		_, err := c.WriteAt(pattern(100+i), int64(stride*i)*BlockSize)
 		require.NoError(t, err)
 	}
 	require.NoError(t, c.SetMode(ModeWritearound))
 	hdd.syncs.Store(0)
 	written := c.hddWritten.Load()
 	go func() {
-		for c.hddWritten.Load() < written+writers {
+		for deadline := time.Now().Add(5 * time.Second); c.hddWritten.Load() < written+writers && time.Now().Before(deadline); {
 			time.Sleep(time.Millisecond)
 		}
 		close(hdd.release)
@@ -320,7 +339,7 @@ func TestBackingSyncsShared(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := c.WriteAt(bytes.Repeat(pattern(i), 2), int64(16*i)*BlockSize)
+			_, err := c.WriteAt(bytes.Repeat(pattern(i), blocks), int64(stride*i)*BlockSize)
 			assert.NoError(t, err)
 		}()
 	}
@@ -329,12 +348,35 @@ func TestBackingSyncsShared(t *testing.T) {
 	require.EqualValues(t, 2, hdd.syncs.Load(), "backing syncs for %d writes in flight together", writers)
 	require.Zero(t, c.DirtyCount())
 	img := mem.PowerCut(rand.New(rand.NewPCG(1, 2)))
-	buf := make([]byte, 2*BlockSize)
+	buf := make([]byte, blocks*BlockSize)
 	for i := range writers {
-		_, err := img.ReadAt(buf, int64(16*i)*BlockSize)
+		_, err := img.ReadAt(buf, int64(stride*i)*BlockSize)
 		require.NoError(t, err)
-		require.Equal(t, bytes.Repeat(pattern(i), 2), buf, "writer %d's run after a power cut", i)
+		require.Equal(t, bytes.Repeat(pattern(i), blocks), buf, "writer %d's run after a power cut", i)
 	}
+}
+
+// TestStripes: the blocks of one aligned 16 MiB window take every stripe
+// once, so neighbouring runs never share a stripe; windows are rotated
+// apart, so blocks 16 MiB apart do not all share one.
+func TestStripes(t *testing.T) {
+	for _, w := range []uint64{0, 1, 77, 1 << 20} {
+		seen := make(map[int]bool)
+		for l := w * nStripes; l < (w+1)*nStripes; l++ {
+			i := stripeOf(l)
+			require.False(t, seen[i], "window %d: block %d shares stripe %d", w, l, i)
+			seen[i] = true
+		}
+	}
+	apart := make(map[int]bool)
+	for w := range uint64(64) {
+		apart[stripeOf(w*nStripes+5)] = true
+	}
+	require.Greater(t, len(apart), 48, "stripes of 64 blocks 16 MiB apart")
+	got := stripesOf(nStripes-10, nStripes+10)
+	require.Len(t, got, 20)
+	require.True(t, slices.IsSorted(got))
+	require.Len(t, stripesOf(3, 3+2*nStripes), nStripes)
 }
 
 // TestWriteThroughRuns: in mode writethrough a stream of 1 MiB writes over
