@@ -283,6 +283,14 @@ func (c *Cache) completeBatch(m *metaChange, blocks []DirtyBlock, written bool, 
 		f := t.flags[s]
 		switch {
 		case !written || b.Clean || f&fValid == 0 || t.lba[s] != b.LBA || t.crc[s] != b.CRC:
+		case c.mu.claimed[b.LBA] && !t.isOlder(s):
+			// A writer of the backing device in place claimed the block
+			// after its write-back began (claimBackingLocked waits only
+			// for the write itself): the backing device may hold that
+			// writer's data by now, not this version. It stays dirty;
+			// the writer drops it (a run over dirty blocks, a discard)
+			// once its own data is durable, or, if it fails, a later
+			// destage writes it again.
 		case t.isOlder(s):
 			// An older version written back: its slot is freed, once
 			// the FREE record is durable (invariant 1).

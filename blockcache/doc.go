@@ -63,7 +63,10 @@
 //     BeginWriteBack and EndWriteBack; a writer of the backing device in
 //     place claims the pinned blocks in its range whose write has not
 //     begun, so it is never done, and waits for one under way
-//     (claimBackingLocked). A gap block read from
+//     (claimBackingLocked). A block claimed after its write is not
+//     marked clean when its destage completes: the backing device may
+//     hold the writer's data by then, and the writer drops the version
+//     once its own data is durable. A gap block read from
 //     the backing device (PinBackingGaps) is rewritten as read: it is
 //     taken only while no writer holds its stripe and no destage,
 //     discard or overwrite holds it, and from then on writes in place

@@ -428,3 +428,81 @@ func TestWriteThroughRuns(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, bytes.Equal(stream, got), "the backing device alone after a power cut")
 }
+
+// syncHook is a backing device that runs after once, inside its next
+// successful Sync.
+type syncHook struct {
+	device.Device
+	after func()
+}
+
+func (d *syncHook) Sync() error {
+	err := d.Device.Sync()
+	if f := d.after; err == nil && f != nil {
+		d.after = nil
+		f()
+	}
+	return err
+}
+
+// TestCompleteAfterClaim: a destage has written block 1's dirty version
+// and ended its write (EndWriteBack) but not completed; a run written
+// around the cache over block 1 claims it (without waiting for the
+// destage's batch) and writes and syncs the backing device; the destage
+// completes in between, before the run's FREE records. Block 1 must not
+// become a clean copy of the version the run superseded: a process crash
+// right there would bring it back, to be read instead of the run's data
+// (and written back over it as a gap copy).
+func TestCompleteAfterClaim(t *testing.T) {
+	ssd := device.NewMem(8<<20, [16]byte{1})
+	mem := device.NewMem(16<<20, [16]byte{2})
+	require.NoError(t, Format(ssd, mem, FormatOptions{}))
+	hdd := &syncHook{Device: mem}
+	c, err := Open(ssd, hdd, Options{CheckpointInterval: -1, NoBackgroundBackingSync: true})
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = c.WriteAt(pattern(1), BlockSize)
+	require.NoError(t, err)
+	pinned, err := c.Pin(c.DirtyBlocks(nil))
+	require.NoError(t, err)
+	require.Len(t, pinned, 1)
+	data := make([]byte, BlockSize)
+	require.NoError(t, c.ReadSlots(pinned, data))
+	require.Empty(t, c.BeginWriteBack(pinned))
+	_, err = mem.WriteAt(data, BlockSize)
+	require.NoError(t, err)
+	c.EndWriteBack(pinned)
+	require.NoError(t, c.SetMode(ModeWritearound))
+
+	var ssdImg, hddImg *device.Mem
+	hdd.after = func() {
+		// The destage's own backing sync, then its completion; then the
+		// process dies, before the run's FREE records.
+		require.NoError(t, mem.Sync())
+		require.NoError(t, c.Complete(pinned, true))
+		ssdImg, hddImg = ssd.CrashProcess(), mem.CrashProcess()
+	}
+	run := append(pattern(50), pattern(51)...)
+	_, err = c.WriteAt(run, 0)
+	require.NoError(t, err)
+	require.NotNil(t, ssdImg, "the run synced the backing device")
+	require.EqualValues(t, 1, c.Stats().BypassedOverDirty)
+	buf := make([]byte, 2*BlockSize)
+	_, err = c.ReadAt(buf, 0)
+	require.NoError(t, err)
+	require.Equal(t, run, buf, "read after the run")
+	require.Zero(t, c.DirtyCount(), "the run dropped the dirty version")
+
+	c2, err := Open(ssdImg, hddImg, Options{CheckpointInterval: -1, NoBackgroundBackingSync: true})
+	require.NoError(t, err)
+	defer c2.Close()
+	_, err = c2.ReadAt(buf, 0)
+	require.NoError(t, err)
+	// Before or as written, block by block; never a clean copy of the
+	// old version over the run's data.
+	require.Equal(t, pattern(50), buf[:BlockSize], "block 0 after a crash")
+	if !bytes.Equal(buf[BlockSize:], pattern(51)) {
+		require.Equal(t, pattern(1), buf[BlockSize:], "block 1 after a crash")
+		require.EqualValues(t, 1, c2.DirtyCount(), "block 1's old version comes back dirty, to be written back over the run")
+	}
+}
