@@ -64,11 +64,16 @@ func (c *Cache) holdOverwriteLocked(lo, hi uint64) (release func()) {
 	return func() {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		for i, x := range c.mu.overwriting {
-			if x == r {
-				c.mu.overwriting = append(c.mu.overwriting[:i], c.mu.overwriting[i+1:]...)
-				return
-			}
+		c.unholdOverwriteLocked(r)
+	}
+}
+
+// unholdOverwriteLocked ends a hold of holdOverwriteLocked.
+func (c *Cache) unholdOverwriteLocked(r lbaRange) {
+	for i, x := range c.mu.overwriting {
+		if x == r {
+			c.mu.overwriting = append(c.mu.overwriting[:i], c.mu.overwriting[i+1:]...)
+			return
 		}
 	}
 }
@@ -114,24 +119,25 @@ func (c *Cache) discardBlocks(lo, hi uint64) error {
 	if err := c.syncJournal(); err != nil {
 		return err
 	}
+	// From here the backing device may change, even if the zeroing fails
+	// (writeBacking).
+	defer func() {
+		for _, i := range locked {
+			c.gens[i]++
+		}
+	}()
 	if err := c.hdd.Zero(int64(lo)*BlockSize, int64(hi-lo)*BlockSize); err != nil {
 		c.stats.backingErrors.Add(1)
 		return fmt.Errorf("zeroing backing device blocks %d-%d: %w", lo, hi-1, err)
 	}
-	if err := c.hdd.Sync(); err != nil {
+	if err := c.SyncBacking(); err != nil {
 		c.stats.backingErrors.Add(1)
 		return fmt.Errorf("syncing backing device after discard: %w", err)
 	}
 	// Dirty copies go last: until their FREE records are written, a crash
 	// leaves them to be destaged over the zeros, as if the discard had not
 	// happened.
-	if err := c.freeMapped(lo, hi, true); err != nil {
-		return err
-	}
-	for _, i := range locked {
-		c.gens[i]++
-	}
-	return nil
+	return c.freeMapped(lo, hi, true)
 }
 
 // freeMapped unmaps the cached blocks in [lo, hi) (the dirty ones too with

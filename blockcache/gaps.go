@@ -122,11 +122,13 @@ func (c *Cache) gapFreeLocked(lo, hi uint64) bool {
 }
 
 // claimBacking is claimBackingLocked for a caller that does not hold
-// Cache.mu.
-func (c *Cache) claimBacking(lo, hi uint64) {
+// Cache.mu. It fails once the cache has failed or closed: claims are not
+// made then (no destage would honour them), so the caller must not write.
+func (c *Cache) claimBacking(lo, hi uint64) error {
 	c.mu.Lock()
 	c.claimBackingLocked(lo, hi)
 	c.mu.Unlock()
+	return c.usable()
 }
 
 // claimBackingLocked readies blocks [lo, hi) to be written on the backing

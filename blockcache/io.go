@@ -264,14 +264,19 @@ func (c *Cache) writeAroundRun(lba uint64, data []byte, overDirty bool) (bool, e
 	}
 	buf := device.AlignedBuffer(len(data))
 	copy(buf, data)
+	// The generations change even when the write fails: it may have
+	// changed some of the blocks, and a read that sampled them before
+	// must not cache what it read (maybePromote).
+	defer func() {
+		for _, i := range locked {
+			c.gens[i]++
+		}
+	}()
 	if plan == aroundOver {
 		err := c.writeOverDirty(lba, lba+n, buf)
 		release()
 		if err == nil {
 			c.stats.aroundOverDirty.Add(1)
-			for _, i := range locked {
-				c.gens[i]++
-			}
 		}
 		return err == nil, err
 	}
@@ -282,9 +287,6 @@ func (c *Cache) writeAroundRun(lba uint64, data []byte, overDirty bool) (bool, e
 	}
 	if err := c.writeBackingAt(lba, buf); err != nil {
 		return false, err
-	}
-	for _, i := range locked {
-		c.gens[i]++
 	}
 	return true, nil
 }
@@ -340,6 +342,14 @@ func (c *Cache) cachedIn(lba, n uint64, overDirty bool) (clean []DirtyBlock, pla
 	}
 	if plan == aroundOver {
 		release = c.holdOverwriteLocked(lba, lba+n)
+		// The hold may have waited for a destage's write with Cache.mu
+		// released, and ordered write-back may have come into force
+		// meanwhile (the stripes keep the blocks themselves as they
+		// were): then the dirty versions are superseded in the cache.
+		if c.orderingLocked() {
+			c.unholdOverwriteLocked(lbaRange{lba, lba + n})
+			return nil, aroundCache, nil
+		}
 	}
 	return clean, plan, release
 }
@@ -494,17 +504,17 @@ func (c *Cache) readForUpdate(lba uint64, s, crc uint32, cached bool, blk []byte
 // writeBacking writes one block in place on the backing device. Caller
 // holds the block's stripe lock.
 func (c *Cache) writeBacking(lba uint64, blk []byte) error {
-	if err := c.writeBackingAt(lba, blk); err != nil {
-		return err
-	}
-	c.bumpGen(lba)
-	return nil
+	err := c.writeBackingAt(lba, blk)
+	c.bumpGen(lba) // even failed: it may have changed the block (maybePromote)
+	return err
 }
 
 // writeBackingAt writes whole blocks from lba in place on the backing
 // device; the caller holds their stripe locks and bumps their generations.
 func (c *Cache) writeBackingAt(lba uint64, blk []byte) error {
-	c.claimBacking(lba, lba+uint64(len(blk)/BlockSize))
+	if err := c.claimBacking(lba, lba+uint64(len(blk)/BlockSize)); err != nil {
+		return err
+	}
 	// A block that looks uncached may have lost its clean copy to an
 	// eviction whose FREE record is not durable yet; the backing device
 	// must not change under a copy that recovery could bring back.
@@ -582,11 +592,12 @@ func (c *Cache) writeThrough(lba uint64, buf []byte, cached bool) (uint64, error
 		for j < n && write[j] {
 			j++
 		}
-		if err := c.writeBackingAt(lba+i, buf[i*BlockSize:j*BlockSize]); err != nil {
-			return 0, err
-		}
+		err := c.writeBackingAt(lba+i, buf[i*BlockSize:j*BlockSize])
 		for l := lba + i; l < lba+j; l++ {
-			c.bumpGen(l)
+			c.bumpGen(l) // even failed (writeBacking)
+		}
+		if err != nil {
+			return 0, err
 		}
 		i = j
 	}
@@ -1012,15 +1023,10 @@ func (c *Cache) syncBackingNow(w uint64) error {
 	c.mu.through = nil
 	c.mu.Unlock()
 	if err := c.hdd.Sync(); err != nil {
-		// Writes it failed to flush may be gone from the page cache: a later
-		// sync that succeeds would not bring them back, so every later Sync
-		// reports this one (fsyncgate). Write-through blocks stay dirty and
-		// are written again by the destager.
+		// Write-through blocks stay dirty and are written again by the
+		// destager.
 		c.stats.backingErrors.Add(1)
-		err = fmt.Errorf("syncing backing device failed; data written around the cache since the last good sync may be lost: %w", err)
-		if c.backingSyncErr.CompareAndSwap(nil, &err) {
-			c.noteBackingSyncFailure(err)
-		}
+		c.backingSyncFailed(err)
 		return *c.backingSyncErr.Load()
 	}
 	for {
@@ -1030,6 +1036,34 @@ func (c *Cache) syncBackingNow(w uint64) error {
 		}
 	}
 	return c.cleanThrough(through)
+}
+
+// SyncBacking syncs the backing device for a caller that wrote to it
+// directly (the destager, which counts its errors). Its own writes it can
+// write again after a failure, but a failed sync may also have lost
+// writes made in place for clients (around or through the cache): see
+// backingSyncFailed.
+func (c *Cache) SyncBacking() error {
+	err := c.hdd.Sync()
+	if err != nil {
+		c.backingSyncFailed(err)
+	}
+	return err
+}
+
+// backingSyncFailed handles a failed sync of the backing device. If writes
+// made in place for clients were not covered by a good sync yet, that
+// data may be gone from the page cache (or the disk's cache): a later
+// sync that succeeds would not bring it back, so every later Sync reports
+// this failure (fsyncgate), until the cache is opened again.
+func (c *Cache) backingSyncFailed(err error) {
+	if c.hddWritten.Load() <= c.hddSynced.Load() {
+		return
+	}
+	err = fmt.Errorf("syncing backing device failed; data written around the cache since the last good sync may be lost: %w", err)
+	if c.backingSyncErr.CompareAndSwap(nil, &err) {
+		c.noteBackingSyncFailure(err)
+	}
 }
 
 // cleanThrough marks write-through blocks clean once the backing device

@@ -443,7 +443,7 @@ func (c *Cache) writeBackPinned(blocks []DirtyBlock) error {
 		c.EndWriteBack(blocks)
 	}
 	if err == nil {
-		if serr := c.hdd.Sync(); serr != nil {
+		if serr := c.SyncBacking(); serr != nil {
 			c.stats.backingErrors.Add(1)
 			err = fmt.Errorf("syncing the backing device before a discard: %w", serr)
 		}

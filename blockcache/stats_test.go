@@ -146,3 +146,38 @@ func TestBackingSyncFailureInStats(t *testing.T) {
 	require.Empty(t, c.Stats().BackingSyncFailed, "reopening clears it")
 	require.NoError(t, c.Sync())
 }
+
+// TestBackingSyncFailureSeenBySync: a failed sync of the backing device
+// made by someone else (the destager, through SyncBacking) while writes
+// made in place for clients were not covered by a good sync yet makes
+// every later Sync fail, as one of its own would: that data may be gone,
+// and a sync that succeeds afterwards would not bring it back. With
+// nothing of the clients' uncovered, the failure is the destager's alone
+// (it writes its blocks again) and Sync is not affected.
+func TestBackingSyncFailureSeenBySync(t *testing.T) {
+	hdd := device.NewFaulty(device.NewMem(256*BlockSize, [16]byte{2}))
+	_, ssd, _, opts := clockedDevices(t, hdd)
+	c, err := Open(ssd, hdd, opts)
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.SetMode(ModeWritearound))
+	failSync := func() {
+		hdd.FailIf(func(op device.Op, off, n int64) bool { return op == device.OpSync })
+		require.ErrorIs(t, c.SyncBacking(), device.ErrInjected)
+		hdd.FailIf(nil)
+	}
+
+	_, err = c.WriteAt(pattern(3), 3*BlockSize)
+	require.NoError(t, err)
+	require.NoError(t, c.Sync())
+	failSync()
+	require.NoError(t, c.Sync(), "nothing of the clients' was uncovered")
+	require.Empty(t, c.Stats().BackingSyncFailed)
+
+	_, err = c.WriteAt(pattern(4), 4*BlockSize)
+	require.NoError(t, err)
+	failSync()
+	require.ErrorIs(t, c.Sync(), device.ErrInjected, "a write around the cache was uncovered")
+	require.ErrorIs(t, c.Sync(), device.ErrInjected, "sticky")
+	require.Contains(t, c.Stats().BackingSyncFailed, "syncing backing device failed")
+}

@@ -73,7 +73,7 @@ func (l *loop) runBatch(pinned []blockcache.DirtyBlock, pol Policy) batchResult 
 	}
 	synced := false
 	if anyWritten {
-		if err := l.c.Backing().Sync(); err != nil {
+		if err := l.c.SyncBacking(); err != nil {
 			err = fmt.Errorf("syncing the backing device: %w", err)
 			l.d.stats.failed(err, true)
 			if res.err == nil {

@@ -41,11 +41,14 @@
 //     claimed blocks are completed unwritten (a dirty one the writer did
 //     not supersede stays dirty, for a later batch). A writer that comes
 //     later waits for that run's write alone, not for the batch.
-//  5. One Backing().Sync() (fdatasync) for the whole batch, after all of its
-//     writes returned.
+//  5. One Cache.SyncBacking() (fdatasync) for the whole batch, after all
+//     of its writes returned.
 //  6. Only then Cache.Complete(run, true) per run: CLEAN records, the
-//     dirty blocks become clean (the gap copies are only unpinned). Runs that failed, were skipped, or whose sync failed
-//     are completed with false and stay dirty.
+//     dirty blocks become clean (the gap copies are only unpinned),
+//     except a block a writer claimed after its write began (the backing
+//     device may hold the writer's data by then). Runs that failed, were
+//     skipped, or whose sync failed are completed with false and stay
+//     dirty.
 //
 // # Invariants
 //
@@ -125,7 +128,11 @@
 // up to 10 s, reset by the next clean batch. Nothing is retried in a busy
 // loop. The failed blocks are retried on the next rotation. A failing
 // fdatasync of the HDD is safe to retry this way: the blocks are still
-// dirty in the cache, and the whole run is written again from there.
+// dirty in the cache, and the whole run is written again from there. What
+// a failed sync may have lost of the writes made in place for clients
+// (around or through the cache) cannot be written again: SyncBacking
+// then makes every later Cache.Sync fail, as the cache's own failed
+// backing syncs do.
 // Errors from Pin or Complete mean the cache failed or was closed
 // (blockcache.ErrFailed / ErrClosed): the destage loop stops and FlushAll
 // returns the error.
