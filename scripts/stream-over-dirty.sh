@@ -12,7 +12,9 @@
 # FUSE: the same stream with nothing dirty. It prints one table row per
 # run: dirty MiB, the stream's MiB/s, its p99 completion latency and how
 # long it took, how long the mode change (the drain) took from its
-# start, and bypassed_over_dirty. Give two
+# start, bypassed_over_dirty, and what write-back did meanwhile: dirty
+# blocks written back, blocks read from the HDD to fill gaps, and pinned
+# blocks the stream claimed from it (so left unwritten). Give two
 # builds to compare them side by side in one run (they alternate).
 #
 # Usage: scripts/stream-over-dirty.sh [--region SIZE] [--densities LIST]
@@ -38,8 +40,8 @@ done
 dens_args 256M 0,25,50,75 2,24 "${args[@]}"
 dens_setup wbc-stream
 
-printf '| round | density | mode | binary | dirty MiB | stream MiB/s | p99 ms | stream s | mode change s | runs over dirty |\n'
-printf '|--:|--:|---|---|--:|--:|--:|--:|--:|--:|\n'
+printf '| round | density | mode | binary | dirty MiB | stream MiB/s | p99 ms | stream s | mode change s | runs over dirty | written back MiB | gap reads MiB | claimed MiB |\n'
+printf '|--:|--:|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n'
 for round in $(seq "$rounds"); do
 	for dens in ${densities//,/ }; do
 		for mode in ${modes//,/ }; do
@@ -59,14 +61,18 @@ for round in $(seq "$rounds"); do
 				wait "$mpid"
 				untrack_pid "$mpid"
 				t2=$(cat "$work/mode.end")
-				over=$("$bin" status --json "$mnt" | dens_json bypassed_over_dirty)
+				"$bin" status --json "$mnt" >"$work/status.json"
+				read -r over back gap claimed < <(for f in bypassed_over_dirty destaged_blocks destage_gap_read_blocks destage_blocks_claimed; do
+					dens_json "$f" <"$work/status.json"
+				done | xargs)
 				dens_stop "$bin"
 				read -r bw p99 < <(python3 -c 'import json,sys
 w = json.load(open(sys.argv[1]))["jobs"][0]["write"]
 print(w["bw"] / 1024, w["clat_ns"]["percentile"]["99.000000"] / 1e6)' "$work/stream.json")
 				awk -v r="$round" -v d="$dens" -v m="$mode" -v b="$(basename "$bin")" -v n="$dirty" -v t0="$t0" -v t1="$t1" \
-					-v t2="$t2" -v bw="$bw" -v p99="$p99" -v o="$over" 'BEGIN {
-					printf "| %d | %d%% | %s | %s | %.1f | %.1f | %.1f | %.2f | %.2f | %d |\n", r, d, m, b, n * 4096 / 1048576, bw, p99, t1 - t0 - 0.5, t2 - t0, o }'
+					-v t2="$t2" -v bw="$bw" -v p99="$p99" -v o="$over" -v wb="$back" -v gr="$gap" -v cl="$claimed" 'BEGIN {
+					mib = 4096 / 1048576
+					printf "| %d | %d%% | %s | %s | %.1f | %.1f | %.1f | %.2f | %.2f | %d | %.1f | %.1f | %.1f |\n", r, d, m, b, n * mib, bw, p99, t1 - t0 - 0.5, t2 - t0, o, wb * mib, gr * mib, cl * mib }'
 			done
 		done
 	done
