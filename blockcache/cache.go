@@ -131,8 +131,9 @@ type Cache struct {
 	// how many of them the last backing sync covered.
 	hddWritten, hddSynced atomic.Uint64
 	backingSyncErr        atomic.Pointer[error] // sticky: a backing sync failed
-	// bsync runs one backing sync at a time and lets callers whose
-	// writes the one in flight covers wait for it (syncBacking).
+	// bsync runs one backing sync at a time, the destager's too
+	// (SyncBacking), and lets callers whose writes the one in flight
+	// covers wait for it (syncBacking).
 	bsync struct {
 		mu      sync.Mutex
 		done    *sync.Cond

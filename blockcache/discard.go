@@ -126,7 +126,9 @@ func (c *Cache) discardBlocks(lo, hi uint64) error {
 			c.gens[i]++
 		}
 	}()
-	if err := c.hdd.Zero(int64(lo)*BlockSize, int64(hi-lo)*BlockSize); err != nil {
+	zerr := c.hdd.Zero(int64(lo)*BlockSize, int64(hi-lo)*BlockSize)
+	c.hddWritten.Add(1) // a write in place, counted once ended (writeBackingAt)
+	if err := zerr; err != nil {
 		c.stats.backingErrors.Add(1)
 		return fmt.Errorf("zeroing backing device blocks %d-%d: %w", lo, hi-1, err)
 	}

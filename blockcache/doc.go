@@ -140,9 +140,10 @@
 // Leaf locks, taken alone: the sequential-stream trackers' parts
 // (seqTracker, by the hash of where a request starts and where it
 // ends, one at a time, before the stripe), the promotion sketch's, and
-// Cache.bsync.mu (one backing sync at a time; never held across the
-// sync, which its waiters wait for on a condition, holding their
-// stripes).
+// Cache.bsync.mu (one backing sync at a time, the destager's included;
+// never held across the sync, which its waiters wait for on a
+// condition, holding their stripes or, the destager, its pins; the sync
+// under way takes no stripe and waits for no destage).
 //
 // No lock is shared by all writes but journal.mu, held for one record's
 // copy. A whole-block write back into the cache (Cache.writeFast) takes

@@ -326,7 +326,9 @@ func (c *Cache) cachedIn(lba, n uint64, overDirty bool) (clean []DirtyBlock, pla
 		if t.flags[s]&fDirty != 0 {
 			// With ordering in force the backing device must not get
 			// a version ahead of a dirty one (as in writeBlock).
-			if !overDirty || c.orderingLocked() {
+			// After a failed backing sync nothing written in place
+			// can be promised durable: the cache keeps the blocks.
+			if !overDirty || c.orderingLocked() || c.backingSyncErr.Load() != nil {
 				return nil, aroundCache, nil
 			}
 			plan = aroundOver
@@ -1018,6 +1020,26 @@ func (c *Cache) syncBacking() error {
 // syncBackingNow syncs the backing device, which covers the first w
 // writes to it, and marks the write-through blocks clean (syncBacking).
 func (c *Cache) syncBackingNow(w uint64) error {
+	syncErr, err := c.syncBackingDevice(w)
+	if syncErr != nil {
+		c.stats.backingErrors.Add(1)
+		// w is beyond hddSynced here, so the failure is sticky.
+		if p := c.backingSyncErr.Load(); p != nil {
+			return *p
+		}
+		return syncErr
+	}
+	return err
+}
+
+// syncBackingDevice syncs the backing device, which covers the first w
+// writes to it, then marks the write-through blocks clean; syncErr is
+// the sync's own failure (backingSyncFailed has seen it), err the
+// cache's. The caller runs it as the one backing sync under way
+// (Cache.bsync), so that no other sync is told of a failure meant for
+// this one (a file reports a write-back error to one fsync), and so
+// that hddSynced does not move meanwhile.
+func (c *Cache) syncBackingDevice(w uint64) (syncErr, err error) {
 	c.mu.Lock()
 	through := c.mu.through
 	c.mu.through = nil
@@ -1025,9 +1047,8 @@ func (c *Cache) syncBackingNow(w uint64) error {
 	if err := c.hdd.Sync(); err != nil {
 		// Write-through blocks stay dirty and are written again by the
 		// destager.
-		c.stats.backingErrors.Add(1)
 		c.backingSyncFailed(err)
-		return *c.backingSyncErr.Load()
+		return err, nil
 	}
 	for {
 		old := c.hddSynced.Load()
@@ -1035,20 +1056,31 @@ func (c *Cache) syncBackingNow(w uint64) error {
 			break
 		}
 	}
-	return c.cleanThrough(through)
+	return nil, c.cleanThrough(through)
 }
 
 // SyncBacking syncs the backing device for a caller that wrote to it
-// directly (the destager, which counts its errors). Its own writes it can
-// write again after a failure, but a failed sync may also have lost
-// writes made in place for clients (around or through the cache): see
-// backingSyncFailed.
+// directly (the destager, which counts its errors), as the one backing
+// sync under way (syncBackingDevice); a sticky failure does not stop it.
+// Its caller can write its own writes again after a failure, but a failed
+// sync may also have lost writes made in place for clients (around or
+// through the cache): see backingSyncFailed. A sync that succeeds covers
+// those that had ended when it began.
 func (c *Cache) SyncBacking() error {
-	err := c.hdd.Sync()
-	if err != nil {
-		c.backingSyncFailed(err)
+	b := &c.bsync
+	b.mu.Lock()
+	for b.running {
+		b.done.Wait()
 	}
-	return err
+	from := c.hddWritten.Load()
+	b.running, b.from = true, from
+	b.mu.Unlock()
+	syncErr, _ := c.syncBackingDevice(from) // the cache's own failure is reported where it is used
+	b.mu.Lock()
+	b.running = false
+	b.done.Broadcast()
+	b.mu.Unlock()
+	return syncErr
 }
 
 // backingSyncFailed handles a failed sync of the backing device. If writes

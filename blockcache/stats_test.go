@@ -3,6 +3,7 @@ package blockcache
 import (
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -174,10 +175,78 @@ func TestBackingSyncFailureSeenBySync(t *testing.T) {
 	require.NoError(t, c.Sync(), "nothing of the clients' was uncovered")
 	require.Empty(t, c.Stats().BackingSyncFailed)
 
+	_, err = c.WriteAt(pattern(5), 5*BlockSize)
+	require.NoError(t, err)
+	require.NoError(t, c.SyncBacking())
+	failSync()
+	require.NoError(t, c.Sync(), "the write around the cache was covered by a good sync of SyncBacking")
+	require.Empty(t, c.Stats().BackingSyncFailed)
+
 	_, err = c.WriteAt(pattern(4), 4*BlockSize)
 	require.NoError(t, err)
 	failSync()
 	require.ErrorIs(t, c.Sync(), device.ErrInjected, "a write around the cache was uncovered")
 	require.ErrorIs(t, c.Sync(), device.ErrInjected, "sticky")
 	require.Contains(t, c.Stats().BackingSyncFailed, "syncing backing device failed")
+}
+
+// failFirstSync is a backing device whose first Sync once armed waits
+// for release and fails; the others succeed, as a file reports a
+// write-back error to one fsync only.
+type failFirstSync struct {
+	*device.Mem
+	started, release chan struct{}
+	armed            atomic.Bool
+}
+
+func (d *failFirstSync) Sync() error {
+	if d.armed.CompareAndSwap(true, false) {
+		close(d.started)
+		<-d.release
+		return device.ErrInjected
+	}
+	return d.Mem.Sync()
+}
+
+// TestBackingSyncsOneAtATime: a client's Sync that comes while the
+// destager's backing sync is under way waits for it rather than syncing
+// beside it; when that sync fails with a write around the cache not yet
+// covered, the client's Sync fails too. Beside it, its own sync could
+// succeed (the failure is reported to one of them) and promise data that
+// may be gone.
+func TestBackingSyncsOneAtATime(t *testing.T) {
+	hdd := &failFirstSync{Mem: device.NewMem(256*BlockSize, [16]byte{2}), started: make(chan struct{}), release: make(chan struct{})}
+	_, ssd, _, opts := clockedDevices(t, hdd)
+	c, err := Open(ssd, hdd, opts)
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.SetMode(ModeWritearound))
+	_, err = c.WriteAt(pattern(4), 4*BlockSize)
+	require.NoError(t, err)
+	hdd.armed.Store(true)
+	destager := make(chan error)
+	go func() { destager <- c.SyncBacking() }()
+	<-hdd.started
+	client := make(chan error)
+	go func() { client <- c.Sync() }()
+	time.Sleep(50 * time.Millisecond)
+	close(hdd.release)
+	require.ErrorIs(t, <-destager, device.ErrInjected)
+	require.ErrorIs(t, <-client, device.ErrInjected, "the client's Sync after the failed one")
+	require.ErrorIs(t, c.Sync(), device.ErrInjected, "sticky")
+}
+
+// TestDiscardSyncFailure: a discard whose backing sync fails has zeroed
+// the backing device in place, maybe only in its cache: the zeros count
+// as a write in place, so Sync does not report them durable from then on.
+func TestDiscardSyncFailure(t *testing.T) {
+	hdd := device.NewFaulty(device.NewMem(256*BlockSize, [16]byte{2}))
+	_, ssd, _, opts := clockedDevices(t, hdd)
+	c, err := Open(ssd, hdd, opts)
+	require.NoError(t, err)
+	defer c.Close()
+	hdd.FailIf(func(op device.Op, off, n int64) bool { return op == device.OpSync })
+	require.ErrorIs(t, c.Discard(8*BlockSize, 4*BlockSize), device.ErrInjected)
+	hdd.FailIf(nil)
+	require.ErrorIs(t, c.Sync(), device.ErrInjected, "the zeros were never synced")
 }
