@@ -127,10 +127,12 @@ type Cache struct {
 	epochStarts [256]epochStart
 	failed      atomic.Pointer[error]
 	closed      atomic.Bool
-	// Foreground writes to the backing device (counted as each ends), and
-	// how many of them the last backing sync covered.
-	hddWritten, hddSynced atomic.Uint64
-	backingSyncErr        atomic.Pointer[error] // sticky: a backing sync failed
+	// Foreground writes to the backing device (counted as each begins,
+	// and as each ends), and how many of them the last backing sync
+	// covered.
+	hddStarted, hddWritten, hddSynced atomic.Uint64
+	backingSyncErr                    atomic.Pointer[error] // sticky: a backing sync failed
+	hddSyncFailures                   atomic.Uint64         // backing syncs that failed (BackingSyncFailures)
 	// bsync runs one backing sync at a time, the destager's too
 	// (SyncBacking), and lets callers whose writes the one in flight
 	// covers wait for it (syncBacking).

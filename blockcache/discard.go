@@ -126,13 +126,15 @@ func (c *Cache) discardBlocks(lo, hi uint64) error {
 			c.gens[i]++
 		}
 	}()
+	since := c.BackingSyncFailures()
+	c.hddStarted.Add(1) // a write in place, counted as in writeBackingAt
 	zerr := c.hdd.Zero(int64(lo)*BlockSize, int64(hi-lo)*BlockSize)
-	c.hddWritten.Add(1) // a write in place, counted once ended (writeBackingAt)
+	c.hddWritten.Add(1)
 	if err := zerr; err != nil {
 		c.stats.backingErrors.Add(1)
 		return fmt.Errorf("zeroing backing device blocks %d-%d: %w", lo, hi-1, err)
 	}
-	if err := c.SyncBacking(); err != nil {
+	if err := c.SyncBacking(since); err != nil {
 		c.stats.backingErrors.Add(1)
 		return fmt.Errorf("syncing backing device after discard: %w", err)
 	}

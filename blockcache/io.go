@@ -1,6 +1,7 @@
 package blockcache
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 
@@ -525,10 +526,13 @@ func (c *Cache) writeBackingAt(lba uint64, blk []byte) error {
 			return err
 		}
 	}
+	// Counted as it begins (a sync that fails meanwhile may have lost
+	// it: backingSyncFailed) and once it has ended (even failed: it may
+	// have changed some sectors), not before: a backing sync counts the
+	// writes it covers before it starts, and one still on its way is not
+	// covered.
+	c.hddStarted.Add(1)
 	_, err := c.hdd.WriteAt(blk, int64(lba)*BlockSize)
-	// Counted once it has ended (even failed: it may have changed some
-	// sectors), never before: a backing sync counts the writes it covers
-	// before it starts, and one still on its way is not covered.
 	c.hddWritten.Add(1)
 	if err != nil {
 		c.stats.backingErrors.Add(1)
@@ -1047,6 +1051,7 @@ func (c *Cache) syncBackingDevice(w uint64) (syncErr, err error) {
 	if err := c.hdd.Sync(); err != nil {
 		// Write-through blocks stay dirty and are written again by the
 		// destager.
+		c.hddSyncFailures.Add(1)
 		c.backingSyncFailed(err)
 		return err, nil
 	}
@@ -1059,14 +1064,21 @@ func (c *Cache) syncBackingDevice(w uint64) (syncErr, err error) {
 	return nil, c.cleanThrough(through)
 }
 
+// BackingSyncFailures counts the syncs of the backing device that have
+// failed: what a caller of SyncBacking reads before its writes.
+func (c *Cache) BackingSyncFailures() uint64 { return c.hddSyncFailures.Load() }
+
 // SyncBacking syncs the backing device for a caller that wrote to it
 // directly (the destager, which counts its errors), as the one backing
 // sync under way (syncBackingDevice); a sticky failure does not stop it.
-// Its caller can write its own writes again after a failure, but a failed
-// sync may also have lost writes made in place for clients (around or
-// through the cache): see backingSyncFailed. A sync that succeeds covers
-// those that had ended when it began.
-func (c *Cache) SyncBacking() error {
+// since is BackingSyncFailures read before the caller's writes: if a
+// sync has failed after that (whoever made it), the writes may be lost,
+// and a sync that succeeds now would not bring them back, so it fails
+// too. The caller can write its own writes again after a failure, but a
+// failed sync may also have lost writes made in place for clients
+// (around or through the cache): see backingSyncFailed. A sync that
+// succeeds covers those that had ended when it began.
+func (c *Cache) SyncBacking(since uint64) error {
 	b := &c.bsync
 	b.mu.Lock()
 	for b.running {
@@ -1080,8 +1092,15 @@ func (c *Cache) SyncBacking() error {
 	b.running = false
 	b.done.Broadcast()
 	b.mu.Unlock()
+	if syncErr == nil && c.hddSyncFailures.Load() != since {
+		syncErr = errEarlierSyncFailed
+	}
 	return syncErr
 }
+
+// errEarlierSyncFailed: SyncBacking succeeded, but a sync of the backing
+// device failed after the caller's writes began.
+var errEarlierSyncFailed = errors.New("a sync of the backing device failed after these writes began: they may be lost, and are written again")
 
 // backingSyncFailed handles a failed sync of the backing device. If writes
 // made in place for clients were not covered by a good sync yet, that
@@ -1089,7 +1108,7 @@ func (c *Cache) SyncBacking() error {
 // sync that succeeds would not bring it back, so every later Sync reports
 // this failure (fsyncgate), until the cache is opened again.
 func (c *Cache) backingSyncFailed(err error) {
-	if c.hddWritten.Load() <= c.hddSynced.Load() {
+	if c.hddStarted.Load() <= c.hddSynced.Load() {
 		return
 	}
 	err = fmt.Errorf("syncing backing device failed; data written around the cache since the last good sync may be lost: %w", err)
@@ -1105,6 +1124,9 @@ func (c *Cache) cleanThrough(blocks []DirtyBlock) error {
 		n := min(len(blocks), 64)
 		m, err := c.beginChange(n)
 		if err != nil {
+			if errors.Is(err, ErrClosed) {
+				return err // closing: the blocks stay dirty, nothing failed
+			}
 			return c.fail(err)
 		}
 		t := &c.mu.t

@@ -406,6 +406,7 @@ const maxCatchUpRun = 256
 // the destager does: Complete never cleans a lost one; so are blocks that
 // a write of the backing device in place claimed, completed unwritten).
 func (c *Cache) writeBackPinned(blocks []DirtyBlock) error {
+	since := c.BackingSyncFailures()
 	buf := device.AlignedBuffer(len(blocks) * BlockSize)
 	err := c.ReadSlots(blocks, buf)
 	skip := map[int]bool{}
@@ -443,7 +444,7 @@ func (c *Cache) writeBackPinned(blocks []DirtyBlock) error {
 		c.EndWriteBack(blocks)
 	}
 	if err == nil {
-		if serr := c.SyncBacking(); serr != nil {
+		if serr := c.SyncBacking(since); serr != nil {
 			c.stats.backingErrors.Add(1)
 			err = fmt.Errorf("syncing the backing device before a discard: %w", serr)
 		}

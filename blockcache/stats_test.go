@@ -164,7 +164,7 @@ func TestBackingSyncFailureSeenBySync(t *testing.T) {
 	require.NoError(t, c.SetMode(ModeWritearound))
 	failSync := func() {
 		hdd.FailIf(func(op device.Op, off, n int64) bool { return op == device.OpSync })
-		require.ErrorIs(t, c.SyncBacking(), device.ErrInjected)
+		require.ErrorIs(t, c.SyncBacking(c.BackingSyncFailures()), device.ErrInjected)
 		hdd.FailIf(nil)
 	}
 
@@ -177,7 +177,7 @@ func TestBackingSyncFailureSeenBySync(t *testing.T) {
 
 	_, err = c.WriteAt(pattern(5), 5*BlockSize)
 	require.NoError(t, err)
-	require.NoError(t, c.SyncBacking())
+	require.NoError(t, c.SyncBacking(c.BackingSyncFailures()))
 	failSync()
 	require.NoError(t, c.Sync(), "the write around the cache was covered by a good sync of SyncBacking")
 	require.Empty(t, c.Stats().BackingSyncFailed)
@@ -225,7 +225,7 @@ func TestBackingSyncsOneAtATime(t *testing.T) {
 	require.NoError(t, err)
 	hdd.armed.Store(true)
 	destager := make(chan error)
-	go func() { destager <- c.SyncBacking() }()
+	go func() { destager <- c.SyncBacking(c.BackingSyncFailures()) }()
 	<-hdd.started
 	client := make(chan error)
 	go func() { client <- c.Sync() }()
@@ -249,4 +249,65 @@ func TestDiscardSyncFailure(t *testing.T) {
 	require.ErrorIs(t, c.Discard(8*BlockSize, 4*BlockSize), device.ErrInjected)
 	hdd.FailIf(nil)
 	require.ErrorIs(t, c.Sync(), device.ErrInjected, "the zeros were never synced")
+}
+
+// TestSyncBackingAfterAFailedSync: a sync of the backing device that
+// failed after the destager's writes began may have lost them, whoever
+// made it; the destager's own sync, though it succeeds, then fails too,
+// so that the blocks stay dirty and are written again.
+func TestSyncBackingAfterAFailedSync(t *testing.T) {
+	hdd := device.NewFaulty(device.NewMem(256*BlockSize, [16]byte{2}))
+	_, ssd, _, opts := clockedDevices(t, hdd)
+	c, err := Open(ssd, hdd, opts)
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.SetMode(ModeWritearound))
+	since := c.BackingSyncFailures()
+	_, err = c.WriteAt(pattern(2), 2*BlockSize)
+	require.NoError(t, err)
+	hdd.FailIf(func(op device.Op, off, n int64) bool { return op == device.OpSync })
+	require.ErrorIs(t, c.Sync(), device.ErrInjected)
+	hdd.FailIf(nil)
+	require.ErrorIs(t, c.SyncBacking(since), errEarlierSyncFailed)
+	require.NoError(t, c.SyncBacking(c.BackingSyncFailures()))
+}
+
+// slowWrite holds its first WriteAt once armed until release.
+type slowWrite struct {
+	*device.Faulty
+	entered, release chan struct{}
+	armed            atomic.Bool
+}
+
+func (d *slowWrite) WriteAt(p []byte, off int64) (int, error) {
+	if d.armed.CompareAndSwap(true, false) {
+		close(d.entered)
+		<-d.release
+	}
+	return d.Faulty.WriteAt(p, off)
+}
+
+// TestBackingSyncFailsDuringWrite: a backing sync that fails while a write
+// around the cache is under way (not yet counted as ended) may have lost
+// part of it: the failure is sticky, and the Sync after the write fails.
+func TestBackingSyncFailsDuringWrite(t *testing.T) {
+	hdd := &slowWrite{Faulty: device.NewFaulty(device.NewMem(256*BlockSize, [16]byte{2})), entered: make(chan struct{}), release: make(chan struct{})}
+	_, ssd, _, opts := clockedDevices(t, hdd)
+	c, err := Open(ssd, hdd, opts)
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.SetMode(ModeWritearound))
+	hdd.armed.Store(true)
+	wrote := make(chan error)
+	go func() {
+		_, err := c.WriteAt(pattern(6), 6*BlockSize)
+		wrote <- err
+	}()
+	<-hdd.entered
+	hdd.FailIf(func(op device.Op, off, n int64) bool { return op == device.OpSync })
+	require.ErrorIs(t, c.SyncBacking(c.BackingSyncFailures()), device.ErrInjected)
+	hdd.FailIf(nil)
+	close(hdd.release)
+	require.NoError(t, <-wrote)
+	require.ErrorIs(t, c.Sync(), device.ErrInjected, "the write was under way when a sync failed")
 }

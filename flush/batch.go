@@ -47,6 +47,9 @@ var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); retu
 // Every pinned block is passed to Complete exactly once.
 func (l *loop) runBatch(pinned []blockcache.DirtyBlock, pol Policy) batchResult {
 	var res batchResult
+	// A backing sync that fails after this, whoever makes it, may have
+	// lost the batch's writes: the batch's own sync then fails too.
+	since := l.c.BackingSyncFailures()
 	l.setWorkers(pol.Workers)
 	blocks := splitRuns(pinned, pol.maxRunBlocks())
 	runs := make([]*run, len(blocks))
@@ -73,7 +76,7 @@ func (l *loop) runBatch(pinned []blockcache.DirtyBlock, pol Policy) batchResult 
 	}
 	synced := false
 	if anyWritten {
-		if err := l.c.SyncBacking(); err != nil {
+		if err := l.c.SyncBacking(since); err != nil {
 			err = fmt.Errorf("syncing the backing device: %w", err)
 			l.d.stats.failed(err, true)
 			if res.err == nil {

@@ -53,7 +53,10 @@
 // # Invariants
 //
 //   - A block is marked clean only after the backing sync that covers its
-//     write returned nil (contract §2.2: a power cut after CLEAN finds the
+//     write returned nil, and no other sync of the backing device failed
+//     since the batch began (Cache.SyncBacking with BackingSyncFailures
+//     read before the writes: a file reports a lost write-back to one
+//     fsync only) (contract §2.2: a power cut after CLEAN finds the
 //     data on the HDD). A crash anywhere before leaves the block dirty in
 //     the cache; a CLEAN record lost in a crash only means the block is
 //     written again after recovery, with the same data.
