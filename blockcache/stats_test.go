@@ -148,6 +148,23 @@ func TestBackingSyncFailureInStats(t *testing.T) {
 	require.NoError(t, c.Sync())
 }
 
+// openOverFaulty opens a cache in mode over hdd, a backing device whose
+// operations the test fails (device.Faulty, or one around it).
+func openOverFaulty(t *testing.T, hdd device.Device, mode Mode) *Cache {
+	t.Helper()
+	_, ssd, _, opts := clockedDevices(t, hdd)
+	c, err := Open(ssd, hdd, opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	require.NoError(t, c.SetMode(mode))
+	return c
+}
+
+// failSyncs makes every sync of f fail until f.FailIf(nil).
+func failSyncs(f *device.Faulty) {
+	f.FailIf(func(op device.Op, off, n int64) bool { return op == device.OpSync })
+}
+
 // TestBackingSyncFailureSeenBySync: a failed sync of the backing device
 // made by someone else (the destager, through SyncBacking) while writes
 // made in place for clients were not covered by a good sync yet makes
@@ -157,18 +174,14 @@ func TestBackingSyncFailureInStats(t *testing.T) {
 // (it writes its blocks again) and Sync is not affected.
 func TestBackingSyncFailureSeenBySync(t *testing.T) {
 	hdd := device.NewFaulty(device.NewMem(256*BlockSize, [16]byte{2}))
-	_, ssd, _, opts := clockedDevices(t, hdd)
-	c, err := Open(ssd, hdd, opts)
-	require.NoError(t, err)
-	defer c.Close()
-	require.NoError(t, c.SetMode(ModeWritearound))
+	c := openOverFaulty(t, hdd, ModeWritearound)
 	failSync := func() {
-		hdd.FailIf(func(op device.Op, off, n int64) bool { return op == device.OpSync })
+		failSyncs(hdd)
 		require.ErrorIs(t, c.SyncBacking(c.BackingSyncFailures()), device.ErrInjected)
 		hdd.FailIf(nil)
 	}
 
-	_, err = c.WriteAt(pattern(3), 3*BlockSize)
+	_, err := c.WriteAt(pattern(3), 3*BlockSize)
 	require.NoError(t, err)
 	require.NoError(t, c.Sync())
 	failSync()
@@ -216,12 +229,8 @@ func (d *failFirstSync) Sync() error {
 // may be gone.
 func TestBackingSyncsOneAtATime(t *testing.T) {
 	hdd := &failFirstSync{Mem: device.NewMem(256*BlockSize, [16]byte{2}), started: make(chan struct{}), release: make(chan struct{})}
-	_, ssd, _, opts := clockedDevices(t, hdd)
-	c, err := Open(ssd, hdd, opts)
-	require.NoError(t, err)
-	defer c.Close()
-	require.NoError(t, c.SetMode(ModeWritearound))
-	_, err = c.WriteAt(pattern(4), 4*BlockSize)
+	c := openOverFaulty(t, hdd, ModeWritearound)
+	_, err := c.WriteAt(pattern(4), 4*BlockSize)
 	require.NoError(t, err)
 	hdd.armed.Store(true)
 	destager := make(chan error)
@@ -241,11 +250,8 @@ func TestBackingSyncsOneAtATime(t *testing.T) {
 // as a write in place, so Sync does not report them durable from then on.
 func TestDiscardSyncFailure(t *testing.T) {
 	hdd := device.NewFaulty(device.NewMem(256*BlockSize, [16]byte{2}))
-	_, ssd, _, opts := clockedDevices(t, hdd)
-	c, err := Open(ssd, hdd, opts)
-	require.NoError(t, err)
-	defer c.Close()
-	hdd.FailIf(func(op device.Op, off, n int64) bool { return op == device.OpSync })
+	c := openOverFaulty(t, hdd, ModeWriteback)
+	failSyncs(hdd)
 	require.ErrorIs(t, c.Discard(8*BlockSize, 4*BlockSize), device.ErrInjected)
 	hdd.FailIf(nil)
 	require.ErrorIs(t, c.Sync(), device.ErrInjected, "the zeros were never synced")
@@ -257,15 +263,11 @@ func TestDiscardSyncFailure(t *testing.T) {
 // so that the blocks stay dirty and are written again.
 func TestSyncBackingAfterAFailedSync(t *testing.T) {
 	hdd := device.NewFaulty(device.NewMem(256*BlockSize, [16]byte{2}))
-	_, ssd, _, opts := clockedDevices(t, hdd)
-	c, err := Open(ssd, hdd, opts)
-	require.NoError(t, err)
-	defer c.Close()
-	require.NoError(t, c.SetMode(ModeWritearound))
+	c := openOverFaulty(t, hdd, ModeWritearound)
 	since := c.BackingSyncFailures()
-	_, err = c.WriteAt(pattern(2), 2*BlockSize)
+	_, err := c.WriteAt(pattern(2), 2*BlockSize)
 	require.NoError(t, err)
-	hdd.FailIf(func(op device.Op, off, n int64) bool { return op == device.OpSync })
+	failSyncs(hdd)
 	require.ErrorIs(t, c.Sync(), device.ErrInjected)
 	hdd.FailIf(nil)
 	require.ErrorIs(t, c.SyncBacking(since), errEarlierSyncFailed)
@@ -292,11 +294,7 @@ func (d *slowWrite) WriteAt(p []byte, off int64) (int, error) {
 // part of it: the failure is sticky, and the Sync after the write fails.
 func TestBackingSyncFailsDuringWrite(t *testing.T) {
 	hdd := &slowWrite{Faulty: device.NewFaulty(device.NewMem(256*BlockSize, [16]byte{2})), entered: make(chan struct{}), release: make(chan struct{})}
-	_, ssd, _, opts := clockedDevices(t, hdd)
-	c, err := Open(ssd, hdd, opts)
-	require.NoError(t, err)
-	defer c.Close()
-	require.NoError(t, c.SetMode(ModeWritearound))
+	c := openOverFaulty(t, hdd, ModeWritearound)
 	hdd.armed.Store(true)
 	wrote := make(chan error)
 	go func() {
@@ -304,7 +302,7 @@ func TestBackingSyncFailsDuringWrite(t *testing.T) {
 		wrote <- err
 	}()
 	<-hdd.entered
-	hdd.FailIf(func(op device.Op, off, n int64) bool { return op == device.OpSync })
+	failSyncs(hdd.Faulty)
 	require.ErrorIs(t, c.SyncBacking(c.BackingSyncFailures()), device.ErrInjected)
 	hdd.FailIf(nil)
 	close(hdd.release)
