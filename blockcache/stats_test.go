@@ -1,6 +1,7 @@
 package blockcache
 
 import (
+	"bytes"
 	"errors"
 	"sync"
 	"sync/atomic"
@@ -308,4 +309,45 @@ func TestBackingSyncFailsDuringWrite(t *testing.T) {
 	close(hdd.release)
 	require.NoError(t, <-wrote)
 	require.ErrorIs(t, c.Sync(), device.ErrInjected, "the write was under way when a sync failed")
+}
+
+// TestFailedBackingWriteChangesGeneration: a write around the cache that
+// fails may still have changed the block on the backing device, so the
+// block's stripe generation changes all the same: a read that looked the
+// block up before must not cache what it read (maybePromote).
+func TestFailedBackingWriteChangesGeneration(t *testing.T) {
+	hdd := device.NewFaulty(device.NewMem(256*BlockSize, [16]byte{2}))
+	c := openOverFaulty(t, hdd, ModeWritearound)
+	for _, blocks := range []int{1, 3} {
+		gen := c.stripeGen(7)
+		hdd.FailIf(func(op device.Op, off, n int64) bool { return op == device.OpWrite })
+		_, err := c.WriteAt(bytes.Repeat(pattern(7), blocks), 7*BlockSize)
+		hdd.FailIf(nil)
+		require.ErrorIs(t, err, device.ErrInjected)
+		require.NotEqual(t, gen, c.stripeGen(7), "a failed write of %d blocks around the cache", blocks)
+	}
+}
+
+// TestRunsOverDirtyAfterStickyFailure: once a failed backing sync is
+// sticky, nothing written in place can be promised durable, so a run over
+// dirty blocks is superseded in the cache instead of going around it.
+func TestRunsOverDirtyAfterStickyFailure(t *testing.T) {
+	hdd := device.NewFaulty(device.NewMem(256*BlockSize, [16]byte{2}))
+	c := openOverFaulty(t, hdd, ModeWriteback)
+	_, err := c.WriteAt(pattern(20), 20*BlockSize) // dirty
+	require.NoError(t, err)
+	require.NoError(t, c.SetMode(ModeWritearound))
+	_, err = c.WriteAt(pattern(30), 30*BlockSize) // around the cache
+	require.NoError(t, err)
+	failSyncs(hdd)
+	require.ErrorIs(t, c.Sync(), device.ErrInjected)
+	hdd.FailIf(nil)
+	run := append(pattern(40), pattern(41)...)
+	_, err = c.WriteAt(run, 20*BlockSize)
+	require.NoError(t, err)
+	require.Zero(t, c.Stats().BypassedOverDirty)
+	got := make([]byte, len(run))
+	_, err = c.ReadAt(got, 20*BlockSize)
+	require.NoError(t, err)
+	require.Equal(t, run, got)
 }
