@@ -128,9 +128,9 @@ func (c *Cache) discardBlocks(lo, hi uint64) error {
 	}()
 	since := c.BackingSyncFailures()
 	c.hddStarted.Add(1) // a write in place, counted as in writeBackingAt
-	zerr := c.hdd.Zero(int64(lo)*BlockSize, int64(hi-lo)*BlockSize)
+	err := c.hdd.Zero(int64(lo)*BlockSize, int64(hi-lo)*BlockSize)
 	c.hddWritten.Add(1)
-	if err := zerr; err != nil {
+	if err != nil {
 		c.stats.backingErrors.Add(1)
 		return fmt.Errorf("zeroing backing device blocks %d-%d: %w", lo, hi-1, err)
 	}

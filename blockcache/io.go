@@ -1010,30 +1010,33 @@ func (c *Cache) syncBacking() error {
 			return nil
 		}
 	}
-	from := c.hddWritten.Load()
-	b.running, b.from = true, from
+	syncErr, err := c.syncBackingLocked()
 	b.mu.Unlock()
-	err := c.syncBackingNow(from)
-	b.mu.Lock()
-	b.running = false
-	b.done.Broadcast()
-	b.mu.Unlock()
-	return err
-}
-
-// syncBackingNow syncs the backing device, which covers the first w
-// writes to it, and marks the write-through blocks clean (syncBacking).
-func (c *Cache) syncBackingNow(w uint64) error {
-	syncErr, err := c.syncBackingDevice(w)
 	if syncErr != nil {
 		c.stats.backingErrors.Add(1)
-		// w is beyond hddSynced here, so the failure is sticky.
+		// It covered writes not yet synced, so the failure is sticky.
 		if p := c.backingSyncErr.Load(); p != nil {
 			return *p
 		}
 		return syncErr
 	}
 	return err
+}
+
+// syncBackingLocked runs syncBackingDevice as the one backing sync under
+// way, covering the writes in place that have ended. The caller holds
+// bsync.mu with no sync running; it is released during the sync and held
+// again on return.
+func (c *Cache) syncBackingLocked() (syncErr, err error) {
+	b := &c.bsync
+	from := c.hddWritten.Load()
+	b.running, b.from = true, from
+	b.mu.Unlock()
+	syncErr, err = c.syncBackingDevice(from)
+	b.mu.Lock()
+	b.running = false
+	b.done.Broadcast()
+	return syncErr, err
 }
 
 // syncBackingDevice syncs the backing device, which covers the first w
@@ -1084,13 +1087,7 @@ func (c *Cache) SyncBacking(since uint64) error {
 	for b.running {
 		b.done.Wait()
 	}
-	from := c.hddWritten.Load()
-	b.running, b.from = true, from
-	b.mu.Unlock()
-	syncErr, _ := c.syncBackingDevice(from) // the cache's own failure is reported where it is used
-	b.mu.Lock()
-	b.running = false
-	b.done.Broadcast()
+	syncErr, _ := c.syncBackingLocked() // the cache's own failure is reported where it is used
 	b.mu.Unlock()
 	if syncErr == nil && c.hddSyncFailures.Load() != since {
 		syncErr = errEarlierSyncFailed

@@ -41,7 +41,7 @@
 //     claimed blocks are completed unwritten (a dirty one the writer did
 //     not supersede stays dirty, for a later batch). A writer that comes
 //     later waits for that run's write alone, not for the batch.
-//  5. One Cache.SyncBacking() (fdatasync) for the whole batch, after all
+//  5. One Cache.SyncBacking(since) (fdatasync) for the whole batch, after all
 //     of its writes returned.
 //  6. Only then Cache.Complete(run, true) per run: CLEAN records, the
 //     dirty blocks become clean (the gap copies are only unpinned),
