@@ -114,7 +114,8 @@
 //	  8    8 LSN (block sequence number; position = LSN % JournalBlocks)
 //	 16    8 incarnation (bumped each time the cache is opened)
 //	 24    2 previous count: records in block LSN-1 when this one began
-//	 26    6 reserved (zero)
+//	 26    1 1 = records checked alone (format version 5), 0 = chained
+//	 27    5 reserved (zero)
 //	 32  ... up to RecordsPerBlock records, RecordSize bytes each
 //
 // Record (32 bytes): type (1), flags (1, MAP only: bit 0 = dirty, bit 1 =
@@ -124,8 +125,10 @@
 // (2), slot (4), LBA (8), data CRC32C (4), flush epoch (4), old slot (4,
 // with flag bit 2 = keep old: the block's previous dirty version stays in
 // the old slot as an older version for ordered write-back, to be written
-// back before this one and then freed; zero without it), chained CRC32C (4): CRC32C of bytes 0-27 continuing from the previous
-// record's chained CRC, or from the header's CRC for record 0.
+// back before this one and then freed; zero without it), CRC32C (4) of
+// bytes 0-27: in a block of records checked alone, continuing from the
+// header's CRC; in a chained block, from the previous record's CRC, or
+// from the header's for record 0.
 //
 //	MAP   slot now holds block LBA with data CRC; dirty or clean (promoted)
 //	CLEAN slot (holding LBA with CRC) is on the backing device
@@ -134,26 +137,41 @@
 // Records are appended in place: the header is written when the block
 // gets its first record, and each record after that writes only its own
 // 32 bytes, so the block is valid at every instant (the engine maps the
-// journal into memory and a record is a memory copy). A block's records
-// are those from the first on whose chained CRCs hold; the first that
-// fails (never written, torn, or left from an earlier pass of the ring,
-// which chains to another header) ends the block. Once a sync has covered
-// a block, it is never written again.
+// journal into memory and a record is a memory copy).
+//
+// Since format version 5 the records of a block are checked alone: each
+// record's CRC continues from the header's, so writers can take
+// positions side by side and copy their records in any order. A block's
+// records are all those whose CRCs hold, in the order of their
+// positions; a position that fails (never written, torn, or left from an
+// earlier pass of the ring, whose header differs) is a hole, and the
+// records after it still count. The engine only places records side by
+// side that do not depend on each other (package blockcache, journal.go).
+// In a chained block (format versions up to 4), the records are those
+// from the first on whose chained CRCs hold; the first that fails ends
+// the block. Each block's header says which kind it is. Once a sync has
+// covered a block, it is never written again.
 //
 // Replay starts at the superblock's replay LSN and reads block after
 // block. It stops at the first block whose magic, header CRC or LSN does
-// not check, whose incarnation is lower than the checkpoint's or the
-// previous block's, or whose previous count differs from the records
-// found in the block before it (that block lost records to a tear, so
-// what follows must not be applied over the hole). The engine (package
-// blockcache) defines how records apply.
+// not check, or whose incarnation is lower than the checkpoint's or the
+// previous block's. After a chained block it also stops where the next
+// block's previous count differs from the records found (that block lost
+// records to a tear, and a chained log has no holes). After a block of
+// records checked alone, such a difference is a hole that replay skips,
+// unless the rule below shows a completed sync had covered it. The engine
+// (package blockcache) defines how records apply.
 //
-// A torn tail is replayed up to the tear; damage in the middle of the log
-// is refused. The block D where the log ends is the one replay stopped at
-// or, when the previous count disagrees, the one before it. A block is
-// ended either when full or when a sync starts (which ends the open
-// block, if it has records), so a previous count below RecordsPerBlock
-// says that a sync ended the block before. Syncs run one at a time: when
+// A torn tail is replayed; damage in the middle of the log is refused.
+// The block D where the log ends is the one replay stopped at or, when
+// the previous count disagrees, the one before it; after a block of
+// records checked alone, D is also any block with holes below the next
+// block's previous count. A block is ended either when full or when a
+// sync starts (which ends the open block, if it has records), so a
+// previous count below RecordsPerBlock says that a sync ended the block
+// before. A sync waits for the records placed before it began to be
+// copied before it syncs the device, so no hole is left in what a
+// completed sync covered. Syncs run one at a time: when
 // two blocks at or after D were ended by syncs (valid headers of the
 // blocks after them, of the checkpoint's incarnation, with such counts),
 // the first of those syncs had completed before the second started, so D

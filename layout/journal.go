@@ -59,12 +59,23 @@ type JournalHeader struct {
 	LSN         uint64
 	Incarnation uint64
 	// PrevCount is how many records the block before this one (LSN-1)
-	// held when this one was started: replay continues past a block only
-	// into a next block that agrees, so a torn block cannot leave a hole.
+	// held when this one was started. In a chained block, replay
+	// continues past a block only into a next block that agrees, so a
+	// torn block cannot leave a hole; in either kind, a disagreement that
+	// a completed sync covered is damage (see the package documentation).
 	PrevCount int
-	// Count is the number of valid records found by DecodeJournalBlock
-	// (EncodeJournalHeader ignores it).
-	Count int
+	// Alone marks a block whose records are checked each on its own (the
+	// CRC of every record continues from the header's), so that writers
+	// can place records side by side without waiting for each other; a
+	// position that fails its check is a hole, and the records after it
+	// still count. Without it the records are chained (format versions
+	// up to 4).
+	Alone bool
+	// Count is the number of valid records found by DecodeJournalBlock,
+	// and Reach the position after the last of them: they differ when a
+	// block of records checked alone has holes. EncodeJournalHeader
+	// ignores both.
+	Count, Reach int
 }
 
 // EncodeJournalHeader writes the 32-byte header of a journal block into
@@ -80,6 +91,9 @@ func EncodeJournalHeader(b []byte, uuid [16]byte, h JournalHeader) uint32 {
 	le.PutUint64(hb[8:], h.LSN)
 	le.PutUint64(hb[16:], h.Incarnation)
 	le.PutUint16(hb[24:], uint16(h.PrevCount))
+	if h.Alone {
+		hb[26] = headerAlone
+	}
 	c := seededCRC(uuid, hb, 4)
 	le.PutUint32(hb[4:], c)
 	return c
@@ -88,17 +102,32 @@ func EncodeJournalHeader(b []byte, uuid [16]byte, h JournalHeader) uint32 {
 // RecordOffset is the offset of record i in a journal block.
 func RecordOffset(i int) int { return journalHeaderSize + i*RecordSize }
 
+// headerAlone is the header's byte 26 in a block of records checked alone.
+const headerAlone = 1
+
 // EncodeJournalRecord writes record i of a journal block into b, chained
-// to chain (the header's checksum for record 0, else the previous record's
-// return value), and returns the checksum that chains record i+1. Records
-// are appended in place: writing record i changes only its own 32 bytes.
+// to chain, and returns the checksum that chains record i+1. In a chained
+// block chain is the header's checksum for record 0, else the previous
+// record's return value; in a block of records checked alone it is the
+// header's checksum for every record. Records are appended in place:
+// writing record i changes only its own 32 bytes.
 func EncodeJournalRecord(b []byte, i int, chain uint32, r Record) uint32 {
 	checkLen(b)
 	if i < 0 || i >= RecordsPerBlock {
 		panic("layout: journal record index out of range")
 	}
+	return EncodeRecord(b[RecordOffset(i):RecordOffset(i+1)], chain, r)
+}
+
+// EncodeRecord writes one record into o (RecordSize bytes), its CRC
+// continuing from chain, and returns that CRC: what EncodeJournalRecord
+// writes at a record's place in a block, for a writer that copies the
+// record there itself.
+func EncodeRecord(o []byte, chain uint32, r Record) uint32 {
+	if len(o) != RecordSize {
+		panic("layout: a record is RecordSize bytes")
+	}
 	le := binary.LittleEndian
-	o := b[RecordOffset(i):RecordOffset(i+1)]
 	clear(o)
 	o[0], o[1] = byte(r.Type), r.Flags
 	le.PutUint32(o[4:], r.Slot)
@@ -121,18 +150,26 @@ func EncodeJournalBlock(b []byte, uuid [16]byte, h JournalHeader, recs []Record)
 		panic("layout: too many records for one journal block")
 	}
 	clear(b)
-	c := EncodeJournalHeader(b, uuid, h)
+	hc := EncodeJournalHeader(b, uuid, h)
+	c := hc
 	for i, r := range recs {
 		c = EncodeJournalRecord(b, i, c, r)
+		if h.Alone {
+			c = hc
+		}
 	}
 }
 
 // DecodeJournalBlock verifies a journal block's header and appends its
-// valid records to recs: those from the first on whose chained checksums
-// hold, up to the first that fails (a record never written, or torn).
-// A bad header, or a record whose checksum holds but whose fields do not,
-// wraps ErrCorrupt and returns recs as it was passed in: to replay, it
-// marks the end of the log.
+// valid records to recs, in the order of their positions. In a chained
+// block they are those from the first on whose chained checksums hold,
+// up to the first that fails (a record never written, or torn). In a
+// block of records checked alone they are all those whose own checksums
+// hold; the others are holes (never written, torn, or left from an
+// earlier pass of the ring, whose header differs). A bad header, or a
+// record whose checksum holds but whose fields do not, wraps ErrCorrupt
+// and returns recs as it was passed in: to replay, it marks the end of
+// the log.
 func DecodeJournalBlock(b []byte, uuid [16]byte, recs []Record) (JournalHeader, []Record, error) {
 	checkLen(b)
 	h, err := DecodeJournalHeader(b, uuid)
@@ -140,15 +177,22 @@ func DecodeJournalBlock(b []byte, uuid [16]byte, recs []Record) (JournalHeader, 
 		return JournalHeader{}, recs, err
 	}
 	le := binary.LittleEndian
-	c := le.Uint32(b[4:])
+	hc := le.Uint32(b[4:])
+	c := hc
 	n := len(recs)
 	for i := 0; i < RecordsPerBlock; i++ {
 		o := b[RecordOffset(i):RecordOffset(i+1)]
 		next := crc32.Update(c, castagnoli, o[:recordCRCOff])
 		if le.Uint32(o[recordCRCOff:]) != next {
+			if h.Alone {
+				continue
+			}
 			break
 		}
-		c = next
+		if !h.Alone {
+			c = next
+		}
+		h.Reach = i + 1
 		r := Record{
 			Type:  RecordType(o[0]),
 			Flags: o[1],
@@ -194,8 +238,9 @@ func DecodeJournalHeader(b []byte, uuid [16]byte) (JournalHeader, error) {
 		LSN:         le.Uint64(hb[8:]),
 		Incarnation: le.Uint64(hb[16:]),
 		PrevCount:   int(le.Uint16(hb[24:])),
+		Alone:       hb[26] == headerAlone,
 	}
-	if h.PrevCount > RecordsPerBlock || !allZero(hb[26:]) {
+	if h.PrevCount > RecordsPerBlock || hb[26] > headerAlone || !allZero(hb[27:]) {
 		return JournalHeader{}, fmt.Errorf("journal block %d: bad header fields: %w", h.LSN, ErrCorrupt)
 	}
 	return h, nil
