@@ -3,6 +3,7 @@ package blockcache
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -10,17 +11,34 @@ import (
 	"github.com/wbcache/wbcache/layout"
 )
 
-// journal owns the metadata journal ring. Producers append records under
-// Cache.mu; each append encodes the record into the open block and copies
-// it into the journal region (a shared memory mapping of the cache file,
-// see device.Region), so once append returns the record is in the page
-// cache and survives a process crash, without a system call or a wait.
-// One goroutine (run) does every cache-device sync. Records get sequence
-// numbers (1, 2, ...) in append order, which is also their order on disk.
+// journal owns the metadata journal ring. Producers append records
+// under their change's lock (metaChange); each append encodes the record
+// and copies it into the open block of the journal region (a shared
+// memory mapping of the cache file, see device.Region), so once append
+// returns the record is in the page cache and survives a process crash,
+// without a system call or a wait. One goroutine (run) does every
+// cache-device sync. Records get sequence numbers in the order they take
+// their places, which is also their order on disk.
+//
+// On a mapped region a record takes its place with a compare-and-swap on
+// pos, the open block and its next free position, and no lock: writers
+// of different blocks copy their records side by side (appendFast). The
+// records of a block are checked each on its own (layout.JournalHeader
+// Alone), so a record copied before the one placed ahead of it counts
+// in a crash image without it. Records of one block of the cache, and
+// of one slot, keep their order: they are appended under that block's
+// lock, each copied before the lock is released, and a slot moves to
+// another block only once the record that unmapped it is durable
+// (blockcache/doc.go, invariant 1). mu guards what changes once per
+// journal block or per sync: opening a block (its header and first
+// record), sealing it, room, and sync state.
 //
 // A journal block that has been covered by a sync is never written again
 // (it is "sealed"): the records after a sync go to the next block, so a
-// torn rewrite can never take synced records with it.
+// torn rewrite can never take synced records with it. A sync seals the
+// open block and then waits for the records placed in it to be copied
+// (waitCopied) before it syncs the device, so a completed sync covers
+// every record placed before it began.
 //
 // On a mapped region the block after the open one is prepared while
 // records still go to the open one, once that is half full: written
@@ -33,6 +51,9 @@ import (
 // file's inode lock (held by the data writes of other goroutines), or a
 // fault after which the kernel runs another thread, kept every writer
 // that reached mu waiting, and every writer of their shards behind them.
+//
+// On a region that is not mapped every append writes the whole block, so
+// appends take mu one at a time.
 type journal struct {
 	dev  device.Device
 	reg  device.Region
@@ -43,29 +64,54 @@ type journal struct {
 	// kick asks for a checkpoint; called with mu held, must not block.
 	kick func()
 
+	// pos is where the next record goes, as block*posBlock + records
+	// placed in it, and the newest record's sequence number: a record
+	// placed at position i of block L is L*posBlock+i+1. Zero records
+	// placed means the block is not opened (its header is not written
+	// yet); RecordsPerBlock, that it is full. Either way the next append
+	// takes mu (appendLocked) to open the next one. Sealing moves pos to
+	// the next block, unopened. posStopped freezes it: the journal is
+	// closed or dead.
+	pos atomic.Uint64
+	// blk tracks the last blockRing blocks opened: their header checksum
+	// (what their records' checksums continue from) and how many of their
+	// records are copied, against how many were placed once they are
+	// left. A block reuses an entry only once the entry's block is copied
+	// whole.
+	blk [blockRing]blockCopies
+	// copiedLow is the oldest block not yet seen copied whole (waitCopied).
+	copiedLow atomic.Uint64
+	// badFrom: records with this sequence number or a later one may have
+	// missed the region (the journal stopped, or their copy failed).
+	badFrom atomic.Uint64
+
+	// Read without mu by appends: the syncs started (syncStart), the
+	// syncs asked for (syncNeed), the last record durable, and whether a
+	// record with no room reserved may be appended now (roomLocked).
+	syncStartA atomic.Uint64
+	syncNeedA  atomic.Uint64
+	syncedA    atomic.Uint64
+	roomOK     atomic.Bool
+
 	mu   sync.Mutex
 	cond *sync.Cond
 
-	reserved    uint64        // blocks promised to reservations not appended yet
-	roomWaiters int           // reservations waiting for room
-	appendSeq   uint64        // last record appended
-	written     atomic.Uint64 // last record in the journal region (read without mu by appended)
-	syncedSeq   uint64        // last record durable
-	syncNeed    uint64        // a caller waits for this many completed syncs
-	syncStart   uint64        // syncs started
-	syncDone    uint64        // syncs completed (they run one at a time, in order)
-	syncing     bool          // a sync is in flight
+	reserved    uint64 // blocks promised to reservations not appended yet
+	roomWaiters int    // reservations waiting for room
+	syncNeed    uint64 // a caller waits for this many completed syncs
+	syncStart   uint64 // syncs started
+	syncDone    uint64 // syncs completed (they run one at a time, in order)
+	syncing     bool   // a sync is in flight
 	// inPlace counts the in-place rewrites in flight (no sync may start).
-	// It grows under mu (appendInPlace); endInPlace lowers it without mu,
-	// and takes mu to wake the journal goroutine only if that waits for
-	// it to reach zero (inPlaceWait).
+	// appendInPlace raises it without mu before it looks whether a sync
+	// is asked for; a sync, once asked for, waits for it to reach zero.
+	// endInPlace lowers it without mu, and takes mu to wake the journal
+	// goroutine only if that waits for it (inPlaceWait).
 	inPlace     atomic.Int32
 	inPlaceWait atomic.Bool
-	openLSN     uint64 // block that receives the next record
-	openCount   int    // records in it (0: not started, nothing written)
-	prevCount   int    // records in block openLSN-1, for openLSN's header
-	chain       uint32 // chained checksum of the open block's last record
-	openBuf     []byte // the open block as written
+	prevCount   int    // records in the block before the unopened one at pos, for its header
+	openBuf     []byte // the open block as written (whole-block writes)
+	sealedRecs  uint64 // records in blocks left behind, for stats
 	tail        uint64 // first LSN still needed (replay LSN of the current checkpoint)
 	err         error  // sticky: the journal is dead
 	closed      bool
@@ -74,7 +120,7 @@ type journal struct {
 	done        chan struct{}
 
 	// Preparing the next block (prepareLocked), on a mapped region only.
-	mapped    bool        // reg is a shared mapping, so prepared blocks open with a copy
+	mapped    bool        // reg is a shared mapping: prepared blocks open with a copy, records are placed without mu
 	zero      []byte      // a block of zeros, what Prepare writes
 	prepWant  uint64      // the block to prepare next (0: none)
 	prepAsk   atomic.Bool // prepWant was set: a writer done with its locks may prepare it (prepareAhead)
@@ -82,6 +128,34 @@ type journal struct {
 	prepEnd   uint64      // the newest block prepared (its page holds zeros, mapped writable), plus one; 0: none
 	prepOpens uint64      // blocks opened into a prepared page
 }
+
+const (
+	posBlock   = layout.RecordsPerBlock + 1 // pos units per journal block
+	posStopped = uint64(1) << 63
+	blockRing  = 8
+	refusedSeq = ^uint64(0) // the sequence number of a record the journal refused
+)
+
+// blockCopies is one entry of journal.blk.
+type blockCopies struct {
+	lsn1  atomic.Uint64 // the block's LSN plus one (0: unused)
+	crc   atomic.Uint32 // its header's checksum
+	done  atomic.Uint32 // records copied into it
+	final atomic.Uint32 // records placed in it, once it is left (0: open)
+}
+
+func splitPos(p uint64) (lsn uint64, n int) {
+	p &^= posStopped
+	return p / posBlock, int(p % posBlock)
+}
+
+// tracePlaced, when set by a test, is called by appendFast once record
+// seq has its place, before its copy; traceLocked by every append that
+// takes mu.
+var (
+	tracePlaced atomic.Pointer[func(seq uint64)]
+	traceLocked atomic.Pointer[func()]
+)
 
 // tracePrepare, when set by a test, is called as a block's preparation
 // starts (in a writer or the journal goroutine), before it writes it.
@@ -94,15 +168,23 @@ func newJournal(dev device.Device, g layout.Geometry, uuid [16]byte, inc, lsn ui
 	if err != nil {
 		return nil, fmt.Errorf("opening the journal: %w", err)
 	}
-	j := &journal{dev: dev, reg: reg, g: g, uuid: uuid, inc: inc, openLSN: lsn, prevCount: prevCount, tail: lsn,
+	j := &journal{dev: dev, reg: reg, g: g, uuid: uuid, inc: inc, prevCount: prevCount, tail: lsn,
 		kick: kick, openBuf: make([]byte, layout.BlockSize), done: make(chan struct{})}
 	if j.mapped, _ = device.Mapped(reg); j.mapped {
 		j.zero = make([]byte, layout.BlockSize)
 	}
+	j.pos.Store(lsn * posBlock)
+	j.copiedLow.Store(lsn)
+	j.badFrom.Store(refusedSeq)
 	j.cond = sync.NewCond(&j.mu)
+	j.setRoomLocked()
 	go j.run()
 	return j, nil
 }
+
+// openLSNLocked is the block that receives the next record (not opened
+// yet when the one before was sealed), and records how many it holds.
+func (j *journal) openLSNLocked() (uint64, int) { return splitPos(j.pos.Load()) }
 
 // wantsCheckpoint reports whether the ring is at least half used or a
 // reservation waits for room: what makes appends ask for a checkpoint.
@@ -114,7 +196,10 @@ func (j *journal) wantsCheckpoint() bool {
 
 // halfUsedLocked: the blocks from tail through the open one fill at least
 // half the ring, which is when a checkpoint is asked for.
-func (j *journal) halfUsedLocked() bool { return 2*(j.openLSN-j.tail) >= j.capacity() }
+func (j *journal) halfUsedLocked() bool {
+	open, _ := j.openLSNLocked()
+	return 2*(open-j.tail) >= j.capacity()
+}
 
 // capacity is how many blocks may be between tail and the newest block.
 func (j *journal) capacity() uint64 { return j.g.JournalBlocks }
@@ -125,7 +210,8 @@ func (j *journal) capacity() uint64 { return j.g.JournalBlocks }
 // may seal the open block between two batches, so each batch can waste
 // one block.
 func (j *journal) usedLocked() uint64 {
-	return j.openLSN - j.tail + 1 + j.reserved
+	open, _ := j.openLSNLocked()
+	return open - j.tail + 1 + j.reserved
 }
 
 // batchBlocks is the most blocks a batch of n records appended together
@@ -141,6 +227,7 @@ func batchBlocks(n int) uint64 {
 func (j *journal) reserve(n int) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	defer j.setRoomLocked()
 	need := batchBlocks(n)
 	if need+2 > j.capacity() {
 		return fmt.Errorf("%w: a batch of %d records cannot fit a journal of %d blocks", ErrInvalid, n, j.capacity())
@@ -148,6 +235,7 @@ func (j *journal) reserve(n int) error {
 	for j.err == nil && !j.closed && !j.stopping && j.usedLocked()+need > j.capacity() {
 		j.kick()
 		j.roomWaiters++
+		j.setRoomLocked()
 		j.cond.Wait()
 		j.roomWaiters--
 	}
@@ -173,6 +261,7 @@ func (j *journal) release(n int) {
 		panic(fmt.Sprintf("journal: release of %d records with %d blocks reserved", n, have))
 	}
 	j.reserved -= batchBlocks(n)
+	j.setRoomLocked()
 	j.cond.Broadcast()
 	j.mu.Unlock()
 }
@@ -187,6 +276,9 @@ func (j *journal) release(n int) {
 // applied in memory. A failure makes the journal dead: appended reports
 // it.
 func (j *journal) appendGen(r layout.Record) (uint64, uint64) {
+	if seq, gen, ok := j.appendFast(r, false); ok {
+		return seq, gen
+	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	j.waitPreparedLocked()
@@ -202,6 +294,9 @@ var errNoRoom = errors.New("journal: no room without waiting")
 // without waiting, and fails with errNoRoom otherwise. A dead or closed
 // journal fails it with its error, as reserve would.
 func (j *journal) tryAppendGen(r layout.Record) (uint64, uint64, error) {
+	if seq, gen, ok := j.appendFast(r, true); ok {
+		return seq, gen, nil
+	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	j.waitPreparedLocked()
@@ -226,46 +321,170 @@ func (j *journal) roomLocked() error {
 	return nil
 }
 
-func (j *journal) appendLocked(r layout.Record) uint64 {
-	j.appendSeq++
-	seq := j.appendSeq
-	if j.err != nil || j.closed {
-		return seq
+// setRoomLocked publishes roomLocked for appends without mu. It is
+// called wherever what it depends on changes. An append that reads it
+// just before such a change only takes a place in a block already open,
+// which no reservation counts as room.
+func (j *journal) setRoomLocked() { j.roomOK.Store(j.roomLocked() == nil) }
+
+// appendFast places r in the open block without mu (see journal), if the
+// region is mapped, the open block has a free position and, for a record
+// with no room reserved (unreserved), the ring has room. ok false leaves
+// the append to appendLocked. The sync generation is read before the
+// place is taken: a sync that had started by then had sealed the block
+// before, so it does not cover the record.
+func (j *journal) appendFast(r layout.Record, unreserved bool) (seq, gen uint64, ok bool) {
+	if !j.mapped {
+		return 0, 0, false
 	}
-	if j.openCount == layout.RecordsPerBlock {
-		j.sealLocked()
-	}
-	if j.openLSN-j.tail >= j.capacity() {
-		j.failLocked(fmt.Errorf("%w: journal ring overflow at block %d (tail %d)", ErrFailed, j.openLSN, j.tail))
-		return seq
-	}
-	from, to := layout.RecordOffset(j.openCount), layout.RecordOffset(j.openCount+1)
-	if j.openCount == 0 {
-		// A new block is written whole: header, first record, zeros. A
-		// prepared one holds the zeros already, mapped: copy the rest.
-		clear(j.openBuf)
-		j.chain = layout.EncodeJournalHeader(j.openBuf, j.uuid, layout.JournalHeader{LSN: j.openLSN, Incarnation: j.inc, PrevCount: j.prevCount})
-		from, to = 0, layout.BlockSize
-		if j.prepEnd == j.openLSN+1 {
-			to = layout.RecordOffset(1)
-			j.prepOpens++
+	for {
+		if unreserved && !j.roomOK.Load() {
+			return 0, 0, false
 		}
-		j.blocks++
+		gen = j.syncStartA.Load()
+		p := j.pos.Load()
+		if n := p % posBlock; p&posStopped != 0 || n == 0 || n == layout.RecordsPerBlock {
+			return 0, 0, false
+		}
+		if j.pos.CompareAndSwap(p, p+1) {
+			seq = p + 1
+			break
+		}
 	}
-	j.chain = layout.EncodeJournalRecord(j.openBuf, j.openCount, j.chain, r)
-	if err := j.reg.Update(j.openBuf, j.g.JournalOffset(j.openLSN), from, to); err != nil {
+	if h := tracePlaced.Load(); h != nil {
+		(*h)(seq)
+	}
+	lsn, n := splitPos(seq)
+	e := &j.blk[lsn%blockRing]
+	var o [layout.RecordSize]byte
+	layout.EncodeRecord(o[:], e.crc.Load(), r)
+	err := j.reg.Update(o[:], j.g.JournalOffset(lsn)+int64(layout.RecordOffset(n-1)), 0, layout.RecordSize)
+	if err != nil {
+		j.lowerBadFrom(seq) // before the copy counts as done: no sync may vouch for it
+	}
+	e.done.Add(1)
+	if err != nil {
+		// Only after done: a sync or an open may wait for it under mu.
+		j.mu.Lock()
 		j.failLocked(fmt.Errorf("%w: journal write failed: %w", ErrFailed, err))
+		j.mu.Unlock()
+	}
+	if n == prepareAt {
+		j.askPrepare(lsn + 1)
+	}
+	return seq, gen, true
+}
+
+func (j *journal) lowerBadFrom(seq uint64) {
+	for {
+		b := j.badFrom.Load()
+		if seq >= b || j.badFrom.CompareAndSwap(b, seq) {
+			return
+		}
+	}
+}
+
+// askPrepare asks for block lsn to be prepared: by the first writer to
+// finish its write (prepareAhead), else by the journal goroutine.
+func (j *journal) askPrepare(lsn uint64) {
+	j.mu.Lock()
+	j.prepWant = lsn
+	j.prepAsk.Store(true)
+	j.cond.Broadcast()
+	j.mu.Unlock()
+}
+
+// appendLocked appends r with mu held: it opens the next block when the
+// open one is full or sealed, and places r itself where it has room (a
+// region that is not mapped, or an appendFast that lost its place to a
+// block being left).
+func (j *journal) appendLocked(r layout.Record) uint64 {
+	if h := traceLocked.Load(); h != nil {
+		(*h)()
+	}
+	for {
+		p := j.pos.Load()
+		if j.err != nil || j.closed || p&posStopped != 0 {
+			return refusedSeq
+		}
+		lsn, n := splitPos(p)
+		switch {
+		case n == layout.RecordsPerBlock:
+			j.sealLocked()
+			continue
+		case n == 0:
+			return j.openLocked(lsn, r)
+		}
+		if !j.pos.CompareAndSwap(p, p+1) {
+			continue // a writer without mu took the place
+		}
+		seq := p + 1
+		e := &j.blk[lsn%blockRing]
+		var err error
+		if j.mapped {
+			var o [layout.RecordSize]byte
+			layout.EncodeRecord(o[:], e.crc.Load(), r)
+			err = j.reg.Update(o[:], j.g.JournalOffset(lsn)+int64(layout.RecordOffset(n)), 0, layout.RecordSize)
+		} else {
+			layout.EncodeJournalRecord(j.openBuf, n, e.crc.Load(), r)
+			from, to := layout.RecordOffset(n), layout.RecordOffset(n+1)
+			err = j.reg.Update(j.openBuf, j.g.JournalOffset(lsn), from, to)
+		}
+		if err != nil {
+			j.lowerBadFrom(seq)
+			j.failLocked(fmt.Errorf("%w: journal write failed: %w", ErrFailed, err))
+		}
+		e.done.Add(1)
+		if j.mapped && n+1 == prepareAt {
+			j.prepWant = lsn + 1
+			j.prepAsk.Store(true)
+			j.cond.Broadcast()
+		}
 		return seq
 	}
-	j.openCount++
-	j.written.Store(seq)
-	if j.mapped && j.openCount == prepareAt {
-		// Prepared by the first writer to finish its write
-		// (prepareAhead), else by the journal goroutine.
-		j.prepWant = j.openLSN + 1
-		j.prepAsk.Store(true)
-		j.cond.Broadcast()
+}
+
+// openLocked opens block lsn with r as its first record: header and
+// record are written (a copy into a prepared page, else the whole block),
+// and only then is the block published in pos for other appends.
+func (j *journal) openLocked(lsn uint64, r layout.Record) uint64 {
+	seq := lsn*posBlock + 1
+	if lsn-j.tail >= j.capacity() {
+		j.lowerBadFrom(seq)
+		j.failLocked(fmt.Errorf("%w: journal ring overflow at block %d (tail %d)", ErrFailed, lsn, j.tail))
+		return refusedSeq
 	}
+	e := &j.blk[lsn%blockRing]
+	for e.lsn1.Load() != 0 && e.done.Load() < e.final.Load() {
+		// The entry's block, blockRing blocks back, still has a copy
+		// under way (a writer that lost its processor): rare and short.
+		runtime.Gosched()
+	}
+	clear(j.openBuf)
+	hc := layout.EncodeJournalHeader(j.openBuf, j.uuid, layout.JournalHeader{LSN: lsn, Incarnation: j.inc, PrevCount: j.prevCount, Alone: true})
+	layout.EncodeJournalRecord(j.openBuf, 0, hc, r)
+	from, to := 0, layout.BlockSize
+	if j.prepEnd == lsn+1 {
+		// A prepared block holds the zeros already, mapped: copy the
+		// rest.
+		to = layout.RecordOffset(1)
+		j.prepOpens++
+	}
+	e.final.Store(0)
+	e.done.Store(0)
+	e.crc.Store(hc)
+	e.lsn1.Store(lsn + 1)
+	j.blocks++
+	if err := j.reg.Update(j.openBuf, j.g.JournalOffset(lsn), from, to); err != nil {
+		e.final.Store(1)
+		e.done.Store(1)
+		j.lowerBadFrom(seq)
+		j.failLocked(fmt.Errorf("%w: journal write failed: %w", ErrFailed, err))
+		return refusedSeq
+	}
+	e.done.Store(1)
+	j.pos.Store(seq)
+	j.setRoomLocked()
 	if j.halfUsedLocked() {
 		j.kick()
 	}
@@ -283,14 +502,27 @@ func (j *journal) appendLocked(r layout.Record) uint64 {
 // reserved for it: it also declines when the ring has none right now
 // (roomLocked; the caller then writes the block out of place, which
 // waits for room).
+//
+// The claim is raised before the look at the sync state, and a sync
+// asks (syncNeedA) before it looks at the claims, so one of the two
+// sees the other: either the rewrite declines or the sync waits for it.
 func (j *journal) appendInPlace(gen uint64, r layout.Record) (seq uint64, claimed bool, err error) {
+	j.inPlace.Add(1)
+	if j.syncStartA.Load() != gen || j.syncNeedA.Load() > gen || !j.roomOK.Load() {
+		j.endInPlace()
+		return 0, false, nil
+	}
+	if seq, _, ok := j.appendFast(r, false); ok {
+		return seq, true, j.appended(seq)
+	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	j.waitPreparedLocked()
-	if j.syncStart != gen || j.syncNeed > j.syncStart || j.roomLocked() != nil {
+	if j.roomLocked() != nil {
+		j.inPlace.Add(-1) // mu is held: the journal goroutine is not waiting on it unawares
+		j.cond.Broadcast()
 		return 0, false, nil
 	}
-	j.inPlace.Add(1)
 	seq = j.appendLocked(r)
 	return seq, true, j.appendedLocked(seq)
 }
@@ -318,8 +550,7 @@ const prepareAt = layout.RecordsPerBlock / 2
 // and must not land over a record. It returns at once almost always (a
 // block takes RecordsPerBlock appends or a sync to fill, its successor's
 // preparation a write of one block); waiting before an append, not in
-// it, keeps sequence numbers in the order of the records on disk and
-// lets the caller's checks (room, sync generation) see the state the
+// it, lets the caller's checks (room, sync generation) see the state the
 // append will.
 func (j *journal) waitPreparedLocked() {
 	for j.preparing != 0 && j.opensLocked(j.preparing) && j.err == nil && !j.closed {
@@ -327,16 +558,18 @@ func (j *journal) waitPreparedLocked() {
 	}
 }
 
-// opensLocked reports whether the next append opens block lsn: the open
-// block is lsn and has no record yet, or is full and lsn follows it.
+// opensLocked reports whether the next append may open block lsn: the
+// open block is lsn and has no record yet, or is full and lsn follows it.
 func (j *journal) opensLocked(lsn uint64) bool {
-	return (j.openCount == 0 && lsn == j.openLSN) || (j.openCount == layout.RecordsPerBlock && lsn == j.openLSN+1)
+	open, n := j.openLSNLocked()
+	return (n == 0 && lsn == open) || (n == layout.RecordsPerBlock && lsn == open+1)
 }
 
 // openedLocked reports whether block lsn has records already (it is the
 // open block, with some, or an earlier one).
 func (j *journal) openedLocked(lsn uint64) bool {
-	return lsn < j.openLSN || (lsn == j.openLSN && j.openCount > 0)
+	open, n := j.openLSNLocked()
+	return lsn < open || (lsn == open && n > 0)
 }
 
 // prepWantedLocked: a block should be prepared now. It must not be open
@@ -387,12 +620,77 @@ func (j *journal) prepareLocked() {
 	j.cond.Broadcast()
 }
 
-// sealLocked ends the open block: later records go to the next one.
-func (j *journal) sealLocked() {
-	if j.openCount > 0 {
-		j.prevCount = j.openCount
-		j.openLSN++
-		j.openCount = 0
+// sealLocked ends the open block, if it has records: later records go
+// to the next one, which is not opened until one comes. It returns the
+// last block with records, and the sequence number after which records
+// go to later blocks.
+func (j *journal) sealLocked() (last uint64, covered uint64) {
+	for {
+		p := j.pos.Load()
+		lsn, n := splitPos(p)
+		switch {
+		case p&posStopped != 0:
+			// Frozen: the block at pos, if it has records, was left
+			// when the journal stopped (stopLocked).
+			if n == 0 {
+				return lsn - 1, p &^ posStopped
+			}
+			return lsn, p &^ posStopped
+		case n == 0:
+			return lsn - 1, p
+		}
+		next := (lsn + 1) * posBlock
+		if j.pos.CompareAndSwap(p, next) {
+			j.leftLocked(lsn, n)
+			j.setRoomLocked()
+			return lsn, next
+		}
+	}
+}
+
+// leftLocked records that block lsn, with n records placed, takes no more.
+func (j *journal) leftLocked(lsn uint64, n int) {
+	j.blk[lsn%blockRing].final.Store(uint32(n))
+	j.prevCount = n
+	j.sealedRecs += uint64(n)
+}
+
+// stopLocked freezes pos: no record takes a place any more, and the
+// records placed are the last (their copies may still be under way:
+// waitCopied).
+func (j *journal) stopLocked() {
+	for {
+		p := j.pos.Load()
+		if p&posStopped != 0 {
+			return
+		}
+		if j.pos.CompareAndSwap(p, p|posStopped) {
+			if lsn, n := splitPos(p); n > 0 {
+				j.leftLocked(lsn, n)
+			}
+			j.lowerBadFrom(p + 1)
+			j.setRoomLocked()
+			return
+		}
+	}
+}
+
+// waitCopied waits until every record placed in the blocks through last
+// is copied into the region. Those blocks are left (sealed, full or
+// stopped), so no record takes a place in them any more; a copy is a
+// memory copy, so this waits at most for a writer to get a processor.
+func (j *journal) waitCopied(last uint64) {
+	low := j.copiedLow.Load()
+	for b := low; b <= last && last != ^uint64(0); b++ {
+		e := &j.blk[b%blockRing]
+		for e.lsn1.Load() == b+1 && (e.final.Load() == 0 || e.done.Load() < e.final.Load()) {
+			runtime.Gosched()
+		}
+	}
+	for low <= last && last != ^uint64(0) && !j.copiedLow.CompareAndSwap(low, last+1) {
+		if low = j.copiedLow.Load(); low > last {
+			break
+		}
 	}
 }
 
@@ -401,7 +699,7 @@ func (j *journal) sealLocked() {
 // did, else the error that kept it out. append writes the record itself,
 // so there is nothing to wait for.
 func (j *journal) appended(seq uint64) error {
-	if j.written.Load() >= seq {
+	if seq < j.badFrom.Load() {
 		return nil
 	}
 	j.mu.Lock()
@@ -410,7 +708,7 @@ func (j *journal) appended(seq uint64) error {
 }
 
 func (j *journal) appendedLocked(seq uint64) error {
-	if j.written.Load() >= seq {
+	if seq < j.badFrom.Load() {
 		return nil
 	}
 	if j.err != nil {
@@ -435,9 +733,11 @@ func (j *journal) syncBy(here bool) error {
 	defer j.mu.Unlock()
 	need := j.syncStart + 1
 	j.syncNeed = max(j.syncNeed, need)
+	j.syncNeedA.Store(j.syncNeed)
 	if here && !j.syncing && j.inPlace.Load() == 0 && j.err == nil && !j.closed {
-		covered := j.beginSyncLocked()
+		last, covered := j.beginSyncLocked()
 		j.mu.Unlock()
+		j.waitCopied(last)
 		err := j.dev.Sync()
 		j.mu.Lock()
 		j.endSyncLocked(covered, err)
@@ -457,29 +757,20 @@ func (j *journal) syncBy(here bool) error {
 }
 
 // syncGen is the number of syncs started.
-func (j *journal) syncGen() uint64 {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return j.syncStart
-}
+func (j *journal) syncGen() uint64 { return j.syncStartA.Load() }
 
-// lastSeq is the sequence number of the newest record appended.
-func (j *journal) lastSeq() uint64 {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return j.appendSeq
-}
+// lastSeq is the sequence number of the newest record appended, or a
+// number after it and before any later one.
+func (j *journal) lastSeq() uint64 { return j.pos.Load() &^ posStopped }
 
-func (j *journal) durable() uint64 {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return j.syncedSeq
-}
+// durable is a sequence number through which every record is durable.
+func (j *journal) durable() uint64 { return j.syncedA.Load() }
 
 // setTail records that a checkpoint made every block before lsn unneeded.
 func (j *journal) setTail(lsn uint64) {
 	j.mu.Lock()
 	j.tail = lsn
+	j.setRoomLocked()
 	j.cond.Broadcast()
 	j.mu.Unlock()
 }
@@ -489,12 +780,13 @@ func (j *journal) setTail(lsn uint64) {
 func (j *journal) checkpointLSN() uint64 {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	return j.openLSN
+	open, _ := j.openLSNLocked()
+	return open
 }
 
 // journalStats are the journal's counters, read together.
 type journalStats struct {
-	records  uint64 // records appended (the newest one's sequence number)
+	records  uint64 // records appended
 	syncs    uint64 // syncs done
 	blocks   uint64 // blocks started
 	prepared uint64 // of those, opened into a page prepared ahead
@@ -504,7 +796,11 @@ type journalStats struct {
 func (j *journal) stats() journalStats {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	return journalStats{records: j.appendSeq, syncs: j.syncDone, blocks: j.blocks, prepared: j.prepOpens, used: j.openLSN - j.tail + 1}
+	open, n := j.openLSNLocked()
+	if j.pos.Load()&posStopped != 0 {
+		n = 0 // counted in sealedRecs when it stopped
+	}
+	return journalStats{records: j.sealedRecs + uint64(n), syncs: j.syncDone, blocks: j.blocks, prepared: j.prepOpens, used: open - j.tail + 1}
 }
 
 // stop makes waiting and future reservations that do not fit fail, so
@@ -519,6 +815,7 @@ func (j *journal) stop() {
 func (j *journal) close() {
 	j.mu.Lock()
 	j.closed = true
+	j.setRoomLocked()
 	j.cond.Broadcast()
 	j.mu.Unlock()
 	<-j.done
@@ -529,6 +826,7 @@ func (j *journal) failLocked(err error) {
 	if j.err == nil {
 		j.err = err
 	}
+	j.stopLocked()
 	j.cond.Broadcast()
 }
 
@@ -544,7 +842,12 @@ func (j *journal) run() {
 			for j.syncing {
 				j.cond.Wait()
 			}
-			j.closed = true // no append may touch the region any more
+			// No append may touch the region any more: freeze pos and
+			// let the copies under way finish before it is unmapped.
+			j.closed = true
+			j.stopLocked()
+			last, _ := j.sealLocked()
+			j.waitCopied(last)
 			if err := j.reg.Close(); err != nil && j.err == nil {
 				j.err = err
 			}
@@ -577,10 +880,11 @@ func (j *journal) run() {
 // startSyncLocked seals the open block and syncs the device in the
 // background, so records keep being appended (into later blocks) while the
 // device flushes. Only one sync is in flight at a time; it covers every
-// record appended before it started.
+// record placed before it started.
 func (j *journal) startSyncLocked() {
-	covered := j.beginSyncLocked()
+	last, covered := j.beginSyncLocked()
 	go func() {
+		j.waitCopied(last)
 		err := j.dev.Sync()
 		j.mu.Lock()
 		defer j.mu.Unlock()
@@ -589,21 +893,32 @@ func (j *journal) startSyncLocked() {
 }
 
 // beginSyncLocked marks a sync started, sealing the open block, and
-// returns the last record it covers. The caller syncs the device without
-// holding mu, then calls endSyncLocked. No in-place rewrite may be in
-// flight.
-func (j *journal) beginSyncLocked() (covered uint64) {
-	j.sealLocked()
-	covered = j.written.Load()
+// returns the last block with records and the sequence number through
+// which the sync covers records. The caller waits for their copies
+// (waitCopied), syncs the device without holding mu, then calls
+// endSyncLocked. No in-place rewrite may be in flight. The block is
+// sealed before the generation moves on (see appendFast).
+func (j *journal) beginSyncLocked() (last, covered uint64) {
+	last, covered = j.sealLocked()
 	j.syncStart++
+	j.syncStartA.Store(j.syncStart)
 	j.syncing = true
-	return covered
+	return last, covered
 }
 
 // endSyncLocked ends the sync begun by beginSyncLocked, which the device's
 // Sync answered with err.
 func (j *journal) endSyncLocked(covered uint64, err error) {
 	j.syncing = false
+	if err == nil && j.badFrom.Load() <= covered && j.err == nil {
+		// A record it would cover missed the region (its writer is
+		// making the journal dead): the sync does not vouch for it.
+		err = errors.New("a journal record it covers was not written")
+	}
+	if err != nil && j.err != nil {
+		j.failLocked(j.err)
+		return
+	}
 	if err != nil {
 		// A failed sync of the cache device is fatal: the page cache may
 		// have dropped the data it could not write (fsyncgate).
@@ -611,6 +926,8 @@ func (j *journal) endSyncLocked(covered uint64, err error) {
 		return
 	}
 	j.syncDone++
-	j.syncedSeq = max(j.syncedSeq, covered)
+	if covered > j.syncedA.Load() {
+		j.syncedA.Store(covered)
+	}
 	j.cond.Broadcast()
 }

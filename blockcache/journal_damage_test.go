@@ -32,10 +32,10 @@ func newDamageLog(t *testing.T) *damageLog {
 func (l *damageLog) write(n int, sync bool) {
 	for range n {
 		l.c.j.mu.Lock()
-		if l.c.j.openCount == layout.RecordsPerBlock {
-			l.where[l.lbas] = [2]uint64{l.c.j.openLSN + 1, 0}
+		if open, n := l.c.j.openLSNLocked(); n == layout.RecordsPerBlock {
+			l.where[l.lbas] = [2]uint64{open + 1, 0}
 		} else {
-			l.where[l.lbas] = [2]uint64{l.c.j.openLSN, uint64(l.c.j.openCount)}
+			l.where[l.lbas] = [2]uint64{open, uint64(n)}
 		}
 		l.c.j.mu.Unlock()
 		_, err := l.c.WriteAt(pattern(l.lbas), int64(l.lbas)*BlockSize)
@@ -75,6 +75,12 @@ func (l *damageLog) flip(img *device.Mem, lsn uint64, off int) {
 // was after the tear), and that Check finds nothing wrong and replayed
 // records.
 func (l *damageLog) requireRecovered(ssd, hdd *device.Mem, want, replayed int) {
+	l.requireRecoveredBut(ssd, hdd, func(lba int) bool { return lba >= want }, replayed)
+}
+
+// requireRecoveredBut is requireRecovered where the blocks whose records
+// were lost are those lost says.
+func (l *damageLog) requireRecoveredBut(ssd, hdd *device.Mem, lost func(lba int) bool, replayed int) {
 	t := l.t
 	r, err := Check(ssd, hdd)
 	require.NoError(t, err)
@@ -88,10 +94,10 @@ func (l *damageLog) requireRecovered(ssd, hdd *device.Mem, want, replayed int) {
 	for lba := 0; lba < l.lbas; lba++ {
 		_, err := c.ReadAt(buf, int64(lba)*BlockSize)
 		require.NoError(t, err)
-		if lba < want {
-			require.Equal(t, pattern(lba), buf, "block %d was journaled before the tear", lba)
+		if !lost(lba) {
+			require.Equal(t, pattern(lba), buf, "block %d: its record is whole", lba)
 		} else {
-			require.Equal(t, make([]byte, BlockSize), buf, "block %d: its record is after the tear", lba)
+			require.Equal(t, make([]byte, BlockSize), buf, "block %d: its record was lost", lba)
 		}
 	}
 }
@@ -111,7 +117,7 @@ func TestJournalDamageMidLogRefused(t *testing.T) {
 	}{
 		{"record byte", 2*40 + 17, func(l *damageLog, img *device.Mem, lsn uint64) {
 			l.flip(img, lsn, layout.RecordOffset(17)+9) // record 17's LBA
-		}, 2*40 + 17},
+		}, 2*40 + 39}, // a hole: the block's other records still count
 		{"record checksum", 2*40 + 39, func(l *damageLog, img *device.Mem, lsn uint64) {
 			l.flip(img, lsn, layout.RecordOffset(39)+29) // the block's last record
 		}, 2*40 + 39},
@@ -128,7 +134,7 @@ func TestJournalDamageMidLogRefused(t *testing.T) {
 		}, 2 * 40},
 		{"first block record", 5, func(l *damageLog, img *device.Mem, lsn uint64) {
 			l.flip(img, lsn, layout.RecordOffset(5)+1)
-		}, 5},
+		}, 39},
 		{"first block header", 0, func(l *damageLog, img *device.Mem, lsn uint64) {
 			l.flip(img, lsn, 20)
 		}, 0},
@@ -184,7 +190,8 @@ func requireMidLogDamage(t *testing.T, l *damageLog, ssd, hdd *device.Mem, lsn u
 // TestJournalTornTailReplayed: what was written since the last completed
 // sync may be torn, in any block of it, and other blocks of it may still
 // have reached the device (written back out of order). Replay keeps
-// everything before the tear, opens, and Check finds nothing wrong.
+// every record that is whole, before the tear and after it, opens, and
+// Check finds nothing wrong.
 func TestJournalTornTailReplayed(t *testing.T) {
 	t.Run("earlier unsynced block torn, later ones intact", func(t *testing.T) {
 		l := newDamageLog(t)
@@ -197,7 +204,38 @@ func TestJournalTornTailReplayed(t *testing.T) {
 		require.Equal(t, lsn+2, l.block(l.lbas-1))
 		ssd, hdd := l.crash()
 		l.overwrite(ssd, lsn, layout.RecordOffset(50), make([]byte, layout.RecordSize))
-		l.requireRecovered(ssd, hdd, 4*40+50, 4*40+50)
+		l.requireRecoveredBut(ssd, hdd, func(lba int) bool { return lba == 4*40+50 }, l.lbas-1)
+	})
+	t.Run("earlier unsynced block torn at sectors, later ones intact", func(t *testing.T) {
+		l := newDamageLog(t)
+		for range 4 {
+			l.write(40, true)
+		}
+		l.write(3*layout.RecordsPerBlock, false)
+		lsn := l.block(4*40 + 50)
+		ssd, hdd := l.crash()
+		// Sectors 2 and 5 never reached the device: records 31-46 and
+		// 79-94 (bytes 1024-1535 and 2560-3071).
+		l.overwrite(ssd, lsn, 1024, make([]byte, 512))
+		l.overwrite(ssd, lsn, 2560, make([]byte, 512))
+		first := l.lbas - 3*layout.RecordsPerBlock
+		require.Equal(t, first, 4*40)
+		lost := func(lba int) bool {
+			i := lba - first
+			if i < 0 || i >= layout.RecordsPerBlock { // other blocks
+				return false
+			}
+			lo, hi := layout.RecordOffset(i), layout.RecordOffset(i+1)
+			return (lo < 1536 && hi > 1024) || (lo < 3072 && hi > 2560)
+		}
+		n := 0
+		for lba := range l.lbas {
+			if lost(lba) {
+				n++
+			}
+		}
+		require.Equal(t, 32, n)
+		l.requireRecoveredBut(ssd, hdd, lost, l.lbas-n)
 	})
 	t.Run("sync in flight", func(t *testing.T) {
 		// The sync that ended a block had not completed: it may be torn,
@@ -212,7 +250,7 @@ func TestJournalTornTailReplayed(t *testing.T) {
 		require.Equal(t, lsn+1, l.block(l.lbas-1))
 		ssd, hdd := l.crash()
 		l.overwrite(ssd, lsn, layout.RecordOffset(10), make([]byte, layout.RecordSize))
-		l.requireRecovered(ssd, hdd, 4*40+10, 4*40+10)
+		l.requireRecoveredBut(ssd, hdd, func(lba int) bool { return lba == 4*40+10 }, l.lbas-1)
 	})
 	t.Run("last block's later sectors lost", func(t *testing.T) {
 		l := newDamageLog(t)
@@ -255,7 +293,7 @@ func TestJournalDamageNeedsACompletedSync(t *testing.T) {
 	require.Equal(t, lsn+2, l.block(l.lbas-1))
 	ssd, hdd := l.crash()
 	l.overwrite(ssd, lsn, layout.RecordOffset(10), make([]byte, layout.RecordSize))
-	requireMidLogDamage(t, l, ssd, hdd, lsn, 4*40+10)
+	requireMidLogDamage(t, l, ssd, hdd, lsn, 4*40+29) // the block's other 29 records count
 }
 
 // TestJournalDamageAfterCleanStop: a clean stop leaves nothing to replay,
@@ -271,4 +309,40 @@ func TestJournalDamageAfterCleanStop(t *testing.T) {
 	// damage there is harmless.
 	l.flip(ssd, l.block(40), layout.RecordOffset(3))
 	l.requireRecovered(ssd, hdd, l.lbas, 0)
+}
+
+// TestJournalChainedBlocks: the journal blocks of format version 4 and
+// before, whose records are chained, are replayed as before: up to the
+// first record that fails, and a block whose predecessor holds fewer
+// records than its header says ends the log (a torn tail).
+func TestJournalChainedBlocks(t *testing.T) {
+	l := newDamageLog(t)
+	for range 4 {
+		l.write(40, true)
+	}
+	l.write(3*layout.RecordsPerBlock, false)
+	rechained := func() (*device.Mem, *device.Mem) {
+		ssd, hdd := l.crash()
+		b := make([]byte, BlockSize)
+		for lsn := l.c.sb.ReplayLSN; lsn <= l.block(l.lbas-1); lsn++ {
+			_, err := ssd.ReadAt(b, l.c.g.JournalOffset(lsn))
+			require.NoError(t, err)
+			h, recs, err := layout.DecodeJournalBlock(b, l.c.uuid, nil)
+			require.NoError(t, err)
+			require.True(t, h.Alone)
+			require.Equal(t, h.Count, h.Reach)
+			h.Alone = false
+			layout.EncodeJournalBlock(b, l.c.uuid, h, recs)
+			l.overwrite(ssd, lsn, 0, b)
+		}
+		return ssd, hdd
+	}
+	ssd, hdd := rechained()
+	l.requireRecovered(ssd, hdd, l.lbas, l.lbas)
+
+	ssd, hdd = rechained()
+	lsn := l.block(4*40 + 50)
+	require.Equal(t, lsn+2, l.block(l.lbas-1))
+	l.overwrite(ssd, lsn, layout.RecordOffset(50), make([]byte, layout.RecordSize))
+	l.requireRecovered(ssd, hdd, 4*40+50, 4*40+50)
 }

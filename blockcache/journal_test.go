@@ -49,11 +49,12 @@ func openFiles(t *testing.T, ssdPath, hddPath string, direct bool) (*device.File
 
 func pattern(lba int) []byte { return bytes.Repeat([]byte{byte(lba*7 + 1)}, BlockSize) }
 
-// TestJournalTornBlockEndsReplay: when a block lost records at its end (a
-// tear), replay must stop there even though the next block is intact:
-// applying the next block over the hole could apply a record whose
-// prerequisites were lost.
-func TestJournalTornBlockEndsReplay(t *testing.T) {
+// TestJournalHoleLosesOneRecord: records are checked each on its own, so
+// a record missing from a block (its writer killed before its copy, or
+// torn without a sync) loses that record alone: the records after it, in
+// its block and the next, are replayed. Records placed side by side are
+// of different blocks of the cache, so none needs the one lost.
+func TestJournalHoleLosesOneRecord(t *testing.T) {
 	ssd, hdd, c := memCache(t)
 	defer c.Close()
 	// One MAP record per write: fill the open block and spill into the next.
@@ -67,17 +68,17 @@ func TestJournalTornBlockEndsReplay(t *testing.T) {
 
 	for _, tc := range []struct {
 		name string
-		cut  int // records of block first kept; -1 = keep all
-		want int // writes that must survive
+		cut  int // the record of block first lost; -1 = none
 	}{
-		{"intact", -1, n},
-		{"torn at 100", 100, 100},
-		{"torn at 0", 0, 0},
+		{"intact", -1},
+		{"hole at 100", 100},
+		{"hole at 0", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			img := ssd.CrashProcess()
 			if tc.cut >= 0 {
-				// Zero record tc.cut of the first block: its chain breaks.
+				// Zero record tc.cut of the first block: a hole, as a
+				// writer killed before its copy leaves.
 				off := c.g.JournalOffset(first) + int64(layout.RecordOffset(tc.cut))
 				_, err := img.WriteAt(make([]byte, layout.RecordSize), off)
 				require.NoError(t, err)
@@ -89,10 +90,10 @@ func TestJournalTornBlockEndsReplay(t *testing.T) {
 			for lba := 0; lba < n; lba++ {
 				_, err := c2.ReadAt(buf, int64(lba)*BlockSize)
 				require.NoError(t, err)
-				if lba < tc.want {
-					require.Equal(t, pattern(lba), buf, "block %d was journaled before the tear", lba)
+				if lba != tc.cut {
+					require.Equal(t, pattern(lba), buf, "block %d: its record is whole, before or after the hole", lba)
 				} else {
-					require.Equal(t, make([]byte, BlockSize), buf, "block %d: its record is after the tear", lba)
+					require.Equal(t, make([]byte, BlockSize), buf, "block %d: its record is the hole", lba)
 				}
 			}
 		})

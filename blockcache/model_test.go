@@ -761,7 +761,8 @@ func (mr *modelRun) cycle() {
 	}
 	mr.r.Take()
 	mr.c.j.mu.Lock()
-	mr.log = append(mr.log, fmt.Sprintf("CRASH(open %d tail %d written %d appended %d)", mr.c.j.openLSN, mr.c.j.tail, mr.c.j.written.Load(), mr.c.j.appendSeq))
+	open, n := mr.c.j.openLSNLocked()
+	mr.log = append(mr.log, fmt.Sprintf("CRASH(open %d with %d tail %d appended %d)", open, n, mr.c.j.tail, mr.c.j.lastSeq()))
 	mr.c.j.mu.Unlock()
 	ssd, hdd := mr.r.Images()
 	mr.checkBackingAlone(hdd, power)

@@ -221,6 +221,7 @@ func (c *Cache) readJournal() ([]layout.Record, uint64, int, uint64, error) {
 	inc := sb.CheckpointIncarnation
 	end := sb.ReplayLSN + c.g.JournalBlocks
 	prev := -1 // records in block lsn-1; -1: not read (lsn is the replay LSN)
+	var prevH layout.JournalHeader
 	for lsn < end {
 		pos := lsn % c.g.JournalBlocks
 		nb := min(chunk, c.g.JournalBlocks-pos, end-lsn)
@@ -230,11 +231,24 @@ func (c *Cache) readJournal() ([]layout.Record, uint64, int, uint64, error) {
 		}
 		for k := uint64(0); k < nb; k++ {
 			h, more, err := layout.DecodeJournalBlock(b[k*BlockSize:(k+1)*BlockSize], c.uuid, recs)
-			if err != nil || h.LSN != lsn || h.Incarnation < inc || (prev >= 0 && h.PrevCount != prev) {
+			stop := err != nil || h.LSN != lsn || h.Incarnation < inc
+			if !stop && prev >= 0 && prevH.Alone && (h.PrevCount != prev || prevH.Reach != prev) {
+				// Block lsn-1 has holes below what it held when lsn was
+				// begun: records a crash cut short, or torn without a
+				// sync. The records after a hole are independent of it
+				// (journal.go), so replay goes on, unless a completed
+				// sync had covered the hole.
+				if derr := c.midLogDamage(lsn, h, nil, inc, prev, &prevH, len(recs)); derr != nil {
+					return nil, 0, 0, 0, derr
+				}
+			} else if !stop && prev >= 0 && h.PrevCount != prev {
+				stop = true
+			}
+			if stop {
 				if f := traceJournalEnd.Load(); f != nil {
 					(*f)(lsn, h, err, inc)
 				}
-				if derr := c.midLogDamage(lsn, h, err, inc, prev, len(recs)); derr != nil {
+				if derr := c.midLogDamage(lsn, h, err, inc, prev, &prevH, len(recs)); derr != nil {
 					return nil, 0, 0, 0, derr
 				}
 				return recs, lsn, max(prev, 0), inc, nil
@@ -244,7 +258,7 @@ func (c *Cache) readJournal() ([]layout.Record, uint64, int, uint64, error) {
 					return nil, 0, 0, 0, fmt.Errorf("journal block %d: %v record for slot %d LBA %d out of range: %w", lsn, r.Type, r.Slot, r.LBA, layout.ErrCorrupt)
 				}
 			}
-			recs, inc, prev = more, h.Incarnation, h.Count
+			recs, inc, prev, prevH = more, h.Incarnation, h.Count, h
 			lsn++
 		}
 	}
@@ -316,11 +330,13 @@ func (e *journalDamageError) Unwrap() error { return layout.ErrCorrupt }
 
 // midLogDamage decides whether the reason replay stopped at block stop
 // is damage in the middle of the log (see journalDamageError): h, err and
-// inc are what stopped it, prev the records found in block stop-1 (-1 if
-// stop is the replay LSN), records how many valid records came before.
+// inc are what stopped it (err nil and h valid: block stop-1 of records
+// checked alone has holes, and replay goes on unless they are damage),
+// prev the records found in block stop-1 (-1 if stop is the replay LSN)
+// and prevH its header, records how many valid records came before.
 // It returns nil for what may be a torn tail, a *journalDamageError for
 // damage, or a read error.
-func (c *Cache) midLogDamage(stop uint64, h layout.JournalHeader, err error, inc uint64, prev, records int) error {
+func (c *Cache) midLogDamage(stop uint64, h layout.JournalHeader, err error, inc uint64, prev int, prevH *layout.JournalHeader, records int) error {
 	sb := &c.sb
 	if sb.Clean() {
 		return nil
@@ -338,7 +354,9 @@ func (c *Cache) midLogDamage(stop uint64, h layout.JournalHeader, err error, inc
 		reason = fmt.Sprintf("it holds a block of incarnation %d, older than the log's %d", h.Incarnation, inc)
 	default:
 		d = stop - 1 // block stop-1 holds fewer records than stop's header says
-		if prev < h.PrevCount {
+		if prev >= 0 && prevH.Alone {
+			reason = fmt.Sprintf("it holds %d valid records at positions below %d, but block %d was begun when it held %d", prev, prevH.Reach, stop, h.PrevCount)
+		} else if prev < h.PrevCount {
 			reason = fmt.Sprintf("its record %d fails its checksum (block %d was begun when it held %d records)", prev, stop, h.PrevCount)
 		} else {
 			reason = fmt.Sprintf("it holds %d valid records, but block %d was begun when it held %d", prev, stop, h.PrevCount)

@@ -9,13 +9,15 @@ import (
 // Format constants. Never change them without bumping FormatVersion.
 const (
 	BlockSize     = 4096
-	FormatVersion = 4
+	FormatVersion = 5
 	// OldestReadableVersion is the oldest format version this one reads:
 	// version 2 lacks only what version 3 added (older versions kept for
 	// ordered write-back, the writeback-order setting), which a version 2
 	// cache never holds; version 3 checkpoints hold every page at the
 	// checkpoint's generation, which version 4 accepts (it allows older
-	// ones: a checkpoint rewrites only the pages that changed). A
+	// ones: a checkpoint rewrites only the pages that changed); version 5
+	// writes journal blocks of records checked alone, and still reads the
+	// chained blocks of earlier versions (each block says which it is). A
 	// superblock is always written as FormatVersion.
 	OldestReadableVersion = 2
 

@@ -1,0 +1,192 @@
+package blockcache
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// versionOf is block lba's content at version v (0: never written).
+func versionOf(lba, v int) []byte {
+	b := make([]byte, BlockSize)
+	if v == 0 {
+		return b
+	}
+	for i := range b {
+		b[i] = byte(lba + 3*v)
+	}
+	binary.LittleEndian.PutUint64(b, uint64(lba))
+	binary.LittleEndian.PutUint64(b[8:], uint64(v))
+	return b
+}
+
+// TestJournalAppendsSideBySide: on a mapped journal, writers of
+// different blocks place their records without the journal's lock, and
+// a writer that has its place but has not copied its record yet holds no
+// one up. The image a killed process leaves at that moment (the cache
+// file's page cache) recovers every acknowledged write exactly: the
+// records copied after the holes count, and each hole loses only its own
+// write, which was not acknowledged.
+func TestJournalAppendsSideBySide(t *testing.T) {
+	for round := range 4 {
+		t.Run(fmt.Sprintf("round %d", round), func(t *testing.T) { appendsSideBySide(t, uint64(round)) })
+	}
+}
+
+// appendsSideBySide is one round of TestJournalAppendsSideBySide: the
+// records held are at positions that leave rest divided by 5.
+func appendsSideBySide(t *testing.T, rest uint64) {
+	c, ssdPath, hddPath := fileCache(t, false)
+	require.True(t, c.j.mapped)
+
+	var locked atomic.Int64
+	countLocked := func() { locked.Add(1) }
+	traceLocked.Store(&countLocked)
+	defer traceLocked.Store(nil)
+
+	// Once armed, the first holes records placed at positions that leave
+	// rest divided by 5 wait (before their copy) until release is closed.
+	const holes = 3
+	var (
+		armed   atomic.Bool
+		mu      sync.Mutex
+		held    []uint64 // sequence numbers of the records held
+		placed  []uint64 // of the others, once armed
+		release = make(chan struct{})
+	)
+	hold := func(seq uint64) {
+		if !armed.Load() {
+			return
+		}
+		mu.Lock()
+		if len(held) < holes && seq%5 == rest {
+			held = append(held, seq)
+			mu.Unlock()
+			<-release
+			return
+		}
+		placed = append(placed, seq)
+		mu.Unlock()
+	}
+	tracePlaced.Store(&hold)
+	defer tracePlaced.Store(nil)
+
+	// Each writer's blocks are of shards of its own, so that a held
+	// record (whose writer keeps its shard locked) stops only its writer.
+	shards := len(c.mu.t.shards)
+	writers := min(8, shards)
+	require.GreaterOrEqual(t, writers, 4)
+	const perWriter = 48
+	lbas := make([][]int, writers)
+	total, nblocks := 0, 0
+	for ; total < writers*perWriter; nblocks++ {
+		if w := int(hashLBA(uint64(nblocks))&c.mu.t.mask) % writers; len(lbas[w]) < perWriter {
+			lbas[w] = append(lbas[w], nblocks)
+			total++
+		}
+	}
+	acked := make([]atomic.Int64, nblocks)
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for v := 1; ; v++ {
+				for _, lba := range lbas[w] {
+					if stop.Load() {
+						return
+					}
+					if _, err := c.WriteAt(versionOf(lba, v), int64(lba)*BlockSize); err != nil {
+						t.Errorf("write of block %d: %v", lba, err)
+						return
+					}
+					acked[lba].Store(int64(v))
+				}
+			}
+		}()
+	}
+	defer func() {
+		stop.Store(true)
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+		wg.Wait()
+	}()
+
+	// Armed early, so that the ring has room for what follows: a held
+	// record holds off every sync, and with it every checkpoint.
+	for c.j.lastSeq()%posBlock < 20 && c.j.stats().blocks < 2 {
+		time.Sleep(100 * time.Microsecond)
+	}
+	armed.Store(true)
+	// Writes go on around the held records, 300 of them; then the
+	// writers stop, those of the held records' shards waiting for them.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		n, p := len(held), len(placed)
+		mu.Unlock()
+		if n == holes && p >= 300 {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "writers placed too few records (%d held, %d placed, %d took the lock, %+v)", n, p, locked.Load(), c.j.stats())
+		time.Sleep(100 * time.Microsecond)
+	}
+	stop.Store(true)
+	time.Sleep(200 * time.Millisecond)
+
+	mu.Lock()
+	after := 0 // records placed after a held one in its block, whole by now
+	for _, h := range held {
+		for _, p := range placed {
+			if p > h && p/posBlock == h/posBlock {
+				after++
+			}
+		}
+	}
+	mu.Unlock()
+	require.NotZero(t, after, "records must be placed beside the held ones, in their blocks")
+
+	want := make([]int, nblocks)
+	for lba := range want {
+		want[lba] = int(acked[lba].Load())
+	}
+	// The backing file is not written in mode writeback without write-back:
+	// it is its own image (a copy would be another device to the cache).
+	ssdImg := filepath.Join(t.TempDir(), "ssd")
+	b, err := os.ReadFile(ssdPath)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(ssdImg, b, 0o600))
+	close(release)
+	wg.Wait()
+
+	st := c.j.stats()
+	require.Greater(t, st.records, uint64(300))
+	require.Less(t, locked.Load()*4, int64(st.records), "most appends must take their place without the journal's lock (%d of %d took it)", locked.Load(), st.records)
+	require.NoError(t, c.Close())
+
+	ssd, hdd := openFiles(t, ssdImg, hddPath, false)
+	r, err := Check(ssd, hdd)
+	require.NoError(t, err)
+	require.True(t, r.OK(), r.String())
+	c2, err := Open(ssd, hdd, Options{CheckpointInterval: -1, NoBackgroundBackingSync: true})
+	require.NoError(t, err)
+	defer c2.Close()
+	buf := make([]byte, BlockSize)
+	for lba, v := range want {
+		_, err := c2.ReadAt(buf, int64(lba)*BlockSize)
+		require.NoError(t, err)
+		got := int(binary.LittleEndian.Uint64(buf[8:]))
+		require.Equal(t, versionOf(lba, v), buf, "block %d: acknowledged version %d, read version %d", lba, v, got)
+	}
+}
