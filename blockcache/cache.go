@@ -459,7 +459,7 @@ func Open(ssd, hdd device.Device, opts Options) (*Cache, error) {
 	c.mu.t.startOf = c.epochStarted
 	c.ckptHeld = [2][]uint64{make([]uint64, c.g.CheckpointBlocks), make([]uint64, c.g.CheckpointBlocks)}
 	c.ckptSeed = maphash.MakeSeed()
-	c.j, err = newJournal(ssd, c.g, c.uuid, rec.incarnation, rec.endLSN, rec.endCount, c.requestCheckpoint)
+	c.j, err = newJournal(ssd, c.g, c.uuid, rec.incarnation, rec.endLSN, rec.endCount, Ordered(sb.Settings), c.requestCheckpoint)
 	if err != nil {
 		return nil, err
 	}

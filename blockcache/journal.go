@@ -71,7 +71,8 @@ type journal struct {
 	// yet); RecordsPerBlock, that it is full. Either way the next append
 	// takes mu (appendLocked) to open the next one. Sealing moves pos to
 	// the next block, unopened. posStopped freezes it: the journal is
-	// closed or dead.
+	// closed or dead. posChained marks an open block of chained records,
+	// which every append places under mu.
 	pos atomic.Uint64
 	// blk tracks the last blockRing blocks opened: their header checksum
 	// (what their records' checksums continue from) and how many of their
@@ -111,13 +112,18 @@ type journal struct {
 	inPlaceWait atomic.Bool
 	prevCount   int    // records in the block before the unopened one at pos, for its header
 	openBuf     []byte // the open block as written (whole-block writes)
-	sealedRecs  uint64 // records in blocks left behind, for stats
-	tail        uint64 // first LSN still needed (replay LSN of the current checkpoint)
-	err         error  // sticky: the journal is dead
-	closed      bool
-	stopping    bool   // no new reservations (the cache is closing)
-	blocks      uint64 // blocks started
-	done        chan struct{}
+	// chained: blocks opened from now on chain their records (ordered
+	// write-back: see setChained); chain is the CRC the open chained
+	// block's next record continues from.
+	chained    bool
+	chain      uint32
+	sealedRecs uint64 // records in blocks left behind, for stats
+	tail       uint64 // first LSN still needed (replay LSN of the current checkpoint)
+	err        error  // sticky: the journal is dead
+	closed     bool
+	stopping   bool   // no new reservations (the cache is closing)
+	blocks     uint64 // blocks started
+	done       chan struct{}
 
 	// Preparing the next block (prepareLocked), on a mapped region only.
 	mapped    bool        // reg is a shared mapping: prepared blocks open with a copy, records are placed without mu
@@ -132,6 +138,8 @@ type journal struct {
 const (
 	posBlock   = layout.RecordsPerBlock + 1 // pos units per journal block
 	posStopped = uint64(1) << 63
+	posChained = uint64(1) << 62
+	posFlags   = posStopped | posChained
 	blockRing  = 8
 	refusedSeq = ^uint64(0) // the sequence number of a record the journal refused
 )
@@ -145,7 +153,7 @@ type blockCopies struct {
 }
 
 func splitPos(p uint64) (lsn uint64, n int) {
-	p &^= posStopped
+	p &^= posFlags
 	return p / posBlock, int(p % posBlock)
 }
 
@@ -163,12 +171,12 @@ var tracePrepare atomic.Pointer[func(lsn uint64)]
 
 // newJournal continues the journal at block lsn; prevCount is how many
 // records replay found in block lsn-1.
-func newJournal(dev device.Device, g layout.Geometry, uuid [16]byte, inc, lsn uint64, prevCount int, kick func()) (*journal, error) {
+func newJournal(dev device.Device, g layout.Geometry, uuid [16]byte, inc, lsn uint64, prevCount int, chained bool, kick func()) (*journal, error) {
 	reg, err := device.NewRegion(dev, g.JournalOffset(0), int64(g.JournalBlocks)*layout.BlockSize)
 	if err != nil {
 		return nil, fmt.Errorf("opening the journal: %w", err)
 	}
-	j := &journal{dev: dev, reg: reg, g: g, uuid: uuid, inc: inc, prevCount: prevCount, tail: lsn,
+	j := &journal{dev: dev, reg: reg, g: g, uuid: uuid, inc: inc, prevCount: prevCount, tail: lsn, chained: chained,
 		kick: kick, openBuf: make([]byte, layout.BlockSize), done: make(chan struct{})}
 	if j.mapped, _ = device.Mapped(reg); j.mapped {
 		j.zero = make([]byte, layout.BlockSize)
@@ -281,8 +289,10 @@ func (j *journal) appendGen(r layout.Record) (uint64, uint64) {
 	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	j.waitPreparedLocked()
-	return j.appendLocked(r), j.syncStart
+	seq, _ := j.appendLocked(r, false)
+	// Read after the append: appendLocked may wait with mu released,
+	// and a sync that starts meanwhile seals the block before it.
+	return seq, j.syncStart
 }
 
 // errNoRoom: the ring has no room for a record right now; the caller
@@ -299,11 +309,11 @@ func (j *journal) tryAppendGen(r layout.Record) (uint64, uint64, error) {
 	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	j.waitPreparedLocked()
-	if err := j.roomLocked(); err != nil {
+	seq, err := j.appendLocked(r, true)
+	if err != nil {
 		return 0, 0, err
 	}
-	return j.appendLocked(r), j.syncStart, nil
+	return seq, j.syncStart, nil
 }
 
 // roomLocked reports whether one record may be appended without a
@@ -343,7 +353,7 @@ func (j *journal) appendFast(r layout.Record, unreserved bool) (seq, gen uint64,
 		}
 		gen = j.syncStartA.Load()
 		p := j.pos.Load()
-		if n := p % posBlock; p&posStopped != 0 || n == 0 || n == layout.RecordsPerBlock {
+		if n := p % posBlock; p&posFlags != 0 || n == 0 || n == layout.RecordsPerBlock {
 			return 0, 0, false
 		}
 		if j.pos.CompareAndSwap(p, p+1) {
@@ -388,7 +398,7 @@ func (j *journal) lowerBadFrom(seq uint64) {
 // finish its write (prepareAhead), else by the journal goroutine.
 func (j *journal) askPrepare(lsn uint64) {
 	j.mu.Lock()
-	j.prepWant = lsn
+	j.prepWant = max(j.prepWant, lsn) // a copy that finished late must not undo a later ask
 	j.prepAsk.Store(true)
 	j.cond.Broadcast()
 	j.mu.Unlock()
@@ -396,37 +406,56 @@ func (j *journal) askPrepare(lsn uint64) {
 
 // appendLocked appends r with mu held: it opens the next block when the
 // open one is full or sealed, and places r itself where it has room (a
-// region that is not mapped, or an appendFast that lost its place to a
-// block being left).
-func (j *journal) appendLocked(r layout.Record) uint64 {
+// region that is not mapped, a chained block, or an appendFast that lost
+// its place to a block being left). It may wait, with mu released, for
+// the preparation of the block it would open; an append with no room
+// reserved (unreserved) then looks at the room again, and fails with
+// roomLocked's error if there is none.
+func (j *journal) appendLocked(r layout.Record, unreserved bool) (uint64, error) {
 	if h := traceLocked.Load(); h != nil {
 		(*h)()
 	}
 	for {
+		j.waitPreparedLocked()
+		if unreserved {
+			if err := j.roomLocked(); err != nil {
+				return 0, err
+			}
+		}
 		p := j.pos.Load()
 		if j.err != nil || j.closed || p&posStopped != 0 {
-			return refusedSeq
+			return refusedSeq, nil
 		}
 		lsn, n := splitPos(p)
 		switch {
 		case n == layout.RecordsPerBlock:
 			j.sealLocked()
-			continue
+			continue // the next block may be under preparation
 		case n == 0:
-			return j.openLocked(lsn, r)
+			return j.openLocked(lsn, r), nil
 		}
 		if !j.pos.CompareAndSwap(p, p+1) {
 			continue // a writer without mu took the place
 		}
-		seq := p + 1
+		seq := (p &^ posFlags) + 1
 		e := &j.blk[lsn%blockRing]
+		seed := e.crc.Load()
+		if p&posChained != 0 {
+			seed = j.chain
+		}
 		var err error
 		if j.mapped {
 			var o [layout.RecordSize]byte
-			layout.EncodeRecord(o[:], e.crc.Load(), r)
+			c := layout.EncodeRecord(o[:], seed, r)
+			if p&posChained != 0 {
+				j.chain = c
+			}
 			err = j.reg.Update(o[:], j.g.JournalOffset(lsn)+int64(layout.RecordOffset(n)), 0, layout.RecordSize)
 		} else {
-			layout.EncodeJournalRecord(j.openBuf, n, e.crc.Load(), r)
+			c := layout.EncodeJournalRecord(j.openBuf, n, seed, r)
+			if p&posChained != 0 {
+				j.chain = c
+			}
 			from, to := layout.RecordOffset(n), layout.RecordOffset(n+1)
 			err = j.reg.Update(j.openBuf, j.g.JournalOffset(lsn), from, to)
 		}
@@ -436,11 +465,11 @@ func (j *journal) appendLocked(r layout.Record) uint64 {
 		}
 		e.done.Add(1)
 		if j.mapped && n+1 == prepareAt {
-			j.prepWant = lsn + 1
+			j.prepWant = max(j.prepWant, lsn+1)
 			j.prepAsk.Store(true)
 			j.cond.Broadcast()
 		}
-		return seq
+		return seq, nil
 	}
 }
 
@@ -461,8 +490,8 @@ func (j *journal) openLocked(lsn uint64, r layout.Record) uint64 {
 		runtime.Gosched()
 	}
 	clear(j.openBuf)
-	hc := layout.EncodeJournalHeader(j.openBuf, j.uuid, layout.JournalHeader{LSN: lsn, Incarnation: j.inc, PrevCount: j.prevCount, Alone: true})
-	layout.EncodeJournalRecord(j.openBuf, 0, hc, r)
+	hc := layout.EncodeJournalHeader(j.openBuf, j.uuid, layout.JournalHeader{LSN: lsn, Incarnation: j.inc, PrevCount: j.prevCount, Alone: !j.chained})
+	j.chain = layout.EncodeJournalRecord(j.openBuf, 0, hc, r)
 	from, to := 0, layout.BlockSize
 	if j.prepEnd == lsn+1 {
 		// A prepared block holds the zeros already, mapped: copy the
@@ -483,12 +512,29 @@ func (j *journal) openLocked(lsn uint64, r layout.Record) uint64 {
 		return refusedSeq
 	}
 	e.done.Store(1)
-	j.pos.Store(seq)
+	if j.chained {
+		j.pos.Store(seq | posChained)
+	} else {
+		j.pos.Store(seq)
+	}
 	j.setRoomLocked()
 	if j.halfUsedLocked() {
 		j.kick()
 	}
 	return seq
+}
+
+// setChained chooses the kind of the blocks opened from now on: chained
+// records (on) or records checked alone. Ordered write-back chains them:
+// its writes take the whole slot table's lock (blockcache/doc.go), so
+// nothing runs side by side anyway, and a chained log keeps the journal
+// a prefix after a power cut, across flush epochs (a record of a later
+// epoch never replays without every earlier one: docs/design.md §2.7).
+// The open block keeps its kind.
+func (j *journal) setChained(on bool) {
+	j.mu.Lock()
+	j.chained = on
+	j.mu.Unlock()
 }
 
 // appendInPlace appends r, the record of an in-place rewrite of a slot
@@ -517,13 +563,12 @@ func (j *journal) appendInPlace(gen uint64, r layout.Record) (seq uint64, claime
 	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	j.waitPreparedLocked()
-	if j.roomLocked() != nil {
+	seq, err = j.appendLocked(r, true)
+	if err != nil {
 		j.inPlace.Add(-1) // mu is held: the journal goroutine is not waiting on it unawares
 		j.cond.Broadcast()
 		return 0, false, nil
 	}
-	seq = j.appendLocked(r)
 	return seq, true, j.appendedLocked(seq)
 }
 
@@ -633,11 +678,11 @@ func (j *journal) sealLocked() (last uint64, covered uint64) {
 			// Frozen: the block at pos, if it has records, was left
 			// when the journal stopped (stopLocked).
 			if n == 0 {
-				return lsn - 1, p &^ posStopped
+				return lsn - 1, p &^ posFlags
 			}
-			return lsn, p &^ posStopped
+			return lsn, p &^ posFlags
 		case n == 0:
-			return lsn - 1, p
+			return lsn - 1, p &^ posFlags
 		}
 		next := (lsn + 1) * posBlock
 		if j.pos.CompareAndSwap(p, next) {
@@ -668,7 +713,7 @@ func (j *journal) stopLocked() {
 			if lsn, n := splitPos(p); n > 0 {
 				j.leftLocked(lsn, n)
 			}
-			j.lowerBadFrom(p + 1)
+			j.lowerBadFrom((p &^ posFlags) + 1)
 			j.setRoomLocked()
 			return
 		}
@@ -761,7 +806,7 @@ func (j *journal) syncGen() uint64 { return j.syncStartA.Load() }
 
 // lastSeq is the sequence number of the newest record appended, or a
 // number after it and before any later one.
-func (j *journal) lastSeq() uint64 { return j.pos.Load() &^ posStopped }
+func (j *journal) lastSeq() uint64 { return j.pos.Load() &^ posFlags }
 
 // durable is a sequence number through which every record is durable.
 func (j *journal) durable() uint64 { return j.syncedA.Load() }
@@ -848,6 +893,9 @@ func (j *journal) run() {
 			j.stopLocked()
 			last, _ := j.sealLocked()
 			j.waitCopied(last)
+			for j.preparing != 0 {
+				j.cond.Wait() // a writer's preparation still stores into the mapping
+			}
 			if err := j.reg.Close(); err != nil && j.err == nil {
 				j.err = err
 			}

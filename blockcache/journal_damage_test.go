@@ -346,3 +346,44 @@ func TestJournalChainedBlocks(t *testing.T) {
 	l.overwrite(ssd, lsn, layout.RecordOffset(50), make([]byte, layout.RecordSize))
 	l.requireRecovered(ssd, hdd, 4*40+50, 4*40+50)
 }
+
+// TestJournalOrderedChains: with ordered write-back the journal chains
+// its records again, from the next block it opens, so that after a power
+// cut no record replays without every one placed before it (a later
+// flush epoch's write without an earlier one's). A block with holes
+// before a chained block ends the log.
+func TestJournalOrderedChains(t *testing.T) {
+	l := newDamageLog(t)
+	l.write(40, true)
+	l.write(40, true)
+	l.write(20, false)
+	s := l.c.Settings()
+	s.Order, s.SetMask = layout.OrderOrdered, s.SetMask|layout.SetOrder
+	require.NoError(t, l.c.SetSettings(s))
+	l.write(2*layout.RecordsPerBlock, false)
+	open := l.block(90)
+	require.Greater(t, l.block(l.lbas-1), open+1)
+
+	ssd, hdd := l.crash()
+	b := make([]byte, BlockSize)
+	for lsn := l.block(0); lsn <= l.block(l.lbas-1); lsn++ {
+		_, err := ssd.ReadAt(b, l.c.g.JournalOffset(lsn))
+		require.NoError(t, err)
+		h, _, err := layout.DecodeJournalBlock(b, l.c.uuid, nil)
+		require.NoError(t, err)
+		require.Equal(t, lsn <= open, h.Alone, "block %d: blocks opened once ordering is set are chained", lsn)
+	}
+	l.requireRecovered(ssd, hdd, l.lbas, l.lbas)
+
+	// A hole in the block open when ordering was set ends the log there.
+	ssd, hdd = l.crash()
+	l.overwrite(ssd, open, layout.RecordOffset(int(l.where[90][1])), make([]byte, layout.RecordSize))
+	lost := func(lba int) bool { return lba == 90 || l.block(lba) > open }
+	n := 0
+	for lba := range l.lbas {
+		if !lost(lba) {
+			n++
+		}
+	}
+	l.requireRecoveredBut(ssd, hdd, lost, n)
+}

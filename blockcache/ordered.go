@@ -254,6 +254,9 @@ func (c *Cache) maybeResumeLocked() {
 func (c *Cache) setOrderLocked(ordered, broken bool) {
 	o := &c.mu.order
 	o.ordered, o.broken = ordered, broken
+	if c.j != nil {
+		c.j.setChained(ordered) // journal.go: ordered write-back chains its records
+	}
 	switch {
 	case !ordered:
 		o.suspended = ""

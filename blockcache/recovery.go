@@ -222,6 +222,7 @@ func (c *Cache) readJournal() ([]layout.Record, uint64, int, uint64, error) {
 	end := sb.ReplayLSN + c.g.JournalBlocks
 	prev := -1 // records in block lsn-1; -1: not read (lsn is the replay LSN)
 	var prevH layout.JournalHeader
+	quiet := ^uint64(0) // no two syncs ended blocks from this one on (midLogDamage)
 	for lsn < end {
 		pos := lsn % c.g.JournalBlocks
 		nb := min(chunk, c.g.JournalBlocks-pos, end-lsn)
@@ -232,16 +233,28 @@ func (c *Cache) readJournal() ([]layout.Record, uint64, int, uint64, error) {
 		for k := uint64(0); k < nb; k++ {
 			h, more, err := layout.DecodeJournalBlock(b[k*BlockSize:(k+1)*BlockSize], c.uuid, recs)
 			stop := err != nil || h.LSN != lsn || h.Incarnation < inc
-			if !stop && prev >= 0 && prevH.Alone && (h.PrevCount != prev || prevH.Reach != prev) {
+			switch {
+			case stop || prev < 0:
+			case prevH.Alone && (h.PrevCount != prev || prevH.Reach != prev) && h.Alone:
 				// Block lsn-1 has holes below what it held when lsn was
 				// begun: records a crash cut short, or torn without a
 				// sync. The records after a hole are independent of it
 				// (journal.go), so replay goes on, unless a completed
-				// sync had covered the hole.
-				if derr := c.midLogDamage(lsn, h, nil, inc, prev, &prevH, len(recs)); derr != nil {
-					return nil, 0, 0, 0, derr
+				// sync had covered the hole. Once a look finds no such
+				// sync from a block on, none can be found from a later
+				// one.
+				if lsn-1 < quiet {
+					if derr := c.midLogDamage(lsn, h, nil, inc, prev, &prevH, len(recs)); derr != nil {
+						return nil, 0, 0, 0, derr
+					}
+					quiet = lsn - 1
 				}
-			} else if !stop && prev >= 0 && h.PrevCount != prev {
+			case h.PrevCount != prev || prevH.Reach != prev:
+				// A chained block that lost records ends the log, and so
+				// does a block with holes before a chained one: chained
+				// blocks are ordered write-back's, which must not replay
+				// a record without every one placed before it
+				// (journal.setChained).
 				stop = true
 			}
 			if stop {

@@ -11,6 +11,9 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/wbcache/wbcache/device"
+	"github.com/wbcache/wbcache/layout"
 )
 
 // versionOf is block lba's content at version v (0: never written).
@@ -189,4 +192,82 @@ func appendsSideBySide(t *testing.T, rest uint64) {
 		got := int(binary.LittleEndian.Uint64(buf[8:]))
 		require.Equal(t, versionOf(lba, v), buf, "block %d: acknowledged version %d, read version %d", lba, v, got)
 	}
+}
+
+// TestJournalOpenWaitsForPreparation: the block after the open one is
+// prepared (written with zeros) with the journal's lock released. An
+// append that holds the lock while the open block has room, and finds it
+// full because a writer without the lock took the last place, must wait
+// for that preparation before it opens the block: else the zeros land
+// over the new block's header and first record.
+func TestJournalOpenWaitsForPreparation(t *testing.T) {
+	c, ssdPath, _ := fileCache(t, false)
+	g, uuid := c.g, c.uuid
+	require.NoError(t, c.Close())
+	dev, err := device.Open(ssdPath, device.Options{})
+	require.NoError(t, err)
+	defer dev.Close()
+	const first = 1000
+	j, err := newJournal(dev, g, uuid, 99, first, 0, false, func() {})
+	require.NoError(t, err)
+	require.True(t, j.mapped)
+
+	started, release := make(chan uint64, 4), make(chan struct{})
+	hold := func(lsn uint64) {
+		started <- lsn
+		<-release
+	}
+	tracePrepare.Store(&hold)
+	defer tracePrepare.Store(nil)
+	released := false
+	defer func() {
+		if !released {
+			close(release)
+		}
+		j.close()
+	}()
+
+	r := layout.Record{Type: layout.RecMap, Flags: layout.RecordDirty, Slot: 1, LBA: 2, CRC: 3}
+	for range layout.RecordsPerBlock - 1 {
+		j.appendGen(r)
+	}
+	require.Equal(t, uint64(first+1), <-started, "the next block's preparation is under way")
+
+	// The append below takes the lock with one place left; a writer
+	// without the lock takes it first.
+	var once sync.Once
+	fill := func() {
+		once.Do(func() {
+			_, _, ok := j.appendFast(r, false)
+			require.True(t, ok)
+		})
+	}
+	traceLocked.Store(&fill)
+	defer traceLocked.Store(nil)
+	opened := make(chan uint64)
+	go func() {
+		j.mu.Lock()
+		seq, _ := j.appendLocked(r, false)
+		j.mu.Unlock()
+		opened <- seq
+	}()
+	select {
+	case seq := <-opened:
+		t.Fatalf("block %d was opened (record %d) while it was being prepared", first+1, seq)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	released = true
+	seq := <-opened
+	lsn, _ := splitPos(seq)
+	require.Equal(t, uint64(first+1), lsn)
+
+	b := make([]byte, BlockSize)
+	_, err = dev.ReadAt(b, g.JournalOffset(first+1))
+	require.NoError(t, err)
+	h, recs, err := layout.DecodeJournalBlock(b, uuid, nil)
+	require.NoError(t, err, "the opened block's header survives its preparation")
+	require.Equal(t, uint64(first+1), h.LSN)
+	require.Equal(t, layout.RecordsPerBlock, h.PrevCount)
+	require.Equal(t, []layout.Record{r}, recs)
 }
