@@ -130,12 +130,18 @@
 //     spare run from it (Cache.takeSpare) while holding only its shard's
 //     lock, once per batch of slots; the run's slots are taken with an
 //     atomic add and no lock.
-//  6. journal.mu: the open journal block and sync state; held for a
-//     memory copy per record. Once the open block is half full the next
-//     one is written with zeros and faulted into the mapping, with mu
-//     released, by a write that holds no lock or by the journal
-//     goroutine, so that opening it is a copy too (a pwrite of the whole
-//     block when it is not prepared in time, or not mapped).
+//  6. journal.mu: opening a journal block (its header and first record),
+//     sealing it, ring room and sync state: taken once per journal
+//     block, per sync and per reservation, not per record. On a mapped
+//     journal a record takes its place in the open block with a
+//     compare-and-swap and is copied in with no lock (journal.go); on a
+//     journal that is not mapped, and while ordered write-back is set
+//     (its records are chained), each append takes mu. Once the open
+//     block is half full the next one is written with zeros and faulted
+//     into the mapping, with mu released, by a write that holds no lock
+//     or by the journal goroutine, so that opening it is a copy too (a
+//     pwrite of the whole block when it is not prepared in time, or not
+//     mapped).
 //
 // Leaf locks, taken alone: the sequential-stream trackers' parts
 // (seqTracker, by the hash of where a request starts and where it
@@ -145,8 +151,11 @@
 // condition, holding their stripes or, the destager, its pins; the sync
 // under way takes no stripe and waits for no destage).
 //
-// No lock is shared by all writes but journal.mu, held for one record's
-// copy. A whole-block write back into the cache (Cache.writeFast) takes
+// No lock is shared by all writes: a write's record takes its place in
+// the journal with a compare-and-swap, and journal.mu is taken by the
+// write that opens a journal block, once in RecordsPerBlock records (or
+// once per sync, where syncs end blocks sooner). A whole-block write
+// back into the cache (Cache.writeFast) takes
 // its stripe, then its shard twice: once to look the block up and claim
 // its slot for a rewrite in place (appending the record) or take a spare
 // slot, once to map the new slot (or end the rewrite).

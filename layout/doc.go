@@ -147,7 +147,8 @@
 // earlier pass of the ring, whose header differs) is a hole, and the
 // records after it still count. The engine only places records side by
 // side that do not depend on each other (package blockcache, journal.go).
-// In a chained block (format versions up to 4), the records are those
+// In a chained block (format versions up to 4, and the engine's blocks
+// while ordered write-back is set), the records are those
 // from the first on whose chained CRCs hold; the first that fails ends
 // the block. Each block's header says which kind it is. Once a sync has
 // covered a block, it is never written again.
@@ -158,8 +159,10 @@
 // previous block's. After a chained block it also stops where the next
 // block's previous count differs from the records found (that block lost
 // records to a tear, and a chained log has no holes). After a block of
-// records checked alone, such a difference is a hole that replay skips,
-// unless the rule below shows a completed sync had covered it. The engine
+// records checked alone, such a difference is a hole that replay skips
+// when the next block's records are checked alone too, unless the rule
+// below shows a completed sync had covered it; before a chained block it
+// ends the log. The engine
 // (package blockcache) defines how records apply.
 //
 // A torn tail is replayed; damage in the middle of the log is refused.
