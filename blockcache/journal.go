@@ -117,6 +117,7 @@ type journal struct {
 	// block's next record continues from.
 	chained    bool
 	chain      uint32
+	openAlone  bool   // the block opened last checks its records alone
 	sealedRecs uint64 // records in blocks left behind, for stats
 	tail       uint64 // first LSN still needed (replay LSN of the current checkpoint)
 	err        error  // sticky: the journal is dead
@@ -489,6 +490,14 @@ func (j *journal) openLocked(lsn uint64, r layout.Record) uint64 {
 		// under way (a writer that lost its processor): rare and short.
 		runtime.Gosched()
 	}
+	if j.chained && j.openAlone && lsn > 0 {
+		// The first chained block after ones of records checked alone:
+		// replay does not go past a hole into a chained block, so no
+		// record may take its place in this one (and be acknowledged)
+		// while one placed before it is still being copied. Copiers
+		// take no lock before they count their copy done.
+		j.waitCopied(lsn - 1)
+	}
 	clear(j.openBuf)
 	hc := layout.EncodeJournalHeader(j.openBuf, j.uuid, layout.JournalHeader{LSN: lsn, Incarnation: j.inc, PrevCount: j.prevCount, Alone: !j.chained})
 	j.chain = layout.EncodeJournalRecord(j.openBuf, 0, hc, r)
@@ -512,6 +521,7 @@ func (j *journal) openLocked(lsn uint64, r layout.Record) uint64 {
 		return refusedSeq
 	}
 	e.done.Store(1)
+	j.openAlone = !j.chained
 	if j.chained {
 		j.pos.Store(seq | posChained)
 	} else {
@@ -535,6 +545,33 @@ func (j *journal) setChained(on bool) {
 	j.mu.Lock()
 	j.chained = on
 	j.mu.Unlock()
+}
+
+// chainedNow reports whether every record appended from now on goes into
+// a chained block: the setting is on and the open block is chained, or
+// none is open (the next opens chained). If not, and the setting is on,
+// it asks for a sync, which ends the open block of records checked
+// alone, without waiting for it. Ordered write-back comes into force
+// only once this holds (Cache.maybeResumeLocked): a block of records
+// checked alone that took writes of two flush epochs could replay a
+// later one's without an earlier one's after a power cut.
+func (j *journal) chainedNow() bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	p := j.pos.Load()
+	_, n := splitPos(p)
+	if !j.chained {
+		return false
+	}
+	if p&posChained != 0 || n == 0 || p&posStopped != 0 {
+		return true
+	}
+	if j.syncNeed <= j.syncStart {
+		j.syncNeed = j.syncStart + 1
+		j.syncNeedA.Store(j.syncNeed)
+		j.cond.Broadcast()
+	}
+	return false
 }
 
 // appendInPlace appends r, the record of an in-place rewrite of a slot

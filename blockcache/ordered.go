@@ -240,6 +240,9 @@ func (c *Cache) maybeResumeLocked() {
 	if c.hddWritten.Load() != c.hddSynced.Load() {
 		return
 	}
+	if c.j == nil || !c.j.chainedNow() {
+		return // a sync ends the journal's block of records checked alone first
+	}
 	c.log.Info("ordered write-back back in force", "suspended_for", c.opts.Now().Sub(o.since).Round(time.Millisecond).String(), "reason_was", o.suspended)
 	o.suspended = ""
 	o.note()

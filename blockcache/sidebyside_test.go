@@ -271,3 +271,116 @@ func TestJournalOpenWaitsForPreparation(t *testing.T) {
 	require.Equal(t, layout.RecordsPerBlock, h.PrevCount)
 	require.Equal(t, []layout.Record{r}, recs)
 }
+
+// TestOrderingWaitsForChainedJournal: ordered write-back set over an
+// open journal block of records checked alone comes into force only once
+// a sync has ended that block, so that every write while it is in force
+// goes into chained blocks (journal.chainedNow).
+func TestOrderingWaitsForChainedJournal(t *testing.T) {
+	c, _, _ := fileCache(t, false)
+	defer c.Close()
+	_, err := c.WriteAt(versionOf(7, 1), 7*BlockSize)
+	require.NoError(t, err)
+	require.NoError(t, c.Discard(7*BlockSize, BlockSize)) // nothing dirty: ordering may resume at once
+	_, n := splitPos(c.j.lastSeq())
+	require.NotZero(t, n, "a block of records checked alone is open")
+	s := c.Settings()
+	s.Order, s.SetMask = layout.OrderOrdered, s.SetMask|layout.SetOrder
+	require.NoError(t, c.SetSettings(s))
+	deadline := time.Now().Add(5 * time.Second)
+	for !c.Order().InForce {
+		require.True(t, time.Now().Before(deadline), "ordering never came into force")
+		time.Sleep(time.Millisecond)
+	}
+	for lba := range 3 {
+		_, err = c.WriteAt(versionOf(lba+8, 1), int64(lba+8)*BlockSize)
+		require.NoError(t, err)
+		p := c.j.pos.Load()
+		require.NotZero(t, p&posChained, "a write while ordering is in force went into a block of records checked alone")
+	}
+}
+
+// TestChainedBlockWaitsForCopies: the first chained block after blocks
+// of records checked alone opens only once every record placed before
+// it is copied. Replay stops at a hole before a chained block, so a
+// write acknowledged in the chained block while an earlier writer was
+// still copying its record would be lost if the process died then.
+func TestChainedBlockWaitsForCopies(t *testing.T) {
+	c, ssdPath, hddPath := fileCache(t, false)
+	// A dirty version of an earlier epoch keeps ordering suspended: writes
+	// then take only their shards' locks, and records are placed side by
+	// side until the open block is left.
+	_, err := c.WriteAt(versionOf(5000, 1), 5000*BlockSize)
+	require.NoError(t, err)
+	require.NoError(t, c.Sync())
+	_, err = c.WriteAt(versionOf(5001, 1), 5001*BlockSize)
+	require.NoError(t, err)
+	s := c.Settings()
+	s.Order, s.SetMask = layout.OrderOrdered, s.SetMask|layout.SetOrder
+	require.NoError(t, c.SetSettings(s))
+	c.mu.Lock()
+	require.False(t, c.orderingLocked(), "ordering suspended")
+	c.mu.Unlock()
+
+	// Fill the open block up to its last place; the write of block a takes
+	// that place and is held before its copy.
+	lba := 0
+	for {
+		if _, n := splitPos(c.j.lastSeq()); n == layout.RecordsPerBlock-1 {
+			break
+		}
+		_, err := c.WriteAt(versionOf(lba, 1), int64(lba)*BlockSize)
+		require.NoError(t, err)
+		lba++
+	}
+	a, b := lba, lba+1
+	for c.mu.t.shardOf(uint64(b)) == c.mu.t.shardOf(uint64(a)) {
+		b++
+	}
+	held, release := make(chan uint64, 1), make(chan struct{})
+	hold := func(seq uint64) {
+		if _, n := splitPos(seq); n == layout.RecordsPerBlock {
+			held <- seq
+			<-release
+		}
+	}
+	tracePlaced.Store(&hold)
+	defer tracePlaced.Store(nil)
+	aDone, bDone := make(chan error, 1), make(chan error, 1)
+	go func() {
+		_, err := c.WriteAt(versionOf(a, 1), int64(a)*BlockSize)
+		aDone <- err
+	}()
+	<-held
+	go func() {
+		_, err := c.WriteAt(versionOf(b, 1), int64(b)*BlockSize)
+		bDone <- err
+	}()
+	select {
+	case err := <-bDone:
+		close(release)
+		t.Fatalf("block %d's write (%v) was acknowledged in a chained block while block %d's record was not copied yet", b, err, a)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	require.NoError(t, <-aDone)
+	require.NoError(t, <-bDone)
+	require.NotZero(t, c.j.pos.Load()&posChained, "block %d's record opened a chained block", b)
+
+	// What a process killed now leaves holds both.
+	img := filepath.Join(t.TempDir(), "ssd")
+	raw, err := os.ReadFile(ssdPath)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(img, raw, 0o600))
+	require.NoError(t, c.Close())
+	ssd, hdd := openFiles(t, img, hddPath, false)
+	c2, err := Open(ssd, hdd, Options{CheckpointInterval: -1, NoBackgroundBackingSync: true})
+	require.NoError(t, err)
+	defer c2.Close()
+	buf := make([]byte, BlockSize)
+	for _, x := range []int{a, b} {
+		_, err = c2.ReadAt(buf, int64(x)*BlockSize)
+		require.NoError(t, err)
+		require.Equal(t, versionOf(x, 1), buf, "block %d", x)
+	}
+}
