@@ -47,6 +47,18 @@ func (l *damageLog) write(n int, sync bool) {
 	}
 }
 
+// unsyncedBlocks is a log of four batches of 40 writes, each synced, then
+// three journal blocks' worth of writes ended only by filling up: no sync
+// covers them.
+func unsyncedBlocks(t *testing.T) *damageLog {
+	l := newDamageLog(t)
+	for range 4 {
+		l.write(40, true)
+	}
+	l.write(3*layout.RecordsPerBlock, false)
+	return l
+}
+
 // block is the LSN of the journal block that holds the record of lba.
 func (l *damageLog) block(lba int) uint64 { return l.where[lba][0] }
 
@@ -194,12 +206,7 @@ func requireMidLogDamage(t *testing.T, l *damageLog, ssd, hdd *device.Mem, lsn u
 // Check finds nothing wrong.
 func TestJournalTornTailReplayed(t *testing.T) {
 	t.Run("earlier unsynced block torn, later ones intact", func(t *testing.T) {
-		l := newDamageLog(t)
-		for range 4 {
-			l.write(40, true)
-		}
-		// Three blocks ended only by filling up: no sync covers them.
-		l.write(3*layout.RecordsPerBlock, false)
+		l := unsyncedBlocks(t)
 		lsn := l.block(4*40 + 50)
 		require.Equal(t, lsn+2, l.block(l.lbas-1))
 		ssd, hdd := l.crash()
@@ -207,11 +214,7 @@ func TestJournalTornTailReplayed(t *testing.T) {
 		l.requireRecoveredBut(ssd, hdd, func(lba int) bool { return lba == 4*40+50 }, l.lbas-1)
 	})
 	t.Run("earlier unsynced block torn at sectors, later ones intact", func(t *testing.T) {
-		l := newDamageLog(t)
-		for range 4 {
-			l.write(40, true)
-		}
-		l.write(3*layout.RecordsPerBlock, false)
+		l := unsyncedBlocks(t)
 		lsn := l.block(4*40 + 50)
 		ssd, hdd := l.crash()
 		// Sectors 2 and 5 never reached the device: records 31-46 and
@@ -316,11 +319,7 @@ func TestJournalDamageAfterCleanStop(t *testing.T) {
 // first record that fails, and a block whose predecessor holds fewer
 // records than its header says ends the log (a torn tail).
 func TestJournalChainedBlocks(t *testing.T) {
-	l := newDamageLog(t)
-	for range 4 {
-		l.write(40, true)
-	}
-	l.write(3*layout.RecordsPerBlock, false)
+	l := unsyncedBlocks(t)
 	rechained := func() (*device.Mem, *device.Mem) {
 		ssd, hdd := l.crash()
 		b := make([]byte, BlockSize)

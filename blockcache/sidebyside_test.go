@@ -30,6 +30,19 @@ func versionOf(lba, v int) []byte {
 	return b
 }
 
+// killedImage copies the cache file at path as the page cache holds it
+// now, which is what a process killed now leaves, and returns the copy's
+// path. The backing file is not copied: in mode writeback, with no
+// write-back running, it is not written, so it is its own image (and a
+// copy would be another device to the cache).
+func killedImage(t *testing.T, path string) string {
+	img := filepath.Join(t.TempDir(), "ssd")
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(img, b, 0o600))
+	return img
+}
+
 // TestJournalAppendsSideBySide: on a mapped journal, writers of
 // different blocks place their records without the journal's lock, and
 // a writer that has its place but has not copied its record yet holds no
@@ -164,12 +177,7 @@ func appendsSideBySide(t *testing.T, rest uint64) {
 	for lba := range want {
 		want[lba] = int(acked[lba].Load())
 	}
-	// The backing file is not written in mode writeback without write-back:
-	// it is its own image (a copy would be another device to the cache).
-	ssdImg := filepath.Join(t.TempDir(), "ssd")
-	b, err := os.ReadFile(ssdPath)
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(ssdImg, b, 0o600))
+	ssdImg := killedImage(t, ssdPath)
 	close(release)
 	wg.Wait()
 
@@ -368,10 +376,7 @@ func TestChainedBlockWaitsForCopies(t *testing.T) {
 	require.NotZero(t, c.j.pos.Load()&posChained, "block %d's record opened a chained block", b)
 
 	// What a process killed now leaves holds both.
-	img := filepath.Join(t.TempDir(), "ssd")
-	raw, err := os.ReadFile(ssdPath)
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(img, raw, 0o600))
+	img := killedImage(t, ssdPath)
 	require.NoError(t, c.Close())
 	ssd, hdd := openFiles(t, img, hddPath, false)
 	c2, err := Open(ssd, hdd, Options{CheckpointInterval: -1, NoBackgroundBackingSync: true})
