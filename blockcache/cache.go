@@ -481,7 +481,7 @@ func Open(ssd, hdd device.Device, opts Options) (*Cache, error) {
 		c.log.Warn("degraded redundancy, repaired by the post-recovery checkpoint: " + what)
 	}
 	c.log.Info("cache opened", "slots", c.g.SlotCount, "valid", rec.valid, "dirty", rec.dirty,
-		"replayed_records", rec.records, "dropped_records", rec.dropped, "was_clean", sb.Clean(),
+		"replayed_records", rec.records, "dropped_records", rec.dropped, "journal_holes", c.stats.replayHoles.Load(), "was_clean", sb.Clean(),
 		"recovery", time.Duration(c.stats.recoveryNanos.Load()))
 	c.wg.Add(2)
 	go c.checkpointer()

@@ -297,18 +297,25 @@ type modelRun struct {
 	// shardSlots: Options.shardSlots of every open (0: the default, one
 	// shard for the model's few slots).
 	shardSlots int
-	t          testing.TB
-	rng        *rand.Rand
-	blocks     int
-	r          *device.CrashRig
-	ssd        *device.Mem // the live devices the rig watches
-	hdd        *device.Mem
-	c          *Cache
-	m          *model
-	tag        uint64
-	cycles     int
-	ops        map[string]int
-	log        []string
+	// partial: the cache device's journal region writes only the bytes
+	// of each record (device.Mem.SetPartialUpdates), as a mapped file's
+	// does, so the journal places records without its lock, in blocks
+	// of records checked alone; otherwise every append writes its whole
+	// block under the lock. Seeds 2 and 3 modulo 4.
+	partial bool
+	holes   uint64 // journal positions recovery skipped before a record (replayHoles)
+	t       testing.TB
+	rng     *rand.Rand
+	blocks  int
+	r       *device.CrashRig
+	ssd     *device.Mem // the live devices the rig watches
+	hdd     *device.Mem
+	c       *Cache
+	m       *model
+	tag     uint64
+	cycles  int
+	ops     map[string]int
+	log     []string
 	// hot, when set, sends most I/O to the first hot blocks, so blocks are
 	// rewritten between syncs (in place) far more often.
 	hot         int
@@ -400,7 +407,7 @@ func newModelRunShards(t testing.TB, seed uint64, shardSlots int) *modelRun {
 	ssd := device.NewMem(modelCacheBlk*BlockSize, [16]byte{9})
 	hdd := device.NewMem(modelBlocks*BlockSize, id)
 	require.NoError(t, Format(ssd, hdd, FormatOptions{JournalBlocks: modelJournal}))
-	mr := &modelRun{t: t, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), blocks: modelBlocks, m: newModel(modelBlocks), ops: map[string]int{}, shardSlots: shardSlots}
+	mr := &modelRun{t: t, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), blocks: modelBlocks, m: newModel(modelBlocks), ops: map[string]int{}, shardSlots: shardSlots, partial: seed/2%2 == 1}
 	mr.open(ssd, hdd)
 	// A short sequential cutoff, so streams (step) go around the cache or
 	// are placed in it whole (it is saved: every reopen keeps it).
@@ -419,8 +426,11 @@ func (mr *modelRun) open(ssd, hdd *device.Mem) {
 	mr.ssd, mr.hdd = ssd, hdd
 	mr.r = device.NewCrashRig(ssd, hdd)
 	mr.r.Recycle(spareSSD, spareHDD)
+	ssd.SetPartialUpdates(mr.partial)
 	c, err := Open(mr.r.Dev(ssd), mr.r.Dev(hdd), Options{CheckpointInterval: -1, ReserveFree: 2, shardSlots: mr.shardSlots})
 	require.NoError(mr.t, err)
+	require.Equal(mr.t, mr.partial, c.j.mapped, "the journal places records without its lock exactly on partial updates")
+	mr.holes += c.stats.replayHoles.Load()
 	mr.c = c
 }
 
@@ -891,17 +901,18 @@ func modelCrashRecoveryOrder(t *testing.T, hot, seeds int, order uint8) {
 	// seeds: their number per seed depends on timing (the model's cache
 	// runs its background work), 1-13 per 1,000 cycles around dirty
 	// blocks, so one seed alone can have none.
-	var overDirty, throughRuns atomic.Uint64
+	var overDirty, throughRuns, holes atomic.Uint64
 	n := modelCycles(t)
-	t.Run("seeds", func(t *testing.T) { modelSeeds(t, base, seeds, hot, order, n, &overDirty, &throughRuns) })
+	t.Run("seeds", func(t *testing.T) { modelSeeds(t, base, seeds, hot, order, n, &overDirty, &throughRuns, &holes) })
 	if hot == 0 && order == layout.OrderUnordered && n >= 1000 && !t.Failed() {
 		// (8-25 per seed in 2500 cycles: too few to count on in 200.)
 		require.NotZero(t, overDirty.Load(), "streams in modes writearound and none must go around dirty blocks")
 		require.NotZero(t, throughRuns.Load(), "writes of whole blocks in mode writethrough must go through as runs")
+		require.NotZero(t, holes.Load(), "power cuts must leave holes in journal blocks of records checked alone, and recovery replay past them")
 	}
 }
 
-func modelSeeds(t *testing.T, base uint64, seeds, hot int, order uint8, n int, overDirty, throughRuns *atomic.Uint64) {
+func modelSeeds(t *testing.T, base uint64, seeds, hot int, order uint8, n int, overDirty, throughRuns, holes *atomic.Uint64) {
 	for seed := base + 1; seed <= base+uint64(seeds); seed++ {
 		// Even seeds split the slot table into four shards of five
 		// slots, so records of different shards interleave, slots move
@@ -923,12 +934,14 @@ func modelSeeds(t *testing.T, base uint64, seeds, hot int, order uint8, n int, o
 				mr.cycle()
 			}
 			mr.kill()
-			t.Logf("cycles %d ops %v in place %d, runs around dirty blocks %d, runs written through %d", mr.cycles, mr.ops, mr.inPlace, mr.overDirty, mr.throughRuns)
+			t.Logf("cycles %d ops %v in place %d, runs around dirty blocks %d, runs written through %d, journal records without the lock %v, holes replayed past %d",
+				mr.cycles, mr.ops, mr.inPlace, mr.overDirty, mr.throughRuns, mr.partial, mr.holes)
 			if hot > 0 {
 				require.Greater(t, mr.inPlace, uint64(n/10), "the hot run must rewrite in place often")
 			}
 			overDirty.Add(mr.overDirty)
 			throughRuns.Add(mr.throughRuns)
+			holes.Add(mr.holes)
 		})
 	}
 }

@@ -272,6 +272,7 @@ func (c *Cache) readJournal() ([]layout.Record, uint64, int, uint64, error) {
 				}
 			}
 			recs, inc, prev, prevH = more, h.Incarnation, h.Count, h
+			c.stats.replayHoles.Add(uint64(h.Reach - h.Count))
 			lsn++
 		}
 	}

@@ -24,6 +24,7 @@ type counters struct {
 	olderKept                        atomic.Uint64
 	unwritten                        atomic.Int64 // bytes prefill has still to write
 	recoveryNanos                    atomic.Int64
+	replayHoles                      atomic.Uint64 // positions recovery skipped before a block's last record
 	// backingSyncFailedAt is when Cache.backingSyncErr was set (UnixNano).
 	backingSyncFailedAt atomic.Int64
 	// ageCarried: Open found the time at which the blocks dirty before it

@@ -96,6 +96,12 @@ type rigDev struct {
 	r *CrashRig
 }
 
+// PartialUpdates passes on the device's own (see Mem.SetPartialUpdates).
+func (d *rigDev) PartialUpdates() bool {
+	p, ok := d.Device.(partialUpdater)
+	return ok && p.PartialUpdates()
+}
+
 func (d *rigDev) ReadAt(p []byte, off int64) (int, error) {
 	d.r.mu.RLock()
 	defer d.r.mu.RUnlock()

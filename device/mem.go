@@ -3,6 +3,7 @@ package device
 import (
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 )
 
 // tornSectorSize is the granularity at which PowerCut tears a write: a
@@ -22,7 +23,17 @@ type Mem struct {
 	pending []memWrite // unsynced writes, oldest first
 	closed  bool
 	stats   MemStats
+	partial atomic.Bool // NewRegion gives a region that writes only what each Update changes
 }
+
+// SetPartialUpdates makes the regions opened on m from now on write only
+// the bytes each Update changes, each Update one write (a region of a
+// mapped file changes only those bytes too), and report themselves
+// mapped (see Mapped): code over m then takes its mapped paths.
+func (m *Mem) SetPartialUpdates(on bool) { m.partial.Store(on) }
+
+// PartialUpdates reports what SetPartialUpdates set.
+func (m *Mem) PartialUpdates() bool { return m.partial.Load() }
 
 // memWrite is one unsynced WriteAt or Zero.
 type memWrite struct {

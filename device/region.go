@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -45,6 +46,9 @@ type Region interface {
 func NewRegion(d Device, off, n int64) (Region, error) {
 	if err := checkRange("map", off, n, d.Size()); err != nil {
 		return nil, err
+	}
+	if p, ok := d.(partialUpdater); ok && p.PartialUpdates() {
+		return &partRegion{d: d, off: off, n: n}, nil
 	}
 	w := &writeRegion{d: d, off: off, n: n}
 	f, ok := d.(*File)
@@ -93,7 +97,7 @@ func unmappable(err error) bool {
 // for devices that are never mapped.
 func Mapped(r Region) (mapped bool, why error) {
 	switch r := r.(type) {
-	case *mapRegion:
+	case *mapRegion, *partRegion:
 		return true, nil
 	case *writeRegion:
 		return false, r.why
@@ -120,6 +124,55 @@ func (r *writeRegion) Update(b []byte, off int64, from, to int) error {
 func (r *writeRegion) Prepare(b []byte, off int64) (bool, error) { return false, nil }
 
 func (r *writeRegion) Close() error { return nil }
+
+// partialUpdater is a device that writes any byte range in place and
+// asks for a region that writes only the bytes an Update changes (Mem,
+// when a test asks it to).
+type partialUpdater interface{ PartialUpdates() bool }
+
+// partRegion writes only bytes [from, to) of each Update, with WriteAt,
+// as the stores into a shared mapping change only those bytes. Mapped
+// reports it as mapped, so that users take their mapped paths (the
+// journal places records without its lock) over a device a test can
+// crash at any write: each Update is one write the device may keep, lose
+// or tear.
+type partRegion struct {
+	d      Device
+	off, n int64
+	closed atomic.Bool
+}
+
+func (r *partRegion) Update(b []byte, off int64, from, to int) error {
+	if off < r.off || off+int64(len(b)) > r.off+r.n || from < 0 || from > to || to > len(b) {
+		return fmt.Errorf("device: update at %d length %d [%d, %d) outside the region [%d, %d)", off, len(b), from, to, r.off, r.off+r.n)
+	}
+	if r.closed.Load() {
+		return ErrClosed
+	}
+	_, err := r.d.WriteAt(b[from:to], off+int64(from))
+	return err
+}
+
+// Prepare writes b: the next Updates there change parts of it.
+func (r *partRegion) Prepare(b []byte, off int64) (bool, error) {
+	if off < r.off || off+int64(len(b)) > r.off+r.n {
+		return false, fmt.Errorf("device: prepare at %d length %d outside the region [%d, %d)", off, len(b), r.off, r.off+r.n)
+	}
+	if r.closed.Load() {
+		return false, ErrClosed
+	}
+	if _, err := r.d.WriteAt(b, off); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+func (r *partRegion) Close() error {
+	if r.closed.Swap(true) {
+		return ErrClosed
+	}
+	return nil
+}
 
 // mapRegion maps [off, off+n) of f shared, read-write.
 type mapRegion struct {
