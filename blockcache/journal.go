@@ -367,23 +367,48 @@ func (j *journal) appendFast(r layout.Record, unreserved bool) (seq, gen uint64,
 	}
 	lsn, n := splitPos(seq)
 	e := &j.blk[lsn%blockRing]
-	var o [layout.RecordSize]byte
-	layout.EncodeRecord(o[:], e.crc.Load(), r)
-	err := j.reg.Update(o[:], j.g.JournalOffset(lsn)+int64(layout.RecordOffset(n-1)), 0, layout.RecordSize)
-	if err != nil {
-		j.lowerBadFrom(seq) // before the copy counts as done: no sync may vouch for it
-	}
-	e.done.Add(1)
-	if err != nil {
-		// Only after done: a sync or an open may wait for it under mu.
+	_, err := j.copyRecord(seq, e.crc.Load(), r)
+	if err != nil || n == prepareAt {
+		// Only once the copy counts as done: a sync or an open may wait
+		// for it under mu.
 		j.mu.Lock()
-		j.failLocked(fmt.Errorf("%w: journal write failed: %w", ErrFailed, err))
+		if err != nil {
+			j.failLocked(fmt.Errorf("%w: journal write failed: %w", ErrFailed, err))
+		}
+		if n == prepareAt {
+			j.askPrepareLocked(lsn + 1)
+		}
 		j.mu.Unlock()
 	}
-	if n == prepareAt {
-		j.askPrepare(lsn + 1)
-	}
 	return seq, gen, true
+}
+
+// copyRecord writes record r, with sequence number seq (its block and
+// place), its CRC continuing from seed, into the journal region and
+// counts the copy done; it returns the record's CRC. On a mapped region
+// only the record's bytes are copied; otherwise the open block, as
+// openBuf holds it, is written (appends then take mu one at a time). A
+// failure marks seq and every later record missed (badFrom), before the
+// copy counts as done, so that no sync vouches for it; the caller makes
+// the journal dead.
+func (j *journal) copyRecord(seq uint64, seed uint32, r layout.Record) (uint32, error) {
+	lsn, n := splitPos(seq)
+	i := n - 1
+	var c uint32
+	var err error
+	if j.mapped {
+		var o [layout.RecordSize]byte
+		c = layout.EncodeRecord(o[:], seed, r)
+		err = j.reg.Update(o[:], j.g.JournalOffset(lsn)+int64(layout.RecordOffset(i)), 0, layout.RecordSize)
+	} else {
+		c = layout.EncodeJournalRecord(j.openBuf, i, seed, r)
+		err = j.reg.Update(j.openBuf, j.g.JournalOffset(lsn), layout.RecordOffset(i), layout.RecordOffset(i+1))
+	}
+	if err != nil {
+		j.lowerBadFrom(seq)
+	}
+	j.blk[lsn%blockRing].done.Add(1)
+	return c, err
 }
 
 func (j *journal) lowerBadFrom(seq uint64) {
@@ -395,14 +420,13 @@ func (j *journal) lowerBadFrom(seq uint64) {
 	}
 }
 
-// askPrepare asks for block lsn to be prepared: by the first writer to
-// finish its write (prepareAhead), else by the journal goroutine.
-func (j *journal) askPrepare(lsn uint64) {
-	j.mu.Lock()
+// askPrepareLocked asks for block lsn to be prepared: by the first
+// writer to finish its write (prepareAhead), else by the journal
+// goroutine.
+func (j *journal) askPrepareLocked(lsn uint64) {
 	j.prepWant = max(j.prepWant, lsn) // a copy that finished late must not undo a later ask
 	j.prepAsk.Store(true)
 	j.cond.Broadcast()
-	j.mu.Unlock()
 }
 
 // appendLocked appends r with mu held: it opens the next block when the
@@ -439,36 +463,20 @@ func (j *journal) appendLocked(r layout.Record, unreserved bool) (uint64, error)
 			continue // a writer without mu took the place
 		}
 		seq := (p &^ posFlags) + 1
-		e := &j.blk[lsn%blockRing]
-		seed := e.crc.Load()
-		if p&posChained != 0 {
+		chained := p&posChained != 0
+		seed := j.blk[lsn%blockRing].crc.Load()
+		if chained {
 			seed = j.chain
 		}
-		var err error
-		if j.mapped {
-			var o [layout.RecordSize]byte
-			c := layout.EncodeRecord(o[:], seed, r)
-			if p&posChained != 0 {
-				j.chain = c
-			}
-			err = j.reg.Update(o[:], j.g.JournalOffset(lsn)+int64(layout.RecordOffset(n)), 0, layout.RecordSize)
-		} else {
-			c := layout.EncodeJournalRecord(j.openBuf, n, seed, r)
-			if p&posChained != 0 {
-				j.chain = c
-			}
-			from, to := layout.RecordOffset(n), layout.RecordOffset(n+1)
-			err = j.reg.Update(j.openBuf, j.g.JournalOffset(lsn), from, to)
+		c, err := j.copyRecord(seq, seed, r)
+		if chained {
+			j.chain = c
 		}
 		if err != nil {
-			j.lowerBadFrom(seq)
 			j.failLocked(fmt.Errorf("%w: journal write failed: %w", ErrFailed, err))
 		}
-		e.done.Add(1)
 		if j.mapped && n+1 == prepareAt {
-			j.prepWant = max(j.prepWant, lsn+1)
-			j.prepAsk.Store(true)
-			j.cond.Broadcast()
+			j.askPrepareLocked(lsn + 1)
 		}
 		return seq, nil
 	}
@@ -490,13 +498,13 @@ func (j *journal) openLocked(lsn uint64, r layout.Record) uint64 {
 		// under way (a writer that lost its processor): rare and short.
 		runtime.Gosched()
 	}
-	if j.chained && j.openAlone && lsn > 0 {
+	if j.chained && j.openAlone {
 		// The first chained block after ones of records checked alone:
 		// replay does not go past a hole into a chained block, so no
 		// record may take its place in this one (and be acknowledged)
 		// while one placed before it is still being copied. Copiers
 		// take no lock before they count their copy done.
-		j.waitCopied(lsn - 1)
+		j.waitCopied(lsn)
 	}
 	clear(j.openBuf)
 	hc := layout.EncodeJournalHeader(j.openBuf, j.uuid, layout.JournalHeader{LSN: lsn, Incarnation: j.inc, PrevCount: j.prevCount, Alone: !j.chained})
@@ -704,28 +712,25 @@ func (j *journal) prepareLocked() {
 
 // sealLocked ends the open block, if it has records: later records go
 // to the next one, which is not opened until one comes. It returns the
-// last block with records, and the sequence number after which records
-// go to later blocks.
-func (j *journal) sealLocked() (last uint64, covered uint64) {
+// block after the last one with records (end), and the sequence number
+// after which records go to later blocks.
+func (j *journal) sealLocked() (end, covered uint64) {
 	for {
 		p := j.pos.Load()
 		lsn, n := splitPos(p)
 		switch {
-		case p&posStopped != 0:
-			// Frozen: the block at pos, if it has records, was left
-			// when the journal stopped (stopLocked).
-			if n == 0 {
-				return lsn - 1, p &^ posFlags
-			}
-			return lsn, p &^ posFlags
 		case n == 0:
-			return lsn - 1, p &^ posFlags
+			return lsn, p &^ posFlags
+		case p&posStopped != 0:
+			// Frozen: the block was left when the journal stopped
+			// (stopLocked).
+			return lsn + 1, p &^ posFlags
 		}
 		next := (lsn + 1) * posBlock
 		if j.pos.CompareAndSwap(p, next) {
 			j.leftLocked(lsn, n)
 			j.setRoomLocked()
-			return lsn, next
+			return lsn + 1, next
 		}
 	}
 }
@@ -757,21 +762,21 @@ func (j *journal) stopLocked() {
 	}
 }
 
-// waitCopied waits until every record placed in the blocks through last
+// waitCopied waits until every record placed in the blocks before end
 // is copied into the region. Those blocks are left (sealed, full or
 // stopped), so no record takes a place in them any more; a copy is a
 // memory copy, so this waits at most for a writer to get a processor.
-func (j *journal) waitCopied(last uint64) {
-	low := j.copiedLow.Load()
-	for b := low; b <= last && last != ^uint64(0); b++ {
+func (j *journal) waitCopied(end uint64) {
+	for b := j.copiedLow.Load(); b < end; b++ {
 		e := &j.blk[b%blockRing]
 		for e.lsn1.Load() == b+1 && (e.final.Load() == 0 || e.done.Load() < e.final.Load()) {
 			runtime.Gosched()
 		}
 	}
-	for low <= last && last != ^uint64(0) && !j.copiedLow.CompareAndSwap(low, last+1) {
-		if low = j.copiedLow.Load(); low > last {
-			break
+	for {
+		low := j.copiedLow.Load()
+		if low >= end || j.copiedLow.CompareAndSwap(low, end) {
+			return
 		}
 	}
 }
@@ -817,9 +822,9 @@ func (j *journal) syncBy(here bool) error {
 	j.syncNeed = max(j.syncNeed, need)
 	j.syncNeedA.Store(j.syncNeed)
 	if here && !j.syncing && j.inPlace.Load() == 0 && j.err == nil && !j.closed {
-		last, covered := j.beginSyncLocked()
+		end, covered := j.beginSyncLocked()
 		j.mu.Unlock()
-		j.waitCopied(last)
+		j.waitCopied(end)
 		err := j.dev.Sync()
 		j.mu.Lock()
 		j.endSyncLocked(covered, err)
@@ -928,8 +933,8 @@ func (j *journal) run() {
 			// let the copies under way finish before it is unmapped.
 			j.closed = true
 			j.stopLocked()
-			last, _ := j.sealLocked()
-			j.waitCopied(last)
+			end, _ := j.sealLocked()
+			j.waitCopied(end)
 			for j.preparing != 0 {
 				j.cond.Wait() // a writer's preparation still stores into the mapping
 			}
@@ -967,9 +972,9 @@ func (j *journal) run() {
 // device flushes. Only one sync is in flight at a time; it covers every
 // record placed before it started.
 func (j *journal) startSyncLocked() {
-	last, covered := j.beginSyncLocked()
+	end, covered := j.beginSyncLocked()
 	go func() {
-		j.waitCopied(last)
+		j.waitCopied(end)
 		err := j.dev.Sync()
 		j.mu.Lock()
 		defer j.mu.Unlock()
@@ -978,17 +983,17 @@ func (j *journal) startSyncLocked() {
 }
 
 // beginSyncLocked marks a sync started, sealing the open block, and
-// returns the last block with records and the sequence number through
-// which the sync covers records. The caller waits for their copies
+// returns the block after the last one with records and the sequence
+// number through which the sync covers records. The caller waits for their copies
 // (waitCopied), syncs the device without holding mu, then calls
 // endSyncLocked. No in-place rewrite may be in flight. The block is
 // sealed before the generation moves on (see appendFast).
-func (j *journal) beginSyncLocked() (last, covered uint64) {
-	last, covered = j.sealLocked()
+func (j *journal) beginSyncLocked() (end, covered uint64) {
+	end, covered = j.sealLocked()
 	j.syncStart++
 	j.syncStartA.Store(j.syncStart)
 	j.syncing = true
-	return last, covered
+	return end, covered
 }
 
 // endSyncLocked ends the sync begun by beginSyncLocked, which the device's

@@ -220,9 +220,8 @@ func (c *Cache) readJournal() ([]layout.Record, uint64, int, uint64, error) {
 	lsn := sb.ReplayLSN
 	inc := sb.CheckpointIncarnation
 	end := sb.ReplayLSN + c.g.JournalBlocks
-	prev := -1 // records in block lsn-1; -1: not read (lsn is the replay LSN)
-	var prevH layout.JournalHeader
-	quiet := ^uint64(0) // no two syncs ended blocks from this one on (midLogDamage)
+	var prev *layout.JournalHeader // block lsn-1's; nil: not read (lsn is the replay LSN)
+	quiet := ^uint64(0)            // no two syncs ended blocks from this one on (midLogDamage)
 	for lsn < end {
 		pos := lsn % c.g.JournalBlocks
 		nb := min(chunk, c.g.JournalBlocks-pos, end-lsn)
@@ -234,8 +233,8 @@ func (c *Cache) readJournal() ([]layout.Record, uint64, int, uint64, error) {
 			h, more, err := layout.DecodeJournalBlock(b[k*BlockSize:(k+1)*BlockSize], c.uuid, recs)
 			stop := err != nil || h.LSN != lsn || h.Incarnation < inc
 			switch {
-			case stop || prev < 0:
-			case prevH.Alone && (h.PrevCount != prev || prevH.Reach != prev) && h.Alone:
+			case stop || prev == nil || (h.PrevCount == prev.Count && prev.Reach == prev.Count):
+			case prev.Alone && h.Alone:
 				// Block lsn-1 has holes below what it held when lsn was
 				// begun: records a crash cut short, or torn without a
 				// sync. The records after a hole are independent of it
@@ -244,12 +243,12 @@ func (c *Cache) readJournal() ([]layout.Record, uint64, int, uint64, error) {
 				// sync from a block on, none can be found from a later
 				// one.
 				if lsn-1 < quiet {
-					if derr := c.midLogDamage(lsn, h, nil, inc, prev, &prevH, len(recs)); derr != nil {
+					if derr := c.midLogDamage(lsn, h, nil, inc, prev, len(recs)); derr != nil {
 						return nil, 0, 0, 0, derr
 					}
 					quiet = lsn - 1
 				}
-			case h.PrevCount != prev || prevH.Reach != prev:
+			default:
 				// A chained block that lost records ends the log, and so
 				// does a block with holes before a chained one: chained
 				// blocks are ordered write-back's, which must not replay
@@ -261,22 +260,30 @@ func (c *Cache) readJournal() ([]layout.Record, uint64, int, uint64, error) {
 				if f := traceJournalEnd.Load(); f != nil {
 					(*f)(lsn, h, err, inc)
 				}
-				if derr := c.midLogDamage(lsn, h, err, inc, prev, &prevH, len(recs)); derr != nil {
+				if derr := c.midLogDamage(lsn, h, err, inc, prev, len(recs)); derr != nil {
 					return nil, 0, 0, 0, derr
 				}
-				return recs, lsn, max(prev, 0), inc, nil
+				return recs, lsn, prevCount(prev), inc, nil
 			}
 			for _, r := range more[len(recs):] {
 				if uint64(r.Slot) >= c.g.SlotCount || r.LBA >= c.nblocks {
 					return nil, 0, 0, 0, fmt.Errorf("journal block %d: %v record for slot %d LBA %d out of range: %w", lsn, r.Type, r.Slot, r.LBA, layout.ErrCorrupt)
 				}
 			}
-			recs, inc, prev, prevH = more, h.Incarnation, h.Count, h
+			recs, inc, prev = more, h.Incarnation, &h
 			c.stats.replayHoles.Add(uint64(h.Reach - h.Count))
 			lsn++
 		}
 	}
-	return recs, lsn, max(prev, 0), inc, nil
+	return recs, lsn, prevCount(prev), inc, nil
+}
+
+// prevCount is how many records block h holds (none if h is nil).
+func prevCount(h *layout.JournalHeader) int {
+	if h == nil {
+		return 0
+	}
+	return h.Count
 }
 
 // A torn tail and damage in the middle of the log both stop replay, but
@@ -346,11 +353,11 @@ func (e *journalDamageError) Unwrap() error { return layout.ErrCorrupt }
 // is damage in the middle of the log (see journalDamageError): h, err and
 // inc are what stopped it (err nil and h valid: block stop-1 of records
 // checked alone has holes, and replay goes on unless they are damage),
-// prev the records found in block stop-1 (-1 if stop is the replay LSN)
-// and prevH its header, records how many valid records came before.
+// prev block stop-1's header with the records found in it (nil if stop
+// is the replay LSN), records how many valid records came before.
 // It returns nil for what may be a torn tail, a *journalDamageError for
 // damage, or a read error.
-func (c *Cache) midLogDamage(stop uint64, h layout.JournalHeader, err error, inc uint64, prev int, prevH *layout.JournalHeader, records int) error {
+func (c *Cache) midLogDamage(stop uint64, h layout.JournalHeader, err error, inc uint64, prev *layout.JournalHeader, records int) error {
 	sb := &c.sb
 	if sb.Clean() {
 		return nil
@@ -368,12 +375,14 @@ func (c *Cache) midLogDamage(stop uint64, h layout.JournalHeader, err error, inc
 		reason = fmt.Sprintf("it holds a block of incarnation %d, older than the log's %d", h.Incarnation, inc)
 	default:
 		d = stop - 1 // block stop-1 holds fewer records than stop's header says
-		if prev >= 0 && prevH.Alone {
-			reason = fmt.Sprintf("it holds %d valid records at positions below %d, but block %d was begun when it held %d", prev, prevH.Reach, stop, h.PrevCount)
-		} else if prev < h.PrevCount {
-			reason = fmt.Sprintf("its record %d fails its checksum (block %d was begun when it held %d records)", prev, stop, h.PrevCount)
-		} else {
-			reason = fmt.Sprintf("it holds %d valid records, but block %d was begun when it held %d", prev, stop, h.PrevCount)
+		n := prevCount(prev)
+		switch {
+		case prev != nil && prev.Alone:
+			reason = fmt.Sprintf("it holds %d valid records at positions below %d, but block %d was begun when it held %d", n, prev.Reach, stop, h.PrevCount)
+		case n < h.PrevCount:
+			reason = fmt.Sprintf("its record %d fails its checksum (block %d was begun when it held %d records)", n, stop, h.PrevCount)
+		default:
+			reason = fmt.Sprintf("it holds %d valid records, but block %d was begun when it held %d", n, stop, h.PrevCount)
 		}
 	}
 	const chunk = 256

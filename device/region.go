@@ -125,6 +125,15 @@ func (r *writeRegion) Prepare(b []byte, off int64) (bool, error) { return false,
 
 func (r *writeRegion) Close() error { return nil }
 
+// checkUpdate checks that an Update of b at off, changing [from, to) of
+// it, lies inside the region [rOff, rOff+rN).
+func checkUpdate(b []byte, off int64, from, to int, rOff, rN int64) error {
+	if off < rOff || off+int64(len(b)) > rOff+rN || from < 0 || from > to || to > len(b) {
+		return fmt.Errorf("device: update at %d length %d [%d, %d) outside the region [%d, %d)", off, len(b), from, to, rOff, rOff+rN)
+	}
+	return nil
+}
+
 // partialUpdater is a device that writes any byte range in place and
 // asks for a region that writes only the bytes an Update changes (Mem,
 // when a test asks it to).
@@ -143,8 +152,8 @@ type partRegion struct {
 }
 
 func (r *partRegion) Update(b []byte, off int64, from, to int) error {
-	if off < r.off || off+int64(len(b)) > r.off+r.n || from < 0 || from > to || to > len(b) {
-		return fmt.Errorf("device: update at %d length %d [%d, %d) outside the region [%d, %d)", off, len(b), from, to, r.off, r.off+r.n)
+	if err := checkUpdate(b, off, from, to, r.off, r.n); err != nil {
+		return err
 	}
 	if r.closed.Load() {
 		return ErrClosed
@@ -210,8 +219,8 @@ func (f *File) mapRegion(off, n int64) (Region, error) {
 }
 
 func (r *mapRegion) Update(b []byte, off int64, from, to int) (err error) {
-	if off < r.off || off+int64(len(b)) > r.off+r.n || from < 0 || from > to || to > len(b) {
-		return fmt.Errorf("device: update at %d length %d [%d, %d) outside the region [%d, %d)", off, len(b), from, to, r.off, r.off+r.n)
+	if err := checkUpdate(b, off, from, to, r.off, r.n); err != nil {
+		return err
 	}
 	if r.mem == nil {
 		return ErrClosed
