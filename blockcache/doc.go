@@ -151,10 +151,11 @@
 // condition, holding their stripes or, the destager, its pins; the sync
 // under way takes no stripe and waits for no destage).
 //
-// No lock is shared by all writes: a write's record takes its place in
-// the journal with a compare-and-swap, and journal.mu is taken by the
-// write that opens a journal block, once in RecordsPerBlock records (or
-// once per sync, where syncs end blocks sooner). A whole-block write
+// No lock is shared by all writes (unless ordered write-back is in
+// force, see 4): a write's record takes its place in the journal with a
+// compare-and-swap, and journal.mu is taken by the write that opens a
+// journal block, once in RecordsPerBlock records (or once per sync,
+// where syncs end blocks sooner). A whole-block write
 // back into the cache (Cache.writeFast) takes
 // its stripe, then its shard twice: once to look the block up and claim
 // its slot for a rewrite in place (appending the record) or take a spare
