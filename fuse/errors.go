@@ -96,4 +96,8 @@ var (
 	// the ring can neither be set up nor withdrawn; the kernel would hold
 	// every request, so the mount is given up even in IOUringAuto mode.
 	ErrRingStuck = errors.New("FUSE over io_uring can neither be set up nor withdrawn, and the kernel holds every request until it is")
+	// ErrDevBatch: reading /dev/fuse through io_uring passed its probe but
+	// could not start on the mounted connection. go-fuse then serves one
+	// request at a time, so the mount is given up.
+	ErrDevBatch = errors.New("serving /dev/fuse through io_uring failed")
 )

@@ -56,7 +56,8 @@ func mountMem(t *testing.T, size int, opts Options, setup func(*memBackend)) (*S
 	mp := t.TempDir()
 	opts.SelfAccess = true
 	if opts.IOUring == IOUringAuto {
-		opts.IOUring = testTransport
+		opts.IOUring = testTransport.ring
+		opts.UnbatchedDev = testTransport.unbatched
 	}
 	s, err := Mount(mp, b, opts)
 	if err != nil {
@@ -65,9 +66,12 @@ func mountMem(t *testing.T, size int, opts Options, setup func(*memBackend)) (*S
 	if want := opts.IOUring == IOUringOn; s.IOUring() != want {
 		t.Fatalf("Mount with IOUring %v: serving through io_uring = %v", opts.IOUring, s.IOUring())
 	}
+	if want := opts.IOUring == IOUringOff && !opts.UnbatchedDev && uring.ProbeDev() == nil; s.DevBatched() != want {
+		t.Fatalf("Mount with IOUring %v, UnbatchedDev %v: /dev/fuse batched through io_uring = %v", opts.IOUring, opts.UnbatchedDev, s.DevBatched())
+	}
 	t.Cleanup(func() {
-		if s.IOUring() && s.RingRequests() == 0 {
-			t.Errorf("mounted over io_uring, but no request was answered through the ring")
+		if (s.IOUring() || s.DevBatched()) && s.RingRequests() == 0 {
+			t.Errorf("serving through io_uring (FUSE over io_uring %v), but no request was answered through it", s.IOUring())
 		}
 		unmountAndWait(t, s)
 	})
@@ -76,25 +80,47 @@ func mountMem(t *testing.T, size int, opts Options, setup func(*memBackend)) (*S
 
 // testTransport is the FUSE transport mountMem uses when the test does not
 // choose one; eachTransport sets it for its subtests.
-var testTransport = IOUringOff
+var testTransport = testTr{ring: IOUringOff}
 
-// eachTransport runs f as two subtests: requests through /dev/fuse, and
-// through FUSE over io_uring (which turns on the fuse module's enable_uring
-// parameter, as `wbcache mount` does by default).
+type testTr struct {
+	ring      IOUringMode
+	unbatched bool
+}
+
+// eachTransport runs f as three subtests: requests through /dev/fuse read
+// through io_uring, through /dev/fuse read by go-fuse, and through FUSE
+// over io_uring (which turns on the fuse module's enable_uring parameter,
+// as `wbcache mount` does by default).
 func eachTransport(t *testing.T, f func(t *testing.T)) {
-	for _, tr := range []IOUringMode{IOUringOff, IOUringOn} {
-		name := "devfuse"
-		if tr == IOUringOn {
-			name = "uring"
-		}
-		t.Run(name, func(t *testing.T) {
-			if tr == IOUringOn {
+	for _, c := range []struct {
+		name string
+		tr   testTr
+	}{
+		{"devfuse", testTr{ring: IOUringOff}},
+		{"devfuse-unbatched", testTr{ring: IOUringOff, unbatched: true}},
+		{"uring", testTr{ring: IOUringOn}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			switch {
+			case c.tr.ring == IOUringOn:
 				requireRing(t)
+			case !c.tr.unbatched:
+				requireDevBatch(t)
 			}
-			testTransport = tr
-			defer func() { testTransport = IOUringOff }()
+			testTransport = c.tr
+			defer func() { testTransport = testTr{ring: IOUringOff} }()
 			f(t)
 		})
+	}
+}
+
+// requireDevBatch skips, loudly, where /dev/fuse cannot be read through
+// io_uring.
+func requireDevBatch(t *testing.T) {
+	t.Helper()
+	requireFUSE(t)
+	if err := uring.ProbeDev(); err != nil {
+		t.Skipf("SKIPPED: io_uring cannot read /dev/fuse here (needs Linux 5.13+ with io_uring enabled): %v", err)
 	}
 }
 

@@ -32,6 +32,10 @@ type Options struct {
 	// IOUring chooses the request transport: FUSE over io_uring or
 	// read/write on /dev/fuse (see IOUringMode).
 	IOUring IOUringMode
+	// UnbatchedDev: through /dev/fuse, read each request and send each
+	// reply with a system call of its own (go-fuse's readers), even where
+	// io_uring could batch them (doc.go, "Transports").
+	UnbatchedDev bool
 }
 
 // IOUringMode chooses between FUSE over io_uring and /dev/fuse.

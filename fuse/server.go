@@ -22,6 +22,7 @@ type Server struct {
 	logger     *slog.Logger
 	done       chan struct{} // closed when the serve loop has ended
 	ring       *uring.Server // nil when requests come through /dev/fuse
+	dev        *uring.Server // /dev/fuse read through io_uring; nil otherwise
 
 	mu       sync.Mutex // serialises Unmount
 	detached bool       // lazily unmounted: nothing left to unmount
@@ -44,11 +45,21 @@ func Mount(mountpoint string, b Backend, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("wbcache/fuse: mount %s: %w", mp, err)
 	}
+	useDev := false
 	if useRing {
 		mo.ExtraCapabilities |= gofuse.CAP_OVER_IO_URING
+	} else if useDev = chooseDev(opts); useDev {
+		// go-fuse keeps one reader: it answers INIT, and after that only
+		// the requests its reader wins from the io_uring threads' polls.
+		mo.MaxInflightRequestBytes = 1
 	}
-	return serve(mp, newRawFS(b, size, opts, opts.Logger), mo, useRing, opts)
+	return serve(mp, newRawFS(b, size, opts, opts.Logger), mo, transport{ring: useRing, dev: useDev}, opts)
 }
+
+// transport is how serve moves requests off go-fuse's readers once the
+// connection is initialised: to FUSE over io_uring, or to /dev/fuse
+// threads reading through io_uring, or neither.
+type transport struct{ ring, dev bool }
 
 // checkMount checks the backend and the mount point, and returns the
 // absolute mount point and the disk size.
@@ -73,7 +84,7 @@ func checkMount(mountpoint string, b Backend) (mp string, size int64, err error)
 // serve mounts fs, runs go-fuse's serve loop and, with useRing, moves the
 // requests to FUSE over io_uring; it returns once the connection is
 // initialised.
-func serve(mp string, fs *rawFS, mo *gofuse.MountOptions, useRing bool, opts Options) (*Server, error) {
+func serve(mp string, fs *rawFS, mo *gofuse.MountOptions, tr transport, opts Options) (*Server, error) {
 	srv, devFd, err := newServer(fs, mp, mo)
 	if err != nil {
 		// If mount(2) succeeded but the INIT handshake failed, go-fuse
@@ -87,8 +98,11 @@ func serve(mp string, fs *rawFS, mo *gofuse.MountOptions, useRing bool, opts Opt
 	s := &Server{srv: srv, mountpoint: mp, logger: opts.Logger, done: make(chan struct{})}
 	ringReady, served := make(chan struct{}), make(chan struct{})
 	go s.serveLoop(ringReady, served)
-	if useRing {
+	switch {
+	case tr.ring:
 		err = s.ringOrFallBack(fs, devFd, served, opts.IOUring)
+	case tr.dev:
+		err = s.startDev(fs, devFd, served)
 	}
 	close(ringReady)
 	// Without SelfAccess, no srv.WaitMount(): its poll hack opens a file on
@@ -108,8 +122,9 @@ func serve(mp string, fs *rawFS, mo *gofuse.MountOptions, useRing bool, opts Opt
 }
 
 // serveLoop runs go-fuse's serve loop (every request through /dev/fuse;
-// with io_uring, INIT, FORGET and INTERRUPT) until the connection ends,
-// then stops the ring once the ring's setup is over (ringReady).
+// with io_uring, INIT, FORGET and INTERRUPT; with the /dev/fuse threads,
+// INIT and the requests its reader wins) until the connection ends, then
+// stops the ring or the threads once their setup is over (ringReady).
 func (s *Server) serveLoop(ringReady, served chan struct{}) {
 	defer close(s.done)
 	s.srv.Serve()
@@ -117,6 +132,9 @@ func (s *Server) serveLoop(ringReady, served chan struct{}) {
 	<-ringReady
 	if s.ring != nil {
 		s.ring.Stop()
+	}
+	if s.dev != nil {
+		s.dev.Stop()
 	}
 }
 
@@ -140,12 +158,20 @@ func (s *Server) ringOrFallBack(fs *rawFS, devFd int, served <-chan struct{}, mo
 // IOUring reports whether requests are served through FUSE over io_uring.
 func (s *Server) IOUring() bool { return s.ring != nil }
 
-// RingRequests is how many requests were answered through io_uring.
+// DevBatched reports whether /dev/fuse requests are read and answered
+// through io_uring (UnbatchedDev unset, and the kernel allows it).
+func (s *Server) DevBatched() bool { return s.dev != nil }
+
+// RingRequests is how many requests were answered through io_uring: FUSE
+// over io_uring, or /dev/fuse read through io_uring.
 func (s *Server) RingRequests() uint64 {
-	if s.ring == nil {
-		return 0
+	switch {
+	case s.ring != nil:
+		return s.ring.Served()
+	case s.dev != nil:
+		return s.dev.Served()
 	}
-	return s.ring.Served()
+	return 0
 }
 
 // Mountpoint returns the absolute mount point.

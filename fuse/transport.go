@@ -13,9 +13,9 @@ import (
 	"github.com/wbcache/wbcache/fuse/internal/uring"
 )
 
-// The request transport: /dev/fuse (go-fuse's readers) or FUSE over
-// io_uring (internal/uring), chosen before the mount and started after
-// INIT.
+// The request transport: FUSE over io_uring, or /dev/fuse read through
+// io_uring, or /dev/fuse read by go-fuse's readers (internal/uring serves
+// the first two), chosen before the mount and started after INIT.
 
 const uringEnablePath = "/sys/module/fuse/parameters/enable_uring"
 
@@ -108,6 +108,43 @@ func (s *Server) startRing(fs *rawFS, devFd int, served <-chan struct{}) error {
 	}
 	s.ring = r
 	s.logger.Debug("wbcache/fuse: serving through FUSE over io_uring", "queues", r.Queues())
+	return nil
+}
+
+// chooseDev decides whether /dev/fuse requests are read and answered
+// through io_uring: unless UnbatchedDev or Debug (go-fuse traces only the
+// requests its readers serve) says otherwise, wherever this process can.
+func chooseDev(opts Options) bool {
+	if opts.UnbatchedDev || opts.Debug {
+		return false
+	}
+	if err := uring.ProbeDev(); err != nil {
+		opts.Logger.Info("wbcache/fuse: io_uring unavailable, reading /dev/fuse one request per system call", "err", err)
+		return false
+	}
+	return true
+}
+
+// startDev waits for INIT and starts the /dev/fuse threads. Its errors
+// wrap ErrDevBatch: go-fuse, left alone with one reader, would serve one
+// request at a time.
+func (s *Server) startDev(fs *rawFS, devFd int, served <-chan struct{}) error {
+	select {
+	case <-fs.initDone:
+	case <-served:
+		return fmt.Errorf("%w: the connection ended before INIT", ErrDevBatch)
+	case <-time.After(30 * time.Second):
+		return fmt.Errorf("%w: no INIT from the kernel within 30s", ErrDevBatch)
+	}
+	if devFd < 0 {
+		return fmt.Errorf("%w: cannot tell which /dev/fuse descriptor is this mount's", ErrDevBatch)
+	}
+	d, err := uring.StartDev(uring.Config{FS: fs, DevFd: devFd, Payload: ringPayload, Logger: s.logger, MayWait: fs.ringHint()})
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrDevBatch, err)
+	}
+	s.dev = d
+	s.logger.Debug("wbcache/fuse: serving /dev/fuse through io_uring", "threads", d.Queues())
 	return nil
 }
 

@@ -62,6 +62,8 @@ func mountError(mp string, err error) error {
 		return fmt.Errorf("%w.\n  Mount with --fuse-uring off to serve through /dev/fuse", err)
 	case errors.Is(err, fuse.ErrRingUnavailable):
 		return fmt.Errorf("%w.\n  Mount with --fuse-uring auto (io_uring where it works, /dev/fuse otherwise) or off", err)
+	case errors.Is(err, fuse.ErrDevBatch):
+		return fmt.Errorf("%w.\n  Mount with --fuse-batch off to read /dev/fuse one request per system call", err)
 	case errors.Is(err, fuse.ErrDeadMount):
 		return fmt.Errorf("%w.\n  Unmount it by hand (umount -l %s) and retry", err, mp)
 	}

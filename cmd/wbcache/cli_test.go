@@ -146,6 +146,7 @@ func TestUsage(t *testing.T) {
 		{"mount", "--cache", "c", "--backing", "b", "--mode", "fast", "/mnt"},
 		{"mount", "--cache", "c", "--backing", "b", "--workers", "0", "/mnt"},
 		{"mount", "--cache", "c", "--backing", "b", "--log-level", "loud", "/mnt"},
+		{"mount", "--cache", "c", "--backing", "b", "--fuse-batch", "on", "/mnt"},
 		{"status"},
 		{"status", "a", "b"},
 		{"flush"},

@@ -33,6 +33,7 @@ type daemonConfig struct {
 	metricsAddr                        string // "" = no metrics endpoint
 	selfAccess                         bool   // this process does I/O on the mount (demo)
 	ioUring                            fuse.IOUringMode
+	unbatchedDev                       bool      // --fuse-batch off
 	notify                             *notifier // systemd; nil outside a Type=notify unit
 	log                                *slog.Logger
 }
@@ -227,12 +228,13 @@ func (d *daemon) serve() error {
 	enableRing(d.cfg.ioUring, d.log)
 	backend := &spaceWatch{Cache: d.cache, log: d.log, cache: d.devs.ssd.Path(), backing: d.devs.hdd.Path()}
 	d.srv, err = fuse.Mount(d.mountpoint, backend, fuse.Options{
-		AllowOther: d.cfg.allowOther,
-		FsName:     absOr(d.cfg.cachePath),
-		Stats:      d.statsFile,
-		Logger:     d.log,
-		SelfAccess: d.cfg.selfAccess,
-		IOUring:    d.cfg.ioUring,
+		AllowOther:   d.cfg.allowOther,
+		FsName:       absOr(d.cfg.cachePath),
+		Stats:        d.statsFile,
+		Logger:       d.log,
+		SelfAccess:   d.cfg.selfAccess,
+		IOUring:      d.cfg.ioUring,
+		UnbatchedDev: d.cfg.unbatchedDev,
 	})
 	if err != nil {
 		return mountError(d.mountpoint, err)
@@ -311,8 +313,11 @@ func (w *spaceWatch) note(err error) error {
 
 // transport names how FUSE requests reach the daemon.
 func (d *daemon) transport() string {
-	if d.srv.IOUring() {
+	switch {
+	case d.srv.IOUring():
 		return "io_uring"
+	case d.srv.DevBatched():
+		return "/dev/fuse+io_uring"
 	}
 	return "/dev/fuse"
 }

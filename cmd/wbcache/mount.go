@@ -124,6 +124,7 @@ func parseMount(args []string, out io.Writer) (daemonConfig, error) {
 	metrics := f.String("metrics", "", "serve Prometheus metrics on `ADDR` (host:port; a bare :port or port binds 127.0.0.1)")
 	logLevel := f.String("log-level", "info", "log `LEVEL`: debug, info, warn or error")
 	ioUring := f.String("fuse-uring", "auto", "FUSE request transport `MODE`: auto (FUSE over io_uring where the kernel has it, turning on the fuse module's enable_uring parameter as root; /dev/fuse otherwise), on (io_uring or refuse to mount) or off (/dev/fuse)")
+	fuseBatch := f.String("fuse-batch", "auto", "how requests through /dev/fuse are read and answered, `MODE`: auto (many per system call through io_uring where the kernel allows it) or off (one system call per request and per reply)")
 	vals := map[string]*string{}
 	for _, s := range settingKeys {
 		vals[s.key] = f.String(s.key, "", s.help+"; default: the saved setting")
@@ -141,6 +142,9 @@ func parseMount(args []string, out io.Writer) (daemonConfig, error) {
 	if err != nil {
 		return daemonConfig{}, usagef("mount", "--fuse-uring: %v", err)
 	}
+	if *fuseBatch != "auto" && *fuseBatch != "off" {
+		return daemonConfig{}, usagef("mount", "--fuse-batch: unknown mode %q (want auto or off)", *fuseBatch)
+	}
 	var changes []kv
 	for _, s := range settingKeys {
 		if f.given(s.key) {
@@ -154,7 +158,7 @@ func parseMount(args []string, out io.Writer) (daemonConfig, error) {
 		cachePath: *cachePath, backingPath: *backingPath, mountpoint: pos[0],
 		changes: changes, allowOther: *allowOther, nonempty: *nonempty, metricsAddr: *metrics,
 		log:     slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
-		ioUring: ringMode,
+		ioUring: ringMode, unbatchedDev: *fuseBatch == "off",
 	}, nil
 }
 

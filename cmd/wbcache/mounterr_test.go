@@ -18,6 +18,7 @@ func TestMountErrorAdvice(t *testing.T) {
 	}{
 		{fuse.ErrRingStuck, "--fuse-uring off"},
 		{fuse.ErrRingUnavailable, "--fuse-uring auto"},
+		{fuse.ErrDevBatch, "--fuse-batch off"},
 		{fuse.ErrDeadMount, "umount -l /mnt/x"},
 		{errors.New("mount(2): permission denied"), "are you root?"},
 	} {

@@ -33,6 +33,18 @@ type Config struct {
 // kernel serves it through /dev/fuse.
 func Start(cfg Config) (*Server, error) { return start(cfg) }
 
+// StartDev serves the connection's requests through /dev/fuse, read and
+// answered through io_uring by threads of its own (one per CPU), each on a
+// clone of Config.DevFd. The connection must be initialised and must not
+// use FUSE over io_uring. go-fuse's readers may keep reading DevFd: the
+// requests they win are served by go-fuse as before. If StartDev fails,
+// the threads that did start have stopped.
+func StartDev(cfg Config) (*Server, error) { return startDev(cfg) }
+
+// ProbeDev reports whether this process can serve /dev/fuse through
+// io_uring (StartDev): nil, or why not.
+func ProbeDev() error { return probeDev() }
+
 // Stop asks the ring threads to exit and waits for them. Call it after
 // the connection has ended.
 func (s *Server) Stop() {
@@ -43,7 +55,8 @@ func (s *Server) Stop() {
 // Served is how many requests were answered through the ring.
 func (s *Server) Served() uint64 { return s.served.Load() }
 
-// Queues is the number of ring queues (the kernel's possible CPUs).
+// Queues is the number of ring queues (the kernel's possible CPUs), or of
+// /dev/fuse threads.
 func (s *Server) Queues() int { return s.queues }
 
 // Probe creates and closes an io_uring of the kind the ring threads use:

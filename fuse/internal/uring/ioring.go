@@ -28,6 +28,7 @@ const (
 	ioringOpURingCmd          = 46
 	ioringOpRead              = 22
 	sqe128Size                = 128
+	sqe64Size                 = 64
 	cqeSize                   = 16
 	ioringSetupFlags          = ioringSetupSQE128 | ioringSetupSingleIssuer | ioringSetupDeferTaskrun
 	sqeOffOpcode, sqeOffFd    = 0, 4
@@ -81,17 +82,24 @@ type ioRing struct {
 
 	tail    uint32 // next SQE index (local copy of the SQ tail)
 	pending uint32 // SQEs written but not yet submitted
+	sqeSize int    // 64, or 128 with SQE128
 }
 
 // newIoRing sets up a ring with at least entries submission slots.
-func newIoRing(entries uint32) (*ioRing, error) {
+func newIoRing(entries uint32) (*ioRing, error) { return newIoRingFlags(entries, ioringSetupFlags) }
+
+// newIoRingFlags sets up a ring with the given IORING_SETUP_* flags.
+func newIoRingFlags(entries, flags uint32) (*ioRing, error) {
 	var p ioUringParams
-	p.Flags = ioringSetupFlags
+	p.Flags = flags
 	fd, _, errno := syscall.Syscall(unix.SYS_IO_URING_SETUP, uintptr(entries), uintptr(unsafe.Pointer(&p)), 0)
 	if errno != 0 {
 		return nil, fmt.Errorf("io_uring_setup: %w", errno)
 	}
-	r := &ioRing{fd: int(fd)}
+	r := &ioRing{fd: int(fd), sqeSize: sqe64Size}
+	if flags&ioringSetupSQE128 != 0 {
+		r.sqeSize = sqe128Size
+	}
 	if p.Features&ioringFeatSingleMmap == 0 {
 		r.close()
 		return nil, errors.New("io_uring: kernel lacks IORING_FEAT_SINGLE_MMAP")
@@ -105,7 +113,7 @@ func newIoRing(entries uint32) (*ioRing, error) {
 		return nil, fmt.Errorf("io_uring: mapping the rings: %w", err)
 	}
 	r.ringMem = mem
-	sqes, err := unix.Mmap(r.fd, ioringOffSQEs, int(p.SqEntries)*sqe128Size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
+	sqes, err := unix.Mmap(r.fd, ioringOffSQEs, int(p.SqEntries)*r.sqeSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
 	if err != nil {
 		r.close()
 		return nil, fmt.Errorf("io_uring: mapping the SQEs: %w", err)
@@ -136,7 +144,7 @@ func (r *ioRing) sqe() []byte {
 		return nil
 	}
 	i := r.tail & r.sqMask
-	s := r.sqeMem[int(i)*sqe128Size : int(i+1)*sqe128Size]
+	s := r.sqeMem[int(i)*r.sqeSize : int(i+1)*r.sqeSize]
 	clear(s)
 	r.tail++
 	r.pending++

@@ -33,3 +33,28 @@ func TestEntriesPerThread(t *testing.T) {
 		}
 	}
 }
+
+// TestDevThreads: one /dev/fuse thread per CPU up to a cap, and the slots'
+// 1 MiB buffers stay within a budget with some depth per thread.
+func TestDevThreads(t *testing.T) {
+	for _, c := range []struct{ cpus, threads, slots int }{
+		{0, 1, 16}, {1, 1, 16}, {2, 2, 16}, {4, 4, 16}, {8, 8, 8}, {16, 16, 4}, {64, 16, 4},
+	} {
+		if th, sl := devThreads(c.cpus); th != c.threads || sl != c.slots {
+			t.Errorf("devThreads(%d) = %d threads × %d slots, want %d × %d", c.cpus, th, sl, c.threads, c.slots)
+		}
+	}
+}
+
+// TestProbeDev: the probe passes wherever io_uring works at all (Linux
+// 5.13+ has exclusive polls), and leaves no thread locked.
+func TestProbeDev(t *testing.T) {
+	if err := Probe(); err != nil {
+		t.Skipf("SKIPPED: io_uring unavailable (kernel.io_uring_disabled?): %v", err)
+	}
+	for range 200 {
+		if err := probeDev(); err != nil {
+			t.Fatalf("probeDev: %v", err)
+		}
+	}
+}

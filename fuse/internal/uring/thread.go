@@ -3,19 +3,13 @@ package uring
 import (
 	"fmt"
 	"runtime"
-	"sync"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
 const (
-	// wakeUserData marks the completion of the read on a thread's
-	// eventfd: requests handed to goroutines have finished.
-	wakeUserData = ^uint64(0)
-
 	waitTimeout = 500 * time.Millisecond
 	stopGrace   = 2 * time.Second
 
@@ -42,13 +36,7 @@ type ringThread struct {
 	payMem []byte // the entries' payload buffers
 	live   int    // entries the kernel may still hand requests to
 
-	wakeFd    int     // eventfd written when offloaded requests finish
-	wakeBuf   [8]byte // the eventfd read's buffer
-	offloaded int     // requests with goroutines, not yet committed
-
-	wg     sync.WaitGroup
-	doneMu sync.Mutex
-	done   []*entry // offloaded requests answered, to commit
+	off offload // requests answered on goroutines
 }
 
 // runThread sets up, registers and serves one ring thread of queue qid,
@@ -71,18 +59,17 @@ func (s *Server) runThread(qid uint16, ready chan<- error) {
 		ready <- err
 		return
 	}
-	if err := t.openWake(); err != nil {
+	if err := t.off.open(t.r, s.logger); err != nil {
 		ready <- err
 		return
 	}
-	defer t.closeWake()
+	// Requests still with goroutines finish before the buffers go.
+	defer t.off.close()
 	ready <- nil
 	for i := range early {
 		t.complete(&early[i])
 	}
 	t.serve()
-	// Requests still with goroutines finish before the buffers go.
-	t.wg.Wait()
 }
 
 // newThread creates the thread's io_uring and maps its entries' buffers.
@@ -154,7 +141,7 @@ func (t *ringThread) register() (early []ioCQE, err error) {
 // grace period runs out, or the ring fails.
 func (t *ringThread) serve() {
 	var stopAt time.Time
-	for t.live > 0 || t.offloaded > 0 {
+	for t.live > 0 || t.off.n > 0 {
 		if t.s.stop.Load() {
 			// The connection has ended: its teardown completes the
 			// entries still registered. Wait for that a little.
@@ -202,33 +189,13 @@ func (t *ringThread) completed(c *ioCQE) {
 	t.complete(c)
 }
 
-func (t *ringThread) openWake() error {
-	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
-	if err != nil {
-		return fmt.Errorf("eventfd: %w", err)
-	}
-	t.wakeFd = fd
-	t.armWake()
-	return nil
-}
-
-func (t *ringThread) closeWake() { unix.Close(t.wakeFd) }
-
-// armWake queues a read of the eventfd: its completion wakes the thread.
-func (t *ringThread) armWake() {
-	sqe := t.r.sqe()
-	putU8(sqe, sqeOffOpcode, ioringOpRead)
-	putU32(sqe, sqeOffFd, uint32(t.wakeFd))
-	putU64(sqe, sqeOffAddr, uint64(uintptr(unsafe.Pointer(&t.wakeBuf[0]))))
-	putU32(sqe, sqeOffLen, uint32(len(t.wakeBuf)))
-	putU64(sqe, sqeOffUserData, wakeUserData)
-}
-
 // complete handles one completion: a request to serve, or the wakeup for
 // offloaded requests that have finished.
 func (t *ringThread) complete(c *ioCQE) {
 	if c.UserData == wakeUserData {
-		t.commitOffloaded()
+		for _, i := range t.off.take() {
+			t.commit(&t.ents[i])
+		}
 		return
 	}
 	e := &t.ents[c.UserData]
@@ -239,42 +206,11 @@ func (t *ringThread) complete(c *ioCQE) {
 		// requests this thread is handed meanwhile are not held up
 		// behind it, and the device sees the application's queue
 		// depth.
-		t.offloaded++
-		t.wg.Add(1)
-		go t.answerOffloaded(e)
+		t.off.start(e.idx, func() { t.s.answer(e, e.header()) })
 		return
 	}
 	t.s.answer(e, h)
 	t.commit(e)
-}
-
-// answerOffloaded answers e on its own goroutine and wakes the thread to
-// commit it.
-func (t *ringThread) answerOffloaded(e *entry) {
-	defer t.wg.Done()
-	t.s.answer(e, e.header())
-	t.doneMu.Lock()
-	t.done = append(t.done, e)
-	t.doneMu.Unlock()
-	var one [8]byte
-	one[0] = 1
-	if _, err := unix.Write(t.wakeFd, one[:]); err != nil {
-		t.s.logger.Error("wbcache/fuse: waking a ring thread", "err", err)
-	}
-}
-
-// commitOffloaded commits the offloaded requests answered since the last
-// wake-up and re-arms it.
-func (t *ringThread) commitOffloaded() {
-	t.doneMu.Lock()
-	done := t.done
-	t.done = nil
-	t.doneMu.Unlock()
-	for _, e := range done {
-		t.commit(e)
-		t.offloaded--
-	}
-	t.armWake()
 }
 
 // commit queues the COMMIT_AND_FETCH that sends e's answer and asks for
