@@ -77,11 +77,24 @@
 //
 // # Transports
 //
-// Requests reach the daemon one of two ways, chosen by Options.IOUring:
+// Requests reach the daemon one of three ways, chosen by Options.IOUring
+// and Options.UnbatchedDev:
 //
-//   - /dev/fuse: go-fuse's readers read requests and write replies, one
-//     read(2) and one writev(2) per request, each request answered on the
-//     goroutine that read it.
+//   - /dev/fuse read through io_uring (the default where FUSE over
+//     io_uring is not used; package internal/uring): after INIT, threads
+//     of the daemon's own (one per CPU) read requests from clones of the
+//     connection's descriptor and send the replies through io_uring, a
+//     reply and the next read together, many per io_uring_enter(2). Each
+//     read waits behind an exclusive poll, so a request wakes one thread.
+//     go-fuse keeps one reader (MaxInflightRequestBytes 1), which answers
+//     INIT and the few requests it wins. Where io_uring cannot do this
+//     (before Linux 5.11, or io_uring disabled) go-fuse reads, as below.
+//     Requests that may wait for a slow device ([Waiter]) are answered on
+//     goroutines, as through the ring.
+//   - /dev/fuse read by go-fuse (UnbatchedDev, Debug, or no io_uring):
+//     go-fuse's readers read requests and write replies, one read(2) and
+//     one writev(2) per request, each request answered on the goroutine
+//     that read it.
 //   - FUSE over io_uring (Linux 6.14+, the fuse module's enable_uring
 //     parameter; package internal/uring, which calls the same rawFS
 //     handlers as go-fuse does): after INIT, ring threads register
@@ -106,24 +119,29 @@
 //     ECONNABORTED rather than ENOTCONN (ECANCELED for a request that
 //     raced the teardown); [CleanupStale] takes all three as dead.
 //
-// Debug (go-fuse's request trace) implies /dev/fuse in IOUringAuto mode.
+// Debug (go-fuse's request trace) implies /dev/fuse read by go-fuse in
+// IOUringAuto mode.
 //
 // options.go builds the go-fuse mount options, transport.go chooses the
-// transport and starts the ring, server.go mounts and serves.
+// transport and starts the ring or the /dev/fuse threads, server.go mounts
+// and serves.
 //
 // # Errors
 //
 // Mount's errors say what broke, never which command-line flag to pass
 // (that is the command's to say): they wrap ErrDeadMount (a dead mount is
 // in the way: CleanupStale), ErrRingUnavailable (IOUringOn, and FUSE over
-// io_uring cannot be used) or ErrRingStuck (the kernel agreed to io_uring
-// but the ring can be neither set up nor withdrawn), or the error of the
-// mount itself.
+// io_uring cannot be used), ErrRingStuck (the kernel agreed to io_uring
+// but the ring can be neither set up nor withdrawn) or ErrDevBatch (the
+// /dev/fuse threads passed the probe but could not start on the mounted
+// connection, which go-fuse's single reader would then serve one request
+// at a time), or the error of the mount itself.
 //
 // # Lifecycle
 //
 // [Mount] returns once the kernel has initialised the connection (and,
-// with io_uring, once the ring entries are registered). Handlers run
+// with io_uring, once the ring entries are registered or the /dev/fuse
+// threads are ready). Handlers run
 // concurrently, with no lock held across Backend calls. [Server.Unmount] unmounts; if the mount is busy (open
 // files, a loop device on it) it is detached lazily instead: it disappears
 // from the namespace at once and the connection ends when the last user

@@ -120,7 +120,7 @@ func requireDevBatch(t *testing.T) {
 	t.Helper()
 	requireFUSE(t)
 	if err := uring.ProbeDev(); err != nil {
-		t.Skipf("SKIPPED: io_uring cannot read /dev/fuse here (needs Linux 5.13+ with io_uring enabled): %v", err)
+		t.Skipf("SKIPPED: io_uring cannot read /dev/fuse here (needs Linux 5.11+ with io_uring enabled): %v", err)
 	}
 }
 

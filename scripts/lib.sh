@@ -256,7 +256,8 @@ declare -A WBC_WRAP=() WBC_RCF=() WBC_DMNT=()
 # runs inside that blkio cgroup from its first instruction. A wrapper
 # subshell (whose output goes to LOG) waits for the daemon and records its
 # exit status, so that bash's "Killed" job notices land in LOG too.
-# WBC_FUSE_URING (auto, on or off), when set, is passed as --fuse-uring.
+# WBC_FUSE_URING (auto, on or off), when set, is passed as --fuse-uring,
+# and WBC_FUSE_BATCH (auto or off) as --fuse-batch.
 wbc_start() {
 	local mnt=$1 cache=$2 backing=$3 logf=$4 cg=${WBC_DAEMON_CGROUP:-} pidf rcf i
 	shift 4
@@ -267,7 +268,7 @@ wbc_start() {
 	WBC_DSTART=$(now_ns)
 	(
 		[ -n "$cg" ] && echo "$BASHPID" >"$cg/cgroup.procs"
-		"$WBCACHE" mount --cache "$cache" --backing "$backing" ${WBC_FUSE_URING:+--fuse-uring "$WBC_FUSE_URING"} "$@" "$mnt" &
+		"$WBCACHE" mount --cache "$cache" --backing "$backing" ${WBC_FUSE_URING:+--fuse-uring "$WBC_FUSE_URING"} ${WBC_FUSE_BATCH:+--fuse-batch "$WBC_FUSE_BATCH"} "$@" "$mnt" &
 		echo $! >"$pidf.tmp"
 		mv "$pidf.tmp" "$pidf"
 		rc=0

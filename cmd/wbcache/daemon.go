@@ -489,11 +489,12 @@ func setServingProcs() {
 // of microseconds later; meanwhile goroutines that are ready to run wait
 // while CPUs idle, and taking the processor back, then getting one again
 // when the call returns, costs the thread a switch and the monitor a
-// wakeup. Serving threads sleep often: through /dev/fuse, reading the
-// next request and waiting for the cache file's inode lock in a pwrite;
-// through io_uring, the ring threads (two per CPU, each locked
-// to its OS thread and answering writes itself) waiting for the next
-// requests and for the same inode lock. With one processor per CPU the
+// wakeup. Serving threads sleep often: through go-fuse's /dev/fuse
+// readers, reading the next request and waiting for the cache file's
+// inode lock in a pwrite; through io_uring, the ring threads (two per
+// CPU) or the /dev/fuse threads (one per CPU), each locked to its OS
+// thread and answering writes itself, waiting for the next requests and
+// for the same inode lock. With one processor per CPU the
 // ring threads alone outnumbered the processors, and the journal
 // goroutine, the destager and requests answered from goroutines waited
 // for one to come free.
@@ -507,7 +508,10 @@ func setServingProcs() {
 // sixteen synchronous writers (scripts/lockwait-ab.sh) 38-46k IOPS with 2
 // against 57-58k with 4. Earlier runs of the engine of 2026-11-26 on
 // another VM had put 2 processors ahead through io_uring (100-104% of the
-// ceiling against 94%).
+// ceiling against 94%). Through /dev/fuse read by the daemon's threads
+// through io_uring, on the VM where system calls are dear, QD32 over 5
+// rounds: 117% of the ceiling with 2, 116% with 3, 126% with 4
+// (docs/bench/devfuse-2026-12-06.md).
 func servingProcs(env string, base int) int {
 	if env != "" {
 		return base

@@ -362,7 +362,7 @@ func (s *Server) answerDev(sl *devSlot, h *gofuse.InHeader) {
 
 // probeDev checks that this process can serve /dev/fuse through io_uring:
 // a ring can be created and waited on with a timeout (Linux 5.11+), and a
-// poll can wait as an exclusive waiter (Linux 5.13+), which it tries on an
+// poll can wait as an exclusive waiter (Linux 5.9+), which it tries on an
 // eventfd.
 func probeDev() error {
 	// SINGLE_ISSUER: the thread that creates the ring submits to it.

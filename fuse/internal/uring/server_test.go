@@ -46,8 +46,8 @@ func TestDevThreads(t *testing.T) {
 	}
 }
 
-// TestProbeDev: the probe passes wherever io_uring works at all (Linux
-// 5.13+ has exclusive polls), and leaves no thread locked.
+// TestProbeDev: the probe passes wherever io_uring works on Linux 5.11+,
+// every time (its ring must be used from the thread that created it).
 func TestProbeDev(t *testing.T) {
 	if err := Probe(); err != nil {
 		t.Skipf("SKIPPED: io_uring unavailable (kernel.io_uring_disabled?): %v", err)
