@@ -81,7 +81,7 @@
 // and Options.UnbatchedDev:
 //
 //   - /dev/fuse read through io_uring (the default where FUSE over
-//     io_uring is not used; package internal/uring): after INIT, threads
+//     io_uring is not asked for; package internal/uring): after INIT, threads
 //     of the daemon's own (one per CPU) read requests from clones of the
 //     connection's descriptor and send the replies through io_uring, a
 //     reply and the next read together, many per io_uring_enter(2). Each
@@ -91,7 +91,8 @@
 //     (before Linux 5.11, or io_uring disabled) go-fuse reads, as below.
 //     Requests that may wait for a slow device ([Waiter]) are answered on
 //     goroutines, as through the ring.
-//   - /dev/fuse read by go-fuse (UnbatchedDev, Debug, or no io_uring):
+//   - /dev/fuse read by go-fuse (UnbatchedDev, Debug, no io_uring, or
+//     FUSE over io_uring asked for at INIT but not set up):
 //     go-fuse's readers read requests and write replies, one read(2) and
 //     one writev(2) per request, each request answered on the goroutine
 //     that read it.

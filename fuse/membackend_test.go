@@ -15,6 +15,7 @@ type memBackend struct {
 	data []byte
 
 	writeDelay time.Duration // set before mounting
+	slowRead   time.Duration // reads of block 0 take this long (set before mounting)
 
 	syncs, discards, writes, reads atomic.Int64
 	inflight, maxInflight          atomic.Int64
@@ -25,8 +26,13 @@ type memBackend struct {
 
 var _ Backend = (*memBackend)(nil)
 
-// MayWait: delayed writes wait.
-func (m *memBackend) MayWait(write bool, _, _ int64) bool { return write && m.writeDelay > 0 }
+// MayWait: delayed writes and slow reads wait.
+func (m *memBackend) MayWait(write bool, off, _ int64) bool {
+	if write {
+		return m.writeDelay > 0
+	}
+	return m.slowRead > 0 && off < 4096
+}
 
 func newMemBackend(size int) *memBackend {
 	return &memBackend{data: make([]byte, size)}
@@ -70,6 +76,9 @@ func (m *memBackend) ReadAt(p []byte, off int64) (int, error) {
 	}
 	if err := m.check(p, off); err != nil {
 		return 0, err
+	}
+	if m.slowRead > 0 && off < 4096 {
+		time.Sleep(m.slowRead)
 	}
 	m.mu.RLock()
 	defer m.mu.RUnlock()

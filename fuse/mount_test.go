@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -672,6 +673,88 @@ func tConcurrentWriters(t *testing.T) {
 		t.Fatalf("at most %d concurrent backend writes: writes were serialised", got)
 	}
 	t.Logf("max concurrent backend writes: %d", b.maxInflight.Load())
+}
+
+// TestSlowReadsHoldNoOthers: requests that wait for a slow device are
+// answered on goroutines, and the requests that come meanwhile are not
+// held up behind them. Through /dev/fuse read by io_uring, a request that
+// arrives while a thread's woken poll has not run yet is one nobody else
+// is woken for; the thread must arm another slot, whose poll finds it,
+// before it goes back to sleep.
+func TestSlowReadsHoldNoOthers(t *testing.T) { eachTransport(t, tSlowReadsHoldNoOthers) }
+
+func tSlowReadsHoldNoOthers(t *testing.T) {
+	const slow = 200 * time.Millisecond
+	_, _, disk := mountMem(t, 1<<20, Options{}, func(b *memBackend) { b.slowRead = slow })
+	f := openDisk(t, disk, os.O_RDONLY|syscall.O_DIRECT)
+	fd := int(f.Fd())
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var slowReads, fastReads atomic.Int64
+	var worst atomic.Int64
+	errs := make(chan error, 16)
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := alignedBuf(4096)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := unix.Pread(fd, buf, 0); err != nil {
+					errs <- fmt.Errorf("slow read: %w", err)
+					return
+				}
+				slowReads.Add(1)
+			}
+		}()
+	}
+	// One reader of fast blocks: when its request is the one a woken poll
+	// kept to itself, no other request comes to look for it.
+	for w := range 1 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := alignedBuf(4096)
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				start := time.Now()
+				if _, err := unix.Pread(fd, buf, int64(1+(w*64+i)%255)*4096); err != nil {
+					errs <- fmt.Errorf("fast read: %w", err)
+					return
+				}
+				d := int64(time.Since(start))
+				fastReads.Add(1)
+				for {
+					old := worst.Load()
+					if d <= old || worst.CompareAndSwap(old, d) {
+						break
+					}
+				}
+			}
+		}()
+	}
+	time.Sleep(12 * slow)
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	t.Logf("%d slow reads, %d fast reads, the slowest fast read %v", slowReads.Load(), fastReads.Load(), time.Duration(worst.Load()))
+	if slowReads.Load() < 4 {
+		t.Fatalf("only %d slow reads completed", slowReads.Load())
+	}
+	if w := time.Duration(worst.Load()); w >= slow/2 {
+		t.Fatalf("a read of a fast block took %v while reads of a slow one (%v each) were under way: it waited behind them", w, slow)
+	}
 }
 
 func TestUnmountWait(t *testing.T) { eachTransport(t, tUnmountWait) }

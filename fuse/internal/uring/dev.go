@@ -39,30 +39,35 @@ const (
 
 // What a completion's user data says, above the slot index.
 const (
-	devRead  = 1 << 32
-	devReply = 2 << 32
-	devPoll  = 3 << 32
-	devKinds = 3 << 32
+	devRead      = 1 << 32 // a slot's read
+	devReply     = 2 << 32 // a reply with the slot's next poll and read after it
+	devPoll      = 3 << 32 // a slot's poll, the read linked after it
+	devReplyOnly = 4 << 32 // a reply alone: the slot is spare once it is sent
+	devKinds     = 7 << 32
 )
 
-// Threads and slots. One thread per CPU; each keeps devSlotBudget /
-// threads requests in flight (at least devMinSlots, at most
-// devMaxSlots). Every slot has a buffer for the largest request, resident
-// only as far as requests have touched it. On 2 CPUs, 4 KiB random writes
-// at QD32 (scripts/ceiling-ab.sh, --fuse-uring off), 3 rounds: 2 threads
-// of 8 slots 104% of the ceiling, 2 × 16 125%, 4 × 8 119%, 1 × 16 104%.
+// Threads and slots. One thread per CPU; each keeps devWaitBudget /
+// threads slots waiting for requests (at least devMinWait, at most
+// devMaxWait), and half as many spare: a request answered on a goroutine
+// holds its slot meanwhile, and a spare slot then takes its place in the
+// wait (see request). Every slot has a buffer for the largest request,
+// resident only as far as requests have touched it. On 2 CPUs, 4 KiB
+// random writes at QD32 (scripts/ceiling-ab.sh, --fuse-uring off), 3
+// rounds: 2 threads of 8 waiting slots 104% of the ceiling, 2 × 16 125%,
+// 4 × 8 119%, 1 × 16 104%.
 const (
-	devSlotBudget = 64
-	devMinSlots   = 4
-	devMaxSlots   = 16
+	devWaitBudget = 64
+	devMinWait    = 4
+	devMaxWait    = 16
 	devMaxThreads = 16
 )
 
-// devThreads is the number of /dev/fuse threads for ncpu CPUs, and the
-// slots of each.
-func devThreads(ncpu int) (threads, slots int) {
+// devThreads is the number of /dev/fuse threads for ncpu CPUs, the slots
+// each keeps waiting for requests, and the spare slots of each.
+func devThreads(ncpu int) (threads, wait, spare int) {
 	threads = min(max(ncpu, 1), devMaxThreads)
-	return threads, min(max(devSlotBudget/threads, devMinSlots), devMaxSlots)
+	wait = min(max(devWaitBudget/threads, devMinWait), devMaxWait)
+	return threads, wait, wait / 2
 }
 
 // devSlot is one request buffer of a /dev/fuse thread. It holds one
@@ -77,26 +82,33 @@ type devSlot struct {
 }
 
 // devThread serves the requests read through its own clone of the
-// connection's /dev/fuse descriptor.
+// connection's /dev/fuse descriptor. A slot is waiting (its read is
+// queued, with a poll, maybe a reply, before it), busy (its request is
+// being answered, here or on a goroutine), sending (its reply alone is
+// queued) or spare (nothing queued).
 type devThread struct {
-	s     *Server
-	r     *ioRing
-	fd    int
-	slots []devSlot
-	mem   []byte
-	live  int // slots whose reads have not ended with the connection
-	off   offload
+	s       *Server
+	r       *ioRing
+	fd      int
+	slots   []devSlot
+	mem     []byte
+	wait    int   // how many slots should be waiting
+	waiting int   // slots whose read is queued
+	sending int   // slots whose reply alone is queued
+	spare   []int // slots with nothing queued
+	ended   bool  // a read failed with the connection's end: queue no more
+	off     offload
 }
 
 // startDev runs the /dev/fuse threads and waits until each is ready.
 func startDev(cfg Config) (*Server, error) {
-	threads, slots := devThreads(runtime.NumCPU())
+	threads, wait, spare := devThreads(runtime.NumCPU())
 	s := &Server{fs: cfg.FS, devFd: cfg.DevFd, queues: threads, logger: cfg.Logger, payload: cfg.Payload, mayWait: cfg.MayWait}
 	readies := make([]chan error, threads)
 	for i := range readies {
 		readies[i] = make(chan error, 1)
 		s.wg.Add(1)
-		go s.runDevThread(slots, readies[i])
+		go s.runDevThread(wait, spare, readies[i])
 	}
 	var errs []error
 	for _, r := range readies {
@@ -118,12 +130,12 @@ func startDev(cfg Config) (*Server, error) {
 
 // runDevThread sets up and serves one /dev/fuse thread, reporting on
 // ready whether it could start. It stays on its OS thread, the only one
-// that submits to its ring.
-func (s *Server) runDevThread(slots int, ready chan<- error) {
+// that submits to its ring (never unlocked: the thread ends with the
+// goroutine, and with it any work the kernel still had queued for it).
+func (s *Server) runDevThread(wait, spare int, ready chan<- error) {
 	defer s.wg.Done()
 	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	t, err := s.newDevThread(slots)
+	t, err := s.newDevThread(wait, spare)
 	if err != nil {
 		ready <- err
 		return
@@ -141,11 +153,12 @@ func (s *Server) runDevThread(slots int, ready chan<- error) {
 
 // newDevThread clones the connection's descriptor, creates the ring and
 // maps the slots' buffers.
-func (s *Server) newDevThread(slots int) (*devThread, error) {
+func (s *Server) newDevThread(wait, spare int) (*devThread, error) {
 	fd, err := cloneDev(s.devFd)
 	if err != nil {
 		return nil, err
 	}
+	slots := wait + spare
 	// Per slot at most three commands are queued (reply, poll, read),
 	// and one more is the eventfd's read.
 	r, err := newDevRing(uint32(3*slots + 1))
@@ -160,9 +173,10 @@ func (s *Server) newDevThread(slots int) (*devThread, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("allocating /dev/fuse request buffers: %w", err)
 	}
-	t := &devThread{s: s, r: r, fd: fd, mem: mem, slots: make([]devSlot, slots)}
+	t := &devThread{s: s, r: r, fd: fd, mem: mem, slots: make([]devSlot, slots), wait: wait}
 	for i := range t.slots {
 		t.slots[i].buf = mem[i*size : (i+1)*size]
+		t.spare = append(t.spare, slots-1-i)
 	}
 	return t, nil
 }
@@ -192,11 +206,18 @@ func newDevRing(entries uint32) (*ioRing, error) {
 	return r, err
 }
 
-// release closes the ring (which cancels the commands still queued) and
-// the descriptor, then unmaps the buffers.
+// release closes the ring and the descriptor, and unmaps the buffers
+// unless commands the kernel may still run on them are queued (after
+// Stop's grace period, or a ring failure): then they stay mapped rather
+// than let it write into memory that may be reused.
 func (t *devThread) release() {
 	t.r.close()
 	unix.Close(t.fd)
+	if t.waiting > 0 || t.sending > 0 {
+		t.s.logger.Warn("wbcache/fuse: /dev/fuse thread stopped with reads or replies queued; keeping their buffers",
+			"waiting", t.waiting, "sending", t.sending)
+		return
+	}
 	unix.Munmap(t.mem)
 }
 
@@ -204,16 +225,14 @@ func (t *devThread) release() {
 // connection and the offloaded requests are answered, or until Stop's
 // grace period runs out, or the ring fails.
 func (t *devThread) serve() {
-	for i := range t.slots {
-		t.queueRead(i)
-	}
-	t.live = len(t.slots)
+	t.refill()
 	var stopAt time.Time
-	for t.live > 0 || t.off.n > 0 {
+	for t.waiting > 0 || t.sending > 0 || t.off.n > 0 {
 		if t.s.stop.Load() {
 			if stopAt.IsZero() {
 				stopAt = time.Now()
 			} else if time.Since(stopAt) > stopGrace {
+				t.s.logger.Warn("wbcache/fuse: /dev/fuse thread stopping with requests unanswered", "offloaded", t.off.n)
 				return
 			}
 		}
@@ -225,19 +244,40 @@ func (t *devThread) serve() {
 	}
 }
 
+// refill makes spare slots wait until t.wait do.
+func (t *devThread) refill() {
+	for !t.ended && t.waiting < t.wait && len(t.spare) > 0 {
+		i := t.spare[len(t.spare)-1]
+		t.spare = t.spare[:len(t.spare)-1]
+		t.queueRead(i)
+		t.waiting++
+	}
+}
+
+// sqe is the next submission entry. The ring has room for every command
+// the slots can have queued, so it cannot be full.
+func (t *devThread) sqe() []byte {
+	sqe := t.r.sqe()
+	if sqe == nil {
+		panic("wbcache/fuse: /dev/fuse thread's io_uring submission queue full")
+	}
+	return sqe
+}
+
 // queueRead queues, for slot i, a poll of the descriptor for a request
 // and, linked to it, the read of the request. The poll waits in the
 // connection's queue as an exclusive waiter: a request that comes wakes
-// one waiter, not every slot of every thread.
+// one waiter, not every slot of every thread. A poll that finds a request
+// already queued completes at once.
 func (t *devThread) queueRead(i int) {
 	sl := &t.slots[i]
-	sqe := t.r.sqe()
+	sqe := t.sqe()
 	putU8(sqe, sqeOffOpcode, ioringOpPollAdd)
 	putU8(sqe, sqeOffFlags, iosqeIOLink)
 	putU32(sqe, sqeOffFd, uint32(t.fd))
 	putU32(sqe, sqeOffPollEvents, unix.EPOLLIN|unix.EPOLLEXCLUSIVE)
 	putU64(sqe, sqeOffUserData, devPoll|uint64(i))
-	sqe = t.r.sqe()
+	sqe = t.sqe()
 	putU8(sqe, sqeOffOpcode, ioringOpRead)
 	putU32(sqe, sqeOffFd, uint32(t.fd))
 	putU64(sqe, sqeOffAddr, uint64(uintptr(unsafe.Pointer(&sl.buf[0]))))
@@ -245,18 +285,27 @@ func (t *devThread) queueRead(i int) {
 	putU64(sqe, sqeOffUserData, devRead|uint64(i))
 }
 
-// queueReply queues slot i's reply and, linked after it, its next read.
+// queueReply queues slot i's reply and, linked after it, its next poll
+// and read if fewer than t.wait slots wait; else the reply alone, after
+// which the slot is spare.
 func (t *devThread) queueReply(i int) {
 	sl := &t.slots[i]
-	sqe := t.r.sqe()
+	again := !t.ended && t.waiting < t.wait
+	sqe := t.sqe()
 	putU8(sqe, sqeOffOpcode, ioringOpWrite)
-	putU8(sqe, sqeOffFlags, iosqeIOLink)
 	putU32(sqe, sqeOffFd, uint32(t.fd))
 	putU64(sqe, sqeOffAddr, uint64(uintptr(unsafe.Pointer(&sl.buf[sl.off-outHeaderSize]))))
 	putU32(sqe, sqeOffLen, uint32(outHeaderSize+sl.outLen))
+	t.s.served.Add(1)
+	if !again {
+		putU64(sqe, sqeOffUserData, devReplyOnly|uint64(i))
+		t.sending++
+		return
+	}
+	putU8(sqe, sqeOffFlags, iosqeIOLink)
 	putU64(sqe, sqeOffUserData, devReply|uint64(i))
 	t.queueRead(i)
-	t.s.served.Add(1)
+	t.waiting++
 }
 
 // completed handles one completion reaped by serve.
@@ -272,27 +321,41 @@ func (t *devThread) completed(c *ioCQE) {
 	case devPoll:
 		// Its read follows (or is cancelled with it).
 		return
-	case devReply:
-		// ENOENT: the request was interrupted or the connection aborted
-		// meanwhile; the kernel no longer waits for this reply.
-		if c.Res < 0 && c.Res != -int32(syscall.ENOENT) {
-			t.s.logger.Error("wbcache/fuse: sending a reply through /dev/fuse", "err", syscall.Errno(-c.Res))
+	case devReply, devReplyOnly:
+		t.replied(c.Res)
+		if c.UserData&devKinds == devReplyOnly {
+			t.sending--
+			t.spare = append(t.spare, i)
+			t.refill()
 		}
 		return
 	}
+	t.waiting--
 	switch {
 	case c.Res > 0:
 		t.request(i, int(c.Res))
-	case c.Res == -int32(syscall.EAGAIN) || c.Res == -int32(syscall.EINTR) || c.Res == -int32(syscall.ECANCELED):
+	case !t.ended && (c.Res == -int32(syscall.EAGAIN) || c.Res == -int32(syscall.EINTR) || c.Res == -int32(syscall.ECANCELED)):
 		// Another reader took the request the poll saw, or the reply
 		// before the read failed (which cancels the read).
 		t.queueRead(i)
+		t.waiting++
 	default:
-		// ENODEV: the connection has ended.
-		if c.Res != -int32(syscall.ENODEV) && !t.s.stop.Load() {
+		// ENODEV: the connection has ended (ECONNABORTED: it was
+		// aborted). The other slots' reads end the same way.
+		if !t.ended && c.Res != -int32(syscall.ENODEV) && c.Res != -int32(syscall.ECONNABORTED) && !t.s.stop.Load() {
 			t.s.logger.Error("wbcache/fuse: reading /dev/fuse; this thread stops serving", "err", syscall.Errno(-c.Res))
 		}
-		t.live--
+		t.ended = true
+		t.spare = append(t.spare, i)
+	}
+}
+
+// replied logs a reply the kernel refused. ENOENT: the request was
+// interrupted or the connection ended meanwhile, and the kernel no longer
+// waits for this reply.
+func (t *devThread) replied(res int32) {
+	if res < 0 && res != -int32(syscall.ENOENT) && res != -int32(syscall.ENODEV) && res != -int32(syscall.ECONNABORTED) {
+		t.s.logger.Error("wbcache/fuse: sending a reply through /dev/fuse", "err", syscall.Errno(-res))
 	}
 }
 
@@ -305,11 +368,19 @@ func (t *devThread) request(i, n int) {
 	case opForget, opBatchForget, opInterrupt, opNotifyReply:
 		// Nothing to forget (the tree is fixed), no reply expected. An
 		// interrupted request is answered when it finishes.
-		t.queueRead(i)
+		t.spare = append(t.spare, i)
+		t.refill()
 		return
 	}
 	if t.s.waits(h) {
 		t.off.start(uint64(i), func() { t.s.answerDev(sl, sl.header()) })
+		// A spare slot takes this one's place in the wait. Its poll also
+		// sees requests that came while this slot's poll was woken but
+		// not yet run: the kernel's wakeups stop at such a poll (they
+		// pass no event mask, so io_uring cannot remove it from the
+		// wait queue), and nobody else would look for them until the
+		// next request or this one's answer.
+		t.refill()
 		return
 	}
 	t.s.answerDev(sl, h)
@@ -331,13 +402,17 @@ func (sl *devSlot) load() *gofuse.InHeader {
 	sl.off = outHeaderSize
 	switch h.Opcode {
 	case opWrite:
-		wi := reqAs[gofuse.WriteIn](h)
-		sl.off = max(inHeaderSize, sl.n-int(min(wi.Size, uint32(sl.n))))
+		// The data follows the op struct (go-fuse's WriteIn starts with
+		// the header). A request cut short keeps sl.n-sl.off bytes of it,
+		// which the handler sees as a short write.
+		sl.off = min(writeInSize, sl.n)
 	case opLookup:
 		sl.off = inHeaderSize
 	}
 	return h
 }
+
+var writeInSize = int(unsafe.Sizeof(gofuse.WriteIn{}))
 
 // header is the request loaded last.
 func (sl *devSlot) header() *gofuse.InHeader {
@@ -361,9 +436,9 @@ func (s *Server) answerDev(sl *devSlot, h *gofuse.InHeader) {
 }
 
 // probeDev checks that this process can serve /dev/fuse through io_uring:
-// a ring can be created and waited on with a timeout (Linux 5.11+), and a
-// poll can wait as an exclusive waiter (Linux 5.9+), which it tries on an
-// eventfd.
+// a ring can be created and waited on with a timeout (Linux 5.11+), and
+// polled with EPOLLEXCLUSIVE, which it tries on an eventfd. (Kernels
+// before 5.9 would ignore the flag, but they fail the timed wait.)
 func probeDev() error {
 	// SINGLE_ISSUER: the thread that creates the ring submits to it.
 	runtime.LockOSThread()

@@ -22,7 +22,8 @@ func TestDevSlotLoad(t *testing.T) {
 		off    int
 	}{
 		{"write", opWrite, wiSize + 4096, 4096, wiSize},
-		{"write, size past the request", opWrite, wiSize + 10, 4096, inHeaderSize},
+		{"write cut short", opWrite, wiSize + 10, 4096, wiSize},
+		{"write without its op struct", opWrite, inHeaderSize + 8, 4096, inHeaderSize + 8},
 		{"lookup", opLookup, inHeaderSize + 5, 0, inHeaderSize},
 		{"read", opRead, int(unsafe.Sizeof(gofuse.ReadIn{})), 0, outHeaderSize},
 		{"getattr", opGetattr, int(unsafe.Sizeof(gofuse.GetAttrIn{})), 0, outHeaderSize},

@@ -29,10 +29,22 @@
 // io_uring_enter.
 //
 //   - The poll waits as an exclusive waiter (EPOLLEXCLUSIVE): a request
-//     that arrives wakes one waiting slot. A read queued alone would wait
-//     in io_uring's own poll, which every arriving request wakes, for
+//     that arrives wakes the first waiting slot. A read queued alone would
+//     wait in io_uring's own poll, which every arriving request wakes, for
 //     every slot of every thread: at QD1 that cost 62 µs of daemon CPU
 //     per write against 47 through go-fuse's readers.
+//   - A woken poll stays in the wait queue until its thread runs it (the
+//     connection's wakeups pass no event mask, so io_uring cannot take it
+//     off in the wakeup), and the wakeups of requests that come meanwhile
+//     stop at it too. The poll then reads one request, and the others
+//     wait for the next poll to be queued: one that is queued when a
+//     request is already waiting completes at once. A thread queues one
+//     whenever it answers, and when it hands a request to a goroutine
+//     (which holds that slot) a spare slot takes its place: otherwise a
+//     request could wait behind a read of the backing device
+//     (TestSlowReadsHoldNoOthers). While a thread answers a request
+//     itself (an fsync, say), requests whose wakeup stopped at one of its
+//     polls wait until it has.
 //   - go-fuse keeps one reader (MaxInflightRequestBytes 1, set by the
 //     fuse package): it answers INIT before the threads start, and after
 //     that the requests it wins as one exclusive waiter among the
@@ -45,7 +57,8 @@
 //     at the buffer's start, with its header just before it, so that one
 //     write sends both.
 //   - The connection's end completes the polls (EPOLLERR) and fails the
-//     reads with ENODEV; a thread stops once every slot's read has.
+//     reads with ENODEV (ECONNABORTED if it was aborted); a thread stops
+//     once every slot's read and reply has ended.
 //
 // # What it owns
 //
@@ -77,7 +90,8 @@
 //     completions to the thread that submitted the commands) and is the
 //     only one that submits to its ring.
 //   - Buffers the kernel still knows (entries registered and not completed
-//     by the connection's teardown) are never unmapped.
+//     by the connection's teardown, or /dev/fuse reads and replies still
+//     queued) are never unmapped.
 //   - Every entry has at most one command queued, so the submission queue
 //     (entries + 1, for the wake-up read) never overflows; a /dev/fuse
 //     slot has at most three (reply, poll, read), and its ring room for

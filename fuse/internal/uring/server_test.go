@@ -34,14 +34,15 @@ func TestEntriesPerThread(t *testing.T) {
 	}
 }
 
-// TestDevThreads: one /dev/fuse thread per CPU up to a cap, and the slots'
-// 1 MiB buffers stay within a budget with some depth per thread.
+// TestDevThreads: one /dev/fuse thread per CPU up to a cap; the slots'
+// 1 MiB buffers stay within a budget with some depth per thread, and half
+// as many spare slots stand in for requests answered on goroutines.
 func TestDevThreads(t *testing.T) {
-	for _, c := range []struct{ cpus, threads, slots int }{
-		{0, 1, 16}, {1, 1, 16}, {2, 2, 16}, {4, 4, 16}, {8, 8, 8}, {16, 16, 4}, {64, 16, 4},
+	for _, c := range []struct{ cpus, threads, wait, spare int }{
+		{0, 1, 16, 8}, {1, 1, 16, 8}, {2, 2, 16, 8}, {4, 4, 16, 8}, {8, 8, 8, 4}, {16, 16, 4, 2}, {64, 16, 4, 2},
 	} {
-		if th, sl := devThreads(c.cpus); th != c.threads || sl != c.slots {
-			t.Errorf("devThreads(%d) = %d threads × %d slots, want %d × %d", c.cpus, th, sl, c.threads, c.slots)
+		if th, w, sp := devThreads(c.cpus); th != c.threads || w != c.wait || sp != c.spare {
+			t.Errorf("devThreads(%d) = %d threads × %d waiting + %d spare slots, want %d × %d + %d", c.cpus, th, w, sp, c.threads, c.wait, c.spare)
 		}
 	}
 }
