@@ -91,8 +91,9 @@
 //     (before Linux 5.11, or io_uring disabled) go-fuse reads, as below.
 //     Requests that may wait for a slow device ([Waiter]) are answered on
 //     goroutines, as through the ring.
-//   - /dev/fuse read by go-fuse (UnbatchedDev, Debug, no io_uring, or
-//     FUSE over io_uring asked for at INIT but not set up):
+//   - /dev/fuse read by go-fuse (UnbatchedDev, Debug, or no io_uring;
+//     beside the io_uring threads, with all its readers, where FUSE over
+//     io_uring was asked for at INIT but could not be set up):
 //     go-fuse's readers read requests and write replies, one read(2) and
 //     one writev(2) per request, each request answered on the goroutine
 //     that read it.

@@ -908,6 +908,9 @@ func TestRingFallback(t *testing.T) {
 	if s.IOUring() {
 		t.Fatal("serving through io_uring with buffers the kernel must refuse")
 	}
+	if want := uring.ProbeDev() == nil; s.DevBatched() != want {
+		t.Fatalf("after the ring's failure, /dev/fuse read through io_uring = %v, want %v", s.DevBatched(), want)
+	}
 	f := openDisk(t, disk, os.O_RDWR)
 	done := make(chan error, 1)
 	go func() {

@@ -100,7 +100,7 @@ func serve(mp string, fs *rawFS, mo *gofuse.MountOptions, tr transport, opts Opt
 	go s.serveLoop(ringReady, served)
 	switch {
 	case tr.ring:
-		err = s.ringOrFallBack(fs, devFd, served, opts.IOUring)
+		err = s.ringOrFallBack(fs, devFd, served, opts)
 	case tr.dev:
 		err = s.startDev(fs, devFd, served)
 	}
@@ -139,19 +139,26 @@ func (s *Server) serveLoop(ringReady, served chan struct{}) {
 }
 
 // ringOrFallBack starts the ring. If that fails, the connection keeps
-// serving through /dev/fuse, except with IOUringOn or when the ring is
-// stuck: then the error is returned and the mount must go.
-func (s *Server) ringOrFallBack(fs *rawFS, devFd int, served <-chan struct{}, mode IOUringMode) error {
+// serving through /dev/fuse (read through io_uring where chooseDev allows,
+// beside go-fuse's readers, which were not limited to one), except with
+// IOUringOn or when the ring is stuck: then the error is returned and the
+// mount must go.
+func (s *Server) ringOrFallBack(fs *rawFS, devFd int, served <-chan struct{}, opts Options) error {
 	err := s.startRing(fs, devFd, served)
 	switch {
 	case err == nil:
 		return nil
 	case errors.Is(err, ErrRingStuck):
 		return err
-	case mode == IOUringOn:
+	case opts.IOUring == IOUringOn:
 		return fmt.Errorf("%w: %w", ErrRingUnavailable, err)
 	}
 	s.logger.Warn("wbcache/fuse: FUSE over io_uring failed, serving through /dev/fuse", "err", err)
+	if chooseDev(opts) {
+		if derr := s.startDev(fs, devFd, served); derr != nil {
+			s.logger.Warn("wbcache/fuse: go-fuse's readers serve /dev/fuse alone", "err", derr)
+		}
+	}
 	return nil
 }
 

@@ -142,7 +142,7 @@ func (s *Server) startDev(fs *rawFS, devFd int, served <-chan struct{}) error {
 	// The threads open /dev/fuse for their clones: keep newServer of a
 	// concurrent Mount from taking one for its own descriptor.
 	newServerMu.Lock()
-	d, err := uring.StartDev(uring.Config{FS: fs, DevFd: devFd, Payload: ringPayload, Logger: s.logger, MayWait: fs.ringHint()})
+	d, err := uring.StartDev(uring.Config{FS: fs, DevFd: devFd, Payload: maxWrite, Logger: s.logger, MayWait: fs.ringHint()})
 	newServerMu.Unlock()
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrDevBatch, err)
