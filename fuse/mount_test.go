@@ -75,6 +75,9 @@ func mountMem(t *testing.T, size int, opts Options, setup func(*memBackend)) (*S
 			t.Errorf("serving through io_uring (FUSE over io_uring %v), but no request was answered through it", s.IOUring())
 		}
 		unmountAndWait(t, s)
+		if s.DevBatched() {
+			t.Errorf("/dev/fuse threads still running after the connection ended")
+		}
 	})
 	return s, b, filepath.Join(mp, diskName)
 }

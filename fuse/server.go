@@ -166,8 +166,9 @@ func (s *Server) ringOrFallBack(fs *rawFS, devFd int, served <-chan struct{}, op
 func (s *Server) IOUring() bool { return s.ring != nil }
 
 // DevBatched reports whether /dev/fuse requests are read and answered
-// through io_uring (UnbatchedDev unset, and the kernel allows it).
-func (s *Server) DevBatched() bool { return s.dev != nil }
+// through io_uring (UnbatchedDev unset, and the kernel allows it): false
+// once every /dev/fuse thread has stopped.
+func (s *Server) DevBatched() bool { return s.dev != nil && s.dev.Running() > 0 }
 
 // RingRequests is how many requests were answered through io_uring: FUSE
 // over io_uring, or /dev/fuse read through io_uring.

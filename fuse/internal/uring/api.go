@@ -52,6 +52,10 @@ func (s *Server) Stop() {
 	s.wg.Wait()
 }
 
+// Running is how many /dev/fuse threads still serve: fewer than Queues
+// once the connection has ended, or where a thread's ring failed.
+func (s *Server) Running() int { return int(s.running.Load()) }
+
 // Served is how many requests were answered through the ring.
 func (s *Server) Served() uint64 { return s.served.Load() }
 

@@ -147,6 +147,8 @@ func (s *Server) runDevThread(wait, spare int, ready chan<- error) {
 	}
 	// Requests still with goroutines finish before the buffers go.
 	defer t.off.close()
+	s.running.Add(1)
+	defer s.running.Add(-1)
 	ready <- nil
 	t.serve()
 }

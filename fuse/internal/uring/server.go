@@ -41,9 +41,10 @@ type Server struct {
 	payload int
 	mayWait func(ino uint64, write bool, off, n int64) bool // nil: no hint
 
-	stop   atomic.Bool
-	wg     sync.WaitGroup
-	served atomic.Uint64 // requests answered through the ring
+	stop    atomic.Bool
+	wg      sync.WaitGroup
+	served  atomic.Uint64 // requests answered through the ring
+	running atomic.Int32  // /dev/fuse threads serving
 }
 
 // start runs the ring threads of every queue and waits until each has
