@@ -20,6 +20,7 @@ const (
 	sqeOffFlags      = 1
 	sqeOffPollEvents = 28 // poll32_events, in the union with rw_flags
 	iosqeIOLink      = 1 << 2
+	iosqeCQESkip     = 1 << 6 // IOSQE_CQE_SKIP_SUCCESS: no completion unless it fails
 
 	// Setup flags tried first: the kernel runs a thread's completions
 	// only when that thread enters it (Linux 6.1+). Older kernels get a
@@ -97,6 +98,7 @@ type devThread struct {
 	sending int   // slots whose reply alone is queued
 	spare   []int // slots with nothing queued
 	ended   bool  // a read failed with the connection's end: queue no more
+	skip    uint8 // iosqeCQESkip where the kernel has it (5.17+), else 0
 	off     offload
 }
 
@@ -176,6 +178,13 @@ func (s *Server) newDevThread(wait, spare int) (*devThread, error) {
 		return nil, fmt.Errorf("allocating /dev/fuse request buffers: %w", err)
 	}
 	t := &devThread{s: s, r: r, fd: fd, mem: mem, slots: make([]devSlot, slots), wait: wait}
+	if r.feat&ioringFeatCQESkip != 0 {
+		// A reply that was sent and a poll that fired need no
+		// completion: the read after them has one. Without them a
+		// request at QD1 took two io_uring_enter calls, the second to
+		// wait after the reply's completion woke the first.
+		t.skip = iosqeCQESkip
+	}
 	for i := range t.slots {
 		t.slots[i].buf = mem[i*size : (i+1)*size]
 		t.spare = append(t.spare, slots-1-i)
@@ -275,7 +284,7 @@ func (t *devThread) queueRead(i int) {
 	sl := &t.slots[i]
 	sqe := t.sqe()
 	putU8(sqe, sqeOffOpcode, ioringOpPollAdd)
-	putU8(sqe, sqeOffFlags, iosqeIOLink)
+	putU8(sqe, sqeOffFlags, iosqeIOLink|t.skip)
 	putU32(sqe, sqeOffFd, uint32(t.fd))
 	putU32(sqe, sqeOffPollEvents, unix.EPOLLIN|unix.EPOLLEXCLUSIVE)
 	putU64(sqe, sqeOffUserData, devPoll|uint64(i))
@@ -304,7 +313,7 @@ func (t *devThread) queueReply(i int) {
 		t.sending++
 		return
 	}
-	putU8(sqe, sqeOffFlags, iosqeIOLink)
+	putU8(sqe, sqeOffFlags, iosqeIOLink|t.skip)
 	putU64(sqe, sqeOffUserData, devReply|uint64(i))
 	t.queueRead(i)
 	t.waiting++

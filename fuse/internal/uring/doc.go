@@ -26,7 +26,9 @@
 // poll of the descriptor and, linked to it, the read of a request. Once
 // it has answered, the reply's write, the next poll and the next read go
 // in, linked in that order, with those of its other slots, in one
-// io_uring_enter.
+// io_uring_enter. Where the kernel has IOSQE_CQE_SKIP_SUCCESS (5.17+)
+// the write and the poll complete silently unless they fail, so that a
+// thread at QD1 enters the kernel once per request, not twice.
 //
 //   - The poll waits as an exclusive waiter (EPOLLEXCLUSIVE): a request
 //     that arrives wakes the first waiting slot. A read queued alone would

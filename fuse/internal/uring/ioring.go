@@ -21,6 +21,7 @@ const (
 	ioringSetupSingleIssuer   = 1 << 12
 	ioringSetupDeferTaskrun   = 1 << 13
 	ioringFeatSingleMmap      = 1 << 0
+	ioringFeatCQESkip         = 1 << 11
 	ioringEnterGetevents      = 1 << 0
 	ioringEnterExtArg         = 1 << 3
 	ioringOffSQRing           = 0
@@ -83,6 +84,7 @@ type ioRing struct {
 	tail    uint32 // next SQE index (local copy of the SQ tail)
 	pending uint32 // SQEs written but not yet submitted
 	sqeSize int    // 64, or 128 with SQE128
+	feat    uint32 // IORING_FEAT_* the kernel reported
 }
 
 // newIoRing sets up a ring with at least entries submission slots.
@@ -96,7 +98,7 @@ func newIoRingFlags(entries, flags uint32) (*ioRing, error) {
 	if errno != 0 {
 		return nil, fmt.Errorf("io_uring_setup: %w", errno)
 	}
-	r := &ioRing{fd: int(fd), sqeSize: sqe64Size}
+	r := &ioRing{fd: int(fd), sqeSize: sqe64Size, feat: p.Features}
 	if flags&ioringSetupSQE128 != 0 {
 		r.sqeSize = sqe128Size
 	}
