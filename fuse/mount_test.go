@@ -64,21 +64,24 @@ func mountMem(t *testing.T, size int, opts Options, setup func(*memBackend)) (*S
 	if err != nil {
 		t.Fatalf("Mount: %v", err)
 	}
-	if want := opts.IOUring == IOUringOn; s.IOUring() != want {
-		t.Fatalf("Mount with IOUring %v: serving through io_uring = %v", opts.IOUring, s.IOUring())
-	}
-	if want := opts.IOUring == IOUringOff && !opts.UnbatchedDev && uring.ProbeDev() == nil; s.DevBatched() != want {
-		t.Fatalf("Mount with IOUring %v, UnbatchedDev %v: /dev/fuse batched through io_uring = %v", opts.IOUring, opts.UnbatchedDev, s.DevBatched())
-	}
+	// Registered before the checks below, so that a failed one does not
+	// leave the mount behind.
+	ring, dev := s.IOUring(), s.DevBatched()
 	t.Cleanup(func() {
-		if (s.IOUring() || s.DevBatched()) && s.RingRequests() == 0 {
-			t.Errorf("serving through io_uring (FUSE over io_uring %v), but no request was answered through it", s.IOUring())
+		if (ring || dev) && s.RingRequests() == 0 && !t.Failed() {
+			t.Errorf("serving through io_uring (FUSE over io_uring %v), but no request was answered through it", ring)
 		}
 		unmountAndWait(t, s)
 		if s.DevBatched() {
 			t.Errorf("/dev/fuse threads still running after the connection ended")
 		}
 	})
+	if want := opts.IOUring == IOUringOn; ring != want {
+		t.Fatalf("Mount with IOUring %v: serving through io_uring = %v", opts.IOUring, ring)
+	}
+	if want := opts.IOUring == IOUringOff && !opts.UnbatchedDev && uring.ProbeDev() == nil; dev != want {
+		t.Fatalf("Mount with IOUring %v, UnbatchedDev %v: /dev/fuse batched through io_uring = %v", opts.IOUring, opts.UnbatchedDev, dev)
+	}
 	return s, b, filepath.Join(mp, diskName)
 }
 
