@@ -480,6 +480,19 @@ func TestJournalOpensPreparedBlocks(t *testing.T) {
 	reopenReads(t, ssdPath, hddPath, n)
 }
 
+// holdPreparations makes every preparation of a journal block send its
+// LSN on started and wait until release is closed. The caller removes
+// the hook (tracePrepare.Store(nil)).
+func holdPreparations() (started chan uint64, release chan struct{}) {
+	started, release = make(chan uint64, 4), make(chan struct{})
+	hook := func(lsn uint64) {
+		started <- lsn
+		<-release
+	}
+	tracePrepare.Store(&hook)
+	return started, release
+}
+
 // TestJournalWaitsForPreparation: a write that would open a block under
 // preparation waits until the zeros are written, so
 // they cannot land over its record, then opens it prepared.
@@ -487,12 +500,7 @@ func TestJournalWaitsForPreparation(t *testing.T) {
 	c, ssdPath, _ := fileCache(t, false)
 	defer c.Close()
 	first := c.j.checkpointLSN()
-	started, release := make(chan uint64, 4), make(chan struct{})
-	hook := func(lsn uint64) {
-		started <- lsn
-		<-release
-	}
-	tracePrepare.Store(&hook)
+	started, release := holdPreparations()
 	defer tracePrepare.Store(nil)
 
 	n := 0

@@ -238,12 +238,7 @@ func TestJournalOpenWaitsForPreparation(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, j.mapped)
 
-	started, release := make(chan uint64, 4), make(chan struct{})
-	hold := func(lsn uint64) {
-		started <- lsn
-		<-release
-	}
-	tracePrepare.Store(&hold)
+	started, release := holdPreparations()
 	defer tracePrepare.Store(nil)
 	released := false
 	defer func() {

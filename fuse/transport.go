@@ -89,12 +89,11 @@ func chooseRing(opts Options, root bool) (bool, error) {
 // that does not wrap ErrRingStuck leaves the connection serving through
 // /dev/fuse.
 func (s *Server) startRing(fs *rawFS, devFd int, served <-chan struct{}) error {
-	select {
-	case <-fs.initDone:
-	case <-served:
-		return errors.New("the connection ended before INIT")
-	case <-time.After(30 * time.Second):
-		return fmt.Errorf("no INIT from the kernel within 30s: %w", ErrRingStuck)
+	if err := waitInit(fs, served); err != nil {
+		if errors.Is(err, errNoInit) {
+			return fmt.Errorf("%w: %w", err, ErrRingStuck)
+		}
+		return err
 	}
 	if s.srv.KernelSettings().Flags64()&gofuse.CAP_OVER_IO_URING == 0 {
 		return errors.New("the kernel did not offer it at INIT")
@@ -102,7 +101,7 @@ func (s *Server) startRing(fs *rawFS, devFd int, served <-chan struct{}) error {
 	if devFd < 0 {
 		return fmt.Errorf("cannot tell which /dev/fuse descriptor is this mount's: %w", ErrRingStuck)
 	}
-	r, err := uring.Start(uring.Config{FS: fs, DevFd: devFd, Payload: ringPayload, Logger: s.logger, MayWait: fs.ringHint()})
+	r, err := uring.Start(s.uringConfig(fs, devFd, ringPayload))
 	if err != nil {
 		return err
 	}
@@ -129,12 +128,8 @@ func chooseDev(opts Options) bool {
 // wrap ErrDevBatch: go-fuse, left alone with one reader, would serve one
 // request at a time.
 func (s *Server) startDev(fs *rawFS, devFd int, served <-chan struct{}) error {
-	select {
-	case <-fs.initDone:
-	case <-served:
-		return fmt.Errorf("%w: the connection ended before INIT", ErrDevBatch)
-	case <-time.After(30 * time.Second):
-		return fmt.Errorf("%w: no INIT from the kernel within 30s", ErrDevBatch)
+	if err := waitInit(fs, served); err != nil {
+		return fmt.Errorf("%w: %w", ErrDevBatch, err)
 	}
 	if devFd < 0 {
 		return fmt.Errorf("%w: cannot tell which /dev/fuse descriptor is this mount's", ErrDevBatch)
@@ -142,7 +137,7 @@ func (s *Server) startDev(fs *rawFS, devFd int, served <-chan struct{}) error {
 	// The threads open /dev/fuse for their clones: keep newServer of a
 	// concurrent Mount from taking one for its own descriptor.
 	newServerMu.Lock()
-	d, err := uring.StartDev(uring.Config{FS: fs, DevFd: devFd, Payload: maxWrite, Logger: s.logger, MayWait: fs.ringHint()})
+	d, err := uring.StartDev(s.uringConfig(fs, devFd, maxWrite))
 	newServerMu.Unlock()
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrDevBatch, err)
@@ -150,6 +145,31 @@ func (s *Server) startDev(fs *rawFS, devFd int, served <-chan struct{}) error {
 	s.dev = d
 	s.logger.Debug("wbcache/fuse: serving /dev/fuse through io_uring", "threads", d.Queues())
 	return nil
+}
+
+// errNoInit: the kernel sent no INIT within initTimeout.
+var errNoInit = errors.New("no INIT from the kernel within 30s")
+
+const initTimeout = 30 * time.Second
+
+// waitInit waits until go-fuse has answered INIT, the connection ends, or
+// initTimeout passes: a transport takes requests off go-fuse's readers
+// only once the connection is initialised.
+func waitInit(fs *rawFS, served <-chan struct{}) error {
+	select {
+	case <-fs.initDone:
+		return nil
+	case <-served:
+		return errors.New("the connection ended before INIT")
+	case <-time.After(initTimeout):
+		return errNoInit
+	}
+}
+
+// uringConfig is what internal/uring serves for fs on descriptor devFd,
+// with payload-byte request buffers.
+func (s *Server) uringConfig(fs *rawFS, devFd, payload int) uring.Config {
+	return uring.Config{FS: fs, DevFd: devFd, Payload: payload, Logger: s.logger, MayWait: fs.ringHint()}
 }
 
 // ringHint is the ring's MayWait: the disk's reads and writes that the

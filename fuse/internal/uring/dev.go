@@ -265,16 +265,6 @@ func (t *devThread) refill() {
 	}
 }
 
-// sqe is the next submission entry. The ring has room for every command
-// the slots can have queued, so it cannot be full.
-func (t *devThread) sqe() []byte {
-	sqe := t.r.sqe()
-	if sqe == nil {
-		panic("wbcache/fuse: /dev/fuse thread's io_uring submission queue full")
-	}
-	return sqe
-}
-
 // queueRead queues, for slot i, a poll of the descriptor for a request
 // and, linked to it, the read of the request. The poll waits in the
 // connection's queue as an exclusive waiter: a request that comes wakes
@@ -282,13 +272,13 @@ func (t *devThread) sqe() []byte {
 // already queued completes at once.
 func (t *devThread) queueRead(i int) {
 	sl := &t.slots[i]
-	sqe := t.sqe()
+	sqe := t.r.sqe()
 	putU8(sqe, sqeOffOpcode, ioringOpPollAdd)
 	putU8(sqe, sqeOffFlags, iosqeIOLink|t.skip)
 	putU32(sqe, sqeOffFd, uint32(t.fd))
 	putU32(sqe, sqeOffPollEvents, unix.EPOLLIN|unix.EPOLLEXCLUSIVE)
 	putU64(sqe, sqeOffUserData, devPoll|uint64(i))
-	sqe = t.sqe()
+	sqe = t.r.sqe()
 	putU8(sqe, sqeOffOpcode, ioringOpRead)
 	putU32(sqe, sqeOffFd, uint32(t.fd))
 	putU64(sqe, sqeOffAddr, uint64(uintptr(unsafe.Pointer(&sl.buf[0]))))
@@ -302,7 +292,7 @@ func (t *devThread) queueRead(i int) {
 func (t *devThread) queueReply(i int) {
 	sl := &t.slots[i]
 	again := !t.ended && t.waiting < t.wait
-	sqe := t.sqe()
+	sqe := t.r.sqe()
 	putU8(sqe, sqeOffOpcode, ioringOpWrite)
 	putU32(sqe, sqeOffFd, uint32(t.fd))
 	putU64(sqe, sqeOffAddr, uint64(uintptr(unsafe.Pointer(&sl.buf[sl.off-outHeaderSize]))))

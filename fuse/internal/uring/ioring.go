@@ -139,11 +139,12 @@ func newIoRingFlags(entries, flags uint32) (*ioRing, error) {
 	return r, nil
 }
 
-// sqe returns the next free submission entry, zeroed. The caller has to keep
-// no more SQEs outstanding than the ring holds; nil means it is full.
+// sqe returns the next free submission entry, zeroed. Every user sizes its
+// ring for all the commands it can have queued, so a full queue is a bug:
+// it panics.
 func (r *ioRing) sqe() []byte {
 	if r.tail-atomic.LoadUint32(r.sqHead) >= r.sqN {
-		return nil
+		panic("wbcache/fuse: io_uring submission queue full")
 	}
 	i := r.tail & r.sqMask
 	s := r.sqeMem[int(i)*r.sqeSize : int(i+1)*r.sqeSize]

@@ -41,12 +41,11 @@ func (o *offload) open(r *ioRing, logger *slog.Logger) error {
 	return nil
 }
 
-// close waits for the goroutines still answering, then closes the eventfd.
+// close waits for the goroutines still answering, then closes the eventfd
+// (open succeeded).
 func (o *offload) close() {
 	o.wg.Wait()
-	if o.r != nil {
-		unix.Close(o.fd)
-	}
+	unix.Close(o.fd)
 }
 
 // arm queues a read of the eventfd: its completion wakes the thread.
