@@ -50,7 +50,8 @@
 //   - go-fuse keeps one reader (MaxInflightRequestBytes 1, set by the
 //     fuse package): it answers INIT before the threads start, and after
 //     that the requests it wins as one exclusive waiter among the
-//     threads' slots (6% of them at QD1 with 32 slots).
+//     threads' slots (6% of them at QD1, in a run with 2 threads of 8
+//     slots).
 //   - FORGET, BATCH_FORGET, INTERRUPT and NOTIFY_REPLY get no reply. The
 //     tree is fixed, so there is nothing to forget; an interrupted
 //     request is answered when it finishes.
